@@ -1,0 +1,175 @@
+//! Request and response envelopes.
+
+use crate::{ErrorBody, ErrorCode, Secret};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// Longest string accepted as a request id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The client's correlation id: any JSON scalar (string of at most [`MAX_ID_LEN`] bytes, number,
+/// boolean or null), echoed unchanged in the response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct RequestId(Value);
+
+impl RequestId {
+    /// Validates a JSON value as a request id.
+    pub fn from_value(v: Value) -> Result<Self, &'static str> {
+        match &v {
+            Value::Array(_) | Value::Object(_) => Err("id must be a JSON scalar"),
+            Value::String(s) if s.len() > MAX_ID_LEN => Err("id is too long"),
+            _ => Ok(RequestId(v)),
+        }
+    }
+
+    /// The id as JSON.
+    pub fn as_value(&self) -> &Value {
+        &self.0
+    }
+}
+
+impl From<u64> for RequestId {
+    fn from(n: u64) -> Self {
+        RequestId(Value::from(n))
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(s: &str) -> Self {
+        RequestId(Value::from(s))
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        RequestId::from_value(v).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One command invocation: a line on TCP, or the body of `POST /api/v1/execute`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Correlation id echoed in the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
+    /// Command name, e.g. `SYS.PING`.
+    pub command: String,
+    /// Command params; absent means `{}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// Bearer credential (access token, API key or operator token). Over HTTP it may come in
+    /// the `Authorization: Bearer` header instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+impl Request {
+    /// A request with no id, params or token.
+    pub fn new(command: impl Into<String>) -> Self {
+        Request {
+            id: None,
+            command: command.into(),
+            params: None,
+            token: None,
+        }
+    }
+
+    /// Sets the params.
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = Some(params);
+        self
+    }
+
+    /// Sets the bearer token.
+    pub fn token(mut self, token: impl Into<Secret>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn id(mut self, id: impl Into<RequestId>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// The one answer shape for every command. Exactly one of `data` (when `ok`) and `error` (when
+/// not) carries information; the other is `null`. All five members are always present.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id, or `null`.
+    #[serde(default)]
+    pub id: Option<RequestId>,
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// The command name as sent, or `null` when the frame could not be read as a request.
+    pub command: Option<String>,
+    /// The result when `ok`, otherwise `null`.
+    #[serde(default)]
+    pub data: Value,
+    /// The error when not `ok`, otherwise `null`.
+    #[serde(default)]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    /// A successful response.
+    pub fn ok(id: Option<RequestId>, command: impl Into<String>, data: Value) -> Self {
+        Response {
+            id,
+            ok: true,
+            command: Some(command.into()),
+            data,
+            error: None,
+        }
+    }
+
+    /// A failed response.
+    pub fn err(id: Option<RequestId>, command: Option<String>, error: ErrorBody) -> Self {
+        Response {
+            id,
+            ok: false,
+            command,
+            data: Value::Null,
+            error: Some(error),
+        }
+    }
+
+    /// The error code when the response failed.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.error.as_ref().map(|e| e.code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn response_always_carries_all_members() {
+        let r = Response::ok(None, "SYS.PING", json!({"pong": true}));
+        let v = serde_json::to_value(&r).unwrap_or_default();
+        assert_eq!(
+            v,
+            json!({"id": null, "ok": true, "command": "SYS.PING", "data": {"pong": true}, "error": null})
+        );
+    }
+
+    #[test]
+    fn request_rejects_unknown_members_and_compound_ids() {
+        assert!(serde_json::from_str::<Request>(r#"{"command":"X","extra":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"X","id":[1]}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"command":"X","id":{"a":1}}"#).is_err());
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let line = format!(r#"{{"command":"X","id":"{long}"}}"#);
+        assert!(serde_json::from_str::<Request>(&line).is_err());
+        let ok: Request = serde_json::from_str(r#"{"command":"X","id":7,"token":"t"}"#)
+            .unwrap_or_else(|_| Request::new("fail"));
+        assert_eq!(ok.command, "X");
+        assert_eq!(ok.id, Some(RequestId::from(7)));
+    }
+}
