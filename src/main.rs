@@ -1,1 +1,408 @@
-fn main() {}
+//! `portcullis`: the server and its operator tools.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portcullis_client::{Client, TailItem};
+use portcullis_core::{App, Config, SystemClock};
+use portcullis_protocol::commands::log::{TailParams, VerifyParams, VerifyReport};
+use portcullis_protocol::{Event, Request, Secret};
+use portcullis_store::{verify_events, EventLog, SledStore};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const DEFAULT_ADDR: &str = "127.0.0.1:7420";
+const DEFAULT_DATA_DIR: &str = "portcullis-data";
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Passwordless-authentication server"
+)]
+struct Cli {
+    /// Tracing output format (stderr).
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_LOG_FORMAT",
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (embedded defaults: ./portcullis-data, TCP 127.0.0.1:7420, HTTP 127.0.0.1:7421).
+    Serve(ServeArgs),
+    /// Send one command and print its envelope; exits 1 when `ok` is false.
+    Exec(ExecArgs),
+    /// Read the event log.
+    Log {
+        #[command(subcommand)]
+        cmd: LogCmd,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with any of the settings below (flags and env vars take precedence).
+    #[arg(long, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (database, master key, operator token).
+    #[arg(long, env = "PORTCULLIS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// NDJSON-over-TCP listen address (port 0 picks a free port).
+    #[arg(long, env = "PORTCULLIS_TCP")]
+    tcp: Option<SocketAddr>,
+    /// HTTP gateway listen address (port 0 picks a free port).
+    #[arg(long, env = "PORTCULLIS_HTTP")]
+    http: Option<SocketAddr>,
+    /// Longest request line or HTTP body, in bytes.
+    #[arg(long, env = "PORTCULLIS_MAX_FRAME_BYTES")]
+    max_frame_bytes: Option<usize>,
+    /// Most TCP connections served at once.
+    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds an idle TCP connection is kept.
+    #[arg(long, env = "PORTCULLIS_IDLE_TIMEOUT_S")]
+    idle_timeout_s: Option<u64>,
+    /// Seconds a started request line may take to arrive.
+    #[arg(long, env = "PORTCULLIS_FRAME_TIMEOUT_S")]
+    frame_timeout_s: Option<u64>,
+    /// Events a LOG.TAIL follower may lag before it is disconnected.
+    #[arg(long, env = "PORTCULLIS_TAIL_MAX_LAG")]
+    tail_max_lag: Option<u64>,
+    /// Seconds in-flight work gets to finish on shutdown.
+    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE_S")]
+    shutdown_grace_s: Option<u64>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        overlay!(
+            data_dir,
+            tcp,
+            http,
+            max_frame_bytes,
+            max_connections,
+            idle_timeout_s,
+            frame_timeout_s,
+            tail_max_lag,
+            shutdown_grace_s
+        );
+        c.validate().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+/// How to reach a running server.
+#[derive(Args)]
+struct Remote {
+    /// Server TCP address.
+    #[arg(long, env = "PORTCULLIS_ADDR")]
+    addr: Option<String>,
+    /// Bearer token (access token, API key or operator token).
+    #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    /// Command name, e.g. SYS.PING.
+    command: String,
+    /// Params as a JSON object.
+    params: Option<String>,
+    #[command(flatten)]
+    remote: Remote,
+    /// Print the envelope on one line.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Print events: online through LOG.TAIL (`--addr`), or offline from a stopped server's
+    /// data directory (`--data-dir`).
+    Tail(TailArgs),
+    /// Check the hash chain; exits 1 when it is broken.
+    Verify(VerifyArgs),
+}
+
+/// Where the log is: a running server, or a data directory.
+#[derive(Args)]
+struct LogSource {
+    #[command(flatten)]
+    remote: Remote,
+    /// Read a stopped server's data directory instead of asking a running server.
+    #[arg(long, conflicts_with = "addr")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// Keep printing new events (online only).
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// First seq to print (default: 1 offline; only new events online).
+    #[arg(long = "from")]
+    from_seq: Option<u64>,
+    /// One JSON event per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    source: LogSource,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    source: LogSource,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Serve(args) => serve(args.config()?).await,
+        Cmd::Exec(args) => exec(args).await,
+        Cmd::Log {
+            cmd: LogCmd::Tail(a),
+        } => tail(a).await,
+        Cmd::Log {
+            cmd: LogCmd::Verify(a),
+        } => verify(a).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<ExitCode> {
+    let data_dir = config.data_dir.clone();
+    let app = App::open(config, Arc::new(SystemClock))
+        .await
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let server = portcullis_server::Server::start(Arc::clone(&app))
+        .await
+        .context("binding listeners")?;
+    // One machine-readable line on stdout, so scripts and tests can find the bound ports.
+    println!(
+        "portcullis listening tcp={} http={} data_dir={}",
+        server.tcp_addr,
+        server.http_addr,
+        data_dir.display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let drained = server.shutdown().await;
+    app.close();
+    tracing::info!(drained, "stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+impl Remote {
+    fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or(DEFAULT_ADDR)
+    }
+
+    /// `--token`, else `PORTCULLIS_TOKEN`, else the operator token of the default data directory.
+    fn token(&self, fallback_dir: &Path) -> Option<Secret> {
+        match &self.token {
+            Some(t) => Some(Secret::new(t.clone())),
+            None => portcullis_core::node::read_operator_token(fallback_dir),
+        }
+    }
+
+    async fn connect(&self, operator_fallback: bool) -> Result<Client> {
+        let mut c = Client::connect(self.addr())
+            .await
+            .with_context(|| format!("connecting to {}", self.addr()))?;
+        let token = if operator_fallback {
+            self.token(Path::new(DEFAULT_DATA_DIR))
+        } else {
+            self.token.clone().map(Secret::new)
+        };
+        c.set_token(token);
+        Ok(c)
+    }
+}
+
+async fn exec(a: ExecArgs) -> Result<ExitCode> {
+    let params = match &a.params {
+        Some(p) => serde_json::from_str(p).context("params must be JSON")?,
+        None => serde_json::json!({}),
+    };
+    let mut c = a.remote.connect(false).await?;
+    let r = c.send(Request::new(&a.command).params(params)).await?;
+    let text = if a.raw {
+        serde_json::to_string(&r)?
+    } else {
+        serde_json::to_string_pretty(&r)?
+    };
+    println!("{text}");
+    Ok(if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn open_offline(dir: &Path) -> Result<SledStore> {
+    if !dir.join("db").exists() {
+        bail!("{} holds no Portcullis database", dir.display());
+    }
+    SledStore::open(dir).with_context(|| {
+        format!(
+            "opening {} (if a server is running on it, use --addr instead)",
+            dir.display()
+        )
+    })
+}
+
+fn print_event(e: &Event, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(e)?);
+        return Ok(());
+    }
+    let summary = if e.summary.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(&e.summary)?
+    };
+    println!(
+        "#{:<6} {} {:<18} {:<20} {:<24} {:<21} {:<4} {:>7}us {}",
+        e.seq,
+        e.time,
+        e.outcome,
+        e.command.as_deref().unwrap_or("-"),
+        e.actor.to_string(),
+        e.client.as_deref().unwrap_or("-"),
+        e.transport,
+        e.duration_us,
+        summary
+    );
+    Ok(())
+}
+
+async fn tail(a: TailArgs) -> Result<ExitCode> {
+    if let Some(dir) = &a.source.data_dir {
+        if a.follow {
+            bail!("--follow needs a running server: use --addr");
+        }
+        let store = open_offline(dir)?;
+        let mut next = a.from_seq.unwrap_or(1).max(1);
+        let head = store.head_seq();
+        while next <= head {
+            let page = store.read(next, head, 4096).await?;
+            let Some(last) = page.last() else { break };
+            next = last.seq + 1;
+            for entry in page {
+                match entry.event {
+                    Ok(e) => print_event(&e, a.json)?,
+                    Err(err) => eprintln!("#{}: unreadable event: {err}", entry.seq),
+                }
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = a.source.remote.connect(true).await?;
+    let mut t = client
+        .tail(TailParams {
+            from_seq: a.from_seq,
+            follow: a.follow,
+        })
+        .await?;
+    while let Some(item) = t.next().await? {
+        match item {
+            TailItem::Event(e) => print_event(&e, a.json)?,
+            TailItem::CaughtUp { .. } => {}
+            TailItem::End { .. } => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let report: VerifyReport = match &a.source.data_dir {
+        Some(dir) => {
+            let store = open_offline(dir)?;
+            verify_events(&store, 1, None).await?
+        }
+        None => {
+            let mut c = a.source.remote.connect(true).await?;
+            let params = serde_json::to_value(VerifyParams::default())?;
+            c.call_ok("LOG.VERIFY", params).await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

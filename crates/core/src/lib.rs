@@ -1,1 +1,116 @@
+//! The Portcullis core: the command registry, the one dispatcher every transport calls, and the
+//! command handlers (one module per command family under [`commands`]).
+//!
+//! Request path: a transport hands a frame to [`Dispatcher::execute_frame`]; the dispatcher
+//! parses the envelope, finds the command, verifies the caller, runs the handler with a [`Ctx`],
+//! appends the outcome to the event log (for every command but `SYS.PING`) and returns a
+//! [`Reply`] whose answer may be sent once the group commit has made it durable.
 
+#![warn(missing_docs)]
+
+pub mod audit;
+pub mod caller;
+pub mod clock;
+pub mod commands;
+pub mod config;
+mod dispatcher;
+pub mod error;
+pub mod node;
+pub mod registry;
+pub mod tail;
+
+pub use audit::Audit;
+pub use caller::{Caller, RateClass, Requirement};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+pub use dispatcher::{ConnInfo, Dispatcher, Pending, Reply, Transport};
+pub use error::CommandError;
+pub use registry::{CommandSpec, Registry};
+
+use portcullis_store::{EventLog, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// The server's shared state: configuration, persistence, clock, node facts and the registry.
+pub struct App {
+    /// Configuration in force.
+    pub config: Config,
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// The event log.
+    pub log: Arc<dyn EventLog>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Stable id of the data directory.
+    pub node_id: String,
+    /// When the process started.
+    pub started_at: OffsetDateTime,
+    started: Instant,
+    operator_token_hash: [u8; 32],
+    /// Cancelled when the server begins to shut down.
+    pub shutdown: CancellationToken,
+    /// Every command.
+    pub registry: Registry,
+}
+
+impl App {
+    /// Opens the data directory named in `config` and builds the app with every command.
+    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, node::NodeError> {
+        let node = node::Node::open(&config.data_dir).await?;
+        if node.operator_token_created {
+            tracing::info!(
+                path = %config.data_dir.join(node::OPERATOR_TOKEN_FILE).display(),
+                "created the operator token"
+            );
+        }
+        let started_at = clock.now();
+        Ok(Arc::new(App {
+            store: node.store.clone(),
+            log: node.store,
+            clock,
+            node_id: node.node_id,
+            started_at,
+            started: Instant::now(),
+            operator_token_hash: node.operator_token_hash,
+            shutdown: CancellationToken::new(),
+            registry: commands::registry(),
+            config,
+        }))
+    }
+
+    /// Seconds since start.
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Flushes and closes persistence. Call once, after the transports have drained.
+    pub fn close(&self) {
+        self.store.close();
+    }
+}
+
+/// What a handler gets: the app, the verified caller, where the request came from, and the
+/// audit record the dispatcher will write.
+#[derive(Clone)]
+pub struct Ctx {
+    /// Shared state.
+    pub app: Arc<App>,
+    /// The verified caller.
+    pub caller: Caller,
+    /// The client's address, when known.
+    pub client: Option<SocketAddr>,
+    /// The request's correlation id.
+    pub request_id: Option<portcullis_protocol::RequestId>,
+    /// What to record about this command.
+    pub audit: Arc<Audit>,
+}
+
+impl Ctx {
+    /// Now, from the app's clock.
+    pub fn now(&self) -> OffsetDateTime {
+        self.app.clock.now()
+    }
+}

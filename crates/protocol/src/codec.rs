@@ -140,14 +140,20 @@ mod tests {
     fn splits_lines_skips_blanks_and_strips_cr() {
         let mut c = FrameCodec::new(16);
         let got = frames(&mut c, b"{\"a\":1}\n\n  \r\n{\"b\":2}\r\n{\"c\"");
-        assert_eq!(got, vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{\"b\":2}".to_vec())]);
+        assert_eq!(
+            got,
+            vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{\"b\":2}".to_vec())]
+        );
     }
 
     #[test]
     fn oversized_line_is_refused_before_its_end_arrives() {
         let mut c = FrameCodec::new(8);
         let mut buf = BytesMut::from(&b"123456789"[..]);
-        assert!(matches!(c.decode(&mut buf), Err(FrameError::TooLarge { limit: 8 })));
+        assert!(matches!(
+            c.decode(&mut buf),
+            Err(FrameError::TooLarge { limit: 8 })
+        ));
         let mut c = FrameCodec::new(8);
         assert!(frames(&mut c, b"12345678\n")[0].is_ok());
         let mut c = FrameCodec::new(8);
@@ -176,7 +182,10 @@ mod tests {
     fn last_line_without_newline_is_a_frame_at_eof() {
         let mut c = FrameCodec::new(64);
         let mut buf = BytesMut::from(&b"{\"a\":1}"[..]);
-        assert_eq!(c.decode_eof(&mut buf).unwrap().unwrap().to_vec(), b"{\"a\":1}");
+        assert_eq!(
+            c.decode_eof(&mut buf).unwrap().unwrap().to_vec(),
+            b"{\"a\":1}"
+        );
         assert!(c.decode_eof(&mut buf).unwrap().is_none());
     }
 }

@@ -202,7 +202,10 @@ mod tests {
     #[test]
     fn canonical_form_sorts_keys_at_every_depth() {
         let mut out = Vec::new();
-        canonical_json(&json!({"b": {"d": 1, "c": [true, null]}, "a": "é\n"}), &mut out);
+        canonical_json(
+            &json!({"b": {"d": 1, "c": [true, null]}, "a": "é\n"}),
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"a":"é\n","b":{"c":[true,null],"d":1}}"#

@@ -1,1 +1,66 @@
+//! Portcullis transports. They only frame bytes: every request goes to the one
+//! [`portcullis_core::Dispatcher`].
+//!
+//! - [`tcp`]: NDJSON over TCP, pipelined, answers in request order.
+//! - [`http`]: the HTTP gateway (`POST /api/v1/execute`, `GET /healthz`).
+//!
+//! [`Server::start`] binds both, [`Server::shutdown`] stops accepting, lets in-flight commands
+//! finish within the grace period and returns; the caller then closes the store.
 
+#![warn(missing_docs)]
+
+pub mod http;
+pub mod tcp;
+
+use portcullis_core::{App, Dispatcher};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+/// Both listeners, running.
+pub struct Server {
+    /// Bound TCP address.
+    pub tcp_addr: SocketAddr,
+    /// Bound HTTP address.
+    pub http_addr: SocketAddr,
+    app: Arc<App>,
+    tasks: TaskTracker,
+}
+
+impl Server {
+    /// Binds the TCP and HTTP listeners named in the app's config (port 0 picks a free port)
+    /// and starts serving.
+    pub async fn start(app: Arc<App>) -> io::Result<Server> {
+        let tcp = TcpListener::bind(app.config.tcp).await?;
+        let http = TcpListener::bind(app.config.http).await?;
+        let tcp_addr = tcp.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let dispatcher = Dispatcher::new(Arc::clone(&app));
+        let tasks = TaskTracker::new();
+        tasks.spawn(tcp::serve(tcp, dispatcher.clone(), tasks.clone()));
+        tasks.spawn(http::serve(http, dispatcher));
+        tracing::info!(%tcp_addr, %http_addr, "listening");
+        Ok(Server {
+            tcp_addr,
+            http_addr,
+            app,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, waits up to the configured grace for in-flight commands and streams to
+    /// finish, and returns whether everything finished in time.
+    pub async fn shutdown(self) -> bool {
+        self.app.shutdown.cancel();
+        self.tasks.close();
+        let grace = Duration::from_secs(self.app.config.shutdown_grace_s);
+        let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !drained {
+            tracing::warn!("shutdown grace elapsed with work still in flight");
+        }
+        drained
+    }
+}

@@ -1,1 +1,172 @@
+//! Persistence for Portcullis.
+//!
+//! [`Store`] and [`EventLog`] are the only doors to persistence: handlers and the dispatcher
+//! see nothing else, so another backend (PostgreSQL) can be added without touching them.
+//! [`SledStore`] implements both on sled 0.34.
+//!
+//! # Durability
+//!
+//! Writes land in sled's in-memory state at once and reach disk when it flushes. Callers that
+//! must not answer before their write is on disk call [`Store::sync`] (or use [`Store::consume`],
+//! which does). `sync` does not flush by itself: it joins the queue of ONE group-commit thread,
+//! which flushes once for every waiter that arrived since the previous flush began. This keeps
+//! one flush per batch rather than per caller, and avoids sled 0.34's `flush_async` deadlock
+//! under many concurrent callers. Limit: sled's flush uses `sync_file_range` + `fsync` of its
+//! segment files; on filesystems or disks that lie about write barriers, nothing here can help.
 
+#![warn(missing_docs)]
+
+mod group_commit;
+mod log;
+mod record;
+mod sled_store;
+
+pub use group_commit::CommitStats;
+pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage};
+pub use record::{decode_record, encode_record, Record, RecordError};
+pub use sled_store::SledStore;
+
+use async_trait::async_trait;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A pending durability wait; see [`Store::sync`].
+pub type SyncTicket = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+
+/// The logical tables of the store. Each backend maps them to its own structures (sled trees,
+/// SQL tables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Node-wide facts: node id, operator-token hash, key material.
+    Meta,
+    /// Single-use artifacts awaiting consumption (challenges, links, codes).
+    Challenges,
+}
+
+impl Table {
+    /// Every table.
+    pub const ALL: [Table; 2] = [Table::Meta, Table::Challenges];
+
+    /// Stable name of the table on disk.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::Challenges => "challenges",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A persistence failure. Its message carries no record contents.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (disk, corruption).
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+    /// The store is closing or its commit thread is gone.
+    #[error("storage is shutting down")]
+    Closed,
+    /// A record could not be decoded.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Result of a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cas {
+    /// The value matched `expected` and was replaced.
+    Swapped,
+    /// The value did not match; this is what it is now.
+    Conflict {
+        /// The current value.
+        current: Option<Vec<u8>>,
+    },
+}
+
+/// Result of [`Store::consume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// This caller consumed it; the removal is durable.
+    Won,
+    /// Someone else consumed or changed it first (or it never existed).
+    Lost,
+}
+
+/// Key-value persistence with atomic single-key primitives.
+///
+/// Every method applies atomically to one key. Nothing is durable until [`Store::sync`] returns
+/// (or a method documented as durable returns).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads a value.
+    async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Writes a value, replacing any previous one.
+    async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Removes a value, returning the previous one.
+    async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Replaces the value with `new` (`None` removes it) only if it currently equals `expected`
+    /// (`None` means absent, so `(None, Some(v))` is insert-if-absent). Among any number of
+    /// concurrent callers with the same `expected`, exactly one gets [`Cas::Swapped`].
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<Cas, StoreError>;
+
+    /// Up to `limit` entries whose key starts with `prefix`, in key order.
+    async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// Returns a wait that resolves once every write made before this call is durable on disk.
+    ///
+    /// The wait is registered when `sync` is called, not when the future is first polled, so a
+    /// caller may take the ticket now and await it later (the dispatcher answers pipelined
+    /// requests this way, sharing one flush).
+    fn sync(&self) -> SyncTicket;
+
+    /// Flushes everything, answers queued durability waiters and refuses later ones. Called once
+    /// on shutdown.
+    fn close(&self);
+
+    /// Consumes a single-use item: removes `key` only if its value is still `expected`, and
+    /// returns once that removal is durable. Exactly one of N concurrent callers wins; a loser
+    /// changes nothing.
+    async fn consume(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: &[u8],
+    ) -> Result<Consumed, StoreError> {
+        match self
+            .compare_and_swap(table, key, Some(expected), None)
+            .await?
+        {
+            Cas::Swapped => {
+                self.sync().await?;
+                Ok(Consumed::Won)
+            }
+            Cas::Conflict { .. } => Ok(Consumed::Lost),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

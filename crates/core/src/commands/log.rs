@@ -1,0 +1,167 @@
+//! `LOG.TAIL`, `LOG.QUERY`, `LOG.VERIFY`: the operator's view of the event log.
+//!
+//! All three read only durable events, so nothing they show can be taken back by a crash.
+
+use crate::caller::{RateClass, Requirement};
+use crate::clock::{parse_rfc3339, rfc3339_ms};
+use crate::tail::TailStream;
+use crate::{CommandError, CommandSpec, Ctx};
+use portcullis_protocol::commands::log::{
+    self, QueryParams, QueryResult, TailParams, VerifyParams, VerifyReport, DEFAULT_QUERY_LIMIT,
+    MAX_QUERY_LIMIT,
+};
+use portcullis_protocol::{Actor, ErrorCode, Event};
+use portcullis_store::verify_events;
+
+/// Most events one `LOG.QUERY` call examines; it returns `next_seq` to continue.
+pub const QUERY_SCAN_BUDGET: u64 = 100_000;
+const PAGE: usize = 1024;
+
+/// Registry entries.
+pub fn specs() -> Vec<CommandSpec> {
+    vec![
+        CommandSpec::streaming(log::TAIL, Requirement::Operator, RateClass::Operator, tail),
+        CommandSpec::new(
+            log::QUERY,
+            Requirement::Operator,
+            RateClass::Operator,
+            query,
+        ),
+        CommandSpec::new(
+            log::VERIFY,
+            Requirement::Operator,
+            RateClass::Operator,
+            verify,
+        ),
+    ]
+}
+
+/// `LOG.TAIL` — operator. Streams events from `from_seq` (default: the next one written) and,
+/// with `follow`, live events until the client goes away.
+async fn tail(ctx: Ctx, p: TailParams) -> Result<TailStream, CommandError> {
+    let app = &ctx.app;
+    let head = app.log.head_seq();
+    let from = p.from_seq.unwrap_or(head + 1).max(1);
+    Ok(TailStream::new(
+        ctx.request_id.clone(),
+        app.log.clone(),
+        app.shutdown.clone(),
+        from,
+        p.follow,
+        head,
+        app.config.tail_max_lag,
+    ))
+}
+
+struct Filter {
+    since: Option<String>,
+    until: Option<String>,
+    command: Option<String>,
+    outcome: Option<String>,
+    actor: Option<Actor>,
+}
+
+impl Filter {
+    fn from_params(p: &QueryParams) -> Result<Filter, CommandError> {
+        let time = |s: &Option<String>, name: &str| -> Result<Option<String>, CommandError> {
+            s.as_deref()
+                .map(|t| {
+                    parse_rfc3339(t).map(rfc3339_ms).ok_or_else(|| {
+                        CommandError::invalid_params(format!("{name} must be an RFC 3339 time"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(o) = &p.outcome {
+            if o != "ok" && ErrorCode::parse(o).is_none() {
+                return Err(CommandError::invalid_params(
+                    "outcome must be \"ok\" or an error code",
+                ));
+            }
+        }
+        let actor = p
+            .actor
+            .as_deref()
+            .map(|a| {
+                a.parse::<Actor>().map_err(|_| {
+                    CommandError::invalid_params(
+                        "actor must be anonymous, operator, user:<id> or apikey:<id>",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Filter {
+            since: time(&p.since, "since")?,
+            until: time(&p.until, "until")?,
+            command: p.command.clone(),
+            outcome: p.outcome.clone(),
+            actor,
+        })
+    }
+
+    /// Times are compared as strings: every event time has the same fixed-width UTC form.
+    fn matches(&self, e: &Event) -> bool {
+        self.since.as_ref().is_none_or(|s| e.time >= *s)
+            && self.until.as_ref().is_none_or(|u| e.time < *u)
+            && self
+                .command
+                .as_ref()
+                .is_none_or(|c| e.command.as_ref() == Some(c))
+            && self.outcome.as_ref().is_none_or(|o| e.outcome == *o)
+            && self.actor.as_ref().is_none_or(|a| e.actor == *a)
+    }
+}
+
+/// `LOG.QUERY` — operator. Filtered, paginated read of durable events.
+async fn query(ctx: Ctx, p: QueryParams) -> Result<QueryResult, CommandError> {
+    let limit = p.limit.unwrap_or(DEFAULT_QUERY_LIMIT);
+    if limit == 0 || limit > MAX_QUERY_LIMIT {
+        return Err(CommandError::invalid_params(format!(
+            "limit must be between 1 and {MAX_QUERY_LIMIT}"
+        )));
+    }
+    let filter = Filter::from_params(&p)?;
+    let log = &ctx.app.log;
+    let last = p.to_seq.unwrap_or(u64::MAX).min(log.durable_seq());
+    let mut next = p.from_seq.unwrap_or(1).max(1);
+    let budget_end = next.saturating_add(QUERY_SCAN_BUDGET);
+    let mut events = Vec::new();
+    while next <= last && next < budget_end && events.len() < limit {
+        let page = log.read(next, last.min(budget_end - 1), PAGE).await?;
+        let Some(tail) = page.last() else { break };
+        let page_end = tail.seq;
+        for entry in page {
+            next = entry.seq + 1;
+            let e = entry.event.map_err(|err| {
+                tracing::error!(seq = entry.seq, error = %err, "unreadable event");
+                CommandError::internal()
+            })?;
+            if filter.matches(&e) {
+                events.push(e);
+                if events.len() == limit {
+                    break;
+                }
+            }
+        }
+        if events.len() < limit {
+            next = page_end + 1;
+        }
+    }
+    let next_seq = (next <= last).then_some(next);
+    ctx.audit
+        .note("returned", u64::try_from(events.len()).unwrap_or(u64::MAX));
+    Ok(QueryResult { events, next_seq })
+}
+
+/// `LOG.VERIFY` — operator. Recomputes the chain over durable events and names the first
+/// broken seq.
+async fn verify(ctx: Ctx, p: VerifyParams) -> Result<VerifyReport, CommandError> {
+    let log = ctx.app.log.as_ref();
+    let to = p.to_seq.unwrap_or(u64::MAX).min(log.durable_seq());
+    let report = verify_events(log, p.from_seq.unwrap_or(1), Some(to)).await?;
+    ctx.audit.note("valid", report.valid);
+    if let Some(seq) = report.first_broken_seq {
+        ctx.audit.note("first_broken_seq", seq);
+    }
+    Ok(report)
+}

@@ -1,0 +1,12 @@
+//! Command handlers, one module per command family. Each module exposes `specs()`, the registry
+//! entries of its commands.
+
+pub mod log;
+pub mod sys;
+
+use crate::Registry;
+
+/// The registry of every command this build serves.
+pub fn registry() -> Registry {
+    Registry::default().with(sys::specs()).with(log::specs())
+}

@@ -1,0 +1,204 @@
+//! `LOG.TAIL`: replay from a seq, then (optionally) follow live, with no gap and no duplicate.
+//!
+//! The stream reads the log itself rather than a broadcast buffer: it replays up to the durable
+//! watermark, then waits for the watermark to move and reads what is new. Writers never wait
+//! for followers, a follower holds no buffer beyond one page, and an event is shown only once
+//! it is on disk, so a crash cannot take back an event a follower has seen. A follower more than
+//! `max_lag` events behind the head is told where to resume and dropped.
+
+use portcullis_protocol::commands::log::{TailFrame, TAIL};
+use portcullis_protocol::{ErrorBody, ErrorCode, RequestId, Response};
+use portcullis_store::EventLog;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+const PAGE: usize = 256;
+
+enum Phase {
+    /// Replaying stored events.
+    Replay,
+    Live,
+    Done,
+}
+
+/// A stream of `LOG.TAIL` response lines.
+pub struct TailStream {
+    id: Option<RequestId>,
+    log: Arc<dyn EventLog>,
+    durable: watch::Receiver<u64>,
+    shutdown: CancellationToken,
+    next: u64,
+    /// Without follow: the last seq to send.
+    until: Option<u64>,
+    max_lag: u64,
+    phase: Phase,
+    queue: VecDeque<Response>,
+}
+
+impl TailStream {
+    /// A stream from `from` (inclusive). Without `follow` it ends after `until`.
+    pub(crate) fn new(
+        id: Option<RequestId>,
+        log: Arc<dyn EventLog>,
+        shutdown: CancellationToken,
+        from: u64,
+        follow: bool,
+        until: u64,
+        max_lag: u64,
+    ) -> Self {
+        let durable = log.watch_durable();
+        TailStream {
+            id,
+            log,
+            durable,
+            shutdown,
+            next: from.max(1),
+            until: (!follow).then_some(until),
+            max_lag,
+            phase: Phase::Replay,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Whether the stream follows live events (and so never ends by itself).
+    pub fn follows(&self) -> bool {
+        self.until.is_none()
+    }
+
+    fn frame(&self, f: TailFrame) -> Response {
+        let data = serde_json::to_value(f).unwrap_or_default();
+        Response::ok(self.id.clone(), TAIL, data)
+    }
+
+    fn fail(&mut self, reason: &str, message: &str) {
+        let mut body = ErrorBody::new(ErrorCode::Unavailable, message);
+        body.details = Some(json!({"reason": reason, "resume_from_seq": self.next}));
+        self.queue
+            .push_back(Response::err(self.id.clone(), Some(TAIL.into()), body));
+        self.phase = Phase::Done;
+    }
+
+    /// Reads durable events from `next` up to `to` into the queue. Returns false on failure.
+    async fn fill(&mut self, to: u64) -> bool {
+        match self.log.read(self.next, to, PAGE).await {
+            Ok(page) => {
+                for entry in page {
+                    match entry.event {
+                        Ok(e) => {
+                            self.next = e.seq + 1;
+                            let r = self.frame(TailFrame::Event { event: Box::new(e) });
+                            self.queue.push_back(r);
+                        }
+                        Err(err) => {
+                            tracing::error!(seq = entry.seq, error = %err, "unreadable event in tail");
+                            self.fail("unreadable", "an event could not be read; run LOG.VERIFY");
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "reading the event log failed");
+                self.fail("storage", "the event log could not be read");
+                false
+            }
+        }
+    }
+
+    /// The next line, or `None` when the stream is over.
+    pub async fn next(&mut self) -> Option<Response> {
+        loop {
+            if let Some(r) = self.queue.pop_front() {
+                return Some(r);
+            }
+            match self.phase {
+                Phase::Done => return None,
+                Phase::Replay => {
+                    let target = match self.until {
+                        Some(until) => {
+                            // Events up to `until` were acknowledged or are about to be: wait
+                            // until they are durable.
+                            if !self.wait_durable(until).await {
+                                continue;
+                            }
+                            until
+                        }
+                        None => *self.durable.borrow_and_update(),
+                    };
+                    if self.next <= target {
+                        self.fill(target).await;
+                        continue;
+                    }
+                    let next_seq = self.next;
+                    let marker = match self.until {
+                        Some(_) => {
+                            self.phase = Phase::Done;
+                            TailFrame::End {
+                                end: true,
+                                next_seq,
+                            }
+                        }
+                        None => {
+                            self.phase = Phase::Live;
+                            TailFrame::CaughtUp {
+                                caught_up: true,
+                                next_seq,
+                            }
+                        }
+                    };
+                    let r = self.frame(marker);
+                    self.queue.push_back(r);
+                }
+                Phase::Live => {
+                    let durable = *self.durable.borrow_and_update();
+                    if durable >= self.next {
+                        if self.log.head_seq().saturating_sub(self.next) > self.max_lag {
+                            self.fail(
+                                "lagged",
+                                "follower fell too far behind; resume from resume_from_seq",
+                            );
+                            continue;
+                        }
+                        self.fill(durable).await;
+                        continue;
+                    }
+                    tokio::select! {
+                        changed = self.durable.changed() => {
+                            if changed.is_err() {
+                                self.fail("shutdown", "server is shutting down");
+                            }
+                        }
+                        _ = self.shutdown.cancelled() => {
+                            self.fail("shutdown", "server is shutting down");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the durable watermark reaches `seq`. False if the stream had to stop.
+    async fn wait_durable(&mut self, seq: u64) -> bool {
+        loop {
+            if *self.durable.borrow_and_update() >= seq {
+                return true;
+            }
+            tokio::select! {
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        self.fail("shutdown", "server is shutting down");
+                        return false;
+                    }
+                }
+                _ = self.shutdown.cancelled() => {
+                    self.fail("shutdown", "server is shutting down");
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The HTTP gateway: `POST /api/v1/execute` takes the same request object as a TCP line and
+//! answers the same envelope; `GET /healthz` answers `{"status":"ok"}`.
+//!
+//! Status codes: 200 for every handled outcome (including `ok: false`), 400 when the body
+//! cannot be read as a request (`BAD_REQUEST`), 413 when it is over the frame limit
+//! (`FRAME_TOO_LARGE`). `LOG.TAIL` answers `application/x-ndjson`, streaming the same lines as
+//! over TCP.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::BytesMut;
+use portcullis_core::{CommandError, ConnInfo, Dispatcher, Reply, Transport};
+use portcullis_protocol::codec::encode_line;
+use portcullis_protocol::{ErrorCode, Response, Secret};
+use std::net::SocketAddr;
+
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// The execute endpoint's path.
+pub const EXECUTE_PATH: &str = "/api/v1/execute";
+
+/// The gateway's routes over a dispatcher.
+pub fn router(dispatcher: Dispatcher) -> Router {
+    Router::new()
+        .route(EXECUTE_PATH, post(execute))
+        .route("/healthz", get(healthz))
+        // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(dispatcher)
+}
+
+/// Serves the gateway until the app shuts down, then lets open requests finish.
+pub async fn serve(listener: TcpListener, dispatcher: Dispatcher) {
+    let shutdown = dispatcher.app().shutdown.clone();
+    let app = router(dispatcher).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "HTTP gateway stopped");
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<Secret>, &'static str> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| "the Authorization header is not ASCII")?;
+    let (scheme, token) = v
+        .split_once(' ')
+        .ok_or("the Authorization header must be `Bearer <token>`")?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err("the Authorization header must be `Bearer <token>`");
+    }
+    Ok(Some(Secret::new(token)))
+}
+
+async fn execute(
+    State(dispatcher): State<Dispatcher>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> HttpResponse {
+    let started = Instant::now();
+    let conn = ConnInfo {
+        transport: Transport::Http,
+        client: Some(peer),
+    };
+    let limit = dispatcher.app().config.max_frame_bytes;
+    let reply = match (axum::body::to_bytes(body, limit).await, bearer(&headers)) {
+        (Err(_), _) => {
+            let err = CommandError::new(
+                ErrorCode::FrameTooLarge,
+                format!("the request body may be at most {limit} bytes"),
+            );
+            dispatcher.unreadable(None, err, &conn, started).await
+        }
+        (Ok(_), Err(msg)) => {
+            dispatcher
+                .unreadable(None, CommandError::bad_request(msg), &conn, started)
+                .await
+        }
+        (Ok(bytes), Ok(token)) => dispatcher.execute_frame(&bytes, token, &conn).await,
+    };
+    match reply {
+        Reply::Unary(pending) => envelope(pending.resolve().await),
+        Reply::Stream { stream, .. } => ndjson(stream),
+    }
+}
+
+fn envelope(r: Response) -> HttpResponse {
+    let status = match r.error_code() {
+        Some(ErrorCode::BadRequest) => StatusCode::BAD_REQUEST,
+        Some(ErrorCode::FrameTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::OK,
+    };
+    (status, axum::Json(r)).into_response()
+}
+
+fn ndjson(stream: portcullis_core::tail::TailStream) -> HttpResponse {
+    let lines = futures::stream::unfold(stream, |mut s| async move {
+        let r = s.next().await?;
+        let mut out = BytesMut::new();
+        let line = match encode_line(&r, &mut out) {
+            Ok(()) => out.freeze(),
+            Err(_) => Bytes::new(),
+        };
+        Some((Ok::<_, std::convert::Infallible>(line), s))
+    });
+    let mut resp = Body::from_stream(lines).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}

@@ -1,0 +1,256 @@
+//! NDJSON over TCP.
+//!
+//! Per connection: a reader executes requests one after another, in order, and queues each
+//! reply (bounded, so a client that does not read stops being read); a writer awaits each
+//! reply's durability in order and writes it, flushing the socket only when no further answer
+//! is ready, so pipelined requests share one disk flush and one write.
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use portcullis_core::{CommandError, ConnInfo, Dispatcher, Reply, Transport};
+use portcullis_protocol::codec::{encode_line, FrameCodec, FrameError};
+use portcullis_protocol::{ErrorBody, ErrorCode, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Replies a connection may have queued before the reader stops reading.
+const PIPELINE_DEPTH: usize = 128;
+/// Bytes buffered for writing before they are written even if more answers are ready.
+const WRITE_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Accepts connections until shutdown.
+pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTracker) {
+    let app = Arc::clone(dispatcher.app());
+    let slots = Arc::new(Semaphore::new(app.config.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => {
+                let d = dispatcher.clone();
+                tasks.spawn(async move {
+                    connection(sock, peer, d).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "connection cap reached; refusing");
+                tasks.spawn(refuse(sock));
+            }
+        }
+    }
+}
+
+async fn refuse(mut sock: TcpStream) {
+    let body = ErrorBody::new(ErrorCode::Unavailable, "too many connections; retry later");
+    let mut out = BytesMut::new();
+    if encode_line(&Response::err(None, None, body), &mut out).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&out)).await;
+    }
+    let _ = sock.shutdown().await;
+}
+
+/// Serves one connection to the end.
+pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatcher) {
+    let _ = sock.set_nodelay(true);
+    let (rd, wr) = sock.into_split();
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let closed = CancellationToken::new();
+    let writer = tokio::spawn(write_loop(wr, rx, closed.clone()));
+    if read_loop(rd, tx, &dispatcher, peer).await == ReadEnd::ClientGone {
+        // A following stream ends with its client.
+        closed.cancel();
+    }
+    // Queued answers still drain (after EOF, a client may still be reading).
+    let _ = writer.await;
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// No more requests will be read; queued answers should still be written.
+    Done,
+    /// The client closed while a following stream was being written.
+    ClientGone,
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    tx: mpsc::Sender<Reply>,
+    dispatcher: &Dispatcher,
+    peer: SocketAddr,
+) -> ReadEnd {
+    let app = Arc::clone(dispatcher.app());
+    let cfg = &app.config;
+    let conn = ConnInfo {
+        transport: Transport::Tcp,
+        client: Some(peer),
+    };
+    let idle = Duration::from_secs(cfg.idle_timeout_s);
+    let frame_timeout = Duration::from_secs(cfg.frame_timeout_s);
+    let mut codec = FrameCodec::new(cfg.max_frame_bytes);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut partial_since: Option<Instant> = None;
+    let mut eof = false;
+    loop {
+        // Execute every complete frame already buffered.
+        loop {
+            let decoded = if eof {
+                codec.decode_eof(&mut buf)
+            } else {
+                codec.decode(&mut buf)
+            };
+            let reply = match decoded {
+                Ok(Some(frame)) => dispatcher.execute_frame(&frame, None, &conn).await,
+                Ok(None) => break,
+                Err(FrameError::TooLarge { limit }) => {
+                    let err = CommandError::new(
+                        ErrorCode::FrameTooLarge,
+                        format!("a request line may be at most {limit} bytes; closing"),
+                    );
+                    let reply = dispatcher
+                        .unreadable(None, err, &conn, Instant::now())
+                        .await;
+                    let _ = tx.send(reply).await;
+                    return ReadEnd::Done;
+                }
+                Err(_) => return ReadEnd::Done,
+            };
+            let follows = matches!(reply, Reply::Stream { follow: true, .. });
+            if tx.send(reply).await.is_err() {
+                return ReadEnd::Done;
+            }
+            if follows {
+                // The connection now carries only the stream: discard input until the client
+                // goes away, which ends the stream.
+                drain(&mut rd, &app.shutdown).await;
+                return ReadEnd::ClientGone;
+            }
+        }
+        if eof {
+            return ReadEnd::Done;
+        }
+        let wait = if buf.is_empty() {
+            partial_since = None;
+            idle
+        } else {
+            let since = *partial_since.get_or_insert_with(Instant::now);
+            frame_timeout.saturating_sub(since.elapsed())
+        };
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return ReadEnd::Done,
+            r = tokio::time::timeout(wait, rd.read_buf(&mut buf)) => match r {
+                Err(_) => {
+                    tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
+                    return ReadEnd::Done;
+                }
+                Ok(Ok(0)) => eof = true,
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return ReadEnd::Done,
+            },
+        }
+    }
+}
+
+async fn drain(rd: &mut OwnedReadHalf, shutdown: &CancellationToken) {
+    let mut sink = [0u8; 4096];
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rd.read(&mut sink) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Reply>,
+    closed: CancellationToken,
+) {
+    let mut out = BytesMut::with_capacity(WRITE_CHUNK);
+    while let Some(reply) = rx.recv().await {
+        let ok = match reply {
+            Reply::Unary(pending) => {
+                let r = pending.resolve().await;
+                encode(&r, &mut out)
+            }
+            Reply::Stream { mut stream, .. } => loop {
+                // Write what is buffered whenever the stream would wait.
+                let next = match stream.next().now_or_never() {
+                    Some(n) => n,
+                    None => {
+                        if flush(&mut wr, &mut out).await.is_err() {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = closed.cancelled() => return,
+                            n = stream.next() => n,
+                        }
+                    }
+                };
+                match next {
+                    Some(r) => {
+                        if !encode(&r, &mut out)
+                            || (out.len() >= WRITE_CHUNK && flush(&mut wr, &mut out).await.is_err())
+                        {
+                            return;
+                        }
+                    }
+                    None => break true,
+                }
+            },
+        };
+        if !ok {
+            return;
+        }
+        if (rx.is_empty() || out.len() >= WRITE_CHUNK) && flush(&mut wr, &mut out).await.is_err() {
+            return;
+        }
+    }
+    let _ = flush(&mut wr, &mut out).await;
+    let _ = wr.shutdown().await;
+}
+
+fn encode(r: &Response, out: &mut BytesMut) -> bool {
+    match encode_line(r, out) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "response does not encode");
+            false
+        }
+    }
+}
+
+async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    wr.write_all(out).await?;
+    out.clear();
+    Ok(())
+}

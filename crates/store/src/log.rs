@@ -1,0 +1,151 @@
+//! The hash-chained event log: the trait every backend implements, and chain verification.
+
+use crate::{Record, RecordError, StoreError};
+use async_trait::async_trait;
+use portcullis_protocol::commands::log::VerifyReport;
+use portcullis_protocol::{Event, GENESIS_HASH};
+use tokio::sync::watch;
+
+impl Record for Event {
+    const VERSION: u8 = 1;
+}
+
+/// One stored position of the log: its seq and the event, or why it could not be read.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// Position (from the key, so known even when the value is unreadable).
+    pub seq: u64,
+    /// The event.
+    pub event: Result<Event, RecordError>,
+}
+
+/// A page of the log.
+pub type LogPage = Vec<LogEntry>;
+
+/// Append-only, hash-chained audit log.
+#[async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends an event. `seq`, `prev` and `hash` are assigned here, under one lock, so the chain
+    /// has no gap and no fork. Not durable until [`crate::Store::sync`] returns.
+    async fn append(&self, event: Event) -> Result<Event, StoreError>;
+
+    /// Seq of the newest appended event (0 when empty).
+    fn head_seq(&self) -> u64;
+
+    /// Seq of the newest event known to be on disk. Readers that must never show an event that
+    /// a crash could take back (LOG.TAIL) stay at or below it.
+    fn durable_seq(&self) -> u64;
+
+    /// Watches [`EventLog::durable_seq`].
+    fn watch_durable(&self) -> watch::Receiver<u64>;
+
+    /// Up to `max` entries with seq in `from..=to`, ascending.
+    async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError>;
+}
+
+/// Checks a run of log entries incrementally: seq continuity, each event's own hash, and that
+/// each `prev` equals the previous event's hash.
+#[derive(Debug, Clone)]
+pub struct ChainVerifier {
+    expected_seq: u64,
+    prev_hash: Option<String>,
+    checked: u64,
+    broken: Option<(u64, &'static str)>,
+}
+
+impl ChainVerifier {
+    /// Starts at `first_seq`. `prev_hash` is the hash that event must point back to: the
+    /// genesis hash for seq 1, the stored hash of the event before it otherwise (`None` when that
+    /// event is itself unreadable, in which case the first `prev` is not checked).
+    pub fn new(first_seq: u64, prev_hash: Option<String>) -> Self {
+        ChainVerifier {
+            expected_seq: first_seq,
+            prev_hash,
+            checked: 0,
+            broken: None,
+        }
+    }
+
+    /// A verifier for the whole log.
+    pub fn from_genesis() -> Self {
+        ChainVerifier::new(1, Some(GENESIS_HASH.to_owned()))
+    }
+
+    /// Feeds the next entry. Returns false once the chain is broken (further entries are ignored).
+    pub fn feed(&mut self, entry: &LogEntry) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        if entry.seq != self.expected_seq {
+            self.broken = Some((self.expected_seq, "seq_gap"));
+            return false;
+        }
+        self.checked += 1;
+        let reason = match &entry.event {
+            Err(_) => Some("unreadable"),
+            Ok(e) if e.seq != entry.seq => Some("seq_gap"),
+            Ok(e) if !e.hash_is_valid() => Some("hash_mismatch"),
+            Ok(e) if self.prev_hash.as_ref().is_some_and(|p| *p != e.prev) => Some("prev_mismatch"),
+            Ok(_) => None,
+        };
+        if let Some(r) = reason {
+            self.broken = Some((entry.seq, r));
+            return false;
+        }
+        self.prev_hash = entry.event.as_ref().ok().map(|e| e.hash.clone());
+        self.expected_seq += 1;
+        true
+    }
+
+    /// The report, given the log's head seq.
+    pub fn report(&self, head_seq: u64) -> VerifyReport {
+        VerifyReport {
+            valid: self.broken.is_none(),
+            checked: self.checked,
+            head_seq,
+            first_broken_seq: self.broken.map(|(s, _)| s),
+            reason: self.broken.map(|(_, r)| r.to_owned()),
+        }
+    }
+}
+
+/// Verifies the log from `from` to `to` (inclusive; clamped to the head), paging through it.
+pub async fn verify_events(
+    log: &dyn EventLog,
+    from: u64,
+    to: Option<u64>,
+) -> Result<VerifyReport, StoreError> {
+    const PAGE: usize = 4096;
+    let head = log.head_seq();
+    let from = from.max(1);
+    let to = to.unwrap_or(head).min(head);
+    let mut verifier = if from == 1 {
+        ChainVerifier::from_genesis()
+    } else {
+        let before = log.read(from - 1, from - 1, 1).await?;
+        let prev = before
+            .first()
+            .and_then(|e| e.event.as_ref().ok())
+            .map(|e| e.hash.clone());
+        ChainVerifier::new(from, prev)
+    };
+    let mut next = from;
+    while next <= to {
+        let page = log.read(next, to, PAGE).await?;
+        if page.is_empty() {
+            // Positions up to `to` should exist: a hole at the end is a gap.
+            verifier.feed(&LogEntry {
+                seq: u64::MAX,
+                event: Err(RecordError::Empty),
+            });
+            break;
+        }
+        for entry in &page {
+            if !verifier.feed(entry) {
+                return Ok(verifier.report(head));
+            }
+        }
+        next = page.last().map_or(to, |e| e.seq).saturating_add(1);
+    }
+    Ok(verifier.report(head))
+}
