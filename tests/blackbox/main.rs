@@ -1,1 +1,6 @@
+//! Black-box tests: the real `portcullis` binary over real sockets on 127.0.0.1.
 
+mod harness;
+mod log;
+mod transport;
+mod spec;

@@ -63,7 +63,8 @@ impl Decoder for FrameCodec {
         loop {
             let from = self.scanned.min(buf.len());
             let Some(off) = buf[from..].iter().position(|&b| b == b'\n') else {
-                if buf.len() > self.max {
+                // One byte of slack for the `\r` of a `\r\n` line end still to come.
+                if buf.len() > self.max + 1 {
                     return Err(FrameError::TooLarge { limit: self.max });
                 }
                 self.scanned = buf.len();
@@ -149,13 +150,19 @@ mod tests {
     #[test]
     fn oversized_line_is_refused_before_its_end_arrives() {
         let mut c = FrameCodec::new(8);
-        let mut buf = BytesMut::from(&b"123456789"[..]);
+        let mut buf = BytesMut::from(&b"1234567890"[..]);
         assert!(matches!(
             c.decode(&mut buf),
             Err(FrameError::TooLarge { limit: 8 })
         ));
         let mut c = FrameCodec::new(8);
         assert!(frames(&mut c, b"12345678\n")[0].is_ok());
+        // A line of exactly the limit still fits when its `\r\n` arrives in pieces.
+        let mut c = FrameCodec::new(8);
+        let mut buf = BytesMut::from(&b"12345678\r"[..]);
+        assert!(c.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"\n");
+        assert_eq!(c.decode(&mut buf).unwrap().unwrap().to_vec(), b"12345678");
         let mut c = FrameCodec::new(8);
         assert!(frames(&mut c, b"123456789\n")[0].is_err());
     }

@@ -77,7 +77,7 @@ pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatche
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let closed = CancellationToken::new();
     let writer = tokio::spawn(write_loop(wr, rx, closed.clone()));
-    if read_loop(rd, tx, &dispatcher, peer).await == ReadEnd::ClientGone {
+    if read_loop(rd, tx, &dispatcher, peer, &closed).await == ReadEnd::ClientGone {
         // A following stream ends with its client.
         closed.cancel();
     }
@@ -98,6 +98,7 @@ async fn read_loop(
     tx: mpsc::Sender<Reply>,
     dispatcher: &Dispatcher,
     peer: SocketAddr,
+    closed: &CancellationToken,
 ) -> ReadEnd {
     let app = Arc::clone(dispatcher.app());
     let cfg = &app.config;
@@ -142,7 +143,7 @@ async fn read_loop(
             if follows {
                 // The connection now carries only the stream: discard input until the client
                 // goes away, which ends the stream.
-                drain(&mut rd, &app.shutdown).await;
+                drain(&mut rd, &app.shutdown, closed).await;
                 return ReadEnd::ClientGone;
             }
         }
@@ -174,11 +175,12 @@ async fn read_loop(
     }
 }
 
-async fn drain(rd: &mut OwnedReadHalf, shutdown: &CancellationToken) {
+async fn drain(rd: &mut OwnedReadHalf, shutdown: &CancellationToken, closed: &CancellationToken) {
     let mut sink = [0u8; 4096];
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = closed.cancelled() => return,
             r = rd.read(&mut sink) => match r {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
@@ -199,7 +201,7 @@ async fn write_loop(
                 let r = pending.resolve().await;
                 encode(&r, &mut out)
             }
-            Reply::Stream { mut stream, .. } => loop {
+            Reply::Stream { mut stream, follow } => loop {
                 // Write what is buffered whenever the stream would wait.
                 let next = match stream.next().now_or_never() {
                     Some(n) => n,
@@ -220,6 +222,14 @@ async fn write_loop(
                         {
                             return;
                         }
+                    }
+                    None if follow => {
+                        // A following stream only ends on error or shutdown: the connection
+                        // carries nothing else, so close it (the client resumes elsewhere).
+                        let _ = flush(&mut wr, &mut out).await;
+                        let _ = wr.shutdown().await;
+                        closed.cancel();
+                        return;
                     }
                     None => break true,
                 }

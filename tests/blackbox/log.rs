@@ -1,0 +1,284 @@
+//! The event log through the real binary: chain and tamper detection, offline tools, tail
+//! replay-to-live under concurrent writers, lagging followers, restarts and crashes.
+
+use crate::harness::{run_cli, Server};
+use portcullis_client::{Client, TailItem};
+use portcullis_protocol::commands::log::{QueryResult, TailParams, VerifyReport};
+use portcullis_protocol::{Event, Request};
+use serde_json::json;
+use std::time::Duration;
+
+async fn info_burst(c: &mut Client, n: usize) -> usize {
+    let reqs = (0..n).map(|_| Request::new("SYS.INFO")).collect();
+    let answers = c.pipeline(reqs).await.unwrap();
+    assert!(answers.iter().all(|r| r.ok), "SYS.INFO failed: {answers:?}");
+    answers.len()
+}
+
+async fn verify(server: &Server) -> VerifyReport {
+    let mut c = server.operator_client().await;
+    c.call_ok("LOG.VERIFY", json!({})).await.unwrap()
+}
+
+async fn query_all(server: &Server, params: serde_json::Value) -> Vec<Event> {
+    let mut c = server.operator_client().await;
+    let mut out = Vec::new();
+    let mut params = params;
+    for _ in 0..1000 {
+        let page: QueryResult = c.call_ok("LOG.QUERY", params.clone()).await.unwrap();
+        out.extend(page.events);
+        match page.next_seq {
+            Some(n) => params["from_seq"] = json!(n),
+            None => return out,
+        }
+    }
+    panic!("LOG.QUERY did not finish in 1000 pages");
+}
+
+fn assert_contiguous(events: &[Event], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, first + i as u64, "gap or duplicate at index {i}");
+        assert!(e.hash_is_valid(), "seq {} hash", e.seq);
+        if i > 0 {
+            assert_eq!(e.prev, events[i - 1].hash, "seq {} prev", e.seq);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_verify_detects_an_edited_event() {
+    let mut server = Server::start();
+    let mut c = server.client().await;
+    info_burst(&mut c, 5).await;
+    drop(c);
+    assert!(server.stop().success());
+    let dir = server.data_dir.to_string_lossy().into_owned();
+
+    let (code, out, err) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: VerifyReport = serde_json::from_str(&out).unwrap();
+    assert!(report.valid);
+    assert_eq!((report.checked, report.head_seq), (5, 5));
+
+    let (code, out, _) = run_cli(&["log", "tail", "--data-dir", &dir, "--json"]);
+    assert_eq!(code, 0);
+    let events: Vec<Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 5);
+    assert_contiguous(&events, 1);
+
+    {
+        // Tamper: rewrite event 3's outcome straight in the database.
+        let db = sled::open(server.data_dir.join("db")).unwrap();
+        let tree = db.open_tree("events").unwrap();
+        let key = 3u64.to_be_bytes();
+        let raw = tree.get(key).unwrap().unwrap().to_vec();
+        let text = String::from_utf8(raw[1..].to_vec()).unwrap();
+        assert!(text.contains("\"outcome\":\"ok\""));
+        let mut edited = vec![raw[0]];
+        edited.extend(text.replace("\"outcome\":\"ok\"", "\"outcome\":\"INVALID_CREDENTIALS\"").bytes());
+        tree.insert(key, edited).unwrap();
+        db.flush().unwrap();
+    }
+    let (code, out, _) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    assert_eq!(code, 1, "a broken chain must exit 1: {out}");
+    let report: VerifyReport = serde_json::from_str(&out).unwrap();
+    assert!(!report.valid);
+    assert_eq!(report.first_broken_seq, Some(3));
+    assert_eq!(report.reason.as_deref(), Some("hash_mismatch"));
+
+    // Online too, after a restart.
+    server.restart();
+    let report = verify(&server).await;
+    assert_eq!((report.valid, report.first_broken_seq), (false, Some(3)));
+    let (code, _, _) = run_cli(&[
+        "log",
+        "verify",
+        "--addr",
+        &server.tcp.to_string(),
+        "--token",
+        server.operator_token().expose(),
+    ]);
+    assert_eq!(code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_switches_from_replay_to_live_without_gap_or_duplicate() {
+    let server = Server::start();
+    let mut c = server.client().await;
+    info_burst(&mut c, 50).await;
+
+    let follower = server.operator_client().await;
+    let mut tail = follower
+        .tail(TailParams {
+            from_seq: Some(1),
+            follow: true,
+        })
+        .await
+        .unwrap();
+    // Writers start before the follower has read anything, so replay and live overlap.
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.tcp;
+            tokio::spawn(async move {
+                let mut c = Client::connect(addr).await.unwrap();
+                let mut n = 0;
+                for _ in 0..10 {
+                    n += info_burst(&mut c, 10).await;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut written = 50;
+    for w in writers {
+        written += w.await.unwrap();
+    }
+    // The tail's own event is logged too.
+    let expected = written as u64 + 1;
+    let mut events = Vec::new();
+    let mut caught_up = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while events.len() < expected as usize {
+            match tail.next().await.unwrap() {
+                Some(TailItem::Event(e)) => events.push(*e),
+                Some(TailItem::CaughtUp { .. }) => caught_up += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("follower saw every event within 60 s");
+    assert_eq!(caught_up, 1, "exactly one switch-over marker");
+    assert_contiguous(&events, 1);
+    // And it keeps following: one more event arrives live.
+    info_burst(&mut c, 1).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), tail.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match next {
+        Some(TailItem::Event(e)) => assert_eq!(e.seq, expected + 1),
+        other => panic!("expected the next event, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_is_told_where_to_resume_and_dropped() {
+    let server = Server::start_with(&["--tail-max-lag", "1"]);
+    let mut producer = server.client().await;
+    let follower = server.operator_client().await;
+    let mut tail = follower.tail(TailParams { from_seq: None, follow: true }).await.unwrap();
+    let mut lagged = None;
+    for _ in 0..20 {
+        info_burst(&mut producer, 200).await;
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match tail.next().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(e) => return Some(e),
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(e)) = drained {
+            lagged = Some(e);
+            break;
+        }
+    }
+    let err = match lagged.expect("a follower 1 event behind under bursts of 200 must be dropped") {
+        portcullis_client::ClientError::Server(body) => body,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(err.code, portcullis_protocol::ErrorCode::Unavailable);
+    let details = err.details.unwrap();
+    assert_eq!(details["reason"], "lagged");
+    let resume = details["resume_from_seq"].as_u64().unwrap();
+    // The connection is closed after the error.
+    let end = tokio::time::timeout(Duration::from_secs(10), tail.next()).await.unwrap();
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    // Resuming from the given seq continues exactly there.
+    let mut again = server
+        .operator_client()
+        .await
+        .tail(TailParams { from_seq: Some(resume), follow: false })
+        .await
+        .unwrap();
+    match again.next().await.unwrap() {
+        Some(TailItem::Event(e)) => assert_eq!(e.seq, resume),
+        other => panic!("expected event {resume}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_and_crashes_keep_every_acknowledged_event_and_the_chain() {
+    let mut server = Server::start();
+    let mut acknowledged = 0;
+    for round in 0..3 {
+        let mut c = server.client().await;
+        acknowledged += info_burst(&mut c, 40).await;
+        drop(c);
+        if round % 2 == 0 {
+            server.kill();
+        } else {
+            assert!(server.stop().success());
+        }
+        server.restart();
+        let report = verify(&server).await;
+        assert!(report.valid, "round {round}: {report:?}");
+        let infos = query_all(&server, json!({"command": "SYS.INFO", "limit": 1000})).await;
+        assert_eq!(infos.len(), acknowledged, "round {round}: acknowledged SYS.INFO without an event");
+    }
+    let all = query_all(&server, json!({"limit": 1000})).await;
+    assert_contiguous(&all, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_filters_and_rejects_bad_filters() {
+    let server = Server::start();
+    let mut c = server.client().await;
+    info_burst(&mut c, 3).await;
+    let unknown = c.call("NOPE.NOPE", json!({})).await.unwrap();
+    assert!(!unknown.ok);
+    let mut op = server.operator_client().await;
+    let page: QueryResult = op
+        .call_ok("LOG.QUERY", json!({"outcome": "UNKNOWN_COMMAND"}))
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].command.as_deref(), Some("NOPE.NOPE"));
+    let page: QueryResult = op
+        .call_ok("LOG.QUERY", json!({"actor": "anonymous", "command": "SYS.INFO", "limit": 2}))
+        .await
+        .unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(page.next_seq, Some(3));
+    let past: QueryResult = op
+        .call_ok("LOG.QUERY", json!({"until": "2000-01-01T00:00:00Z"}))
+        .await
+        .unwrap();
+    assert!(past.events.is_empty());
+    let since: QueryResult = op
+        .call_ok("LOG.QUERY", json!({"since": "2000-01-01T00:00:00+02:00", "limit": 1000}))
+        .await
+        .unwrap();
+    assert!(since.events.len() >= 4);
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 1001}),
+        json!({"since": "yesterday"}),
+        json!({"outcome": "MAYBE"}),
+        json!({"actor": "root"}),
+        json!({"colour": "red"}),
+    ] {
+        let r = op.call("LOG.QUERY", bad.clone()).await.unwrap();
+        assert_eq!(
+            r.error_code(),
+            Some(portcullis_protocol::ErrorCode::InvalidParams),
+            "{bad}"
+        );
+    }
+    // Not for anonymous callers.
+    let r = c.call("LOG.QUERY", json!({})).await.unwrap();
+    assert_eq!(r.error_code(), Some(portcullis_protocol::ErrorCode::Unauthenticated));
+}
