@@ -11,8 +11,9 @@
 //! which does). `sync` does not flush by itself: it joins the queue of ONE group-commit thread,
 //! which flushes once for every waiter that arrived since the previous flush began. This keeps
 //! one flush per batch rather than per caller, and avoids sled 0.34's `flush_async` deadlock
-//! under many concurrent callers. Limit: sled's flush uses `sync_file_range` + `fsync` of its
-//! segment files; on filesystems or disks that lie about write barriers, nothing here can help.
+//! under many concurrent callers. Limit: on Linux sled's flush writes its log with
+//! `sync_file_range`, which survives a process crash but does not flush a drive's volatile write
+//! cache (weaker than `fdatasync` on power loss); see docs/architecture.md.
 
 #![warn(missing_docs)]
 
