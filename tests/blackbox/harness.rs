@@ -20,22 +20,33 @@ pub struct Server {
     pub http: SocketAddr,
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    envs: Vec<(String, String)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// Starts a server on a fresh data directory with extra `serve` flags.
     pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_env(extra, &[])
+    }
+
+    /// Starts a server with extra `serve` flags and environment variables.
+    pub fn start_env(extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, tcp, http) = spawn(&data_dir, &extra);
+        let envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let (child, tcp, http) = spawn(&data_dir, &extra, &envs);
         Server {
             child: Some(child),
             tcp,
             http,
             data_dir,
             extra,
+            envs,
             _tmp: Some(tmp),
         }
     }
@@ -77,7 +88,7 @@ impl Server {
     /// Starts the server again on the same data directory (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
-        let (child, tcp, http) = spawn(&self.data_dir, &self.extra);
+        let (child, tcp, http) = spawn(&self.data_dir, &self.extra, &self.envs);
         self.child = Some(child);
         self.tcp = tcp;
         self.http = http;
@@ -133,8 +144,13 @@ fn wait_timeout(child: &mut Child, d: Duration) -> Option<ExitStatus> {
     None
 }
 
-fn spawn(data_dir: &Path, extra: &[String]) -> (Child, SocketAddr, SocketAddr) {
+fn spawn(
+    data_dir: &Path,
+    extra: &[String],
+    envs: &[(String, String)],
+) -> (Child, SocketAddr, SocketAddr) {
     let mut child = Command::new(BIN)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
@@ -172,7 +188,10 @@ pub struct HttpResponse {
 impl HttpResponse {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 
@@ -211,13 +230,24 @@ pub async fn http(
     parse_http(&raw)
 }
 
-pub async fn execute_http(addr: SocketAddr, body: &serde_json::Value, token: Option<&str>) -> HttpResponse {
+pub async fn execute_http(
+    addr: SocketAddr,
+    body: &serde_json::Value,
+    token: Option<&str>,
+) -> HttpResponse {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(a) = &auth {
         headers.push(("Authorization", a.as_str()));
     }
-    http(addr, "POST", "/api/v1/execute", &headers, body.to_string().as_bytes()).await
+    http(
+        addr,
+        "POST",
+        "/api/v1/execute",
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 fn parse_http(raw: &[u8]) -> HttpResponse {
@@ -256,7 +286,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
             break;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }

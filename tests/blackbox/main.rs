@@ -1,6 +1,7 @@
 //! Black-box tests: the real `portcullis` binary over real sockets on 127.0.0.1.
 
+mod cli;
 mod harness;
 mod log;
-mod transport;
 mod spec;
+mod transport;

@@ -16,6 +16,7 @@ pub mod config;
 mod dispatcher;
 pub mod error;
 pub mod node;
+pub mod random;
 pub mod registry;
 pub mod tail;
 
@@ -25,6 +26,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use dispatcher::{ConnInfo, Dispatcher, Pending, Reply, Transport};
 pub use error::CommandError;
+pub use random::{OsRandom, SecureRandom};
 pub use registry::{CommandSpec, Registry};
 
 use portcullis_store::{EventLog, Store};
@@ -44,6 +46,8 @@ pub struct App {
     pub log: Arc<dyn EventLog>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Randomness for ids, tokens and codes.
+    pub rng: Arc<dyn SecureRandom>,
     /// Stable id of the data directory.
     pub node_id: String,
     /// When the process started.
@@ -71,6 +75,7 @@ impl App {
             store: node.store.clone(),
             log: node.store,
             clock,
+            rng: Arc::new(OsRandom),
             node_id: node.node_id,
             started_at,
             started: Instant::now(),
@@ -112,5 +117,12 @@ impl Ctx {
     /// Now, from the app's clock.
     pub fn now(&self) -> OffsetDateTime {
         self.app.clock.now()
+    }
+
+    /// `N` random bytes from the app's CSPRNG.
+    pub fn random_bytes<const N: usize>(&self) -> [u8; N] {
+        let mut b = [0u8; N];
+        self.app.rng.fill(&mut b);
+        b
     }
 }

@@ -34,9 +34,7 @@ impl SledStore {
     ///
     /// Fails when another process holds the directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .open()
+        let db = open_db(&dir.join("db"))
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
         let tables = Table::ALL
             .iter()
@@ -84,6 +82,28 @@ impl SledStore {
     /// The database size on disk, in bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// How long `open` waits for a lock that the same process is about to release.
+const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens the database. sled releases its file lock only when its background flusher thread
+/// has noticed the previous handle is gone, so a reopen in the same process (a restart in tests
+/// or tools) retries briefly on a busy lock; another process holding it still fails after that.
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            // sled reports a busy lock as an `Other` I/O error carrying this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
