@@ -62,7 +62,10 @@ async fn offline_verify_detects_an_edited_event() {
 
     let (code, out, _) = run_cli(&["log", "tail", "--data-dir", &dir, "--json"]);
     assert_eq!(code, 0);
-    let events: Vec<Event> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Event> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.len(), 5);
     assert_contiguous(&events, 1);
 
@@ -75,7 +78,10 @@ async fn offline_verify_detects_an_edited_event() {
         let text = String::from_utf8(raw[1..].to_vec()).unwrap();
         assert!(text.contains("\"outcome\":\"ok\""));
         let mut edited = vec![raw[0]];
-        edited.extend(text.replace("\"outcome\":\"ok\"", "\"outcome\":\"INVALID_CREDENTIALS\"").bytes());
+        edited.extend(
+            text.replace("\"outcome\":\"ok\"", "\"outcome\":\"INVALID_CREDENTIALS\"")
+                .bytes(),
+        );
         tree.insert(key, edited).unwrap();
         db.flush().unwrap();
     }
@@ -167,7 +173,13 @@ async fn a_lagging_follower_is_told_where_to_resume_and_dropped() {
     let server = Server::start_with(&["--tail-max-lag", "1"]);
     let mut producer = server.client().await;
     let follower = server.operator_client().await;
-    let mut tail = follower.tail(TailParams { from_seq: None, follow: true }).await.unwrap();
+    let mut tail = follower
+        .tail(TailParams {
+            from_seq: None,
+            follow: true,
+        })
+        .await
+        .unwrap();
     let mut lagged = None;
     for _ in 0..20 {
         info_burst(&mut producer, 200).await;
@@ -195,13 +207,18 @@ async fn a_lagging_follower_is_told_where_to_resume_and_dropped() {
     assert_eq!(details["reason"], "lagged");
     let resume = details["resume_from_seq"].as_u64().unwrap();
     // The connection is closed after the error.
-    let end = tokio::time::timeout(Duration::from_secs(10), tail.next()).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), tail.next())
+        .await
+        .unwrap();
     assert!(matches!(end, Ok(None)), "{end:?}");
     // Resuming from the given seq continues exactly there.
     let mut again = server
         .operator_client()
         .await
-        .tail(TailParams { from_seq: Some(resume), follow: false })
+        .tail(TailParams {
+            from_seq: Some(resume),
+            follow: false,
+        })
         .await
         .unwrap();
     match again.next().await.unwrap() {
@@ -227,7 +244,11 @@ async fn restarts_and_crashes_keep_every_acknowledged_event_and_the_chain() {
         let report = verify(&server).await;
         assert!(report.valid, "round {round}: {report:?}");
         let infos = query_all(&server, json!({"command": "SYS.INFO", "limit": 1000})).await;
-        assert_eq!(infos.len(), acknowledged, "round {round}: acknowledged SYS.INFO without an event");
+        assert_eq!(
+            infos.len(),
+            acknowledged,
+            "round {round}: acknowledged SYS.INFO without an event"
+        );
     }
     let all = query_all(&server, json!({"limit": 1000})).await;
     assert_contiguous(&all, 1);
@@ -248,7 +269,10 @@ async fn query_filters_and_rejects_bad_filters() {
     assert_eq!(page.events.len(), 1);
     assert_eq!(page.events[0].command.as_deref(), Some("NOPE.NOPE"));
     let page: QueryResult = op
-        .call_ok("LOG.QUERY", json!({"actor": "anonymous", "command": "SYS.INFO", "limit": 2}))
+        .call_ok(
+            "LOG.QUERY",
+            json!({"actor": "anonymous", "command": "SYS.INFO", "limit": 2}),
+        )
         .await
         .unwrap();
     assert_eq!(page.events.len(), 2);
@@ -259,7 +283,10 @@ async fn query_filters_and_rejects_bad_filters() {
         .unwrap();
     assert!(past.events.is_empty());
     let since: QueryResult = op
-        .call_ok("LOG.QUERY", json!({"since": "2000-01-01T00:00:00+02:00", "limit": 1000}))
+        .call_ok(
+            "LOG.QUERY",
+            json!({"since": "2000-01-01T00:00:00+02:00", "limit": 1000}),
+        )
         .await
         .unwrap();
     assert!(since.events.len() >= 4);
@@ -280,5 +307,8 @@ async fn query_filters_and_rejects_bad_filters() {
     }
     // Not for anonymous callers.
     let r = c.call("LOG.QUERY", json!({})).await.unwrap();
-    assert_eq!(r.error_code(), Some(portcullis_protocol::ErrorCode::Unauthenticated));
+    assert_eq!(
+        r.error_code(),
+        Some(portcullis_protocol::ErrorCode::Unauthenticated)
+    );
 }

@@ -35,7 +35,11 @@ fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
             }
         }
         Value::String(p) if p == "{{hash}}" => match actual.as_str() {
-            Some(s) if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
+            Some(s)
+                if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                Ok(())
+            }
             _ => fail(),
         },
         Value::String(p) if p == "{{time}}" => match actual.as_str() {
@@ -43,7 +47,9 @@ fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
             _ => fail(),
         },
         Value::Object(e) => {
-            let Some(a) = actual.as_object() else { return fail() };
+            let Some(a) = actual.as_object() else {
+                return fail();
+            };
             let ek: BTreeSet<&String> = e.keys().collect();
             let ak: BTreeSet<&String> = a.keys().collect();
             if ek != ak {
@@ -55,7 +61,9 @@ fn matches(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
             Ok(())
         }
         Value::Array(e) => {
-            let Some(a) = actual.as_array() else { return fail() };
+            let Some(a) = actual.as_array() else {
+                return fail();
+            };
             if e.len() != a.len() {
                 return fail();
             }
@@ -110,10 +118,16 @@ async fn replay(file: &Path) {
     let (rd, mut wr) = sock.into_split();
     let mut rd = BufReader::new(rd);
     let text = std::fs::read_to_string(file).unwrap();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = format!("{name}:{}", n + 1);
         let step: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{at}: {e}"));
-        let step = step.as_object().unwrap_or_else(|| panic!("{at}: not an object"));
+        let step = step
+            .as_object()
+            .unwrap_or_else(|| panic!("{at}: not an object"));
         assert_eq!(step.len(), 1, "{at}: a step has exactly one member");
         let (kind, arg) = step.iter().next().unwrap();
         match kind.as_str() {
@@ -125,7 +139,10 @@ async fn replay(file: &Path) {
                 bytes.push(b'\n');
                 wr.write_all(&bytes).await.unwrap();
             }
-            "send_raw" => wr.write_all(arg.as_str().unwrap().as_bytes()).await.unwrap(),
+            "send_raw" => wr
+                .write_all(arg.as_str().unwrap().as_bytes())
+                .await
+                .unwrap(),
             "send_hex" => wr.write_all(&unhex(arg.as_str().unwrap())).await.unwrap(),
             "expect" => {
                 let mut got = String::new();
@@ -146,7 +163,11 @@ async fn replay(file: &Path) {
                     .await
                     .unwrap_or_else(|_| panic!("{at}: connection still open after 10 s"))
                     .unwrap();
-                assert!(rest.is_empty(), "{at}: unexpected bytes before close: {:?}", String::from_utf8_lossy(&rest));
+                assert!(
+                    rest.is_empty(),
+                    "{at}: unexpected bytes before close: {:?}",
+                    String::from_utf8_lossy(&rest)
+                );
             }
             other => panic!("{at}: unknown step {other}"),
         }
@@ -189,8 +210,10 @@ async fn conformance_transcripts_replay_against_the_server() {
 async fn sys_commands_and_protocol_docs_list_the_same_commands() {
     let server = Server::start();
     let mut c = server.client().await;
-    let listed: portcullis_protocol::commands::sys::Commands =
-        c.call_ok("SYS.COMMANDS", serde_json::json!({})).await.unwrap();
+    let listed: portcullis_protocol::commands::sys::Commands = c
+        .call_ok("SYS.COMMANDS", serde_json::json!({}))
+        .await
+        .unwrap();
     let served: BTreeSet<String> = listed.commands.iter().map(|c| c.name.clone()).collect();
     let dir = protocol_dir().join("commands");
     let documented: BTreeSet<String> = std::fs::read_dir(&dir)
@@ -202,7 +225,9 @@ async fn sys_commands_and_protocol_docs_list_the_same_commands() {
     for cmd in &listed.commands {
         let doc = std::fs::read_to_string(dir.join(format!("{}.md", cmd.name))).unwrap();
         assert!(
-            doc.lines().next().is_some_and(|l| l.trim() == format!("# {}", cmd.name)),
+            doc.lines()
+                .next()
+                .is_some_and(|l| l.trim() == format!("# {}", cmd.name)),
             "{}.md must start with its heading",
             cmd.name
         );
@@ -225,6 +250,9 @@ fn errors_doc_lists_exactly_the_closed_set() {
         .filter_map(|l| l.split_once('`').map(|(code, _)| code.to_owned()))
         .filter(|c| c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
         .collect();
-    let codes: Vec<String> = ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+    let codes: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
     assert_eq!(rows, codes);
 }
