@@ -85,6 +85,33 @@ struct ServeArgs {
     /// Seconds in-flight work gets to finish on shutdown.
     #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE_S")]
     shutdown_grace_s: Option<u64>,
+    /// `iss` of access tokens.
+    #[arg(long, env = "PORTCULLIS_ISSUER")]
+    issuer: Option<String>,
+    /// Access token lifetime, seconds.
+    #[arg(long, env = "PORTCULLIS_ACCESS_TOKEN_TTL_S")]
+    access_token_ttl_s: Option<i64>,
+    /// Sessions not refreshed for this long expire, seconds.
+    #[arg(long, env = "PORTCULLIS_REFRESH_IDLE_S")]
+    refresh_idle_s: Option<i64>,
+    /// Sessions expire this long after sign-in, seconds.
+    #[arg(long, env = "PORTCULLIS_REFRESH_ABSOLUTE_S")]
+    refresh_absolute_s: Option<i64>,
+    /// A reused refresh token within this many seconds gets the same pair back.
+    #[arg(long, env = "PORTCULLIS_REFRESH_GRACE_S")]
+    refresh_grace_s: Option<i64>,
+    /// argon2id memory, KiB.
+    #[arg(long, env = "PORTCULLIS_ARGON2_M_KIB")]
+    argon2_m_kib: Option<u32>,
+    /// argon2id passes.
+    #[arg(long, env = "PORTCULLIS_ARGON2_T")]
+    argon2_t: Option<u32>,
+    /// argon2id lanes.
+    #[arg(long, env = "PORTCULLIS_ARGON2_P")]
+    argon2_p: Option<u32>,
+    /// Password hashes computed at once (0: one per core).
+    #[arg(long, env = "PORTCULLIS_HASH_CONCURRENCY")]
+    hash_concurrency: Option<usize>,
 }
 
 impl ServeArgs {
@@ -109,7 +136,16 @@ impl ServeArgs {
             idle_timeout_s,
             frame_timeout_s,
             tail_max_lag,
-            shutdown_grace_s
+            shutdown_grace_s,
+            issuer,
+            access_token_ttl_s,
+            refresh_idle_s,
+            refresh_absolute_s,
+            refresh_grace_s,
+            argon2_m_kib,
+            argon2_t,
+            argon2_p,
+            hash_concurrency
         );
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

@@ -2,6 +2,19 @@
 
 use portcullis_protocol::Actor;
 
+/// A signed-in user, as proven by a verified access token of a live session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserCaller {
+    /// The account.
+    pub user_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Assurance level of the session.
+    pub aal: u8,
+    /// Authentication methods of the session.
+    pub amr: Vec<String>,
+}
+
 /// The verified identity behind a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -9,6 +22,8 @@ pub enum Caller {
     Anonymous,
     /// The holder of the local operator token.
     Operator,
+    /// A signed-in user.
+    User(UserCaller),
 }
 
 impl Caller {
@@ -17,6 +32,15 @@ impl Caller {
         match self {
             Caller::Anonymous => Actor::Anonymous,
             Caller::Operator => Actor::Operator,
+            Caller::User(u) => Actor::User(u.user_id.clone()),
+        }
+    }
+
+    /// The signed-in user, if any.
+    pub fn user(&self) -> Option<&UserCaller> {
+        match self {
+            Caller::User(u) => Some(u),
+            _ => None,
         }
     }
 }
@@ -28,6 +52,8 @@ pub enum Requirement {
     Anyone,
     /// The operator.
     Operator,
+    /// A signed-in user (access token of a live session).
+    User,
 }
 
 impl Requirement {
@@ -36,6 +62,7 @@ impl Requirement {
         match self {
             Requirement::Anyone => "anyone",
             Requirement::Operator => "operator",
+            Requirement::User => "user",
         }
     }
 
@@ -44,6 +71,7 @@ impl Requirement {
         match self {
             Requirement::Anyone => true,
             Requirement::Operator => matches!(caller, Caller::Operator),
+            Requirement::User => matches!(caller, Caller::User(_)),
         }
     }
 }
@@ -55,6 +83,10 @@ pub enum RateClass {
     Cheap,
     /// Operator tooling.
     Operator,
+    /// Guessable secrets: passwords, refresh tokens (per account and per address).
+    Credential,
+    /// Authenticated account and session management.
+    Account,
 }
 
 impl RateClass {
@@ -63,6 +95,8 @@ impl RateClass {
         match self {
             RateClass::Cheap => "cheap",
             RateClass::Operator => "operator",
+            RateClass::Credential => "credential",
+            RateClass::Account => "account",
         }
     }
 }

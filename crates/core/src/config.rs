@@ -27,6 +27,24 @@ pub struct Config {
     pub tail_max_lag: u64,
     /// Seconds in-flight work gets to finish on shutdown.
     pub shutdown_grace_s: u64,
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// Access token lifetime, seconds.
+    pub access_token_ttl_s: i64,
+    /// A session not refreshed for this long expires, seconds.
+    pub refresh_idle_s: i64,
+    /// A session expires this long after sign-in whatever happens, seconds.
+    pub refresh_absolute_s: i64,
+    /// A refresh token used again within this many seconds returns the pair already issued.
+    pub refresh_grace_s: i64,
+    /// argon2id memory, KiB.
+    pub argon2_m_kib: u32,
+    /// argon2id passes.
+    pub argon2_t: u32,
+    /// argon2id lanes.
+    pub argon2_p: u32,
+    /// Password hashes computed at once (0: one per core).
+    pub hash_concurrency: usize,
 }
 
 impl Default for Config {
@@ -41,11 +59,28 @@ impl Default for Config {
             frame_timeout_s: 10,
             tail_max_lag: 100_000,
             shutdown_grace_s: 10,
+            issuer: "http://localhost:7421".into(),
+            access_token_ttl_s: 15 * 60,
+            refresh_idle_s: 7 * 24 * 3600,
+            refresh_absolute_s: 30 * 24 * 3600,
+            refresh_grace_s: 10,
+            argon2_m_kib: 19 * 1024,
+            argon2_t: 2,
+            argon2_p: 1,
+            hash_concurrency: 0,
         }
     }
 }
 
 impl Config {
+    /// Concurrent password hashes in force.
+    pub fn hash_permits(&self) -> usize {
+        match self.hash_concurrency {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Checks values that would make the server misbehave.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > 16 * 1024 * 1024 {
@@ -59,6 +94,21 @@ impl Config {
         }
         if self.tail_max_lag == 0 {
             return Err("tail_max_lag must be at least 1".into());
+        }
+        if self.issuer.is_empty() {
+            return Err("issuer must not be empty".into());
+        }
+        if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
+            return Err("access_token_ttl_s must be between 60 and 86400".into());
+        }
+        if self.refresh_idle_s < 60 || self.refresh_absolute_s < self.refresh_idle_s {
+            return Err("refresh_idle_s must be at least 60 and refresh_absolute_s at least refresh_idle_s".into());
+        }
+        if !(0..=300).contains(&self.refresh_grace_s) {
+            return Err("refresh_grace_s must be between 0 and 300".into());
+        }
+        if self.argon2_m_kib < 8 * self.argon2_p || self.argon2_t == 0 || self.argon2_p == 0 {
+            return Err("argon2 parameters are out of range".into());
         }
         Ok(())
     }

@@ -1,10 +1,11 @@
 //! The one dispatcher behind every transport.
 
 use crate::audit::AuditFields;
-use crate::caller::Caller;
+use crate::caller::{Caller, UserCaller};
 use crate::clock::rfc3339_ms;
 use crate::error::{sanitize_serde_message, CommandError};
-use crate::node::operator_token_hash;
+use crate::node::{operator_token_hash, OPERATOR_TOKEN_PREFIX};
+use crate::sessions;
 use crate::registry::Output;
 use crate::tail::TailStream;
 use crate::{App, Audit, Ctx};
@@ -42,12 +43,14 @@ impl Transport {
 }
 
 /// Where a request came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The transport.
     pub transport: Transport,
     /// The peer address.
     pub client: Option<SocketAddr>,
+    /// The `User-Agent` (HTTP), cut to 256 bytes.
+    pub user_agent: Option<String>,
 }
 
 /// An answer that may be sent once its effects and event are durable.
@@ -202,7 +205,7 @@ impl Dispatcher {
                     "no such command; SYS.COMMANDS lists them",
                 )),
             ),
-            Some(spec) => match self.authenticate(token.as_ref()) {
+            Some(spec) => match self.authenticate(token.as_ref(), &audit).await {
                 Err(e) => (Caller::Anonymous, spec.logged, Err(e)),
                 Ok(caller) if !spec.caller.admits(&caller) => {
                     let err = match caller {
@@ -221,6 +224,7 @@ impl Dispatcher {
                         app: Arc::clone(&self.app),
                         caller: caller.clone(),
                         client: conn.client,
+                        user_agent: conn.user_agent.clone(),
                         request_id: id.clone(),
                         audit: Arc::clone(&audit),
                     };
@@ -240,15 +244,39 @@ impl Dispatcher {
         self.finish(outcome, conn, started).await
     }
 
-    fn authenticate(&self, token: Option<&Secret>) -> Result<Caller, CommandError> {
+    /// Who presented `token`. A present but invalid token is `UNAUTHENTICATED`, never a silent
+    /// fall-back to anonymous; the reason goes to the audit record, not to the client.
+    async fn authenticate(&self, token: Option<&Secret>, audit: &Audit) -> Result<Caller, CommandError> {
         let Some(token) = token else {
             return Ok(Caller::Anonymous);
         };
-        let presented = operator_token_hash(token.expose());
-        if bool::from(presented.ct_eq(&self.app.operator_token_hash)) {
-            return Ok(Caller::Operator);
+        let refused = |reason: &'static str| {
+            audit.note("token", reason);
+            CommandError::unauthenticated("the token is not valid")
+        };
+        let t = token.expose();
+        if t.starts_with(OPERATOR_TOKEN_PREFIX) {
+            let presented = operator_token_hash(t);
+            if bool::from(presented.ct_eq(&self.app.operator_token_hash)) {
+                return Ok(Caller::Operator);
+            }
+            return Err(refused("unknown_operator_token"));
         }
-        Err(CommandError::unauthenticated("the token is not valid"))
+        let claims = self
+            .app
+            .tokens
+            .verify(t, self.app.clock.now())
+            .map_err(|e| refused(e.reason()))?;
+        if !sessions::is_live(&self.app, &claims.sid, &claims.sub).await? {
+            audit.session(&claims.sid);
+            return Err(refused("session_revoked"));
+        }
+        Ok(Caller::User(UserCaller {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            aal: claims.aal,
+            amr: claims.amr,
+        }))
     }
 
     async fn finish(&self, o: Outcome, conn: &ConnInfo, started: Instant) -> Reply {
@@ -274,8 +302,9 @@ impl Dispatcher {
                     .map(|c| truncate(c, MAX_LOGGED_COMMAND_LEN)),
                 outcome: outcome_name.to_owned(),
                 actor: o.caller.actor(),
-                subject: o.audit.subject,
-                session: o.audit.session,
+                // Handlers may name another subject or session; by default it is the caller's.
+                subject: o.audit.subject.or_else(|| o.caller.user().map(|u| u.user_id.clone())),
+                session: o.audit.session.or_else(|| o.caller.user().map(|u| u.session_id.clone())),
                 client: conn.client.map(|a| a.to_string()),
                 transport: conn.transport.as_str().to_owned(),
                 duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

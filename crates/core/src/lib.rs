@@ -8,17 +8,22 @@
 
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod audit;
 pub mod caller;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod crypto;
 mod dispatcher;
 pub mod error;
 pub mod node;
+pub mod passwords;
 pub mod random;
 pub mod registry;
+pub mod sessions;
 pub mod tail;
+pub mod tokens;
 
 pub use audit::Audit;
 pub use caller::{Caller, RateClass, Requirement};
@@ -58,12 +63,53 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every command.
     pub registry: Registry,
+    /// Token signing and verification.
+    pub tokens: tokens::Tokens,
+    /// Password hashing.
+    pub passwords: passwords::Passwords,
+    /// Encryption of secrets at rest.
+    pub sealer: crypto::Sealer,
+    /// Which sessions are live.
+    pub session_cache: sessions::SessionCache,
+}
+
+/// A failure to start the app.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory.
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] portcullis_store::StoreError),
+    /// The configuration.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl App {
     /// Opens the data directory named in `config` and builds the app with every command.
-    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, node::NodeError> {
+    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, OpenError> {
+        config.validate().map_err(OpenError::Config)?;
         let node = node::Node::open(&config.data_dir).await?;
+        let rng: Arc<dyn SecureRandom> = Arc::new(OsRandom);
+        let sealer = crypto::Sealer::new(&node.master_key);
+        let tokens = tokens::Tokens::load_or_create(
+            node.store.as_ref(),
+            &sealer,
+            rng.as_ref(),
+            clock.as_ref(),
+            config.issuer.clone(),
+            config.access_token_ttl_s,
+        )
+        .await?;
+        let passwords = passwords::Passwords::new(
+            config.argon2_m_kib,
+            config.argon2_t,
+            config.argon2_p,
+            config.hash_permits(),
+        )
+        .map_err(OpenError::Config)?;
         if node.operator_token_created {
             tracing::info!(
                 path = %config.data_dir.join(node::OPERATOR_TOKEN_FILE).display(),
@@ -75,13 +121,17 @@ impl App {
             store: node.store.clone(),
             log: node.store,
             clock,
-            rng: Arc::new(OsRandom),
+            rng,
             node_id: node.node_id,
             started_at,
             started: Instant::now(),
             operator_token_hash: node.operator_token_hash,
             shutdown: CancellationToken::new(),
             registry: commands::registry(),
+            tokens,
+            passwords,
+            sealer,
+            session_cache: sessions::SessionCache::default(),
             config,
         }))
     }
@@ -107,6 +157,8 @@ pub struct Ctx {
     pub caller: Caller,
     /// The client's address, when known.
     pub client: Option<SocketAddr>,
+    /// The client's user agent (HTTP), when known.
+    pub user_agent: Option<String>,
     /// The request's correlation id.
     pub request_id: Option<portcullis_protocol::RequestId>,
     /// What to record about this command.
@@ -117,6 +169,13 @@ impl Ctx {
     /// Now, from the app's clock.
     pub fn now(&self) -> OffsetDateTime {
         self.app.clock.now()
+    }
+
+    /// The signed-in user; `UNAUTHENTICATED` otherwise (the registry normally guarantees one).
+    pub fn user(&self) -> Result<&caller::UserCaller, CommandError> {
+        self.caller
+            .user()
+            .ok_or_else(|| CommandError::unauthenticated("sign in first"))
     }
 
     /// `N` random bytes from the app's CSPRNG.

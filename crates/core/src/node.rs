@@ -52,6 +52,11 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
 pub struct MasterKey(Zeroizing<[u8; 32]>);
 
 impl MasterKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        MasterKey(Zeroizing::new(b))
+    }
+
     /// The key bytes.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0

@@ -189,3 +189,203 @@ pub mod log {
         pub reason: Option<String>,
     }
 }
+
+/// `AUTH.*`: sign-up, password sign-in, token refresh, sign-out.
+pub mod auth {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `AUTH.SIGNUP`
+    pub const SIGNUP: &str = "AUTH.SIGNUP";
+    /// `AUTH.LOGIN`
+    pub const LOGIN: &str = "AUTH.LOGIN";
+    /// `AUTH.REFRESH`
+    pub const REFRESH: &str = "AUTH.REFRESH";
+    /// `AUTH.LOGOUT`
+    pub const LOGOUT: &str = "AUTH.LOGOUT";
+
+    /// `AUTH.SIGNUP` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SignupParams {
+        /// The address; normalised (trimmed, domain lower-cased) and validated.
+        pub email: String,
+        /// Absent: a passwordless account.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub password: Option<Secret>,
+        /// Shown name, at most 128 characters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub display_name: Option<String>,
+    }
+
+    /// `AUTH.LOGIN` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LoginParams {
+        /// The address.
+        pub email: String,
+        /// The password.
+        pub password: Secret,
+    }
+
+    /// `AUTH.REFRESH` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RefreshParams {
+        /// The refresh token from the last sign-in or refresh.
+        pub refresh_token: Secret,
+    }
+
+    /// The result of every sign-in and of `AUTH.REFRESH`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct SessionTokens {
+        /// The account.
+        pub user_id: String,
+        /// The session.
+        pub session_id: String,
+        /// EdDSA-signed JWT; send it as the `token`.
+        pub access_token: Secret,
+        /// Single use: exchange it with `AUTH.REFRESH` for a new pair.
+        pub refresh_token: Secret,
+        /// Always `"Bearer"`.
+        pub token_type: String,
+        /// Seconds until the access token expires.
+        pub expires_in: u64,
+    }
+
+    /// `AUTH.LOGOUT` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct LoggedOut {
+        /// The session that was revoked.
+        pub session_id: String,
+        /// Always `true`.
+        pub revoked: bool,
+    }
+}
+
+/// `USER.*`: the signed-in user's own account.
+pub mod user {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `USER.ME`
+    pub const ME: &str = "USER.ME";
+    /// `USER.UPDATE`
+    pub const UPDATE: &str = "USER.UPDATE";
+    /// `USER.SET_PASSWORD`
+    pub const SET_PASSWORD: &str = "USER.SET_PASSWORD";
+
+    /// `USER.ME` (and `USER.UPDATE`) result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Me {
+        /// The account.
+        pub user_id: String,
+        /// The normalised address.
+        pub email: String,
+        /// Shown name, when set.
+        pub display_name: Option<String>,
+        /// Whether the address has been proven (by a link or a code).
+        pub email_verified: bool,
+        /// When the account was created (RFC 3339).
+        pub created_at: String,
+        /// Assurance level of the current session (1 or 2).
+        pub aal: u8,
+        /// Authentication methods of the current session (RFC 8176).
+        pub amr: Vec<String>,
+        /// The current session.
+        pub session_id: String,
+    }
+
+    /// `USER.UPDATE` params.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UpdateParams {
+        /// New shown name; `""` clears it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub display_name: Option<String>,
+    }
+
+    /// `USER.SET_PASSWORD` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SetPasswordParams {
+        /// Required when the account already has a password.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub current_password: Option<Secret>,
+        /// The new password (8–256 characters, not a common one).
+        pub new_password: Secret,
+    }
+
+    /// `USER.SET_PASSWORD` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PasswordSet {
+        /// Always `true`.
+        pub password_set: bool,
+        /// How many other sessions were revoked.
+        pub sessions_revoked: u64,
+    }
+}
+
+/// `SESSION.*`: the signed-in user's sessions.
+pub mod session {
+    use serde::{Deserialize, Serialize};
+
+    /// `SESSION.LIST`
+    pub const LIST: &str = "SESSION.LIST";
+    /// `SESSION.REVOKE`
+    pub const REVOKE: &str = "SESSION.REVOKE";
+    /// `SESSION.REVOKE_ALL`
+    pub const REVOKE_ALL: &str = "SESSION.REVOKE_ALL";
+
+    /// One session as listed.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct SessionInfo {
+        /// Session id.
+        pub session_id: String,
+        /// When it was created (RFC 3339).
+        pub created_at: String,
+        /// When it was last used to mint tokens (RFC 3339).
+        pub last_used_at: String,
+        /// Address of the client that created it.
+        pub client: Option<String>,
+        /// User agent of the client that created it (HTTP only).
+        pub user_agent: Option<String>,
+        /// Assurance level.
+        pub aal: u8,
+        /// Authentication methods (RFC 8176).
+        pub amr: Vec<String>,
+        /// Whether this is the session of the calling token.
+        pub current: bool,
+    }
+
+    /// `SESSION.LIST` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct SessionList {
+        /// Live sessions, newest first.
+        pub sessions: Vec<SessionInfo>,
+    }
+
+    /// `SESSION.REVOKE` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RevokeParams {
+        /// One of the caller's sessions.
+        pub session_id: String,
+    }
+
+    /// `SESSION.REVOKE_ALL` params.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RevokeAllParams {
+        /// Keep the calling session (default false: revoke it too).
+        #[serde(default)]
+        pub keep_current: bool,
+    }
+
+    /// `SESSION.REVOKE` / `SESSION.REVOKE_ALL` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Revoked {
+        /// How many sessions were revoked by this call.
+        pub revoked: u64,
+    }
+}

@@ -1,6 +1,8 @@
 //! The HTTP gateway: `POST /api/v1/execute` takes the same request object as a TCP line and
 //! answers the same envelope; `GET /healthz` answers `{"status":"ok"}`.
 //!
+//! `GET /.well-known/jwks.json` publishes the token-verifying keys.
+//!
 //! Status codes: 200 for every handled outcome (including `ok: false`), 400 when the body
 //! cannot be read as a request (`BAD_REQUEST`), 413 when it is over the frame limit
 //! (`FRAME_TOO_LARGE`). `LOG.TAIL` answers `application/x-ndjson`, streaming the same lines as
@@ -29,6 +31,7 @@ pub fn router(dispatcher: Dispatcher) -> Router {
     Router::new()
         .route(EXECUTE_PATH, post(execute))
         .route("/healthz", get(healthz))
+        .route("/.well-known/jwks.json", get(jwks))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(dispatcher)
@@ -48,6 +51,16 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher) {
 
 async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// The public keys that verify access tokens (RFC 7517), for any JOSE library.
+async fn jwks(State(dispatcher): State<Dispatcher>) -> HttpResponse {
+    let mut resp = axum::Json(dispatcher.app().tokens.jwks()).into_response();
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<Secret>, &'static str> {
@@ -74,9 +87,14 @@ async fn execute(
     body: Body,
 ) -> HttpResponse {
     let started = Instant::now();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(256).collect());
     let conn = ConnInfo {
         transport: Transport::Http,
         client: Some(peer),
+        user_agent,
     };
     let limit = dispatcher.app().config.max_frame_bytes;
     let reply = match (axum::body::to_bytes(body, limit).await, bearer(&headers)) {

@@ -105,6 +105,7 @@ async fn read_loop(
     let conn = ConnInfo {
         transport: Transport::Tcp,
         client: Some(peer),
+        user_agent: None,
     };
     let idle = Duration::from_secs(cfg.idle_timeout_s);
     let frame_timeout = Duration::from_secs(cfg.frame_timeout_s);

@@ -42,17 +42,44 @@ pub enum Table {
     Meta,
     /// Single-use artifacts awaiting consumption (challenges, links, codes).
     Challenges,
+    /// Accounts by user id.
+    Users,
+    /// User id by normalised, lower-cased email.
+    Emails,
+    /// Sessions by session id.
+    Sessions,
+    /// Index: `user_id/session_id` → empty, to list a user's sessions.
+    UserSessions,
+    /// Refresh tokens by SHA-256 of the token.
+    RefreshTokens,
+    /// Token signing keys by `kid`, private halves sealed with the master key.
+    SigningKeys,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 2] = [Table::Meta, Table::Challenges];
+    pub const ALL: [Table; 8] = [
+        Table::Meta,
+        Table::Challenges,
+        Table::Users,
+        Table::Emails,
+        Table::Sessions,
+        Table::UserSessions,
+        Table::RefreshTokens,
+        Table::SigningKeys,
+    ];
 
     /// Stable name of the table on disk.
     pub const fn name(self) -> &'static str {
         match self {
             Table::Meta => "meta",
             Table::Challenges => "challenges",
+            Table::Users => "users",
+            Table::Emails => "emails",
+            Table::Sessions => "sessions",
+            Table::UserSessions => "user_sessions",
+            Table::RefreshTokens => "refresh_tokens",
+            Table::SigningKeys => "signing_keys",
         }
     }
 

@@ -1,12 +1,20 @@
 //! Command handlers, one module per command family. Each module exposes `specs()`, the registry
 //! entries of its commands.
 
+pub mod auth;
 pub mod log;
+pub mod session;
 pub mod sys;
+pub mod user;
 
 use crate::Registry;
 
 /// The registry of every command this build serves.
 pub fn registry() -> Registry {
-    Registry::default().with(sys::specs()).with(log::specs())
+    Registry::default()
+        .with(sys::specs())
+        .with(log::specs())
+        .with(auth::specs())
+        .with(user::specs())
+        .with(session::specs())
 }

@@ -1,0 +1,168 @@
+//! Accounts: the user record, email normalisation, and the email index.
+
+use crate::error::CommandError;
+use portcullis_protocol::ErrorCode;
+use portcullis_store::{decode_record, encode_record, Cas, Record, Store, Table};
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted address, in bytes (RFC 5321 path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME: usize = 128;
+
+/// One account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// User id (random, 128 bits, hex).
+    pub id: String,
+    /// Normalised address (local part as given, domain lower-cased).
+    pub email: String,
+    /// Shown name.
+    pub display_name: Option<String>,
+    /// Proven by a link or a code.
+    pub email_verified: bool,
+    /// argon2id PHC string; `None` for a passwordless account.
+    pub password_hash: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// A disabled account cannot sign in and its sessions are refused.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Record for UserRecord {
+    const VERSION: u8 = 1;
+}
+
+/// An address as stored and as indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email {
+    /// Trimmed, domain lower-cased: what the user sees.
+    pub display: String,
+    /// Entirely lower-cased: the index key, so `Alice@x.org` and `alice@x.org` are one account.
+    pub key: String,
+}
+
+/// Normalises and validates an address: trimmed, domain lower-cased, one `@`, a dotted domain of
+/// letters, digits and hyphens, a local part of printable ASCII without spaces, at most 254
+/// bytes.
+pub fn normalize_email(raw: &str) -> Result<Email, CommandError> {
+    let bad = || CommandError::invalid_params("email is not a valid address");
+    let s = raw.trim();
+    if s.is_empty() || s.len() > MAX_EMAIL_LEN {
+        return Err(bad());
+    }
+    let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b'"' | b'(' | b')' | b',' | b':' | b';' | b'<' | b'>' | b'[' | b'\\' | b']'))
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..");
+    let domain = domain.to_ascii_lowercase();
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !local_ok || !domain_ok {
+        return Err(bad());
+    }
+    let display = format!("{local}@{domain}");
+    Ok(Email {
+        key: display.to_ascii_lowercase(),
+        display,
+    })
+}
+
+/// Validates a display name: at most 128 characters, no control characters; `""` means none.
+pub fn check_display_name(name: Option<String>) -> Result<Option<String>, CommandError> {
+    match name {
+        None => Ok(None),
+        Some(n) => {
+            let n = n.trim().to_owned();
+            if n.chars().count() > MAX_DISPLAY_NAME || n.chars().any(char::is_control) {
+                return Err(CommandError::invalid_params(format!(
+                    "display_name must be at most {MAX_DISPLAY_NAME} characters without control characters"
+                )));
+            }
+            Ok((!n.is_empty()).then_some(n))
+        }
+    }
+}
+
+/// Loads a user.
+pub async fn get_user(store: &dyn Store, id: &str) -> Result<Option<UserRecord>, CommandError> {
+    match store.get(Table::Users, id.as_bytes()).await? {
+        Some(v) => Ok(Some(decode_record(&v).map_err(portcullis_store::StoreError::from)?)),
+        None => Ok(None),
+    }
+}
+
+/// Finds a user by address.
+pub async fn find_by_email(store: &dyn Store, email: &Email) -> Result<Option<UserRecord>, CommandError> {
+    match store.get(Table::Emails, email.key.as_bytes()).await? {
+        Some(id) => get_user(store, &String::from_utf8_lossy(&id)).await,
+        None => Ok(None),
+    }
+}
+
+/// Writes a user record.
+pub async fn put_user(store: &dyn Store, user: &UserRecord) -> Result<(), CommandError> {
+    store.put(Table::Users, user.id.as_bytes(), encode_record(user)).await?;
+    Ok(())
+}
+
+/// Creates a user, claiming its address in the index with an insert-if-absent: of concurrent
+/// sign-ups with one address exactly one succeeds, the others get `CONFLICT`. The record is
+/// written first, so a crash in between leaves at worst an unreachable record, never an index
+/// entry without its account.
+pub async fn create_user(store: &dyn Store, user: &UserRecord, email: &Email) -> Result<(), CommandError> {
+    put_user(store, user).await?;
+    match store
+        .compare_and_swap(Table::Emails, email.key.as_bytes(), None, Some(user.id.clone().into_bytes()))
+        .await?
+    {
+        Cas::Swapped => Ok(()),
+        Cas::Conflict { .. } => {
+            store.remove(Table::Users, user.id.as_bytes()).await?;
+            Err(CommandError::new(ErrorCode::Conflict, "an account with this email already exists"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_trimmed_lowercased_and_validated() {
+        let e = normalize_email("  Alice.Smith+tag@Example.ORG ").unwrap();
+        assert_eq!(e.display, "Alice.Smith+tag@example.org");
+        assert_eq!(e.key, "alice.smith+tag@example.org");
+        for bad in [
+            "", "plain", "@x.org", "a@", "a@b", "a b@x.org", "a@x..org", "a@-x.org", "a@x_y.org",
+            ".a@x.org", "a..b@x.org", "a@x.org\nb", "a\u{0}@x.org",
+        ] {
+            assert!(normalize_email(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}@x.org", "a".repeat(65));
+        assert!(normalize_email(&long).is_err());
+    }
+
+    #[test]
+    fn display_names_are_bounded() {
+        assert_eq!(check_display_name(Some("  Ada ".into())).unwrap().as_deref(), Some("Ada"));
+        assert_eq!(check_display_name(Some("".into())).unwrap(), None);
+        assert!(check_display_name(Some("x".repeat(129))).is_err());
+        assert!(check_display_name(Some("a\u{7}".into())).is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! `AUTH.SIGNUP`, `AUTH.LOGIN`, `AUTH.REFRESH`, `AUTH.LOGOUT`.
+
+use crate::accounts::{check_display_name, create_user, find_by_email, normalize_email, put_user, UserRecord};
+use crate::caller::{RateClass, Requirement};
+use crate::crypto::{random_id, sha256};
+use crate::passwords::check_policy;
+use crate::sessions::{refresh, revoke, start_session};
+use crate::{CommandError, CommandSpec, Ctx};
+use portcullis_protocol::commands::auth::{
+    self, LoggedOut, LoginParams, RefreshParams, SessionTokens, SignupParams,
+};
+use portcullis_protocol::commands::sys::NoParams;
+use portcullis_protocol::ErrorCode;
+
+/// Registry entries.
+pub fn specs() -> Vec<CommandSpec> {
+    vec![
+        CommandSpec::new(auth::SIGNUP, Requirement::Anyone, RateClass::Credential, signup),
+        CommandSpec::new(auth::LOGIN, Requirement::Anyone, RateClass::Credential, login),
+        CommandSpec::new(auth::REFRESH, Requirement::Anyone, RateClass::Credential, refresh_cmd),
+        CommandSpec::new(auth::LOGOUT, Requirement::User, RateClass::Account, logout),
+    ]
+}
+
+/// RFC 8176 `amr` of a password sign-in.
+pub const AMR_PASSWORD: &str = "pwd";
+
+/// `AUTH.SIGNUP` — anyone. Creates the account (`CONFLICT` if the address is taken) and signs
+/// it in. With a password: `amr ["pwd"]`, AAL1. Without: a passwordless account, whose first
+/// session has `aal 0` and no `amr` (nothing was proven; the address is unverified) until it
+/// signs in by link, code or passkey.
+async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError> {
+    let email = normalize_email(&p.email)?;
+    let display_name = check_display_name(p.display_name)?;
+    // Hash before looking at the store: the answer takes as long whether or not the address is
+    // taken, and no lock is held while hashing.
+    let password_hash = match &p.password {
+        Some(pw) => {
+            check_policy(pw)?;
+            Some(ctx.app.passwords.hash(pw).await?)
+        }
+        None => None,
+    };
+    let now = ctx.now().unix_timestamp();
+    let user = UserRecord {
+        id: random_id(ctx.app.rng.as_ref()),
+        email: email.display.clone(),
+        display_name,
+        email_verified: false,
+        password_hash,
+        created_at: now,
+        updated_at: now,
+        disabled: false,
+    };
+    ctx.audit.note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
+    create_user(ctx.app.store.as_ref(), &user, &email).await?;
+    ctx.audit.note("user.created", true);
+    let (aal, amr) = match user.password_hash {
+        Some(_) => (1, vec![AMR_PASSWORD.to_owned()]),
+        None => (0, Vec::new()),
+    };
+    start_session(&ctx, &user, aal, amr).await
+}
+
+/// `AUTH.LOGIN` — anyone. Wrong password, unknown address, passwordless or disabled account:
+/// all `INVALID_CREDENTIALS` after the same argon2 work. The event records a hash of the
+/// attempted address, never the password.
+async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> {
+    let invalid = || CommandError::new(ErrorCode::InvalidCredentials, "email or password is wrong");
+    let email = normalize_email(&p.email).ok();
+    let user = match &email {
+        Some(e) => {
+            ctx.audit.note("email_sha256", hex::encode(sha256(e.key.as_bytes())));
+            find_by_email(ctx.app.store.as_ref(), e).await?
+        }
+        None => None,
+    };
+    let usable = user.as_ref().filter(|u| !u.disabled);
+    let stored = usable.and_then(|u| u.password_hash.as_deref());
+    let verified = ctx.app.passwords.verify(&p.password, stored).await?;
+    let (Some(mut user), true) = (usable.cloned(), verified.ok) else {
+        if let Some(u) = &user {
+            ctx.audit.subject(&u.id);
+        }
+        ctx.audit.note("event", "login.failed");
+        return Err(invalid());
+    };
+    if verified.needs_rehash {
+        user.password_hash = Some(ctx.app.passwords.hash(&p.password).await?);
+        user.updated_at = ctx.now().unix_timestamp();
+        put_user(ctx.app.store.as_ref(), &user).await?;
+        ctx.audit.note("password.rehashed", true);
+    }
+    start_session(&ctx, &user, 1, vec![AMR_PASSWORD.to_owned()]).await
+}
+
+/// `AUTH.REFRESH` — anyone holding a refresh token. Rotates it; see [`refresh`].
+async fn refresh_cmd(ctx: Ctx, p: RefreshParams) -> Result<SessionTokens, CommandError> {
+    refresh(&ctx, &p.refresh_token).await
+}
+
+/// `AUTH.LOGOUT` — user. Revokes the calling session; its access and refresh tokens stop
+/// working at once.
+async fn logout(ctx: Ctx, _p: NoParams) -> Result<LoggedOut, CommandError> {
+    let sid = ctx.user()?.session_id.clone();
+    revoke(&ctx, &sid, "logout").await?;
+    ctx.audit.note("event", "session.revoked");
+    Ok(LoggedOut {
+        session_id: sid,
+        revoked: true,
+    })
+}

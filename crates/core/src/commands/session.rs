@@ -1,0 +1,71 @@
+//! `SESSION.LIST`, `SESSION.REVOKE`, `SESSION.REVOKE_ALL`.
+
+use crate::caller::{RateClass, Requirement};
+use crate::clock::rfc3339_ms;
+use crate::sessions::{get_session, list_live, revoke, revoke_all};
+use crate::{CommandError, CommandSpec, Ctx};
+use portcullis_protocol::commands::session::{
+    self, RevokeAllParams, RevokeParams, Revoked, SessionInfo, SessionList,
+};
+use portcullis_protocol::commands::sys::NoParams;
+use portcullis_protocol::ErrorCode;
+use time::OffsetDateTime;
+
+/// Registry entries.
+pub fn specs() -> Vec<CommandSpec> {
+    vec![
+        CommandSpec::new(session::LIST, Requirement::User, RateClass::Account, list),
+        CommandSpec::new(session::REVOKE, Requirement::User, RateClass::Account, revoke_one),
+        CommandSpec::new(session::REVOKE_ALL, Requirement::User, RateClass::Account, revoke_every),
+    ]
+}
+
+fn time_of(unix: i64) -> String {
+    rfc3339_ms(OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+}
+
+/// `SESSION.LIST` — user. The caller's live sessions, newest first.
+async fn list(ctx: Ctx, _p: NoParams) -> Result<SessionList, CommandError> {
+    let me = ctx.user()?.clone();
+    let sessions = list_live(&ctx, &me.user_id)
+        .await?
+        .into_iter()
+        .map(|s| SessionInfo {
+            current: s.id == me.session_id,
+            session_id: s.id,
+            created_at: time_of(s.created_at),
+            last_used_at: time_of(s.last_used_at),
+            client: s.client,
+            user_agent: s.user_agent,
+            aal: s.aal,
+            amr: s.amr,
+        })
+        .collect();
+    Ok(SessionList { sessions })
+}
+
+/// `SESSION.REVOKE` — user. Revokes one of the caller's sessions (`NOT_FOUND` for any other id).
+async fn revoke_one(ctx: Ctx, p: RevokeParams) -> Result<Revoked, CommandError> {
+    let me = ctx.user()?.clone();
+    let owned = get_session(ctx.app.store.as_ref(), &p.session_id)
+        .await?
+        .is_some_and(|s| s.user_id == me.user_id);
+    if !owned {
+        return Err(CommandError::new(ErrorCode::NotFound, "no such session"));
+    }
+    let n = u64::from(revoke(&ctx, &p.session_id, "user_revoked").await?);
+    ctx.audit.session(&p.session_id);
+    ctx.audit.note("event", "session.revoked");
+    Ok(Revoked { revoked: n })
+}
+
+/// `SESSION.REVOKE_ALL` — user. Revokes all the caller's sessions, the current one too unless
+/// `keep_current`.
+async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandError> {
+    let me = ctx.user()?.clone();
+    let keep = p.keep_current.then_some(me.session_id.as_str());
+    let n = revoke_all(&ctx, &me.user_id, keep, "user_revoked_all").await?;
+    ctx.audit.note("event", "session.revoked");
+    ctx.audit.note("revoked", n);
+    Ok(Revoked { revoked: n })
+}

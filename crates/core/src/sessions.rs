@@ -1,0 +1,401 @@
+//! Sessions and their tokens: the one place every sign-in mints tokens, refresh-token rotation
+//! with reuse detection, revocation, and the in-memory liveness cache every authenticated
+//! command consults.
+
+use crate::accounts::UserRecord;
+use crate::crypto::{random_id, random_token, sha256};
+use crate::error::CommandError;
+use crate::tokens::AccessClaims;
+use crate::{App, Ctx};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use portcullis_protocol::commands::auth::SessionTokens;
+use portcullis_protocol::{ErrorCode, Secret};
+use portcullis_store::{decode_record, encode_record, Cas, Record, Store, StoreError, Table};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+/// Prefix of refresh tokens.
+pub const REFRESH_PREFIX: &str = "prt_";
+/// Entries the liveness cache holds before it starts over.
+const CACHE_LIMIT: usize = 200_000;
+
+/// One session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// Session id.
+    pub id: String,
+    /// Owner.
+    pub user_id: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of the last sign-in or refresh.
+    pub last_used_at: i64,
+    /// No refresh after this, whatever happens (Unix seconds).
+    pub absolute_expires_at: i64,
+    /// Assurance level.
+    pub aal: u8,
+    /// Authentication methods (RFC 8176).
+    pub amr: Vec<String>,
+    /// Client address at creation.
+    pub client: Option<String>,
+    /// User agent at creation.
+    pub user_agent: Option<String>,
+    /// Set when revoked (Unix seconds).
+    pub revoked_at: Option<i64>,
+    /// Why it was revoked.
+    pub revoke_reason: Option<String>,
+}
+
+impl Record for SessionRecord {
+    const VERSION: u8 = 1;
+}
+
+/// The state of one refresh token. Transitions: `Active → Rotated` (by exactly one compare-and-
+/// swap); nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RefreshState {
+    /// Not used yet.
+    Active,
+    /// Used once at `at`; `successor` is the pair issued for it, sealed with the master key, so
+    /// a retry within the grace window gets the same pair.
+    Rotated {
+        /// Unix seconds.
+        at: i64,
+        /// Sealed JSON of the successor pair (base64url).
+        successor: String,
+    },
+}
+
+/// A refresh token, stored under the SHA-256 of the token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    /// Its session.
+    pub session_id: String,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Active or rotated.
+    #[serde(flatten)]
+    pub state: RefreshState,
+}
+
+impl Record for RefreshRecord {
+    const VERSION: u8 = 1;
+}
+
+#[derive(Clone)]
+struct Live {
+    user_id: String,
+    revoked: bool,
+}
+
+/// Which sessions are live, cached in memory in front of the store. Revocation goes through
+/// here, so it takes effect on the very next command.
+#[derive(Default)]
+pub struct SessionCache {
+    map: RwLock<HashMap<String, Live>>,
+}
+
+impl SessionCache {
+    fn get(&self, sid: &str) -> Option<Live> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).get(sid).cloned()
+    }
+
+    fn set(&self, sid: &str, live: Live) {
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= CACHE_LIMIT {
+            m.clear();
+        }
+        m.insert(sid.to_owned(), live);
+    }
+}
+
+fn store_err(e: StoreError) -> CommandError {
+    CommandError::from(e)
+}
+
+/// Loads a session record.
+pub async fn get_session(store: &dyn Store, sid: &str) -> Result<Option<SessionRecord>, CommandError> {
+    match store.get(Table::Sessions, sid.as_bytes()).await? {
+        Some(v) => Ok(Some(decode_record(&v).map_err(|e| store_err(e.into()))?)),
+        None => Ok(None),
+    }
+}
+
+async fn put_session(store: &dyn Store, s: &SessionRecord) -> Result<(), CommandError> {
+    store.put(Table::Sessions, s.id.as_bytes(), encode_record(s)).await?;
+    Ok(())
+}
+
+fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
+    format!("{user_id}/{sid}").into_bytes()
+}
+
+/// Whether session `sid` of user `user_id` is live: cached, else read from the store.
+pub async fn is_live(app: &App, sid: &str, user_id: &str) -> Result<bool, CommandError> {
+    let live = match app.session_cache.get(sid) {
+        Some(l) => l,
+        None => {
+            let Some(s) = get_session(app.store.as_ref(), sid).await? else {
+                return Ok(false);
+            };
+            let l = Live {
+                user_id: s.user_id.clone(),
+                revoked: s.revoked_at.is_some(),
+            };
+            app.session_cache.set(sid, l.clone());
+            l
+        }
+    };
+    Ok(!live.revoked && live.user_id == user_id)
+}
+
+#[derive(Serialize, Deserialize)]
+struct SealedPair {
+    access_token: String,
+    refresh_token: String,
+    expires_in: u64,
+}
+
+fn successor_aad(old_hash: &[u8; 32]) -> Vec<u8> {
+    format!("refresh-successor:{}", hex::encode(old_hash)).into_bytes()
+}
+
+/// Signs an access token for a session.
+fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
+    let tokens = &ctx.app.tokens;
+    let claims = AccessClaims {
+        iss: tokens.issuer().to_owned(),
+        sub: s.user_id.clone(),
+        sid: s.id.clone(),
+        aal: s.aal,
+        amr: s.amr.clone(),
+        iat: now,
+        exp: now + tokens.ttl_s(),
+        jti: random_id(ctx.app.rng.as_ref()),
+    };
+    let t = tokens.sign(&claims);
+    (Secret::new(t.as_str()), u64::try_from(tokens.ttl_s()).unwrap_or(0))
+}
+
+/// Issues a fresh refresh token for a session and stores its record.
+async fn new_refresh(ctx: &Ctx, sid: &str, now: i64) -> Result<Secret, CommandError> {
+    let token = random_token(ctx.app.rng.as_ref(), REFRESH_PREFIX);
+    let rec = RefreshRecord {
+        session_id: sid.to_owned(),
+        issued_at: now,
+        state: RefreshState::Active,
+    };
+    ctx.app
+        .store
+        .put(Table::RefreshTokens, &sha256(token.as_bytes()), encode_record(&rec))
+        .await?;
+    Ok(Secret::new(token.as_str()))
+}
+
+/// Starts a session for `user` after a successful sign-in and returns its tokens. Every sign-in
+/// path (password, link, code, passkey, MFA) ends here.
+pub async fn start_session(
+    ctx: &Ctx,
+    user: &UserRecord,
+    aal: u8,
+    amr: Vec<String>,
+) -> Result<SessionTokens, CommandError> {
+    let app = &ctx.app;
+    let now = ctx.now().unix_timestamp();
+    let s = SessionRecord {
+        id: random_id(app.rng.as_ref()),
+        user_id: user.id.clone(),
+        created_at: now,
+        last_used_at: now,
+        absolute_expires_at: now + app.config.refresh_absolute_s,
+        aal,
+        amr,
+        client: ctx.client.map(|a| a.to_string()),
+        user_agent: ctx.user_agent.clone(),
+        revoked_at: None,
+        revoke_reason: None,
+    };
+    put_session(app.store.as_ref(), &s).await?;
+    app.store
+        .put(Table::UserSessions, &index_key(&user.id, &s.id), Vec::new())
+        .await?;
+    let refresh_token = new_refresh(ctx, &s.id, now).await?;
+    let (access_token, expires_in) = access_token(ctx, &s, now);
+    ctx.audit.subject(&user.id);
+    ctx.audit.session(&s.id);
+    ctx.audit.note("event", "session.created");
+    ctx.audit.note("aal", u64::from(aal));
+    ctx.audit.note("amr", s.amr.join(" "));
+    Ok(SessionTokens {
+        user_id: user.id.clone(),
+        session_id: s.id,
+        access_token,
+        refresh_token,
+        token_type: "Bearer".into(),
+        expires_in,
+    })
+}
+
+fn invalid_refresh() -> CommandError {
+    CommandError::new(ErrorCode::InvalidCredentials, "the refresh token is not valid")
+}
+
+/// Exchanges a refresh token for a new pair.
+///
+/// The old token is consumed by one compare-and-swap (`Active → Rotated`), durable before the
+/// answer (the dispatcher waits for the group commit). Of concurrent uses, exactly one rotates;
+/// the others, and any retry within `refresh_grace_s`, get the same successor pair back. A use
+/// after the grace means the token was copied: the whole session is revoked.
+pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, CommandError> {
+    let app = &ctx.app;
+    let store = app.store.as_ref();
+    let hash = sha256(token.expose().as_bytes());
+    let now = ctx.now().unix_timestamp();
+    // Two rounds at most: a lost race re-reads the record, which is then `Rotated`.
+    for _ in 0..2 {
+        let Some(raw) = store.get(Table::RefreshTokens, &hash).await? else {
+            ctx.audit.note("reason", "unknown_refresh_token");
+            return Err(invalid_refresh());
+        };
+        let rec: RefreshRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
+        let Some(mut session) = get_session(store, &rec.session_id).await? else {
+            return Err(invalid_refresh());
+        };
+        ctx.audit.subject(&session.user_id);
+        ctx.audit.session(&session.id);
+        if session.revoked_at.is_some() {
+            ctx.audit.note("reason", "session_revoked");
+            return Err(invalid_refresh());
+        }
+        if now >= session.absolute_expires_at || now >= session.last_used_at + app.config.refresh_idle_s {
+            ctx.audit.note("reason", "session_expired");
+            return Err(CommandError::new(ErrorCode::Expired, "the session has expired; sign in again"));
+        }
+        match rec.state {
+            RefreshState::Active => {
+                let new_refresh_token = new_refresh(ctx, &session.id, now).await?;
+                let (access_token, expires_in) = access_token(ctx, &session, now);
+                let pair = SealedPair {
+                    access_token: access_token.expose().to_owned(),
+                    refresh_token: new_refresh_token.expose().to_owned(),
+                    expires_in,
+                };
+                let plain = zeroize::Zeroizing::new(serde_json::to_vec(&pair).unwrap_or_default());
+                let sealed = app.sealer.seal(app.rng.as_ref(), &successor_aad(&hash), &plain);
+                let rotated = RefreshRecord {
+                    state: RefreshState::Rotated {
+                        at: now,
+                        successor: URL_SAFE_NO_PAD.encode(sealed),
+                    },
+                    ..rec
+                };
+                match store
+                    .compare_and_swap(Table::RefreshTokens, &hash, Some(&raw), Some(encode_record(&rotated)))
+                    .await?
+                {
+                    Cas::Swapped => {
+                        session.last_used_at = now;
+                        put_session(store, &session).await?;
+                        ctx.audit.note("event", "token.refreshed");
+                        return Ok(SessionTokens {
+                            user_id: session.user_id,
+                            session_id: session.id,
+                            access_token,
+                            refresh_token: new_refresh_token,
+                            token_type: "Bearer".into(),
+                            expires_in,
+                        });
+                    }
+                    Cas::Conflict { .. } => {
+                        // Someone else rotated it first: drop the pair we made, read theirs.
+                        store
+                            .remove(Table::RefreshTokens, &sha256(new_refresh_token.expose().as_bytes()))
+                            .await?;
+                        continue;
+                    }
+                }
+            }
+            RefreshState::Rotated { at, successor } => {
+                if now - at <= app.config.refresh_grace_s {
+                    let sealed = URL_SAFE_NO_PAD.decode(successor).map_err(|_| CommandError::internal())?;
+                    let plain = app.sealer.open(&successor_aad(&hash), &sealed).map_err(|e| {
+                        tracing::error!(error = %e, "refresh successor does not unseal");
+                        CommandError::internal()
+                    })?;
+                    let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| CommandError::internal())?;
+                    ctx.audit.note("event", "token.refreshed");
+                    ctx.audit.note("replayed_within_grace", true);
+                    return Ok(SessionTokens {
+                        user_id: session.user_id,
+                        session_id: session.id,
+                        access_token: Secret::new(pair.access_token),
+                        refresh_token: Secret::new(pair.refresh_token),
+                        token_type: "Bearer".into(),
+                        expires_in: pair.expires_in,
+                    });
+                }
+                revoke(ctx, &session.id, "refresh_reuse").await?;
+                ctx.audit.note("event", "refresh.reuse_detected");
+                tracing::warn!(session = %session.id, "refresh token reused after rotation; session revoked");
+                return Err(invalid_refresh());
+            }
+        }
+    }
+    Err(CommandError::internal())
+}
+
+/// Revokes a session (idempotent). Effective on the next command: the cache is updated before
+/// this returns. Returns whether this call revoked it.
+pub async fn revoke(ctx: &Ctx, sid: &str, reason: &str) -> Result<bool, CommandError> {
+    let app = &ctx.app;
+    let Some(mut s) = get_session(app.store.as_ref(), sid).await? else {
+        return Ok(false);
+    };
+    let newly = s.revoked_at.is_none();
+    if newly {
+        s.revoked_at = Some(ctx.now().unix_timestamp());
+        s.revoke_reason = Some(reason.to_owned());
+        put_session(app.store.as_ref(), &s).await?;
+    }
+    app.session_cache.set(
+        sid,
+        Live {
+            user_id: s.user_id.clone(),
+            revoked: true,
+        },
+    );
+    Ok(newly)
+}
+
+/// The live sessions of a user, newest first.
+pub async fn list_live(ctx: &Ctx, user_id: &str) -> Result<Vec<SessionRecord>, CommandError> {
+    let store = ctx.app.store.as_ref();
+    let now = ctx.now().unix_timestamp();
+    let prefix = format!("{user_id}/").into_bytes();
+    let mut out = Vec::new();
+    for (k, _) in store.scan_prefix(Table::UserSessions, &prefix, 10_000).await? {
+        let sid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        if let Some(s) = get_session(store, &sid).await? {
+            let expired = now >= s.absolute_expires_at || now >= s.last_used_at + ctx.app.config.refresh_idle_s;
+            if s.revoked_at.is_none() && !expired {
+                out.push(s);
+            }
+        }
+    }
+    out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+/// Revokes every live session of a user except `keep`. Returns how many were revoked.
+pub async fn revoke_all(ctx: &Ctx, user_id: &str, keep: Option<&str>, reason: &str) -> Result<u64, CommandError> {
+    let mut n = 0;
+    for s in list_live(ctx, user_id).await? {
+        if Some(s.id.as_str()) != keep && revoke(ctx, &s.id, reason).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

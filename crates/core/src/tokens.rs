@@ -1,0 +1,396 @@
+//! Access tokens: compact JWS (JWT) signed with Ed25519.
+//!
+//! The algorithm is pinned, never negotiated: a token verifies only if its header is exactly
+//! `{"alg":"EdDSA","kid":…,"typ":"JWT"}` with a `kid` of the key ring, its signature verifies
+//! strictly (`verify_strict`: no small-order keys, no malleable signatures) under that key, its
+//! issuer is ours, it has not expired, and it was not issued more than the allowed skew in the
+//! future. `alg: none`, HMAC "keyed with the public key", unknown `kid`s and anything else are
+//! refused before any claim is read.
+
+use crate::clock::Clock;
+use crate::crypto::{sha256, Sealer};
+use crate::random::SecureRandom;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use portcullis_store::{decode_record, encode_record, Record, Store, StoreError, Table};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::{Arc, RwLock};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+/// Longest token the verifier looks at.
+pub const MAX_TOKEN_LEN: usize = 4096;
+/// How far in the future `iat` may be (clock skew between issuers).
+pub const MAX_FUTURE_SKEW_S: i64 = 60;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessClaims {
+    /// Issuer (the configured `issuer`).
+    pub iss: String,
+    /// User id.
+    pub sub: String,
+    /// Session id.
+    pub sid: String,
+    /// Authenticator assurance level, 1 or 2.
+    pub aal: u8,
+    /// Authentication methods (RFC 8176 values).
+    pub amr: Vec<String>,
+    /// Issued at (Unix seconds).
+    pub iat: i64,
+    /// Expires at (Unix seconds).
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    alg: String,
+    kid: String,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
+/// Why a token was refused (never shown to clients in detail: they get `UNAUTHENTICATED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not three base64url parts of JSON, too long, or extra header members.
+    Malformed,
+    /// `alg` is not `EdDSA`.
+    Algorithm,
+    /// `kid` is not in the key ring.
+    UnknownKey,
+    /// The signature does not verify.
+    Signature,
+    /// The issuer is not ours.
+    Issuer,
+    /// Expired.
+    Expired,
+    /// Issued too far in the future.
+    NotYetValid,
+}
+
+impl TokenError {
+    /// Short name for audit summaries.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Algorithm => "algorithm",
+            TokenError::UnknownKey => "unknown_kid",
+            TokenError::Signature => "bad_signature",
+            TokenError::Issuer => "issuer",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+        }
+    }
+}
+
+/// A stored signing key: the private half sealed with the master key.
+#[derive(Serialize, Deserialize)]
+struct KeyRecord {
+    kid: String,
+    created_at: i64,
+    /// Tokens signed by a retired key stop verifying after this time (Unix seconds).
+    verify_until: Option<i64>,
+    active: bool,
+    public_key: String,
+    sealed_private_key: String,
+}
+
+impl Record for KeyRecord {
+    const VERSION: u8 = 1;
+}
+
+struct Ring {
+    active_kid: String,
+    signer: SigningKey,
+    verifiers: Vec<(String, VerifyingKey, Option<i64>)>,
+}
+
+/// The key ring and the token codec.
+pub struct Tokens {
+    ring: RwLock<Arc<Ring>>,
+    issuer: String,
+    ttl_s: i64,
+}
+
+/// RFC 7638 thumbprint of an Ed25519 public key, the key's `kid`.
+fn thumbprint(public: &VerifyingKey) -> String {
+    let x = URL_SAFE_NO_PAD.encode(public.as_bytes());
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(sha256(canonical.as_bytes()))
+}
+
+fn aad(kid: &str) -> Vec<u8> {
+    format!("signing-key:{kid}").into_bytes()
+}
+
+impl Tokens {
+    /// Loads the key ring from the store, creating the first signing key on first start.
+    pub async fn load_or_create(
+        store: &dyn Store,
+        sealer: &Sealer,
+        rng: &dyn SecureRandom,
+        clock: &dyn Clock,
+        issuer: String,
+        ttl_s: i64,
+    ) -> Result<Tokens, StoreError> {
+        let mut records = Vec::new();
+        for (_, v) in store.scan_prefix(Table::SigningKeys, b"", 1000).await? {
+            records.push(decode_record::<KeyRecord>(&v)?);
+        }
+        if !records.iter().any(|r| r.active) {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rng.fill(seed.as_mut());
+            let key = SigningKey::from_bytes(&seed);
+            let kid = thumbprint(&key.verifying_key());
+            let rec = KeyRecord {
+                kid: kid.clone(),
+                created_at: clock.now().unix_timestamp(),
+                verify_until: None,
+                active: true,
+                public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+                sealed_private_key: URL_SAFE_NO_PAD.encode(sealer.seal(rng, &aad(&kid), seed.as_ref())),
+            };
+            store.put(Table::SigningKeys, kid.as_bytes(), encode_record(&rec)).await?;
+            store.sync().await?;
+            tracing::info!(%kid, "created a signing key");
+            records.push(rec);
+        }
+        let ring = build_ring(&records, sealer)?;
+        Ok(Tokens {
+            ring: RwLock::new(Arc::new(ring)),
+            issuer,
+            ttl_s,
+        })
+    }
+
+    fn ring(&self) -> Arc<Ring> {
+        Arc::clone(&self.ring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Access token lifetime in seconds.
+    pub fn ttl_s(&self) -> i64 {
+        self.ttl_s
+    }
+
+    /// The issuer.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Signs claims with the active key.
+    pub fn sign(&self, claims: &AccessClaims) -> Zeroizing<String> {
+        let ring = self.ring();
+        let header = format!(r#"{{"alg":"EdDSA","kid":"{}","typ":"JWT"}}"#, ring.active_kid);
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
+        let mut out = Zeroizing::new(String::with_capacity(512));
+        out.push_str(&URL_SAFE_NO_PAD.encode(header.as_bytes()));
+        out.push('.');
+        out.push_str(&URL_SAFE_NO_PAD.encode(&payload));
+        let sig: Signature = ring.signer.sign(out.as_bytes());
+        out.push('.');
+        out.push_str(&URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+        out
+    }
+
+    /// Verifies a token and returns its claims.
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let b64 = |x: &str| URL_SAFE_NO_PAD.decode(x).map_err(|_| TokenError::Malformed);
+        let header: Header = serde_json::from_slice(&b64(h)?).map_err(|_| TokenError::Malformed)?;
+        if header.alg != "EdDSA" {
+            return Err(TokenError::Algorithm);
+        }
+        if header.typ.as_deref().is_some_and(|t| t != "JWT") {
+            return Err(TokenError::Malformed);
+        }
+        let ring = self.ring();
+        let now_s = now.unix_timestamp();
+        let (_, key, verify_until) = ring
+            .verifiers
+            .iter()
+            .find(|(kid, _, _)| *kid == header.kid)
+            .ok_or(TokenError::UnknownKey)?;
+        if verify_until.is_some_and(|u| now_s > u) {
+            return Err(TokenError::UnknownKey);
+        }
+        let sig_bytes: [u8; 64] = b64(s)?.try_into().map_err(|_| TokenError::Malformed)?;
+        let signed = &token[..h.len() + 1 + p.len()];
+        key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&sig_bytes))
+            .map_err(|_| TokenError::Signature)?;
+        let claims: AccessClaims =
+            serde_json::from_slice(&b64(p)?).map_err(|_| TokenError::Malformed)?;
+        if claims.iss != self.issuer {
+            return Err(TokenError::Issuer);
+        }
+        if now_s >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat > now_s + MAX_FUTURE_SKEW_S {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// The public keys that verify tokens, as a JWK Set.
+    pub fn jwks(&self) -> Value {
+        let ring = self.ring();
+        let keys: Vec<Value> = ring
+            .verifiers
+            .iter()
+            .map(|(kid, key, _)| {
+                json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(key.as_bytes()),
+                    "kid": kid,
+                    "use": "sig",
+                    "alg": "EdDSA",
+                })
+            })
+            .collect();
+        json!({ "keys": keys })
+    }
+}
+
+fn build_ring(records: &[KeyRecord], sealer: &Sealer) -> Result<Ring, StoreError> {
+    let corrupt = |what: &str| StoreError::Backend(format!("signing key record: {what}"));
+    let active = records
+        .iter()
+        .filter(|r| r.active)
+        .max_by_key(|r| r.created_at)
+        .ok_or_else(|| corrupt("no active key"))?;
+    let sealed = URL_SAFE_NO_PAD
+        .decode(&active.sealed_private_key)
+        .map_err(|_| corrupt("not base64"))?;
+    let seed = sealer
+        .open(&aad(&active.kid), &sealed)
+        .map_err(|_| corrupt("does not decrypt with this master key"))?;
+    let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| corrupt("bad length"))?;
+    let signer = SigningKey::from_bytes(&seed);
+    if thumbprint(&signer.verifying_key()) != active.kid {
+        return Err(corrupt("kid does not match the key"));
+    }
+    let mut verifiers = Vec::new();
+    for r in records {
+        let raw: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(&r.public_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("public key"))?;
+        let key = VerifyingKey::from_bytes(&raw).map_err(|_| corrupt("public key"))?;
+        verifiers.push((r.kid.clone(), key, r.verify_until));
+    }
+    Ok(Ring {
+        active_kid: active.kid.clone(),
+        signer,
+        verifiers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::node::MasterKey;
+    use crate::random::OsRandom;
+    use portcullis_store::SledStore;
+    use time::macros::datetime;
+
+    async fn tokens(dir: &std::path::Path, clock: &ManualClock) -> Tokens {
+        let store = SledStore::open(dir).unwrap();
+        let sealer = Sealer::new(&MasterKey::from_bytes([1u8; 32]));
+        Tokens::load_or_create(&store, &sealer, &OsRandom, clock, "https://issuer.test".into(), 900)
+            .await
+            .unwrap()
+    }
+
+    fn claims(now: i64) -> AccessClaims {
+        AccessClaims {
+            iss: "https://issuer.test".into(),
+            sub: "u1".into(),
+            sid: "s1".into(),
+            aal: 1,
+            amr: vec!["pwd".into()],
+            iat: now,
+            exp: now + 900,
+            jti: "j1".into(),
+        }
+    }
+
+    fn b64(v: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(v)
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_every_forgery_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
+        let t = tokens(dir.path(), &clock).await;
+        let now = clock.now().unix_timestamp();
+        let tok = t.sign(&claims(now));
+        assert_eq!(t.verify(&tok, clock.now()).unwrap(), claims(now));
+        let parts: Vec<&str> = tok.split('.').collect();
+        let kid = t.ring().active_kid.clone();
+
+        // alg: none, with and without a signature.
+        let none = b64(format!(r#"{{"alg":"none","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
+        assert_eq!(t.verify(&format!("{none}.{}.", parts[1]), clock.now()), Err(TokenError::Algorithm));
+        assert_eq!(t.verify(&format!("{none}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::Algorithm));
+        // HS256 "keyed with the public key": refused on the header alone.
+        let hs = b64(format!(r#"{{"alg":"HS256","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
+        assert_eq!(t.verify(&format!("{hs}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::Algorithm));
+        // Unknown kid.
+        let other = b64(br#"{"alg":"EdDSA","kid":"nope","typ":"JWT"}"#);
+        assert_eq!(t.verify(&format!("{other}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::UnknownKey));
+        // Edited claims keep the old signature.
+        let mut c = claims(now);
+        c.aal = 2;
+        let forged = format!("{}.{}.{}", parts[0], b64(&serde_json::to_vec(&c).unwrap()), parts[2]);
+        assert_eq!(t.verify(&forged, clock.now()), Err(TokenError::Signature));
+        // Extra header members are refused.
+        let extra = b64(format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"JWT","jku":"x"}}"#).as_bytes());
+        assert_eq!(t.verify(&format!("{extra}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::Malformed));
+        // Expired, and not yet valid beyond the skew.
+        clock.advance(time::Duration::seconds(900));
+        assert_eq!(t.verify(&tok, clock.now()), Err(TokenError::Expired));
+        let future = t.sign(&AccessClaims { iat: now + 600, exp: now + 1500, ..claims(now) });
+        clock.advance(time::Duration::seconds(-900));
+        assert_eq!(t.verify(&future, clock.now()), Err(TokenError::NotYetValid));
+        let slightly = t.sign(&AccessClaims { iat: now + 30, ..claims(now) });
+        assert!(t.verify(&slightly, clock.now()).is_ok(), "within the 60 s skew");
+        // Garbage.
+        for g in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+            assert!(t.verify(g, clock.now()).is_err(), "{g}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_key_survives_restarts_and_jwks_publishes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
+        let tok = {
+            let t = tokens(dir.path(), &clock).await;
+            t.sign(&claims(clock.now().unix_timestamp()))
+        };
+        let t = tokens(dir.path(), &clock).await;
+        assert!(t.verify(&tok, clock.now()).is_ok());
+        let jwks = t.jwks();
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+        assert_eq!(jwks["keys"][0]["kid"], t.ring().active_kid.as_str());
+        assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+    }
+}
