@@ -2,6 +2,9 @@
 //! the connection cap, shutdown) and the HTTP gateway (parity with TCP, statuses, streaming),
 //! as specified in `protocol/framing.md` and `protocol/envelope.md`.
 
+// The helpers below are assertions: failing loudly is their job.
+#![allow(clippy::panic, clippy::expect_used)]
+
 use crate::harness::{execute_http, http, HttpResponse, Server};
 use portcullis_client::{Client, ClientError};
 use portcullis_protocol::codec::FrameError;

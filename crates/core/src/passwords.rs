@@ -11,6 +11,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use portcullis_protocol::{ErrorCode, Secret};
 use rand::rngs::OsRng;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 
@@ -66,6 +67,8 @@ pub struct Passwords {
     /// A hash of a random password with the current parameters: unknown accounts and
     /// passwordless accounts are "verified" against it, so every failed login costs the same.
     dummy: String,
+    /// argon2 computations done (hashes and verifications), for tests and metrics.
+    work: Arc<AtomicU64>,
 }
 
 impl Passwords {
@@ -80,7 +83,13 @@ impl Passwords {
             params,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             dummy,
+            work: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// argon2 computations done so far.
+    pub fn work_done(&self) -> u64 {
+        self.work.load(Ordering::Relaxed)
     }
 
     async fn blocking<T: Send + 'static>(
@@ -101,7 +110,12 @@ impl Passwords {
     pub async fn hash(&self, pw: &Secret) -> Result<String, CommandError> {
         let params = self.params.clone();
         let pw = pw.clone();
-        self.blocking(move || hash_with(&params, pw.expose()))
+        let work = Arc::clone(&self.work);
+        self.blocking(move || {
+            let h = hash_with(&params, pw.expose());
+            work.fetch_add(1, Ordering::Relaxed);
+            h
+        })
             .await?
             .map_err(|e| {
                 tracing::error!(error = %e, "password hashing failed");
@@ -116,12 +130,14 @@ impl Passwords {
         let phc = stored.unwrap_or(&self.dummy).to_owned();
         let params = self.params.clone();
         let pw = pw.clone();
+        let work = Arc::clone(&self.work);
         self.blocking(move || {
             let Ok(parsed) = PasswordHash::new(&phc) else {
                 return Verified { ok: false, needs_rehash: false };
             };
             // Always do the work, then decide: the dummy hash must cost the same as a real one.
             let matched = Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok();
+            work.fetch_add(1, Ordering::Relaxed);
             let ok = real && matched;
             let current = Params::try_from(&parsed).ok();
             let needs_rehash = ok
@@ -169,7 +185,9 @@ mod tests {
         let v = weak.verify(&pw, Some(&h)).await.unwrap();
         assert_eq!(v, Verified { ok: true, needs_rehash: false });
         assert!(!weak.verify(&Secret::new("wrong password"), Some(&h)).await.unwrap().ok);
+        let before = weak.work_done();
         assert!(!weak.verify(&pw, None).await.unwrap().ok, "no account never verifies");
+        assert_eq!(weak.work_done(), before + 1, "the dummy verification does the argon2 work");
         let stronger = Passwords::new(16, 2, 1, 2).unwrap();
         assert_eq!(stronger.verify(&pw, Some(&h)).await.unwrap(), Verified { ok: true, needs_rehash: true });
     }
