@@ -21,6 +21,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     extra: Vec<String>,
     envs: Vec<(String, String)>,
+    stderr_path: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -39,7 +40,8 @@ impl Server {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (child, tcp, http) = spawn(&data_dir, &extra, &envs);
+        let stderr_path = tmp.path().join("stderr.log");
+        let (child, tcp, http) = spawn(&data_dir, &extra, &envs, &stderr_path);
         Server {
             child: Some(child),
             tcp,
@@ -47,6 +49,7 @@ impl Server {
             data_dir,
             extra,
             envs,
+            stderr_path,
             _tmp: Some(tmp),
         }
     }
@@ -88,7 +91,7 @@ impl Server {
     /// Starts the server again on the same data directory (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");
-        let (child, tcp, http) = spawn(&self.data_dir, &self.extra, &self.envs);
+        let (child, tcp, http) = spawn(&self.data_dir, &self.extra, &self.envs, &self.stderr_path);
         self.child = Some(child);
         self.tcp = tcp;
         self.http = http;
@@ -97,6 +100,11 @@ impl Server {
     /// Runs the CLI with arguments and returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         run_cli(args)
+    }
+
+    /// Everything the server wrote to stderr (tracing at debug level) so far, across restarts.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 }
 
@@ -148,17 +156,24 @@ fn spawn(
     data_dir: &Path,
     extra: &[String],
     envs: &[(String, String)],
+    stderr_path: &Path,
 ) -> (Child, SocketAddr, SocketAddr) {
+    // Tracing at debug level goes to a file, so tests can search it for secrets.
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr_path)
+        .expect("stderr file");
     let mut child = Command::new(BIN)
+        .env("RUST_LOG", "debug")
         .envs(envs.iter().map(|(k, v)| (k, v)))
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(extra)
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn portcullis");
     let stdout = child.stdout.take().expect("stdout");

@@ -57,9 +57,23 @@ pub fn normalize_email(raw: &str) -> Result<Email, CommandError> {
     let (local, domain) = s.rsplit_once('@').ok_or_else(bad)?;
     let local_ok = !local.is_empty()
         && local.len() <= 64
-        && local
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b'"' | b'(' | b')' | b',' | b':' | b';' | b'<' | b'>' | b'[' | b'\\' | b']'))
+        && local.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'@' | b'"'
+                        | b'('
+                        | b')'
+                        | b','
+                        | b':'
+                        | b';'
+                        | b'<'
+                        | b'>'
+                        | b'['
+                        | b'\\'
+                        | b']'
+                )
+        })
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..");
@@ -102,13 +116,18 @@ pub fn check_display_name(name: Option<String>) -> Result<Option<String>, Comman
 /// Loads a user.
 pub async fn get_user(store: &dyn Store, id: &str) -> Result<Option<UserRecord>, CommandError> {
     match store.get(Table::Users, id.as_bytes()).await? {
-        Some(v) => Ok(Some(decode_record(&v).map_err(portcullis_store::StoreError::from)?)),
+        Some(v) => Ok(Some(
+            decode_record(&v).map_err(portcullis_store::StoreError::from)?,
+        )),
         None => Ok(None),
     }
 }
 
 /// Finds a user by address.
-pub async fn find_by_email(store: &dyn Store, email: &Email) -> Result<Option<UserRecord>, CommandError> {
+pub async fn find_by_email(
+    store: &dyn Store,
+    email: &Email,
+) -> Result<Option<UserRecord>, CommandError> {
     match store.get(Table::Emails, email.key.as_bytes()).await? {
         Some(id) => get_user(store, &String::from_utf8_lossy(&id)).await,
         None => Ok(None),
@@ -117,7 +136,9 @@ pub async fn find_by_email(store: &dyn Store, email: &Email) -> Result<Option<Us
 
 /// Writes a user record.
 pub async fn put_user(store: &dyn Store, user: &UserRecord) -> Result<(), CommandError> {
-    store.put(Table::Users, user.id.as_bytes(), encode_record(user)).await?;
+    store
+        .put(Table::Users, user.id.as_bytes(), encode_record(user))
+        .await?;
     Ok(())
 }
 
@@ -125,16 +146,28 @@ pub async fn put_user(store: &dyn Store, user: &UserRecord) -> Result<(), Comman
 /// sign-ups with one address exactly one succeeds, the others get `CONFLICT`. The record is
 /// written first, so a crash in between leaves at worst an unreachable record, never an index
 /// entry without its account.
-pub async fn create_user(store: &dyn Store, user: &UserRecord, email: &Email) -> Result<(), CommandError> {
+pub async fn create_user(
+    store: &dyn Store,
+    user: &UserRecord,
+    email: &Email,
+) -> Result<(), CommandError> {
     put_user(store, user).await?;
     match store
-        .compare_and_swap(Table::Emails, email.key.as_bytes(), None, Some(user.id.clone().into_bytes()))
+        .compare_and_swap(
+            Table::Emails,
+            email.key.as_bytes(),
+            None,
+            Some(user.id.clone().into_bytes()),
+        )
         .await?
     {
         Cas::Swapped => Ok(()),
         Cas::Conflict { .. } => {
             store.remove(Table::Users, user.id.as_bytes()).await?;
-            Err(CommandError::new(ErrorCode::Conflict, "an account with this email already exists"))
+            Err(CommandError::new(
+                ErrorCode::Conflict,
+                "an account with this email already exists",
+            ))
         }
     }
 }
@@ -149,8 +182,19 @@ mod tests {
         assert_eq!(e.display, "Alice.Smith+tag@example.org");
         assert_eq!(e.key, "alice.smith+tag@example.org");
         for bad in [
-            "", "plain", "@x.org", "a@", "a@b", "a b@x.org", "a@x..org", "a@-x.org", "a@x_y.org",
-            ".a@x.org", "a..b@x.org", "a@x.org\nb", "a\u{0}@x.org",
+            "",
+            "plain",
+            "@x.org",
+            "a@",
+            "a@b",
+            "a b@x.org",
+            "a@x..org",
+            "a@-x.org",
+            "a@x_y.org",
+            ".a@x.org",
+            "a..b@x.org",
+            "a@x.org\nb",
+            "a\u{0}@x.org",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?}");
         }
@@ -160,7 +204,12 @@ mod tests {
 
     #[test]
     fn display_names_are_bounded() {
-        assert_eq!(check_display_name(Some("  Ada ".into())).unwrap().as_deref(), Some("Ada"));
+        assert_eq!(
+            check_display_name(Some("  Ada ".into()))
+                .unwrap()
+                .as_deref(),
+            Some("Ada")
+        );
         assert_eq!(check_display_name(Some("".into())).unwrap(), None);
         assert!(check_display_name(Some("x".repeat(129))).is_err());
         assert!(check_display_name(Some("a\u{7}".into())).is_err());

@@ -102,7 +102,10 @@ impl Config {
             return Err("access_token_ttl_s must be between 60 and 86400".into());
         }
         if self.refresh_idle_s < 60 || self.refresh_absolute_s < self.refresh_idle_s {
-            return Err("refresh_idle_s must be at least 60 and refresh_absolute_s at least refresh_idle_s".into());
+            return Err(
+                "refresh_idle_s must be at least 60 and refresh_absolute_s at least refresh_idle_s"
+                    .into(),
+            );
         }
         if !(0..=300).contains(&self.refresh_grace_s) {
             return Err("refresh_grace_s must be between 0 and 300".into());

@@ -92,7 +92,10 @@ mod tests {
         let s = Sealer::new(&k);
         let sealed = s.seal(&OsRandom, b"purpose-a", b"secret bytes");
         assert!(!sealed.windows(12).any(|w| w == b"secret bytes"));
-        assert_eq!(s.open(b"purpose-a", &sealed).unwrap().as_slice(), b"secret bytes");
+        assert_eq!(
+            s.open(b"purpose-a", &sealed).unwrap().as_slice(),
+            b"secret bytes"
+        );
         assert!(s.open(b"purpose-b", &sealed).is_err());
         let other = Sealer::new(&MasterKey::from_bytes([8u8; 32]));
         assert!(other.open(b"purpose-a", &sealed).is_err());

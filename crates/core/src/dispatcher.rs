@@ -5,8 +5,8 @@ use crate::caller::{Caller, UserCaller};
 use crate::clock::rfc3339_ms;
 use crate::error::{sanitize_serde_message, CommandError};
 use crate::node::{operator_token_hash, OPERATOR_TOKEN_PREFIX};
-use crate::sessions;
 use crate::registry::Output;
+use crate::sessions;
 use crate::tail::TailStream;
 use crate::{App, Audit, Ctx};
 use portcullis_protocol::{ErrorCode, Event, Request, RequestId, Response, Secret};
@@ -246,7 +246,11 @@ impl Dispatcher {
 
     /// Who presented `token`. A present but invalid token is `UNAUTHENTICATED`, never a silent
     /// fall-back to anonymous; the reason goes to the audit record, not to the client.
-    async fn authenticate(&self, token: Option<&Secret>, audit: &Audit) -> Result<Caller, CommandError> {
+    async fn authenticate(
+        &self,
+        token: Option<&Secret>,
+        audit: &Audit,
+    ) -> Result<Caller, CommandError> {
         let Some(token) = token else {
             return Ok(Caller::Anonymous);
         };
@@ -303,8 +307,14 @@ impl Dispatcher {
                 outcome: outcome_name.to_owned(),
                 actor: o.caller.actor(),
                 // Handlers may name another subject or session; by default it is the caller's.
-                subject: o.audit.subject.or_else(|| o.caller.user().map(|u| u.user_id.clone())),
-                session: o.audit.session.or_else(|| o.caller.user().map(|u| u.session_id.clone())),
+                subject: o
+                    .audit
+                    .subject
+                    .or_else(|| o.caller.user().map(|u| u.user_id.clone())),
+                session: o
+                    .audit
+                    .session
+                    .or_else(|| o.caller.user().map(|u| u.session_id.clone())),
                 client: conn.client.map(|a| a.to_string()),
                 transport: conn.transport.as_str().to_owned(),
                 duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),

@@ -75,7 +75,8 @@ impl Passwords {
     /// Argon2id with `m_kib` KiB of memory, `t` passes, `p` lanes; at most `concurrency` hashes
     /// at once.
     pub fn new(m_kib: u32, t: u32, p: u32, concurrency: usize) -> Result<Self, String> {
-        let params = Params::new(m_kib, t, p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
+        let params =
+            Params::new(m_kib, t, p, None).map_err(|e| format!("argon2 parameters: {e}"))?;
         let mut random = [0u8; 32];
         rand::RngCore::fill_bytes(&mut OsRng, &mut random);
         let dummy = hash_with(&params, &hex::encode(random)).map_err(|e| format!("argon2: {e}"))?;
@@ -116,16 +117,20 @@ impl Passwords {
             work.fetch_add(1, Ordering::Relaxed);
             h
         })
-            .await?
-            .map_err(|e| {
-                tracing::error!(error = %e, "password hashing failed");
-                CommandError::internal()
-            })
+        .await?
+        .map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            CommandError::internal()
+        })
     }
 
     /// Verifies `pw` against `stored`, or against the dummy hash when there is none (same work,
     /// always false).
-    pub async fn verify(&self, pw: &Secret, stored: Option<&str>) -> Result<Verified, CommandError> {
+    pub async fn verify(
+        &self,
+        pw: &Secret,
+        stored: Option<&str>,
+    ) -> Result<Verified, CommandError> {
         let real = stored.is_some();
         let phc = stored.unwrap_or(&self.dummy).to_owned();
         let params = self.params.clone();
@@ -133,10 +138,15 @@ impl Passwords {
         let work = Arc::clone(&self.work);
         self.blocking(move || {
             let Ok(parsed) = PasswordHash::new(&phc) else {
-                return Verified { ok: false, needs_rehash: false };
+                return Verified {
+                    ok: false,
+                    needs_rehash: false,
+                };
             };
             // Always do the work, then decide: the dummy hash must cost the same as a real one.
-            let matched = Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok();
+            let matched = Argon2::default()
+                .verify_password(pw.expose().as_bytes(), &parsed)
+                .is_ok();
             work.fetch_add(1, Ordering::Relaxed);
             let ok = real && matched;
             let current = Params::try_from(&parsed).ok();
@@ -172,7 +182,10 @@ mod tests {
             assert!(!e.body().message.contains(bad), "{}", e.body().message);
         }
         assert!(check_policy(&Secret::new("correct horse battery staple")).is_ok());
-        assert!(check_policy(&Secret::new("ÄÖÜäöü€ß")).is_ok(), "length counts characters");
+        assert!(
+            check_policy(&Secret::new("ÄÖÜäöü€ß")).is_ok(),
+            "length counts characters"
+        );
     }
 
     #[tokio::test]
@@ -183,12 +196,37 @@ mod tests {
         assert!(h.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{h}");
         assert!(!h.contains("correct"));
         let v = weak.verify(&pw, Some(&h)).await.unwrap();
-        assert_eq!(v, Verified { ok: true, needs_rehash: false });
-        assert!(!weak.verify(&Secret::new("wrong password"), Some(&h)).await.unwrap().ok);
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                needs_rehash: false
+            }
+        );
+        assert!(
+            !weak
+                .verify(&Secret::new("wrong password"), Some(&h))
+                .await
+                .unwrap()
+                .ok
+        );
         let before = weak.work_done();
-        assert!(!weak.verify(&pw, None).await.unwrap().ok, "no account never verifies");
-        assert_eq!(weak.work_done(), before + 1, "the dummy verification does the argon2 work");
+        assert!(
+            !weak.verify(&pw, None).await.unwrap().ok,
+            "no account never verifies"
+        );
+        assert_eq!(
+            weak.work_done(),
+            before + 1,
+            "the dummy verification does the argon2 work"
+        );
         let stronger = Passwords::new(16, 2, 1, 2).unwrap();
-        assert_eq!(stronger.verify(&pw, Some(&h)).await.unwrap(), Verified { ok: true, needs_rehash: true });
+        assert_eq!(
+            stronger.verify(&pw, Some(&h)).await.unwrap(),
+            Verified {
+                ok: true,
+                needs_rehash: true
+            }
+        );
     }
 }

@@ -100,7 +100,11 @@ pub struct SessionCache {
 
 impl SessionCache {
     fn get(&self, sid: &str) -> Option<Live> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(sid).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sid)
+            .cloned()
     }
 
     fn set(&self, sid: &str, live: Live) {
@@ -117,7 +121,10 @@ fn store_err(e: StoreError) -> CommandError {
 }
 
 /// Loads a session record.
-pub async fn get_session(store: &dyn Store, sid: &str) -> Result<Option<SessionRecord>, CommandError> {
+pub async fn get_session(
+    store: &dyn Store,
+    sid: &str,
+) -> Result<Option<SessionRecord>, CommandError> {
     match store.get(Table::Sessions, sid.as_bytes()).await? {
         Some(v) => Ok(Some(decode_record(&v).map_err(|e| store_err(e.into()))?)),
         None => Ok(None),
@@ -125,7 +132,9 @@ pub async fn get_session(store: &dyn Store, sid: &str) -> Result<Option<SessionR
 }
 
 async fn put_session(store: &dyn Store, s: &SessionRecord) -> Result<(), CommandError> {
-    store.put(Table::Sessions, s.id.as_bytes(), encode_record(s)).await?;
+    store
+        .put(Table::Sessions, s.id.as_bytes(), encode_record(s))
+        .await?;
     Ok(())
 }
 
@@ -177,7 +186,10 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
         jti: random_id(ctx.app.rng.as_ref()),
     };
     let t = tokens.sign(&claims);
-    (Secret::new(t.as_str()), u64::try_from(tokens.ttl_s()).unwrap_or(0))
+    (
+        Secret::new(t.as_str()),
+        u64::try_from(tokens.ttl_s()).unwrap_or(0),
+    )
 }
 
 /// Issues a fresh refresh token for a session and stores its record.
@@ -190,7 +202,11 @@ async fn new_refresh(ctx: &Ctx, sid: &str, now: i64) -> Result<Secret, CommandEr
     };
     ctx.app
         .store
-        .put(Table::RefreshTokens, &sha256(token.as_bytes()), encode_record(&rec))
+        .put(
+            Table::RefreshTokens,
+            &sha256(token.as_bytes()),
+            encode_record(&rec),
+        )
         .await?;
     Ok(Secret::new(token.as_str()))
 }
@@ -240,7 +256,10 @@ pub async fn start_session(
 }
 
 fn invalid_refresh() -> CommandError {
-    CommandError::new(ErrorCode::InvalidCredentials, "the refresh token is not valid")
+    CommandError::new(
+        ErrorCode::InvalidCredentials,
+        "the refresh token is not valid",
+    )
 }
 
 /// Exchanges a refresh token for a new pair.
@@ -270,9 +289,14 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             ctx.audit.note("reason", "session_revoked");
             return Err(invalid_refresh());
         }
-        if now >= session.absolute_expires_at || now >= session.last_used_at + app.config.refresh_idle_s {
+        if now >= session.absolute_expires_at
+            || now >= session.last_used_at + app.config.refresh_idle_s
+        {
             ctx.audit.note("reason", "session_expired");
-            return Err(CommandError::new(ErrorCode::Expired, "the session has expired; sign in again"));
+            return Err(CommandError::new(
+                ErrorCode::Expired,
+                "the session has expired; sign in again",
+            ));
         }
         match rec.state {
             RefreshState::Active => {
@@ -284,7 +308,9 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     expires_in,
                 };
                 let plain = zeroize::Zeroizing::new(serde_json::to_vec(&pair).unwrap_or_default());
-                let sealed = app.sealer.seal(app.rng.as_ref(), &successor_aad(&hash), &plain);
+                let sealed = app
+                    .sealer
+                    .seal(app.rng.as_ref(), &successor_aad(&hash), &plain);
                 let rotated = RefreshRecord {
                     state: RefreshState::Rotated {
                         at: now,
@@ -293,7 +319,12 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     ..rec
                 };
                 match store
-                    .compare_and_swap(Table::RefreshTokens, &hash, Some(&raw), Some(encode_record(&rotated)))
+                    .compare_and_swap(
+                        Table::RefreshTokens,
+                        &hash,
+                        Some(&raw),
+                        Some(encode_record(&rotated)),
+                    )
                     .await?
                 {
                     Cas::Swapped => {
@@ -312,7 +343,10 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     Cas::Conflict { .. } => {
                         // Someone else rotated it first: drop the pair we made, read theirs.
                         store
-                            .remove(Table::RefreshTokens, &sha256(new_refresh_token.expose().as_bytes()))
+                            .remove(
+                                Table::RefreshTokens,
+                                &sha256(new_refresh_token.expose().as_bytes()),
+                            )
                             .await?;
                         continue;
                     }
@@ -320,12 +354,18 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             }
             RefreshState::Rotated { at, successor } => {
                 if now - at <= app.config.refresh_grace_s {
-                    let sealed = URL_SAFE_NO_PAD.decode(successor).map_err(|_| CommandError::internal())?;
-                    let plain = app.sealer.open(&successor_aad(&hash), &sealed).map_err(|e| {
-                        tracing::error!(error = %e, "refresh successor does not unseal");
-                        CommandError::internal()
-                    })?;
-                    let pair: SealedPair = serde_json::from_slice(&plain).map_err(|_| CommandError::internal())?;
+                    let sealed = URL_SAFE_NO_PAD
+                        .decode(successor)
+                        .map_err(|_| CommandError::internal())?;
+                    let plain = app
+                        .sealer
+                        .open(&successor_aad(&hash), &sealed)
+                        .map_err(|e| {
+                            tracing::error!(error = %e, "refresh successor does not unseal");
+                            CommandError::internal()
+                        })?;
+                    let pair: SealedPair =
+                        serde_json::from_slice(&plain).map_err(|_| CommandError::internal())?;
                     ctx.audit.note("event", "token.refreshed");
                     ctx.audit.note("replayed_within_grace", true);
                     return Ok(SessionTokens {
@@ -376,10 +416,14 @@ pub async fn list_live(ctx: &Ctx, user_id: &str) -> Result<Vec<SessionRecord>, C
     let now = ctx.now().unix_timestamp();
     let prefix = format!("{user_id}/").into_bytes();
     let mut out = Vec::new();
-    for (k, _) in store.scan_prefix(Table::UserSessions, &prefix, 10_000).await? {
+    for (k, _) in store
+        .scan_prefix(Table::UserSessions, &prefix, 10_000)
+        .await?
+    {
         let sid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
         if let Some(s) = get_session(store, &sid).await? {
-            let expired = now >= s.absolute_expires_at || now >= s.last_used_at + ctx.app.config.refresh_idle_s;
+            let expired = now >= s.absolute_expires_at
+                || now >= s.last_used_at + ctx.app.config.refresh_idle_s;
             if s.revoked_at.is_none() && !expired {
                 out.push(s);
             }
@@ -390,7 +434,12 @@ pub async fn list_live(ctx: &Ctx, user_id: &str) -> Result<Vec<SessionRecord>, C
 }
 
 /// Revokes every live session of a user except `keep`. Returns how many were revoked.
-pub async fn revoke_all(ctx: &Ctx, user_id: &str, keep: Option<&str>, reason: &str) -> Result<u64, CommandError> {
+pub async fn revoke_all(
+    ctx: &Ctx,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+) -> Result<u64, CommandError> {
     let mut n = 0;
     for s in list_live(ctx, user_id).await? {
         if Some(s.id.as_str()) != keep && revoke(ctx, &s.id, reason).await? {

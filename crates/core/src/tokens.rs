@@ -155,9 +155,15 @@ impl Tokens {
                 verify_until: None,
                 active: true,
                 public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
-                sealed_private_key: URL_SAFE_NO_PAD.encode(sealer.seal(rng, &aad(&kid), seed.as_ref())),
+                sealed_private_key: URL_SAFE_NO_PAD.encode(sealer.seal(
+                    rng,
+                    &aad(&kid),
+                    seed.as_ref(),
+                )),
             };
-            store.put(Table::SigningKeys, kid.as_bytes(), encode_record(&rec)).await?;
+            store
+                .put(Table::SigningKeys, kid.as_bytes(), encode_record(&rec))
+                .await?;
             store.sync().await?;
             tracing::info!(%kid, "created a signing key");
             records.push(rec);
@@ -187,7 +193,10 @@ impl Tokens {
     /// Signs claims with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Zeroizing<String> {
         let ring = self.ring();
-        let header = format!(r#"{{"alg":"EdDSA","kid":"{}","typ":"JWT"}}"#, ring.active_kid);
+        let header = format!(
+            r#"{{"alg":"EdDSA","kid":"{}","typ":"JWT"}}"#,
+            ring.active_kid
+        );
         let payload = serde_json::to_vec(claims).unwrap_or_default();
         let mut out = Zeroizing::new(String::with_capacity(512));
         out.push_str(&URL_SAFE_NO_PAD.encode(header.as_bytes()));
@@ -205,7 +214,8 @@ impl Tokens {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -279,7 +289,10 @@ fn build_ring(records: &[KeyRecord], sealer: &Sealer) -> Result<Ring, StoreError
     let seed = sealer
         .open(&aad(&active.kid), &sealed)
         .map_err(|_| corrupt("does not decrypt with this master key"))?;
-    let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| corrupt("bad length"))?;
+    let seed: [u8; 32] = seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| corrupt("bad length"))?;
     let signer = SigningKey::from_bytes(&seed);
     if thumbprint(&signer.verifying_key()) != active.kid {
         return Err(corrupt("kid does not match the key"));
@@ -313,9 +326,16 @@ mod tests {
     async fn tokens(dir: &std::path::Path, clock: &ManualClock) -> Tokens {
         let store = SledStore::open(dir).unwrap();
         let sealer = Sealer::new(&MasterKey::from_bytes([1u8; 32]));
-        Tokens::load_or_create(&store, &sealer, &OsRandom, clock, "https://issuer.test".into(), 900)
-            .await
-            .unwrap()
+        Tokens::load_or_create(
+            &store,
+            &sealer,
+            &OsRandom,
+            clock,
+            "https://issuer.test".into(),
+            900,
+        )
+        .await
+        .unwrap()
     }
 
     fn claims(now: i64) -> AccessClaims {
@@ -348,32 +368,69 @@ mod tests {
 
         // alg: none, with and without a signature.
         let none = b64(format!(r#"{{"alg":"none","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
-        assert_eq!(t.verify(&format!("{none}.{}.", parts[1]), clock.now()), Err(TokenError::Algorithm));
-        assert_eq!(t.verify(&format!("{none}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::Algorithm));
+        assert_eq!(
+            t.verify(&format!("{none}.{}.", parts[1]), clock.now()),
+            Err(TokenError::Algorithm)
+        );
+        assert_eq!(
+            t.verify(&format!("{none}.{}.{}", parts[1], parts[2]), clock.now()),
+            Err(TokenError::Algorithm)
+        );
         // HS256 "keyed with the public key": refused on the header alone.
         let hs = b64(format!(r#"{{"alg":"HS256","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
-        assert_eq!(t.verify(&format!("{hs}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::Algorithm));
+        assert_eq!(
+            t.verify(&format!("{hs}.{}.{}", parts[1], parts[2]), clock.now()),
+            Err(TokenError::Algorithm)
+        );
         // Unknown kid.
         let other = b64(br#"{"alg":"EdDSA","kid":"nope","typ":"JWT"}"#);
-        assert_eq!(t.verify(&format!("{other}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::UnknownKey));
+        assert_eq!(
+            t.verify(&format!("{other}.{}.{}", parts[1], parts[2]), clock.now()),
+            Err(TokenError::UnknownKey)
+        );
         // Edited claims keep the old signature.
         let mut c = claims(now);
         c.aal = 2;
-        let forged = format!("{}.{}.{}", parts[0], b64(&serde_json::to_vec(&c).unwrap()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(&serde_json::to_vec(&c).unwrap()),
+            parts[2]
+        );
         assert_eq!(t.verify(&forged, clock.now()), Err(TokenError::Signature));
         // Extra header members are refused.
-        let extra = b64(format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"JWT","jku":"x"}}"#).as_bytes());
-        assert_eq!(t.verify(&format!("{extra}.{}.{}", parts[1], parts[2]), clock.now()), Err(TokenError::Malformed));
+        let extra =
+            b64(format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"JWT","jku":"x"}}"#).as_bytes());
+        assert_eq!(
+            t.verify(&format!("{extra}.{}.{}", parts[1], parts[2]), clock.now()),
+            Err(TokenError::Malformed)
+        );
         // Expired, and not yet valid beyond the skew.
         clock.advance(time::Duration::seconds(900));
         assert_eq!(t.verify(&tok, clock.now()), Err(TokenError::Expired));
-        let future = t.sign(&AccessClaims { iat: now + 600, exp: now + 1500, ..claims(now) });
+        let future = t.sign(&AccessClaims {
+            iat: now + 600,
+            exp: now + 1500,
+            ..claims(now)
+        });
         clock.advance(time::Duration::seconds(-900));
         assert_eq!(t.verify(&future, clock.now()), Err(TokenError::NotYetValid));
-        let slightly = t.sign(&AccessClaims { iat: now + 30, ..claims(now) });
-        assert!(t.verify(&slightly, clock.now()).is_ok(), "within the 60 s skew");
+        let slightly = t.sign(&AccessClaims {
+            iat: now + 30,
+            ..claims(now)
+        });
+        assert!(
+            t.verify(&slightly, clock.now()).is_ok(),
+            "within the 60 s skew"
+        );
         // Garbage.
-        for g in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(MAX_TOKEN_LEN + 1)] {
+        for g in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            &"x".repeat(MAX_TOKEN_LEN + 1),
+        ] {
             assert!(t.verify(g, clock.now()).is_err(), "{g}");
         }
     }

@@ -1,6 +1,8 @@
 //! `AUTH.SIGNUP`, `AUTH.LOGIN`, `AUTH.REFRESH`, `AUTH.LOGOUT`.
 
-use crate::accounts::{check_display_name, create_user, find_by_email, normalize_email, put_user, UserRecord};
+use crate::accounts::{
+    check_display_name, create_user, find_by_email, normalize_email, put_user, UserRecord,
+};
 use crate::caller::{RateClass, Requirement};
 use crate::crypto::{random_id, sha256};
 use crate::passwords::check_policy;
@@ -15,9 +17,24 @@ use portcullis_protocol::ErrorCode;
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
     vec![
-        CommandSpec::new(auth::SIGNUP, Requirement::Anyone, RateClass::Credential, signup),
-        CommandSpec::new(auth::LOGIN, Requirement::Anyone, RateClass::Credential, login),
-        CommandSpec::new(auth::REFRESH, Requirement::Anyone, RateClass::Credential, refresh_cmd),
+        CommandSpec::new(
+            auth::SIGNUP,
+            Requirement::Anyone,
+            RateClass::Credential,
+            signup,
+        ),
+        CommandSpec::new(
+            auth::LOGIN,
+            Requirement::Anyone,
+            RateClass::Credential,
+            login,
+        ),
+        CommandSpec::new(
+            auth::REFRESH,
+            Requirement::Anyone,
+            RateClass::Credential,
+            refresh_cmd,
+        ),
         CommandSpec::new(auth::LOGOUT, Requirement::User, RateClass::Account, logout),
     ]
 }
@@ -52,7 +69,8 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
         updated_at: now,
         disabled: false,
     };
-    ctx.audit.note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
+    ctx.audit
+        .note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
     create_user(ctx.app.store.as_ref(), &user, &email).await?;
     ctx.audit.note("user.created", true);
     let (aal, amr) = match user.password_hash {
@@ -70,7 +88,8 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
     let email = normalize_email(&p.email).ok();
     let user = match &email {
         Some(e) => {
-            ctx.audit.note("email_sha256", hex::encode(sha256(e.key.as_bytes())));
+            ctx.audit
+                .note("email_sha256", hex::encode(sha256(e.key.as_bytes())));
             find_by_email(ctx.app.store.as_ref(), e).await?
         }
         None => None,

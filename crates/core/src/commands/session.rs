@@ -15,8 +15,18 @@ use time::OffsetDateTime;
 pub fn specs() -> Vec<CommandSpec> {
     vec![
         CommandSpec::new(session::LIST, Requirement::User, RateClass::Account, list),
-        CommandSpec::new(session::REVOKE, Requirement::User, RateClass::Account, revoke_one),
-        CommandSpec::new(session::REVOKE_ALL, Requirement::User, RateClass::Account, revoke_every),
+        CommandSpec::new(
+            session::REVOKE,
+            Requirement::User,
+            RateClass::Account,
+            revoke_one,
+        ),
+        CommandSpec::new(
+            session::REVOKE_ALL,
+            Requirement::User,
+            RateClass::Account,
+            revoke_every,
+        ),
     ]
 }
 

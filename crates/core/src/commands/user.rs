@@ -16,7 +16,12 @@ pub fn specs() -> Vec<CommandSpec> {
     vec![
         CommandSpec::new(user::ME, Requirement::User, RateClass::Account, me),
         CommandSpec::new(user::UPDATE, Requirement::User, RateClass::Account, update),
-        CommandSpec::new(user::SET_PASSWORD, Requirement::User, RateClass::Credential, set_password),
+        CommandSpec::new(
+            user::SET_PASSWORD,
+            Requirement::User,
+            RateClass::Credential,
+            set_password,
+        ),
     ]
 }
 
@@ -34,7 +39,9 @@ fn me_of(ctx: &Ctx, u: UserRecord) -> Result<Me, CommandError> {
         email: u.email,
         display_name: u.display_name,
         email_verified: u.email_verified,
-        created_at: rfc3339_ms(OffsetDateTime::from_unix_timestamp(u.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH)),
+        created_at: rfc3339_ms(
+            OffsetDateTime::from_unix_timestamp(u.created_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        ),
         aal: caller.aal,
         amr: caller.amr.clone(),
         session_id: caller.session_id.clone(),
@@ -69,7 +76,10 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
         };
         if !ctx.app.passwords.verify(current, Some(stored)).await?.ok {
             ctx.audit.note("event", "password.change_refused");
-            return Err(CommandError::new(ErrorCode::InvalidCredentials, "the current password is wrong"));
+            return Err(CommandError::new(
+                ErrorCode::InvalidCredentials,
+                "the current password is wrong",
+            ));
         }
     }
     check_policy(&p.new_password)?;
