@@ -43,7 +43,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the server (embedded defaults: ./portcullis-data, TCP 127.0.0.1:7420, HTTP 127.0.0.1:7421).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send one command and print its envelope; exits 1 when `ok` is false.
     Exec(ExecArgs),
     /// Read the event log.

@@ -1,5 +1,8 @@
 //! Black-box tests: the real `portcullis` binary over real sockets on 127.0.0.1.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod accounts;
 mod cli;
 mod harness;
