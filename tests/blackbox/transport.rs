@@ -733,14 +733,9 @@ async fn slow_reader_gets_every_answer_before_frame_too_large_and_the_close() {
     writer.abort();
     let what = format!("pipeline then oversized line (ended by reset: {reset})");
     let (resps, partial) = response_lines(&got, &what);
-    // BUG: crates/server/src/tcp.rs (`connection`, after `write_loop` returns): the socket is
-    // shut down and dropped while request bytes the server will never read are still in its
-    // receive buffer. The kernel then sends a TCP reset and discards the answers still queued
-    // in the send buffer, so a client that reads slower than the server writes loses the tail
-    // of the answers (sometimes cut in the middle of a line), FRAME_TOO_LARGE included
-    // (framing.md: "Responses to requests read before the oversized line are written first,
-    // in order"). Draining (or lingering on) the input after `shutdown()` until EOF or a short
-    // timeout avoids it.
+    // Closing a socket with unread input sends a reset that would discard answers still in
+    // flight; the server must linger on its input so a slow reader gets every answer
+    // (framing.md: "Responses to requests read before the oversized line are written first").
     assert!(
         partial.is_empty(),
         "{what}: the stream was cut in the middle of a line after {} answers: {partial:?}",
@@ -836,12 +831,9 @@ async fn frame_timeout_runs_from_the_start_of_each_line() {
         let r = tokio::time::timeout(WAIT, c.read_response())
             .await
             .expect("answer in time");
-        // BUG: crates/server/src/tcp.rs (read_loop, `partial_since`): the frame-timeout clock
-        // starts when a read leaves a partial line in the buffer and is reset only when the
-        // buffer becomes completely empty. When every read ends inside the next line, the clock
-        // keeps running across complete lines, so this connection is closed about 1 s in,
-        // although no line took longer than 250 ms (framing.md: "once the first byte of a line
-        // has arrived, the whole line must arrive within frame_timeout_s").
+        // Every read ends inside the next line: the frame timeout must restart with each line
+        // (framing.md: "once the first byte of a line has arrived, the whole line must arrive
+        // within frame_timeout_s"), not run across complete lines.
         let r = r.unwrap_or_else(|e| {
             panic!(
                 "request #{i} (every line complete within 250 ms) was not answered, the \
@@ -1416,12 +1408,9 @@ async fn shutdown_delivers_the_answer_of_every_command_it_executed() {
         logged >= acknowledged,
         "{what}: {acknowledged} acknowledged but only {logged} logged"
     );
-    // BUG: same cause as in `slow_reader_gets_every_answer_before_frame_too_large_and_the_close`
-    // (crates/server/src/tcp.rs, `connection`): on shutdown the reader stops with unread input
-    // in the socket, so closing it sends a TCP reset that discards answers already written to
-    // the kernel: commands the server executed (and logged) lose their answers, and the last
-    // answer that does arrive may be cut in the middle of its line, although framing.md says
-    // shutdown "finishes the commands that are executing, writes their responses, and closes".
+    // On shutdown the reader stops with unread input in the socket; every command the server
+    // executed (and logged) must still get its complete answer (framing.md: shutdown "finishes
+    // the commands that are executing, writes their responses, and closes").
     assert!(
         partial.is_empty(),
         "{what}: the stream was cut in the middle of a line after {} answers: {partial:?}",

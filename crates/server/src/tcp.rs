@@ -73,17 +73,32 @@ async fn refuse(mut sock: TcpStream) {
 /// Serves one connection to the end.
 pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatcher) {
     let _ = sock.set_nodelay(true);
-    let (rd, wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let closed = CancellationToken::new();
     let writer = tokio::spawn(write_loop(wr, rx, closed.clone()));
-    if read_loop(rd, tx, &dispatcher, peer, &closed).await == ReadEnd::ClientGone {
+    if read_loop(&mut rd, tx, &dispatcher, peer, &closed).await == ReadEnd::ClientGone {
         // A following stream ends with its client.
         closed.cancel();
     }
     // Queued answers still drain (after EOF, a client may still be reading).
     let _ = writer.await;
+    // Closing a socket with unread input makes the kernel send a reset, which can destroy
+    // answers still in flight. The write side is already shut: read and discard what the client
+    // still sends, for a bounded time, so it receives every answer before the close.
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 8192];
+        while let Ok(n) = rd.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+/// How long a closing connection keeps discarding input so its last answers arrive.
+const LINGER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, PartialEq, Eq)]
 enum ReadEnd {
@@ -94,7 +109,7 @@ enum ReadEnd {
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    rd: &mut OwnedReadHalf,
     tx: mpsc::Sender<Reply>,
     dispatcher: &Dispatcher,
     peer: SocketAddr,
@@ -122,7 +137,11 @@ async fn read_loop(
                 codec.decode(&mut buf)
             };
             let reply = match decoded {
-                Ok(Some(frame)) => dispatcher.execute_frame(&frame, None, &conn).await,
+                Ok(Some(frame)) => {
+                    // The frame timeout runs from the first byte of each line.
+                    partial_since = None;
+                    dispatcher.execute_frame(&frame, None, &conn).await
+                }
                 Ok(None) => break,
                 Err(FrameError::TooLarge { limit }) => {
                     let err = CommandError::new(
@@ -144,7 +163,7 @@ async fn read_loop(
             if follows {
                 // The connection now carries only the stream: discard input until the client
                 // goes away, which ends the stream.
-                drain(&mut rd, &app.shutdown, closed).await;
+                drain(rd, &app.shutdown, closed).await;
                 return ReadEnd::ClientGone;
             }
         }
