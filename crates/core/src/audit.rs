@@ -15,6 +15,7 @@ pub(crate) struct AuditFields {
     pub subject: Option<String>,
     pub session: Option<String>,
     pub summary: Map<String, Value>,
+    pub events: Vec<&'static str>,
 }
 
 /// A value allowed in an event summary. Deliberately not implemented for the secret wrapper.
@@ -63,7 +64,13 @@ impl Audit {
         self.with(|a| a.session = Some(id.into()));
     }
 
-    /// Adds a summary member, e.g. `note("event", "session.created")`.
+    /// Names a decision point reached by this command (`session.created`, `magic.verified`).
+    /// The summary's `event` member lists them in order, separated by spaces.
+    pub fn event(&self, name: &'static str) {
+        self.with(|a| a.events.push(name));
+    }
+
+    /// Adds a summary member, e.g. `note("reason", "expired")`.
     pub fn note(&self, key: &'static str, value: impl Into<AuditValue>) {
         let v = match value.into() {
             AuditValue::Text(s) => Value::String(s),
@@ -74,6 +81,12 @@ impl Audit {
     }
 
     pub(crate) fn take(&self) -> AuditFields {
-        self.with(std::mem::take)
+        let mut fields = self.with(std::mem::take);
+        if !fields.events.is_empty() {
+            fields
+                .summary
+                .insert("event".to_owned(), Value::String(fields.events.join(" ")));
+        }
+        fields
     }
 }

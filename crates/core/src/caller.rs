@@ -87,6 +87,8 @@ pub enum RateClass {
     Credential,
     /// Authenticated account and session management.
     Account,
+    /// Requests that send mail.
+    Send,
 }
 
 impl RateClass {
@@ -97,6 +99,7 @@ impl RateClass {
             RateClass::Operator => "operator",
             RateClass::Credential => "credential",
             RateClass::Account => "account",
+            RateClass::Send => "send",
         }
     }
 }

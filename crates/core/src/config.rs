@@ -45,6 +45,53 @@ pub struct Config {
     pub argon2_p: u32,
     /// Password hashes computed at once (0: one per core).
     pub hash_concurrency: usize,
+    /// Product name shown in mails and pages.
+    pub product_name: String,
+    /// The HTTP gateway's address as users reach it; links in mails point here.
+    pub public_url: String,
+    /// Where sign-in flows may send the browser afterwards: each entry is an origin plus a path
+    /// prefix (`https://app.example.com/auth/`). Empty: no `redirect_url` is accepted.
+    pub redirect_allowlist: Vec<String>,
+    /// Sender of mails.
+    pub mail_from: String,
+    /// SMTP server; unset: mails are written as `.eml` files to `<data_dir>/outbox/`.
+    pub smtp_host: Option<String>,
+    /// SMTP port (default by `smtp_tls`: 25, 587 or 465).
+    pub smtp_port: Option<u16>,
+    /// `none`, `starttls` or `tls`.
+    pub smtp_tls: SmtpTls,
+    /// SMTP user name; the password comes from `PORTCULLIS_SMTP_PASSWORD` or `smtp_password_file`.
+    pub smtp_username: Option<String>,
+    /// File holding the SMTP password.
+    pub smtp_password_file: Option<PathBuf>,
+    /// Directory of operator templates (`<locale>/<name>.<subject|txt|html>`).
+    pub templates_dir: Option<PathBuf>,
+    /// Locale of mails when a request names none.
+    pub default_locale: String,
+    /// Magic-link lifetime, seconds.
+    pub magic_link_ttl_s: i64,
+    /// Email-code lifetime, seconds.
+    pub otp_ttl_s: i64,
+    /// Wrong attempts a code survives.
+    pub otp_max_attempts: u32,
+    /// Seconds between two mails to one address.
+    pub send_cooldown_s: i64,
+    /// Mails per address per hour.
+    pub sends_per_address_per_hour: u32,
+    /// Mails requested per client address per hour.
+    pub sends_per_client_per_hour: u32,
+}
+
+/// How to talk to the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text (loopback relays only).
+    None,
+    /// Upgrade with STARTTLS.
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
 }
 
 impl Default for Config {
@@ -68,6 +115,23 @@ impl Default for Config {
             argon2_t: 2,
             argon2_p: 1,
             hash_concurrency: 0,
+            product_name: "Portcullis".into(),
+            public_url: "http://localhost:7421".into(),
+            redirect_allowlist: Vec::new(),
+            mail_from: "Portcullis <no-reply@localhost>".into(),
+            smtp_host: None,
+            smtp_port: None,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: None,
+            smtp_password_file: None,
+            templates_dir: None,
+            default_locale: "en".into(),
+            magic_link_ttl_s: 15 * 60,
+            otp_ttl_s: 10 * 60,
+            otp_max_attempts: 5,
+            send_cooldown_s: 30,
+            sends_per_address_per_hour: 5,
+            sends_per_client_per_hour: 20,
         }
     }
 }
@@ -101,9 +165,11 @@ impl Config {
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return Err("access_token_ttl_s must be between 60 and 86400".into());
         }
-        if self.refresh_idle_s < 60 || self.refresh_absolute_s < self.refresh_idle_s {
+        if self.refresh_idle_s < self.access_token_ttl_s
+            || self.refresh_absolute_s < self.refresh_idle_s
+        {
             return Err(
-                "refresh_idle_s must be at least 60 and refresh_absolute_s at least refresh_idle_s"
+                "refresh_idle_s must be at least access_token_ttl_s, and refresh_absolute_s at least refresh_idle_s"
                     .into(),
             );
         }
@@ -112,6 +178,33 @@ impl Config {
         }
         if self.argon2_m_kib < 8 * self.argon2_p || self.argon2_t == 0 || self.argon2_p == 0 {
             return Err("argon2 parameters are out of range".into());
+        }
+        let public = url::Url::parse(&self.public_url).map_err(|e| format!("public_url: {e}"))?;
+        if !matches!(public.scheme(), "http" | "https") {
+            return Err("public_url must be http or https".into());
+        }
+        for entry in &self.redirect_allowlist {
+            let u = url::Url::parse(entry)
+                .map_err(|e| format!("redirect_allowlist entry {entry:?}: {e}"))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                return Err(format!(
+                    "redirect_allowlist entry {entry:?} must be an http(s) URL"
+                ));
+            }
+        }
+        if !(60..=24 * 3600).contains(&self.magic_link_ttl_s)
+            || !(60..=24 * 3600).contains(&self.otp_ttl_s)
+        {
+            return Err("magic_link_ttl_s and otp_ttl_s must be between 60 and 86400".into());
+        }
+        if self.otp_max_attempts == 0
+            || self.sends_per_address_per_hour == 0
+            || self.sends_per_client_per_hour == 0
+        {
+            return Err("otp_max_attempts and the hourly send limits must be at least 1".into());
+        }
+        if self.send_cooldown_s < 0 {
+            return Err("send_cooldown_s must not be negative".into());
         }
         Ok(())
     }

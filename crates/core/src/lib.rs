@@ -16,7 +16,10 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 mod dispatcher;
+pub mod email_flow;
 pub mod error;
+pub mod internal_event;
+pub mod mail;
 pub mod node;
 pub mod passwords;
 pub mod random;
@@ -71,6 +74,12 @@ pub struct App {
     pub sealer: crypto::Sealer,
     /// Which sessions are live.
     pub session_cache: sessions::SessionCache,
+    /// Mail templates.
+    pub templates: mail::Templates,
+    /// Outgoing mail.
+    pub mailer: mail::Mailer,
+    /// Key of the HMAC that stores email codes.
+    pub code_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// A failure to start the app.
@@ -110,6 +119,15 @@ impl App {
             config.hash_permits(),
         )
         .map_err(OpenError::Config)?;
+        let store: Arc<dyn Store> = node.store.clone();
+        let log: Arc<dyn EventLog> = node.store.clone();
+        let events = internal_event::InternalEvents::new(
+            Arc::clone(&log),
+            Arc::clone(&store),
+            Arc::clone(&clock),
+        );
+        let mailer = mail::Mailer::start(&config, events).map_err(OpenError::Config)?;
+        let code_key = crypto::derive_key(&node.master_key, "email-code-mac");
         if node.operator_token_created {
             tracing::info!(
                 path = %config.data_dir.join(node::OPERATOR_TOKEN_FILE).display(),
@@ -118,8 +136,8 @@ impl App {
         }
         let started_at = clock.now();
         Ok(Arc::new(App {
-            store: node.store.clone(),
-            log: node.store,
+            store,
+            log,
             clock,
             rng,
             node_id: node.node_id,
@@ -132,6 +150,9 @@ impl App {
             passwords,
             sealer,
             session_cache: sessions::SessionCache::default(),
+            templates: mail::Templates::new(config.templates_dir.clone()),
+            mailer,
+            code_key,
             config,
         }))
     }

@@ -242,7 +242,7 @@ pub async fn start_session(
     let (access_token, expires_in) = access_token(ctx, &s, now);
     ctx.audit.subject(&user.id);
     ctx.audit.session(&s.id);
-    ctx.audit.note("event", "session.created");
+    ctx.audit.event("session.created");
     ctx.audit.note("aal", u64::from(aal));
     ctx.audit.note("amr", s.amr.join(" "));
     Ok(SessionTokens {
@@ -289,6 +289,13 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             ctx.audit.note("reason", "session_revoked");
             return Err(invalid_refresh());
         }
+        let usable = crate::accounts::get_user(store, &session.user_id)
+            .await?
+            .is_some_and(|u| !u.disabled);
+        if !usable {
+            ctx.audit.note("reason", "account_unusable");
+            return Err(invalid_refresh());
+        }
         if now >= session.absolute_expires_at
             || now >= session.last_used_at + app.config.refresh_idle_s
         {
@@ -330,7 +337,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     Cas::Swapped => {
                         session.last_used_at = now;
                         put_session(store, &session).await?;
-                        ctx.audit.note("event", "token.refreshed");
+                        ctx.audit.event("token.refreshed");
                         return Ok(SessionTokens {
                             user_id: session.user_id,
                             session_id: session.id,
@@ -366,7 +373,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                         })?;
                     let pair: SealedPair =
                         serde_json::from_slice(&plain).map_err(|_| CommandError::internal())?;
-                    ctx.audit.note("event", "token.refreshed");
+                    ctx.audit.event("token.refreshed");
                     ctx.audit.note("replayed_within_grace", true);
                     return Ok(SessionTokens {
                         user_id: session.user_id,
@@ -378,7 +385,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     });
                 }
                 revoke(ctx, &session.id, "refresh_reuse").await?;
-                ctx.audit.note("event", "refresh.reuse_detected");
+                ctx.audit.event("refresh.reuse_detected");
                 tracing::warn!(session = %session.id, "refresh token reused after rotation; session revoked");
                 return Err(invalid_refresh());
             }
@@ -400,6 +407,10 @@ pub async fn revoke(ctx: &Ctx, sid: &str, reason: &str) -> Result<bool, CommandE
         s.revoke_reason = Some(reason.to_owned());
         put_session(app.store.as_ref(), &s).await?;
     }
+    // The per-user index lists sessions that may still be live.
+    app.store
+        .remove(Table::UserSessions, &index_key(&s.user_id, sid))
+        .await?;
     app.session_cache.set(
         sid,
         Live {

@@ -35,7 +35,7 @@ pub struct AccessClaims {
     pub sub: String,
     /// Session id.
     pub sid: String,
-    /// Authenticator assurance level, 1 or 2.
+    /// Authenticator assurance level: 0 (nothing proven: a passwordless sign-up), 1 or 2.
     pub aal: u8,
     /// Authentication methods (RFC 8176 values).
     pub amr: Vec<String>,

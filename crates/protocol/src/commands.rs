@@ -288,7 +288,8 @@ pub mod user {
         pub email_verified: bool,
         /// When the account was created (RFC 3339).
         pub created_at: String,
-        /// Assurance level of the current session (1 or 2).
+        /// Assurance level of the current session: 0 (a passwordless sign-up, nothing proven
+        /// yet), 1 or 2.
         pub aal: u8,
         /// Authentication methods of the current session (RFC 8176).
         pub amr: Vec<String>,
@@ -387,5 +388,154 @@ pub mod session {
     pub struct Revoked {
         /// How many sessions were revoked by this call.
         pub revoked: u64,
+    }
+}
+
+/// `MAGIC.*`: sign-in links sent by mail.
+pub mod magic {
+    use super::auth::SessionTokens;
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `MAGIC.SEND`
+    pub const SEND: &str = "MAGIC.SEND";
+    /// `MAGIC.VERIFY`
+    pub const VERIFY: &str = "MAGIC.VERIFY";
+    /// `MAGIC.APPROVE`
+    pub const APPROVE: &str = "MAGIC.APPROVE";
+    /// `MAGIC.POLL`
+    pub const POLL: &str = "MAGIC.POLL";
+
+    /// `MAGIC.SEND` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SendParams {
+        /// The address to mail.
+        pub email: String,
+        /// Where the landing page sends the browser (must be allow-listed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub redirect_url: Option<String>,
+        /// PKCE S256 challenge: BASE64URL(SHA-256(code_verifier)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub code_challenge: Option<String>,
+        /// Give an unknown address an account when the link is used.
+        #[serde(default)]
+        pub create_user: bool,
+        /// Language of the mail (default: the server's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub locale: Option<String>,
+    }
+
+    /// `MAGIC.SEND` result: the same shape whether or not the address has an account.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct FlowStarted {
+        /// The flow (for `MAGIC.POLL`).
+        pub flow_id: String,
+        /// Seconds until the link expires.
+        pub expires_in: u64,
+    }
+
+    /// `MAGIC.VERIFY` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct VerifyParams {
+        /// The token from the link.
+        pub token: Secret,
+        /// Required when the link was sent with a `code_challenge`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub code_verifier: Option<Secret>,
+    }
+
+    /// `MAGIC.VERIFY` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Verified {
+        /// The new session.
+        #[serde(flatten)]
+        pub tokens: SessionTokens,
+        /// The flow's allow-listed redirect, if any.
+        pub redirect_url: Option<String>,
+    }
+
+    /// `MAGIC.APPROVE` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ApproveParams {
+        /// The token from the link.
+        pub token: Secret,
+    }
+
+    /// `MAGIC.APPROVE` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Approved {
+        /// The approved flow.
+        pub flow_id: String,
+        /// Always `true`.
+        pub approved: bool,
+    }
+
+    /// `MAGIC.POLL` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PollParams {
+        /// From `MAGIC.SEND`.
+        pub flow_id: String,
+        /// The verifier whose S256 hash was the `code_challenge`.
+        pub code_verifier: Secret,
+    }
+
+    /// `MAGIC.POLL` result: `{"status":"pending"}`, or `{"status":"complete", …session}`.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct PollResult {
+        /// `pending` or `complete`.
+        pub status: String,
+        /// The session, when complete.
+        #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+        pub tokens: Option<SessionTokens>,
+    }
+}
+
+/// `OTP.*`: one-time codes sent by mail.
+pub mod otp {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `OTP.SEND`
+    pub const SEND: &str = "OTP.SEND";
+    /// `OTP.VERIFY`
+    pub const VERIFY: &str = "OTP.VERIFY";
+
+    /// `OTP.SEND` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SendParams {
+        /// The address to mail.
+        pub email: String,
+        /// Give an unknown address an account when the code is used.
+        #[serde(default)]
+        pub create_user: bool,
+        /// Language of the mail (default: the server's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub locale: Option<String>,
+    }
+
+    /// `OTP.SEND` result: the same shape whether or not the address has an account.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct CodeSent {
+        /// The flow the code is bound to.
+        pub flow_id: String,
+        /// Seconds until the code expires.
+        pub expires_in: u64,
+        /// Seconds before another code may be requested for this address.
+        pub resend_after: u64,
+    }
+
+    /// `OTP.VERIFY` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct VerifyParams {
+        /// From `OTP.SEND`.
+        pub flow_id: String,
+        /// The six digits from the mail.
+        pub code: Secret,
     }
 }

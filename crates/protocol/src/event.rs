@@ -9,14 +9,16 @@ use std::str::FromStr;
 /// `prev` of the first event: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Who ran a command, as recorded in an event (`"anonymous"`, `"operator"`, `"user:<id>"`,
-/// `"apikey:<id>"`).
+/// Who ran a command, as recorded in an event (`"anonymous"`, `"operator"`, `"system"`,
+/// `"user:<id>"`, `"apikey:<id>"`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Actor {
     /// No credential was presented, or it could not be verified.
     Anonymous,
     /// The holder of the local operator token.
     Operator,
+    /// The server itself (background work such as mail delivery).
+    System,
     /// A signed-in user.
     User(String),
     /// An application backend's API key.
@@ -28,6 +30,7 @@ impl fmt::Display for Actor {
         match self {
             Actor::Anonymous => f.write_str("anonymous"),
             Actor::Operator => f.write_str("operator"),
+            Actor::System => f.write_str("system"),
             Actor::User(id) => write!(f, "user:{id}"),
             Actor::ApiKey(id) => write!(f, "apikey:{id}"),
         }
@@ -40,6 +43,7 @@ impl FromStr for Actor {
         match s {
             "anonymous" => Ok(Actor::Anonymous),
             "operator" => Ok(Actor::Operator),
+            "system" => Ok(Actor::System),
             _ => {
                 if let Some(id) = s.strip_prefix("user:").filter(|id| !id.is_empty()) {
                     Ok(Actor::User(id.to_owned()))
@@ -232,6 +236,7 @@ mod tests {
         for a in [
             Actor::Anonymous,
             Actor::Operator,
+            Actor::System,
             Actor::User("abc".into()),
             Actor::ApiKey("k1".into()),
         ] {

@@ -32,6 +32,8 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route(EXECUTE_PATH, post(execute))
         .route("/healthz", get(healthz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/auth/magic", get(crate::pages::magic_landing))
+        .route("/auth/magic.js", get(crate::pages::magic_js))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(dispatcher)

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod http;
+mod pages;
 pub mod tcp;
 
 use portcullis_core::{App, Dispatcher};

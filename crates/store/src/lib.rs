@@ -54,11 +54,19 @@ pub enum Table {
     RefreshTokens,
     /// Token signing keys by `kid`, private halves sealed with the master key.
     SigningKeys,
+    /// Email sign-in flows (magic links, codes) by flow id.
+    Flows,
+    /// Flow id by SHA-256 of a magic-link token.
+    MagicLinks,
+    /// The newest flow per kind and address (`magic:<email>`, `otp:<email>`): older ones are void.
+    LatestFlows,
+    /// Mail send counters per address and per client address.
+    SendCounters,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 12] = [
         Table::Meta,
         Table::Challenges,
         Table::Users,
@@ -67,6 +75,10 @@ impl Table {
         Table::UserSessions,
         Table::RefreshTokens,
         Table::SigningKeys,
+        Table::Flows,
+        Table::MagicLinks,
+        Table::LatestFlows,
+        Table::SendCounters,
     ];
 
     /// Stable name of the table on disk.
@@ -80,6 +92,10 @@ impl Table {
             Table::UserSessions => "user_sessions",
             Table::RefreshTokens => "refresh_tokens",
             Table::SigningKeys => "signing_keys",
+            Table::Flows => "flows",
+            Table::MagicLinks => "magic_links",
+            Table::LatestFlows => "latest_flows",
+            Table::SendCounters => "send_counters",
         }
     }
 

@@ -101,7 +101,7 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
         if let Some(u) = &user {
             ctx.audit.subject(&u.id);
         }
-        ctx.audit.note("event", "login.failed");
+        ctx.audit.event("login.failed");
         return Err(invalid());
     };
     if verified.needs_rehash {
@@ -123,7 +123,7 @@ async fn refresh_cmd(ctx: Ctx, p: RefreshParams) -> Result<SessionTokens, Comman
 async fn logout(ctx: Ctx, _p: NoParams) -> Result<LoggedOut, CommandError> {
     let sid = ctx.user()?.session_id.clone();
     revoke(&ctx, &sid, "logout").await?;
-    ctx.audit.note("event", "session.revoked");
+    ctx.audit.event("session.revoked");
     Ok(LoggedOut {
         session_id: sid,
         revoked: true,

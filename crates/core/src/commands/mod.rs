@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod log;
+pub mod magic;
+pub mod otp;
 pub mod session;
 pub mod sys;
 pub mod user;
@@ -17,4 +19,6 @@ pub fn registry() -> Registry {
         .with(auth::specs())
         .with(user::specs())
         .with(session::specs())
+        .with(magic::specs())
+        .with(otp::specs())
 }

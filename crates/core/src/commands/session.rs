@@ -65,7 +65,7 @@ async fn revoke_one(ctx: Ctx, p: RevokeParams) -> Result<Revoked, CommandError> 
     }
     let n = u64::from(revoke(&ctx, &p.session_id, "user_revoked").await?);
     ctx.audit.session(&p.session_id);
-    ctx.audit.note("event", "session.revoked");
+    ctx.audit.event("session.revoked");
     Ok(Revoked { revoked: n })
 }
 
@@ -75,7 +75,7 @@ async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandEr
     let me = ctx.user()?.clone();
     let keep = p.keep_current.then_some(me.session_id.as_str());
     let n = revoke_all(&ctx, &me.user_id, keep, "user_revoked_all").await?;
-    ctx.audit.note("event", "session.revoked");
+    ctx.audit.event("session.revoked");
     ctx.audit.note("revoked", n);
     Ok(Revoked { revoked: n })
 }

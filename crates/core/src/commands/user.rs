@@ -61,21 +61,30 @@ async fn update(ctx: Ctx, p: UpdateParams) -> Result<Me, CommandError> {
         u.display_name = check_display_name(p.display_name)?;
         u.updated_at = ctx.now().unix_timestamp();
         put_user(ctx.app.store.as_ref(), &u).await?;
-        ctx.audit.note("event", "user.updated");
+        ctx.audit.event("user.updated");
     }
     me_of(&ctx, u)
 }
 
-/// `USER.SET_PASSWORD` — user. Needs `current_password` when the account has one
+/// `USER.SET_PASSWORD` — user at AAL1 or more (`FORBIDDEN` for the unproven session of a
+/// passwordless sign-up). Needs `current_password` when the account has one
 /// (`INVALID_CREDENTIALS` if wrong). Revokes every other session.
 async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, CommandError> {
+    if ctx.user()?.aal < 1 {
+        // A session from a passwordless sign-up proved nothing: it may not choose the password.
+        return Err(CommandError::new(
+            ErrorCode::Forbidden,
+            "sign in with a link, code or passkey first",
+        )
+        .with_details(serde_json::json!({"reason": "proof_required"})));
+    }
     let mut u = load(&ctx).await?;
     if let Some(stored) = u.password_hash.as_deref() {
         let Some(current) = &p.current_password else {
             return Err(CommandError::invalid_params("current_password is required"));
         };
         if !ctx.app.passwords.verify(current, Some(stored)).await?.ok {
-            ctx.audit.note("event", "password.change_refused");
+            ctx.audit.event("password.change_refused");
             return Err(CommandError::new(
                 ErrorCode::InvalidCredentials,
                 "the current password is wrong",
@@ -88,7 +97,7 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
     put_user(ctx.app.store.as_ref(), &u).await?;
     let keep = ctx.user()?.session_id.clone();
     let sessions_revoked = revoke_all(&ctx, &u.id, Some(&keep), "password_changed").await?;
-    ctx.audit.note("event", "password.changed");
+    ctx.audit.event("password.changed");
     ctx.audit.note("sessions_revoked", sessions_revoked);
     Ok(PasswordSet {
         password_set: true,

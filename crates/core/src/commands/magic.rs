@@ -1,0 +1,361 @@
+//! `MAGIC.SEND`, `MAGIC.VERIFY`, `MAGIC.APPROVE`, `MAGIC.POLL`: sign-in links by mail.
+//!
+//! The link opens the HTTP gateway's landing page, which never consumes it (mail scanners and
+//! previews fetch links and even run their scripts); only `MAGIC.VERIFY` or `MAGIC.APPROVE`
+//! do. A link sent with a PKCE `code_challenge` is bound to the device that asked: verifying it
+//! needs the `code_verifier`, and from another device it can only *approve* the sign-in, which
+//! the asking device then collects with `MAGIC.POLL`.
+
+use crate::accounts::normalize_email;
+use crate::caller::{RateClass, Requirement};
+use crate::crypto::{random_token, sha256};
+use crate::email_flow::{
+    account_for, check_challenge, check_redirect, count_send, is_superseded, load, new_flow,
+    save_new, swap, unusable, verifier_matches, FlowKind, FlowRecord, FlowState, Loaded,
+};
+use crate::mail::{mail_time, Outgoing, Template, Vars};
+use crate::sessions::start_session;
+use crate::{App, CommandError, CommandSpec, Ctx};
+use portcullis_protocol::commands::magic::{
+    self, ApproveParams, Approved, FlowStarted, PollParams, PollResult, SendParams, Verified,
+    VerifyParams,
+};
+use portcullis_protocol::{ErrorCode, Secret};
+use portcullis_store::Table;
+
+/// RFC 8176-style `amr` of a sign-in proven by the mailbox.
+pub const AMR_EMAIL: &str = "email";
+
+/// Registry entries.
+pub fn specs() -> Vec<CommandSpec> {
+    vec![
+        CommandSpec::new(magic::SEND, Requirement::Anyone, RateClass::Send, send),
+        CommandSpec::new(
+            magic::VERIFY,
+            Requirement::Anyone,
+            RateClass::Credential,
+            verify,
+        ),
+        CommandSpec::new(
+            magic::APPROVE,
+            Requirement::Anyone,
+            RateClass::Credential,
+            approve,
+        ),
+        CommandSpec::new(
+            magic::POLL,
+            Requirement::Anyone,
+            RateClass::Credential,
+            poll,
+        ),
+    ]
+}
+
+/// Checks a locale tag (`en`, `pt-BR`), defaulting to the server's.
+pub fn locale(ctx: &Ctx, requested: Option<String>) -> Result<String, CommandError> {
+    let l = requested.unwrap_or_else(|| ctx.app.config.default_locale.clone());
+    let ok = l.len() <= 16
+        && !l.is_empty()
+        && l.split('-')
+            .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if ok {
+        Ok(l)
+    } else {
+        Err(CommandError::invalid_params(
+            "locale must be a language tag such as en or pt-BR",
+        ))
+    }
+}
+
+/// Template values every mail shares: product, address, expiry, who asked.
+pub fn common_vars(ctx: &Ctx, flow: &FlowRecord) -> Vars {
+    let minutes = (flow.expires_at - flow.created_at) / 60;
+    Vars::new()
+        .set("product", ctx.app.config.product_name.clone())
+        .set("email", flow.email.clone())
+        .set("expires_minutes", minutes.to_string())
+        .set("time", mail_time(ctx.now()))
+        .set(
+            "client",
+            flow.client
+                .clone()
+                .unwrap_or_else(|| "an unknown address".into()),
+        )
+        .set(
+            "agent",
+            flow.user_agent
+                .clone()
+                .unwrap_or_else(|| "unknown client".into()),
+        )
+}
+
+fn expires_in(flow: &FlowRecord) -> u64 {
+    u64::try_from(flow.expires_at - flow.created_at).unwrap_or(0)
+}
+
+/// `MAGIC.SEND` — anyone. Mails a sign-in link. Answers `{flow_id, expires_in}` whether or not
+/// the address has an account (no mail goes to an unknown address unless `create_user`). Send
+/// limits apply either way (`RATE_LIMITED` with `retry_after_ms`). A new link voids older ones.
+async fn send(ctx: Ctx, p: SendParams) -> Result<FlowStarted, CommandError> {
+    let email = normalize_email(&p.email)?;
+    let redirect_url = p
+        .redirect_url
+        .as_deref()
+        .map(|r| check_redirect(&ctx, r))
+        .transpose()?;
+    if let Some(c) = &p.code_challenge {
+        check_challenge(c)?;
+    }
+    let locale = locale(&ctx, p.locale)?;
+    ctx.audit
+        .note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
+    count_send(&ctx, &email).await?;
+    let mut flow = new_flow(
+        &ctx,
+        FlowKind::Magic,
+        &email,
+        p.create_user,
+        ctx.app.config.magic_link_ttl_s,
+    )
+    .await?;
+    flow.redirect_url = redirect_url;
+    flow.code_challenge = p.code_challenge;
+    ctx.audit.note("flow_id", flow.id.clone());
+    if !flow.phantom {
+        let token = random_token(ctx.app.rng.as_ref(), "");
+        ctx.app
+            .store
+            .put(
+                Table::MagicLinks,
+                &sha256(token.as_bytes()),
+                flow.id.clone().into_bytes(),
+            )
+            .await?;
+        let link = format!(
+            "{}/auth/magic?token={}",
+            ctx.app.config.public_url.trim_end_matches('/'),
+            token.as_str()
+        );
+        let vars = common_vars(&ctx, &flow).set("link", link);
+        let body = ctx
+            .app
+            .templates
+            .render(Template::MagicLink, &locale, &vars);
+        ctx.app.mailer.enqueue(Outgoing {
+            to: flow.email.clone(),
+            kind: Template::MagicLink,
+            flow_id: flow.id.clone(),
+            body,
+        });
+    }
+    save_new(&ctx, &flow).await?;
+    ctx.audit.event("magic.sent");
+    ctx.audit.note("mailed", !flow.phantom);
+    ctx.audit
+        .note("device_bound", flow.code_challenge.is_some());
+    Ok(FlowStarted {
+        expires_in: expires_in(&flow),
+        flow_id: flow.id,
+    })
+}
+
+fn invalid_link() -> CommandError {
+    CommandError::new(ErrorCode::InvalidCredentials, "this link is not valid")
+}
+
+fn rejected(ctx: &Ctx, reason: &'static str, err: CommandError) -> CommandError {
+    ctx.audit.event("magic.rejected");
+    ctx.audit.note("reason", reason);
+    err
+}
+
+/// The flow a link token belongs to, usable now (not used, not expired, not superseded).
+async fn usable_flow(ctx: &Ctx, token: &Secret) -> Result<Loaded, CommandError> {
+    let flow_id = ctx
+        .app
+        .store
+        .get(Table::MagicLinks, &sha256(token.expose().as_bytes()))
+        .await?
+        .ok_or_else(|| rejected(ctx, "unknown", invalid_link()))?;
+    let loaded = load(ctx, &String::from_utf8_lossy(&flow_id))
+        .await?
+        .ok_or_else(|| rejected(ctx, "unknown", invalid_link()))?;
+    ctx.audit.note("flow_id", loaded.flow.id.clone());
+    let superseded = is_superseded(ctx, &loaded.flow).await?;
+    if let Some((err, reason)) = unusable(ctx, &loaded.flow, superseded) {
+        return Err(rejected(ctx, reason, err));
+    }
+    Ok(loaded)
+}
+
+/// Moves a usable flow to `state`; the loser of a race gets `ALREADY_USED`.
+async fn transition(
+    ctx: &Ctx,
+    loaded: &Loaded,
+    state: FlowState,
+) -> Result<FlowRecord, CommandError> {
+    let next = FlowRecord {
+        state,
+        ..loaded.flow.clone()
+    };
+    if swap(ctx, loaded, &next).await? {
+        Ok(next)
+    } else {
+        Err(rejected(
+            ctx,
+            "already_used",
+            CommandError::new(ErrorCode::AlreadyUsed, "this link has already been used"),
+        ))
+    }
+}
+
+/// `MAGIC.VERIFY` — anyone holding the link. Consumes it (one compare-and-swap; concurrent or
+/// repeated uses get `ALREADY_USED`) and starts a session (`amr ["email"]`, AAL1), marking the
+/// address verified. A device-bound link needs the matching `code_verifier`
+/// (`INVALID_CREDENTIALS` otherwise, and the link stays usable).
+async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
+    let loaded = usable_flow(&ctx, &p.token).await?;
+    if let Some(challenge) = &loaded.flow.code_challenge {
+        let ok = p
+            .code_verifier
+            .as_ref()
+            .is_some_and(|v| verifier_matches(challenge, v.expose()));
+        if !ok {
+            return Err(rejected(&ctx, "code_verifier_mismatch", invalid_link()));
+        }
+    }
+    let now = ctx.now().unix_timestamp();
+    let flow = transition(&ctx, &loaded, FlowState::Consumed { at: now }).await?;
+    let user = account_for(&ctx, &flow).await?;
+    ctx.audit.event("magic.verified");
+    let tokens = start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await?;
+    Ok(Verified {
+        tokens,
+        redirect_url: flow.redirect_url,
+    })
+}
+
+/// `MAGIC.APPROVE` — anyone holding a device-bound link. Consumes the link and lets the device
+/// that asked collect its session with `MAGIC.POLL`. `INVALID_PARAMS` for a link that is not
+/// device-bound (it signs in directly with `MAGIC.VERIFY`).
+async fn approve(ctx: Ctx, p: ApproveParams) -> Result<Approved, CommandError> {
+    let loaded = usable_flow(&ctx, &p.token).await?;
+    if loaded.flow.code_challenge.is_none() {
+        return Err(CommandError::invalid_params(
+            "this link is not bound to a device; sign in with MAGIC.VERIFY",
+        ));
+    }
+    let now = ctx.now().unix_timestamp();
+    let flow = transition(&ctx, &loaded, FlowState::Approved { at: now }).await?;
+    ctx.audit.event("magic.approved");
+    Ok(Approved {
+        flow_id: flow.id,
+        approved: true,
+    })
+}
+
+/// `MAGIC.POLL` — the device that asked, proving it with its `code_verifier`. `pending` until
+/// the link is approved, then the session, once (`ALREADY_USED` afterwards).
+async fn poll(ctx: Ctx, p: PollParams) -> Result<PollResult, CommandError> {
+    let invalid = || {
+        CommandError::new(
+            ErrorCode::InvalidCredentials,
+            "unknown flow or wrong code_verifier",
+        )
+    };
+    let loaded = load(&ctx, &p.flow_id).await?.ok_or_else(invalid)?;
+    let flow = &loaded.flow;
+    ctx.audit.note("flow_id", flow.id.clone());
+    let bound = flow
+        .code_challenge
+        .as_ref()
+        .is_some_and(|c| verifier_matches(c, p.code_verifier.expose()));
+    if flow.kind != FlowKind::Magic || !bound {
+        return Err(rejected(&ctx, "code_verifier_mismatch", invalid()));
+    }
+    let now = ctx.now().unix_timestamp();
+    match flow.state {
+        FlowState::Pending => {
+            let superseded = is_superseded(&ctx, flow).await?;
+            if let Some((err, reason)) = unusable(&ctx, flow, superseded) {
+                return Err(rejected(&ctx, reason, err));
+            }
+            Ok(PollResult {
+                status: "pending".into(),
+                tokens: None,
+            })
+        }
+        FlowState::Approved { .. } => {
+            if now >= flow.expires_at {
+                return Err(rejected(
+                    &ctx,
+                    "expired",
+                    CommandError::new(ErrorCode::Expired, "the sign-in expired; start again"),
+                ));
+            }
+            let done = transition(&ctx, &loaded, FlowState::Completed { at: now }).await?;
+            let user = account_for(&ctx, &done).await?;
+            ctx.audit.event("magic.verified");
+            let tokens = start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await?;
+            Ok(PollResult {
+                status: "complete".into(),
+                tokens: Some(tokens),
+            })
+        }
+        FlowState::Consumed { .. } | FlowState::Completed { .. } => Err(rejected(
+            &ctx,
+            "already_used",
+            CommandError::new(
+                ErrorCode::AlreadyUsed,
+                "this sign-in has already been completed",
+            ),
+        )),
+    }
+}
+
+/// What the landing page shows about a link, read without consuming anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Landing {
+    /// The address the link signs in.
+    pub email: String,
+    /// Whether the link needs the asking device's verifier.
+    pub device_bound: bool,
+    /// Where the browser goes afterwards.
+    pub redirect_url: Option<String>,
+    /// Who asked.
+    pub requested_from: Option<String>,
+    /// With which client.
+    pub requested_agent: Option<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// Looks a link up for the landing page. `None` when it is unknown, used, expired or superseded.
+pub async fn landing(app: &App, token: &str) -> Option<Landing> {
+    let store = app.store.as_ref();
+    let flow_id = store
+        .get(Table::MagicLinks, &sha256(token.as_bytes()))
+        .await
+        .ok()??;
+    let raw = store.get(Table::Flows, &flow_id).await.ok()??;
+    let flow: FlowRecord = portcullis_store::decode_record(&raw).ok()?;
+    let latest = store
+        .get(
+            Table::LatestFlows,
+            &FlowKind::Magic.latest_key(&flow.email_key),
+        )
+        .await
+        .ok()?;
+    let now = app.clock.now().unix_timestamp();
+    let live = flow.state == FlowState::Pending
+        && now < flow.expires_at
+        && latest.as_deref() == Some(flow.id.as_bytes());
+    live.then(|| Landing {
+        email: flow.email,
+        device_bound: flow.code_challenge.is_some(),
+        redirect_url: flow.redirect_url,
+        requested_from: flow.client,
+        requested_agent: flow.user_agent,
+        expires_at: flow.expires_at,
+    })
+}

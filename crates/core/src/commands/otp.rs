@@ -1,0 +1,212 @@
+//! `OTP.SEND`, `OTP.VERIFY`: six-digit sign-in codes by mail.
+//!
+//! A code is six uniform digits from the CSPRNG, bound to its flow id, stored only as
+//! HMAC-SHA-256(`flow_id:code`) under a key derived from the master key, compared in constant
+//! time. Every attempt is *reserved* (the flow's attempt counter is raised by compare-and-swap)
+//! before its code is compared, so however many requests race, at most `otp_max_attempts`
+//! guesses are ever evaluated against one code; after that even the right code is refused.
+
+use crate::accounts::normalize_email;
+use crate::caller::{RateClass, Requirement};
+use crate::commands::magic::{common_vars, locale, AMR_EMAIL};
+use crate::crypto::{hmac_sha256, sha256};
+use crate::email_flow::{
+    account_for, count_send, is_superseded, load, new_flow, save_new, swap, unusable, FlowKind,
+    FlowRecord, FlowState, Loaded,
+};
+use crate::mail::{Outgoing, Template};
+use crate::random::SecureRandom;
+use crate::sessions::start_session;
+use crate::{CommandError, CommandSpec, Ctx};
+use portcullis_protocol::commands::auth::SessionTokens;
+use portcullis_protocol::commands::otp::{self, CodeSent, SendParams, VerifyParams};
+use portcullis_protocol::ErrorCode;
+use portcullis_store::encode_record;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Registry entries.
+pub fn specs() -> Vec<CommandSpec> {
+    vec![
+        CommandSpec::new(otp::SEND, Requirement::Anyone, RateClass::Send, send),
+        CommandSpec::new(
+            otp::VERIFY,
+            Requirement::Anyone,
+            RateClass::Credential,
+            verify,
+        ),
+    ]
+}
+
+/// Six digits, uniform: rejection sampling keeps 4,294,000,000 of the 2^32 values, a multiple
+/// of 10^6.
+pub fn six_digits(rng: &dyn SecureRandom) -> Zeroizing<String> {
+    loop {
+        let mut b = [0u8; 4];
+        rng.fill(&mut b);
+        let x = u32::from_le_bytes(b);
+        if x < 4_294_000_000 {
+            return Zeroizing::new(format!("{:06}", x % 1_000_000));
+        }
+    }
+}
+
+fn code_mac(ctx: &Ctx, flow_id: &str, code: &str) -> String {
+    hex::encode(hmac_sha256(
+        &ctx.app.code_key,
+        format!("{flow_id}:{code}").as_bytes(),
+    ))
+}
+
+/// `OTP.SEND` — anyone. Mails a code. Answers `{flow_id, expires_in, resend_after}` whether or
+/// not the address has an account. A new code voids the older one; send limits apply.
+async fn send(ctx: Ctx, p: SendParams) -> Result<CodeSent, CommandError> {
+    let email = normalize_email(&p.email)?;
+    let locale = locale(&ctx, p.locale)?;
+    ctx.audit
+        .note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
+    count_send(&ctx, &email).await?;
+    let cfg = &ctx.app.config;
+    let mut flow = new_flow(&ctx, FlowKind::Otp, &email, p.create_user, cfg.otp_ttl_s).await?;
+    ctx.audit.note("flow_id", flow.id.clone());
+    let code = six_digits(ctx.app.rng.as_ref());
+    flow.code_mac = Some(if flow.phantom {
+        // Nothing is mailed and nothing can match, yet the flow behaves like any other.
+        hex::encode(ctx.random_bytes::<32>())
+    } else {
+        code_mac(&ctx, &flow.id, &code)
+    });
+    save_new(&ctx, &flow).await?;
+    if !flow.phantom {
+        let vars = common_vars(&ctx, &flow).set("code", code.as_str());
+        let body = ctx.app.templates.render(Template::Otp, &locale, &vars);
+        ctx.app.mailer.enqueue(Outgoing {
+            to: flow.email.clone(),
+            kind: Template::Otp,
+            flow_id: flow.id.clone(),
+            body,
+        });
+    }
+    ctx.audit.event("otp.sent");
+    ctx.audit.note("mailed", !flow.phantom);
+    Ok(CodeSent {
+        expires_in: u64::try_from(flow.expires_at - flow.created_at).unwrap_or(0),
+        resend_after: u64::try_from(cfg.send_cooldown_s).unwrap_or(0),
+        flow_id: flow.id,
+    })
+}
+
+fn is_six_digits(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `OTP.VERIFY` — anyone holding the flow id and the code. Right code: the flow is consumed (one
+/// compare-and-swap, durable before the answer) and a session starts (`amr ["email"]`, AAL1).
+/// Wrong code: `INVALID_CREDENTIALS` with `details.attempts_left`; after `otp_max_attempts`
+/// attempts: `TOO_MANY_ATTEMPTS`, whatever the code. Used: `ALREADY_USED`; expired or replaced
+/// by a newer code: `EXPIRED`. An unknown flow id answers like a wrong code.
+async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError> {
+    if !is_six_digits(p.code.expose()) {
+        return Err(CommandError::invalid_params("code must be six digits"));
+    }
+    let invalid = |left: u32| {
+        CommandError::new(ErrorCode::InvalidCredentials, "the code is not valid")
+            .with_details(json!({"attempts_left": left}))
+    };
+    let max = ctx.app.config.otp_max_attempts;
+    ctx.audit.note("flow_id", p.flow_id.clone());
+    for _ in 0..32 {
+        let Some(loaded) = load(&ctx, &p.flow_id)
+            .await?
+            .filter(|l| l.flow.kind == FlowKind::Otp)
+        else {
+            ctx.audit.event("otp.failed");
+            ctx.audit.note("reason", "unknown_flow");
+            return Err(invalid(0));
+        };
+        let superseded = is_superseded(&ctx, &loaded.flow).await?;
+        if let Some((err, reason)) = unusable(&ctx, &loaded.flow, superseded) {
+            ctx.audit.event("otp.failed");
+            ctx.audit.note("reason", reason);
+            return Err(err);
+        }
+        if loaded.flow.attempts >= max {
+            ctx.audit.event("otp.locked");
+            return Err(CommandError::new(
+                ErrorCode::TooManyAttempts,
+                "too many wrong codes; ask for a new one",
+            ));
+        }
+        // Reserve this attempt before looking at the code.
+        let reserved = FlowRecord {
+            attempts: loaded.flow.attempts + 1,
+            ..loaded.flow.clone()
+        };
+        if !swap(&ctx, &loaded, &reserved).await? {
+            continue;
+        }
+        let attempt = reserved.attempts;
+        let expected = reserved.code_mac.clone().unwrap_or_default();
+        let presented = code_mac(&ctx, &reserved.id, p.code.expose());
+        if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            ctx.audit.event("otp.failed");
+            ctx.audit.note("attempt", u64::from(attempt));
+            ctx.audit.note("max_attempts", u64::from(max));
+            if attempt >= max {
+                ctx.audit.event("otp.locked");
+            }
+            return Err(invalid(max - attempt));
+        }
+        let reserved_loaded = Loaded {
+            raw: encode_record(&reserved),
+            flow: reserved,
+        };
+        let consumed = FlowRecord {
+            state: FlowState::Consumed {
+                at: ctx.now().unix_timestamp(),
+            },
+            ..reserved_loaded.flow.clone()
+        };
+        if !swap(&ctx, &reserved_loaded, &consumed).await? {
+            // Another request with the same right code won.
+            ctx.audit.event("otp.failed");
+            ctx.audit.note("reason", "already_used");
+            return Err(CommandError::new(
+                ErrorCode::AlreadyUsed,
+                "this code has already been used",
+            ));
+        }
+        let user = account_for(&ctx, &consumed).await?;
+        ctx.audit.event("otp.verified");
+        return start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await;
+    }
+    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::random::OsRandom;
+
+    #[test]
+    fn codes_are_six_digits_and_spread_over_the_range() {
+        let mut seen = std::collections::HashSet::new();
+        let mut first_digit = [0u32; 10];
+        for _ in 0..5000 {
+            let c = six_digits(&OsRandom);
+            assert!(is_six_digits(&c), "{}", c.as_str());
+            first_digit[usize::from(c.as_bytes()[0] - b'0')] += 1;
+            seen.insert(c.to_string());
+        }
+        assert!(seen.len() > 4900, "codes repeat too often: {}", seen.len());
+        // Each leading digit expects 500 of 5000; a uniform source stays well within 350..650.
+        assert!(
+            first_digit.iter().all(|&n| (350..650).contains(&n)),
+            "{first_digit:?}"
+        );
+        assert!(!is_six_digits("12345"));
+        assert!(!is_six_digits("12345a"));
+        assert!(!is_six_digits("１２３４５６"));
+    }
+}

@@ -1,0 +1,404 @@
+//! Outgoing mail: templates and a bounded, retrying delivery queue over lettre.
+//!
+//! Commands never wait for delivery: they enqueue and answer. A worker delivers with retries
+//! and backoff; a message that cannot be delivered (or cannot be queued) is recorded as a
+//! `mail.failed` event, without its contents. Messages go to `.eml` files in the outbox
+//! directory (default) or to an SMTP server.
+
+use crate::clock::rfc3339_ms;
+use crate::config::{Config, SmtpTls};
+use crate::internal_event::InternalEvents;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use zeroize::Zeroizing;
+
+/// Messages waiting for delivery before new ones are refused.
+pub const QUEUE_CAPACITY: usize = 1024;
+/// Deliveries in flight at once.
+const PARALLEL: usize = 4;
+/// Attempts per message.
+const ATTEMPTS: u32 = 4;
+
+/// Which template a message uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// A magic link.
+    MagicLink,
+    /// A one-time code.
+    Otp,
+}
+
+impl Template {
+    fn name(self) -> &'static str {
+        match self {
+            Template::MagicLink => "magic_link",
+            Template::Otp => "otp",
+        }
+    }
+
+    fn embedded(self, part: &str) -> Option<&'static str> {
+        Some(match (self, part) {
+            (Template::MagicLink, "subject") => include_str!("../templates/en/magic_link.subject"),
+            (Template::MagicLink, "txt") => include_str!("../templates/en/magic_link.txt"),
+            (Template::MagicLink, "html") => include_str!("../templates/en/magic_link.html"),
+            (Template::Otp, "subject") => include_str!("../templates/en/otp.subject"),
+            (Template::Otp, "txt") => include_str!("../templates/en/otp.txt"),
+            (Template::Otp, "html") => include_str!("../templates/en/otp.html"),
+            _ => return None,
+        })
+    }
+}
+
+/// Values a template may use as `{{name}}`. Holds the link or code, so it has no `Debug`.
+pub struct Vars {
+    /// (name, value) pairs.
+    pub pairs: Vec<(&'static str, Zeroizing<String>)>,
+}
+
+impl Vars {
+    /// Empty.
+    pub fn new() -> Self {
+        Vars { pairs: Vec::new() }
+    }
+
+    /// Adds a value.
+    pub fn set(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.pairs.push((name, Zeroizing::new(value.into())));
+        self
+    }
+}
+
+impl Default for Vars {
+    fn default() -> Self {
+        Vars::new()
+    }
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Renders `{{name}}` placeholders; unknown names are left as they are.
+fn render(template: &str, vars: &Vars, html: bool) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(template.to_owned());
+    for (name, value) in &vars.pairs {
+        let v = if html {
+            escape_html(value)
+        } else {
+            value.to_string()
+        };
+        *out = out.replace(&format!("{{{{{name}}}}}"), &v);
+    }
+    out
+}
+
+/// Loads templates: `<templates_dir>/<locale>/<name>.<part>` when the operator provides one,
+/// else the embedded English text.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    dir: Option<PathBuf>,
+}
+
+impl Templates {
+    /// Templates overridable from `dir`.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Templates { dir }
+    }
+
+    fn part(&self, t: Template, locale: &str, part: &str) -> String {
+        if let Some(dir) = &self.dir {
+            for loc in [locale, "en"] {
+                let p = dir.join(loc).join(format!("{}.{part}", t.name()));
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    return text;
+                }
+            }
+        }
+        t.embedded(part).unwrap_or_default().to_owned()
+    }
+
+    /// Subject, text and HTML bodies.
+    pub fn render(&self, t: Template, locale: &str, vars: &Vars) -> Rendered {
+        Rendered {
+            subject: Zeroizing::new(
+                render(&self.part(t, locale, "subject"), vars, false)
+                    .trim()
+                    .to_owned(),
+            ),
+            text: render(&self.part(t, locale, "txt"), vars, false),
+            html: render(&self.part(t, locale, "html"), vars, true),
+        }
+    }
+}
+
+/// A rendered message. Carries a link or a code: no `Debug`.
+pub struct Rendered {
+    /// Subject line.
+    pub subject: Zeroizing<String>,
+    /// Plain text body.
+    pub text: Zeroizing<String>,
+    /// HTML body.
+    pub html: Zeroizing<String>,
+}
+
+/// One message to deliver.
+pub struct Outgoing {
+    /// Recipient address.
+    pub to: String,
+    /// What kind of message (for events).
+    pub kind: Template,
+    /// The flow it belongs to (for events).
+    pub flow_id: String,
+    /// Contents.
+    pub body: Rendered,
+}
+
+enum Transport {
+    Outbox(AsyncFileTransport<Tokio1Executor>),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+/// Counters of the mail queue.
+#[derive(Debug, Default)]
+pub struct MailStats {
+    /// Messages waiting or in flight.
+    pub depth: AtomicU64,
+    /// Messages delivered.
+    pub sent: AtomicU64,
+    /// Messages given up on (after retries, or refused by a full queue).
+    pub failed: AtomicU64,
+}
+
+/// The delivery queue.
+pub struct Mailer {
+    tx: mpsc::Sender<Outgoing>,
+    /// Counters.
+    pub stats: Arc<MailStats>,
+    events: InternalEvents,
+}
+
+impl Mailer {
+    /// Starts the delivery worker.
+    pub fn start(config: &Config, events: InternalEvents) -> Result<Mailer, String> {
+        let transport = build_transport(config)?;
+        let from: Mailbox = config
+            .mail_from
+            .parse()
+            .map_err(|e| format!("mail_from {:?}: {e}", config.mail_from))?;
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let stats = Arc::new(MailStats::default());
+        tokio::spawn(worker(
+            rx,
+            Arc::new(transport),
+            from,
+            Arc::clone(&stats),
+            events.clone(),
+        ));
+        Ok(Mailer { tx, stats, events })
+    }
+
+    /// Queues a message; never waits. A full queue drops it and records `mail.failed`.
+    pub fn enqueue(&self, mail: Outgoing) {
+        let (kind, flow) = (mail.kind, mail.flow_id.clone());
+        self.stats.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(mail).is_err() {
+            self.stats.depth.fetch_sub(1, Ordering::Relaxed);
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(flow = %flow, "mail queue full; message dropped");
+            self.events.mail_failed(kind.name(), &flow, "queue_full", 0);
+        }
+    }
+}
+
+fn build_transport(config: &Config) -> Result<Transport, String> {
+    let Some(host) = config.smtp_host.as_deref().filter(|h| !h.is_empty()) else {
+        let dir = config.data_dir.join("outbox");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        return Ok(Transport::Outbox(
+            AsyncFileTransport::<Tokio1Executor>::new(dir),
+        ));
+    };
+    let builder = match config.smtp_tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+            .map_err(|e| format!("smtp: {e}"))?,
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| format!("smtp: {e}"))?
+        }
+    };
+    let mut builder = builder.timeout(Some(Duration::from_secs(15)));
+    if let Some(port) = config.smtp_port {
+        builder = builder.port(port);
+    }
+    if let Some(user) = &config.smtp_username {
+        let password = smtp_password(config)?;
+        builder = builder.credentials(Credentials::new(user.clone(), password.to_string()));
+    }
+    Ok(Transport::Smtp(builder.build()))
+}
+
+/// The SMTP password: `PORTCULLIS_SMTP_PASSWORD`, else the file `smtp_password_file`.
+fn smtp_password(config: &Config) -> Result<Zeroizing<String>, String> {
+    if let Ok(p) = std::env::var("PORTCULLIS_SMTP_PASSWORD") {
+        return Ok(Zeroizing::new(p));
+    }
+    match &config.smtp_password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_owned()))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Err("smtp_username is set but no password: set PORTCULLIS_SMTP_PASSWORD or smtp_password_file".into()),
+    }
+}
+
+fn build_message(from: &Mailbox, mail: &Outgoing) -> Result<Message, String> {
+    let to: Mailbox = mail
+        .to
+        .parse()
+        .map_err(|_| "recipient address".to_owned())?;
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(mail.body.subject.as_str())
+        .message_id(None)
+        .multipart(MultiPart::alternative_plain_html(
+            mail.body.text.to_string(),
+            mail.body.html.to_string(),
+        ))
+        .map_err(|e| format!("building the message: {e}"))
+}
+
+async fn deliver(transport: &Transport, msg: Message) -> Result<(), String> {
+    match transport {
+        Transport::Outbox(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
+        Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::Receiver<Outgoing>,
+    transport: Arc<Transport>,
+    from: Mailbox,
+    stats: Arc<MailStats>,
+    events: InternalEvents,
+) {
+    let slots = Arc::new(Semaphore::new(PARALLEL));
+    while let Some(mail) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let (transport, from, stats, events) = (
+            Arc::clone(&transport),
+            from.clone(),
+            Arc::clone(&stats),
+            events.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let kind = mail.kind.name();
+            let result = match build_message(&from, &mail) {
+                Ok(msg) => retry(&transport, msg).await,
+                Err(e) => Err((e, 0)),
+            };
+            stats.depth.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(attempts) => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(flow = %mail.flow_id, kind, attempts, "mail delivered");
+                }
+                Err((error, attempts)) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    // The error text comes from the transport and never contains the message.
+                    tracing::error!(flow = %mail.flow_id, kind, attempts, %error, "mail delivery failed");
+                    events.mail_failed(kind, &mail.flow_id, "delivery", attempts);
+                }
+            }
+        });
+    }
+}
+
+/// Tries up to [`ATTEMPTS`] times with growing pauses (0.5 s, 2 s, 8 s).
+async fn retry(transport: &Transport, msg: Message) -> Result<u32, (String, u32)> {
+    let mut pause = Duration::from_millis(500);
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match deliver(transport, msg.clone()).await {
+            Ok(()) => return Ok(attempt),
+            Err(e) => last = e,
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause *= 4;
+        }
+    }
+    Err((last, ATTEMPTS))
+}
+
+/// Human form of the request time in mails.
+pub fn mail_time(t: time::OffsetDateTime) -> String {
+    rfc3339_ms(t)
+}
+
+/// Where `.eml` files go by default.
+pub fn outbox_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("outbox")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_fills_escapes_and_falls_back_to_english() {
+        let t = Templates::new(None);
+        let vars = Vars::new()
+            .set("product", "Acme <Auth>")
+            .set("email", "a@example.org")
+            .set("link", "http://localhost:7421/auth/magic?token=abc&x=1")
+            .set("expires_minutes", "15")
+            .set("time", "now")
+            .set("client", "127.0.0.1")
+            .set("agent", "curl");
+        let r = t.render(Template::MagicLink, "fr", &vars);
+        assert_eq!(r.subject.as_str(), "Your Acme <Auth> sign-in link");
+        assert!(r.text.contains("token=abc&x=1"));
+        assert!(r.html.contains("token=abc&amp;x=1"));
+        assert!(r.html.contains("Acme &lt;Auth&gt;"));
+        assert!(r.text.contains("If this wasn't you"));
+        assert!(!r.text.contains("{{"), "{}", r.text.as_str());
+    }
+
+    #[test]
+    fn operator_templates_override_the_embedded_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("de")).unwrap();
+        std::fs::write(dir.path().join("de/otp.subject"), "Ihr Code: {{code}}").unwrap();
+        let t = Templates::new(Some(dir.path().to_owned()));
+        let r = t.render(
+            Template::Otp,
+            "de",
+            &Vars::new().set("code", "123456").set("product", "P"),
+        );
+        assert_eq!(r.subject.as_str(), "Ihr Code: 123456");
+        assert!(
+            r.text.contains("123456"),
+            "the text part falls back to English"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! Pages served by the gateway: the magic-link landing page.
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use portcullis_core::commands::magic::landing;
+use portcullis_core::Dispatcher;
+use serde::Deserialize;
+
+const LANDING: &str = include_str!("../assets/magic.html");
+const INVALID: &str = include_str!("../assets/magic-invalid.html");
+const LANDING_JS: &str = include_str!("../assets/magic.js");
+
+/// Query of the landing page.
+#[derive(Deserialize)]
+pub struct MagicQuery {
+    token: Option<String>,
+}
+
+fn escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '&' => "&amp;".into(),
+            '<' => "&lt;".into(),
+            '>' => "&gt;".into(),
+            '"' => "&quot;".into(),
+            '\'' => "&#39;".into(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// Headers for pages that carry a secret in their address: never cached, never framed, never
+/// sent on as a Referer, scripts only from this origin.
+fn hardened(mut headers: HeaderMap) -> HeaderMap {
+    let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(&mut headers, header::CACHE_CONTROL, "no-store");
+    set(&mut headers, header::REFERRER_POLICY, "no-referrer");
+    set(&mut headers, header::X_FRAME_OPTIONS, "DENY");
+    set(&mut headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(
+        &mut headers,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; \
+         form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    headers
+}
+
+/// `GET /auth/magic?token=…`: shows what the link would do and waits for a click. Consumes
+/// nothing. 410 when the link is unknown, used, expired or replaced.
+pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQuery>) -> Response {
+    let app = d.app();
+    let product = escape(&app.config.product_name);
+    let info = match q.token.as_deref().filter(|t| t.len() <= 128) {
+        Some(t) => landing(app, t).await,
+        None => None,
+    };
+    let mut headers = hardened(HeaderMap::new());
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    let Some(info) = info else {
+        return (
+            StatusCode::GONE,
+            headers,
+            INVALID.replace("{{product}}", &product),
+        )
+            .into_response();
+    };
+    let body = LANDING
+        .replace("{{product}}", &product)
+        .replace("{{email}}", &escape(&info.email))
+        .replace(
+            "{{bound}}",
+            if info.device_bound { "true" } else { "false" },
+        )
+        .replace(
+            "{{redirect}}",
+            &escape(info.redirect_url.as_deref().unwrap_or("")),
+        )
+        .replace(
+            "{{client}}",
+            &escape(
+                info.requested_from
+                    .as_deref()
+                    .unwrap_or("an unknown address"),
+            ),
+        )
+        .replace(
+            "{{agent}}",
+            &escape(info.requested_agent.as_deref().unwrap_or("unknown client")),
+        );
+    (StatusCode::OK, headers, body).into_response()
+}
+
+/// `GET /auth/magic.js`
+pub async fn magic_js() -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    (StatusCode::OK, headers, LANDING_JS).into_response()
+}
