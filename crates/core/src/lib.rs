@@ -28,6 +28,9 @@ pub mod sessions;
 pub mod tail;
 pub mod tokens;
 
+#[cfg(test)]
+mod testkit;
+
 pub use audit::Audit;
 pub use caller::{Caller, RateClass, Requirement};
 pub use clock::{Clock, ManualClock, SystemClock};

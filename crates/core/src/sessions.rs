@@ -459,3 +459,118 @@ pub async fn revoke_all(
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::json;
+
+    const PW: &str = "correct horse battery staple";
+
+    #[tokio::test]
+    async fn access_tokens_expire_and_refresh_respects_grace_idle_and_absolute_limits() {
+        let b = Bench::new(|_| {}).await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "a@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        b.advance(15 * 60 - 1);
+        assert!(b.call("USER.ME", json!({}), Some(&access)).await.ok);
+        b.advance(1);
+        assert_eq!(
+            b.code("USER.ME", json!({}), Some(&access)).await,
+            Some(ErrorCode::Unauthenticated)
+        );
+
+        // Grace: a retry 10 s later gets the same pair; 11 s later it is theft.
+        let r1 = b
+            .ok(
+                "AUTH.REFRESH",
+                json!({"refresh_token": s["refresh_token"]}),
+                None,
+            )
+            .await;
+        b.advance(10);
+        let r2 = b
+            .ok(
+                "AUTH.REFRESH",
+                json!({"refresh_token": s["refresh_token"]}),
+                None,
+            )
+            .await;
+        assert_eq!(r1, r2);
+        b.advance(1);
+        assert_eq!(
+            b.code(
+                "AUTH.REFRESH",
+                json!({"refresh_token": s["refresh_token"]}),
+                None
+            )
+            .await,
+            Some(ErrorCode::InvalidCredentials)
+        );
+        assert_eq!(
+            b.code(
+                "AUTH.REFRESH",
+                json!({"refresh_token": r1["refresh_token"]}),
+                None
+            )
+            .await,
+            Some(ErrorCode::InvalidCredentials),
+            "reuse revoked the whole session"
+        );
+
+        // Idle: a session unused for 7 days cannot be refreshed.
+        let s = b
+            .ok(
+                "AUTH.LOGIN",
+                json!({"email": "a@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        b.advance(7 * 24 * 3600);
+        assert_eq!(
+            b.code(
+                "AUTH.REFRESH",
+                json!({"refresh_token": s["refresh_token"]}),
+                None
+            )
+            .await,
+            Some(ErrorCode::Expired)
+        );
+
+        // Absolute: refreshing every 6 days keeps it alive until day 30, not after.
+        let mut s = b
+            .ok(
+                "AUTH.LOGIN",
+                json!({"email": "a@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        for _ in 0..4 {
+            b.advance(6 * 24 * 3600);
+            s = b
+                .ok(
+                    "AUTH.REFRESH",
+                    json!({"refresh_token": s["refresh_token"]}),
+                    None,
+                )
+                .await;
+        }
+        b.advance(6 * 24 * 3600);
+        assert_eq!(
+            b.code(
+                "AUTH.REFRESH",
+                json!({"refresh_token": s["refresh_token"]}),
+                None
+            )
+            .await,
+            Some(ErrorCode::Expired)
+        );
+    }
+}

@@ -359,3 +359,88 @@ pub async fn landing(app: &App, token: &str) -> Option<Landing> {
         expires_at: flow.expires_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_link_works_until_it_expires_and_then_never() {
+        let b = Bench::new(|_| {}).await;
+        b.ok("AUTH.SIGNUP", json!({"email": "a@example.org"}), None)
+            .await;
+        b.ok("MAGIC.SEND", json!({"email": "a@example.org"}), None)
+            .await;
+        let token = b.link_token(1).await;
+        b.advance(15 * 60 - 1);
+        assert!(
+            super::landing(&b.app, &token).await.is_some(),
+            "still live one second before expiry"
+        );
+        b.advance(1);
+        assert!(super::landing(&b.app, &token).await.is_none());
+        assert_eq!(
+            b.code("MAGIC.VERIFY", json!({"token": token}), None).await,
+            Some(ErrorCode::Expired)
+        );
+        // A refusal consumes nothing: expiry is a pure function of the clock, so one second
+        // before the boundary the same link still signs in.
+        b.advance(-2);
+        let r = b.ok("MAGIC.VERIFY", json!({"token": token}), None).await;
+        assert_eq!(r["token_type"], "Bearer");
+    }
+
+    #[tokio::test]
+    async fn an_approved_cross_device_flow_expires_if_never_collected() {
+        let b = Bench::new(|_| {}).await;
+        b.ok("AUTH.SIGNUP", json!({"email": "a@example.org"}), None)
+            .await;
+        let verifier = "v".repeat(64);
+        let challenge = {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(crate::crypto::sha256(verifier.as_bytes()))
+        };
+        let flow = b
+            .ok(
+                "MAGIC.SEND",
+                json!({"email": "a@example.org", "code_challenge": challenge}),
+                None,
+            )
+            .await;
+        let token = b.link_token(1).await;
+        b.ok("MAGIC.APPROVE", json!({"token": token}), None).await;
+        b.advance(15 * 60);
+        let poll = json!({"flow_id": flow["flow_id"], "code_verifier": verifier});
+        assert_eq!(
+            b.code("MAGIC.POLL", poll, None).await,
+            Some(ErrorCode::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_resend_cooldown_and_the_hourly_cap_follow_the_clock() {
+        let b = Bench::new(|c| c.sends_per_address_per_hour = 3).await;
+        let send = || b.call("MAGIC.SEND", json!({"email": "nobody@example.org"}), None);
+        assert!(send().await.ok);
+        b.advance(29);
+        let r = send().await;
+        assert_eq!(r.error_code(), Some(ErrorCode::RateLimited));
+        assert_eq!(r.error.unwrap().retry_after_ms, Some(1000));
+        b.advance(1);
+        assert!(send().await.ok);
+        b.advance(30);
+        assert!(send().await.ok);
+        b.advance(30);
+        let r = send().await;
+        assert_eq!(
+            r.error_code(),
+            Some(ErrorCode::RateLimited),
+            "the fourth in an hour"
+        );
+        b.advance(3600);
+        assert!(send().await.ok, "a new hour");
+    }
+}

@@ -210,3 +210,39 @@ mod tests {
         assert!(!is_six_digits("１２３４５６"));
     }
 }
+
+#[cfg(test)]
+mod clock_tests {
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_code_expires_after_ten_minutes_even_when_right() {
+        let b = Bench::new(|_| {}).await;
+        b.ok("AUTH.SIGNUP", json!({"email": "a@example.org"}), None)
+            .await;
+        let flow = b
+            .ok("OTP.SEND", json!({"email": "a@example.org"}), None)
+            .await;
+        let code = b.otp_code(1).await;
+        b.advance(10 * 60);
+        let r = b
+            .call(
+                "OTP.VERIFY",
+                json!({"flow_id": flow["flow_id"], "code": code}),
+                None,
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Expired));
+        b.advance(-1);
+        let r = b
+            .ok(
+                "OTP.VERIFY",
+                json!({"flow_id": flow["flow_id"], "code": code}),
+                None,
+            )
+            .await;
+        assert_eq!(r["token_type"], "Bearer");
+    }
+}

@@ -1,0 +1,120 @@
+//! In-process test bench: a real app (sled, dispatcher, mail to the outbox) on a temporary data
+//! directory, with a manual clock, driven through the dispatcher exactly as a transport would.
+
+use crate::{App, Config, ConnInfo, Dispatcher, ManualClock, Transport};
+use portcullis_protocol::{ErrorCode, Request, Response};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use time::macros::datetime;
+
+pub struct Bench {
+    pub app: Arc<App>,
+    pub clock: ManualClock,
+    pub dispatcher: Dispatcher,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    /// A bench with fast password hashing and `tweak` applied to the configuration.
+    pub async fn new(tweak: impl FnOnce(&mut Config)) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            argon2_m_kib: 64,
+            argon2_t: 1,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
+        let app = App::open(config, Arc::new(clock.clone())).await.unwrap();
+        let dispatcher = Dispatcher::new(Arc::clone(&app));
+        Bench {
+            app,
+            clock,
+            dispatcher,
+            _dir: dir,
+        }
+    }
+
+    pub fn advance(&self, seconds: i64) {
+        self.clock.advance(time::Duration::seconds(seconds));
+    }
+
+    pub async fn call(&self, command: &str, params: Value, token: Option<&str>) -> Response {
+        let mut req = Request::new(command).params(params);
+        if let Some(t) = token {
+            req = req.token(t);
+        }
+        let conn = ConnInfo {
+            transport: Transport::Internal,
+            client: Some("127.0.0.1:40000".parse().unwrap()),
+            user_agent: Some("bench".into()),
+        };
+        self.dispatcher
+            .execute(req, &conn)
+            .await
+            .into_response()
+            .await
+            .unwrap()
+    }
+
+    pub async fn ok(&self, command: &str, params: Value, token: Option<&str>) -> Value {
+        let r = self.call(command, params, token).await;
+        assert!(r.ok, "{command}: {r:?}");
+        r.data
+    }
+
+    pub async fn code(
+        &self,
+        command: &str,
+        params: Value,
+        token: Option<&str>,
+    ) -> Option<ErrorCode> {
+        self.call(command, params, token).await.error_code()
+    }
+
+    /// The text part of the `n`-th mail written to the outbox (1-based), waiting for delivery.
+    pub async fn mail_text(&self, n: usize) -> String {
+        let outbox = self.app.config.data_dir.join("outbox");
+        for _ in 0..500 {
+            let mut files: Vec<_> = std::fs::read_dir(&outbox)
+                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            if files.len() >= n {
+                files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+                let raw = std::fs::read(&files[n - 1]).unwrap();
+                let parsed = mailparse::parse_mail(&raw).unwrap();
+                let text = parsed
+                    .subparts
+                    .iter()
+                    .find(|p| p.ctype.mimetype == "text/plain")
+                    .unwrap()
+                    .get_body()
+                    .unwrap();
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("mail {n} never reached the outbox");
+    }
+
+    /// The magic-link token of the `n`-th mail.
+    pub async fn link_token(&self, n: usize) -> String {
+        let text = self.mail_text(n).await;
+        let at = text.find("token=").expect("a link in the mail") + "token=".len();
+        text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect()
+    }
+
+    /// The code of the `n`-th mail.
+    pub async fn otp_code(&self, n: usize) -> String {
+        let text = self.mail_text(n).await;
+        text.split_whitespace()
+            .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+            .expect("a code in the mail")
+            .to_owned()
+    }
+}
