@@ -13,6 +13,10 @@ pub struct UserCaller {
     pub aal: u8,
     /// Authentication methods of the session.
     pub amr: Vec<String>,
+    /// When the user last proved a factor (Unix seconds).
+    pub auth_time: i64,
+    /// The session may only enrol a second factor.
+    pub enrolment_only: bool,
 }
 
 /// The verified identity behind a request.
@@ -54,6 +58,9 @@ pub enum Requirement {
     Operator,
     /// A signed-in user (access token of a live session).
     User,
+    /// A signed-in user at AAL2, or who proved a factor within the step-up window (sensitive
+    /// commands). Otherwise `FORBIDDEN` with `details.reason = "step_up_required"`.
+    UserStepUp,
 }
 
 impl Requirement {
@@ -63,6 +70,7 @@ impl Requirement {
             Requirement::Anyone => "anyone",
             Requirement::Operator => "operator",
             Requirement::User => "user",
+            Requirement::UserStepUp => "user_step_up",
         }
     }
 
@@ -71,7 +79,7 @@ impl Requirement {
         match self {
             Requirement::Anyone => true,
             Requirement::Operator => matches!(caller, Caller::Operator),
-            Requirement::User => matches!(caller, Caller::User(_)),
+            Requirement::User | Requirement::UserStepUp => matches!(caller, Caller::User(_)),
         }
     }
 }

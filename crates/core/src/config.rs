@@ -80,6 +80,20 @@ pub struct Config {
     pub sends_per_address_per_hour: u32,
     /// Mails requested per client address per hour.
     pub sends_per_client_per_hour: u32,
+    /// `optional` (users choose) or `required` (every user must have a second factor).
+    pub mfa_policy: MfaPolicy,
+    /// Seconds after a sign-in or step-up during which sensitive commands need no step-up.
+    pub step_up_window_s: i64,
+}
+
+/// Whether a second factor is mandatory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MfaPolicy {
+    /// Users with a second factor must use it; others sign in with one factor.
+    Optional,
+    /// Users without a second factor get an enrolment-only session until they add one.
+    Required,
 }
 
 /// How to talk to the SMTP server.
@@ -132,6 +146,8 @@ impl Default for Config {
             send_cooldown_s: 30,
             sends_per_address_per_hour: 5,
             sends_per_client_per_hour: 20,
+            mfa_policy: MfaPolicy::Optional,
+            step_up_window_s: 10 * 60,
         }
     }
 }

@@ -219,18 +219,21 @@ impl Dispatcher {
                     };
                     (caller, spec.logged, Err(err))
                 }
-                Ok(caller) => {
-                    let ctx = Ctx {
-                        app: Arc::clone(&self.app),
-                        caller: caller.clone(),
-                        client: conn.client,
-                        user_agent: conn.user_agent.clone(),
-                        request_id: id.clone(),
-                        audit: Arc::clone(&audit),
-                    };
-                    let result = (spec.handler)(ctx, params.unwrap_or(Value::Null)).await;
-                    (caller, spec.logged, result)
-                }
+                Ok(caller) => match self.gate(spec, &caller, &audit) {
+                    Err(err) => (caller, spec.logged, Err(err)),
+                    Ok(()) => {
+                        let ctx = Ctx {
+                            app: Arc::clone(&self.app),
+                            caller: caller.clone(),
+                            client: conn.client,
+                            user_agent: conn.user_agent.clone(),
+                            request_id: id.clone(),
+                            audit: Arc::clone(&audit),
+                        };
+                        let result = (spec.handler)(ctx, params.unwrap_or(Value::Null)).await;
+                        (caller, spec.logged, result)
+                    }
+                },
             },
         };
         let outcome = Outcome {
@@ -242,6 +245,38 @@ impl Dispatcher {
             logged,
         };
         self.finish(outcome, conn, started).await
+    }
+
+    /// What a signed-in caller must additionally satisfy: an enrolment-only session runs only
+    /// commands that allow it; sensitive commands need a recent or AAL2 sign-in.
+    fn gate(
+        &self,
+        spec: &crate::CommandSpec,
+        caller: &Caller,
+        audit: &Audit,
+    ) -> Result<(), CommandError> {
+        let Caller::User(u) = caller else {
+            return Ok(());
+        };
+        if u.enrolment_only && !spec.enrolment {
+            return Err(
+                CommandError::new(ErrorCode::Forbidden, "enrol a second factor first")
+                    .with_details(serde_json::json!({"reason": "mfa_enrolment_required"})),
+            );
+        }
+        if spec.caller == crate::Requirement::UserStepUp {
+            let now = self.app.clock.now().unix_timestamp();
+            let recent = now - u.auth_time <= self.app.config.step_up_window_s;
+            if u.aal < 2 && !recent {
+                audit.event("step_up.required");
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    "confirm it is you: verify a second factor (MFA.VERIFY) or sign in again",
+                )
+                .with_details(serde_json::json!({"reason": "step_up_required"})));
+            }
+        }
+        Ok(())
     }
 
     /// Who presented `token`. A present but invalid token is `UNAUTHENTICATED`, never a silent
@@ -280,6 +315,8 @@ impl Dispatcher {
             session_id: claims.sid,
             aal: claims.aal,
             amr: claims.amr,
+            auth_time: claims.auth_time,
+            enrolment_only: claims.scope.as_deref() == Some(sessions::SCOPE_ENROLMENT),
         }))
     }
 

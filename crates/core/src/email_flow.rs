@@ -431,6 +431,8 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
         user.updated_at = ctx.now().unix_timestamp();
         put_user(store, &user).await?;
         let revoked = crate::sessions::revoke_all(ctx, &user.id, None, "email_verified").await?;
+        let factor_cleared = crate::mfa::remove_totp(ctx, &user.id).await?;
+        ctx.audit.note("unverified_factor_cleared", factor_cleared);
         ctx.audit.event("email.verified");
         ctx.audit.note("unverified_password_cleared", cleared);
         ctx.audit.note("unverified_sessions_revoked", revoked);

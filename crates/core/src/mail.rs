@@ -32,6 +32,8 @@ pub enum Template {
     MagicLink,
     /// A one-time code.
     Otp,
+    /// A notice about a change to the account's security (factor removed, recovery code used).
+    SecurityNotice,
 }
 
 impl Template {
@@ -39,6 +41,7 @@ impl Template {
         match self {
             Template::MagicLink => "magic_link",
             Template::Otp => "otp",
+            Template::SecurityNotice => "security_notice",
         }
     }
 
@@ -50,6 +53,15 @@ impl Template {
             (Template::Otp, "subject") => include_str!("../templates/en/otp.subject"),
             (Template::Otp, "txt") => include_str!("../templates/en/otp.txt"),
             (Template::Otp, "html") => include_str!("../templates/en/otp.html"),
+            (Template::SecurityNotice, "subject") => {
+                include_str!("../templates/en/security_notice.subject")
+            }
+            (Template::SecurityNotice, "txt") => {
+                include_str!("../templates/en/security_notice.txt")
+            }
+            (Template::SecurityNotice, "html") => {
+                include_str!("../templates/en/security_notice.html")
+            }
             _ => return None,
         })
     }

@@ -37,6 +37,8 @@ pub struct CommandSpec {
     pub rate: RateClass,
     /// Whether its outcomes go to the event log (only `SYS.PING` is exempt).
     pub logged: bool,
+    /// Whether an enrolment-only session may run it.
+    pub enrolment: bool,
     /// The handler.
     pub handler: Handler,
 }
@@ -72,6 +74,7 @@ impl CommandSpec {
             caller,
             rate,
             logged: true,
+            enrolment: false,
             handler,
         }
     }
@@ -101,8 +104,15 @@ impl CommandSpec {
             caller,
             rate,
             logged: true,
+            enrolment: false,
             handler,
         }
+    }
+
+    /// Lets an enrolment-only session run the command.
+    pub fn enrolment_allowed(mut self) -> Self {
+        self.enrolment = true;
+        self
     }
 
     /// Exempts the command from the event log.

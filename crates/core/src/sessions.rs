@@ -42,6 +42,12 @@ pub struct SessionRecord {
     pub client: Option<String>,
     /// User agent at creation.
     pub user_agent: Option<String>,
+    /// When the user last proved a factor in this session (sign-in or step-up), Unix seconds.
+    #[serde(default)]
+    pub authenticated_at: i64,
+    /// Opened only so the user can enrol a second factor (policy `mfa_policy = "required"`).
+    #[serde(default)]
+    pub enrolment_only: bool,
     /// Set when revoked (Unix seconds).
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
@@ -181,6 +187,8 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
         sid: s.id.clone(),
         aal: s.aal,
         amr: s.amr.clone(),
+        auth_time: s.authenticated_at,
+        scope: s.enrolment_only.then(|| SCOPE_ENROLMENT.to_owned()),
         iat: now,
         exp: now + tokens.ttl_s(),
         jti: random_id(ctx.app.rng.as_ref()),
@@ -211,26 +219,57 @@ async fn new_refresh(ctx: &Ctx, sid: &str, now: i64) -> Result<Secret, CommandEr
     Ok(Secret::new(token.as_str()))
 }
 
+/// `scope` claim of a session that may only enrol a second factor.
+pub const SCOPE_ENROLMENT: &str = "mfa_enrolment";
+/// Lifetime of an enrolment-only session, seconds.
+const ENROLMENT_SESSION_S: i64 = 30 * 60;
+
 /// Starts a session for `user` after a successful sign-in and returns its tokens. Every sign-in
-/// path (password, link, code, passkey, MFA) ends here.
+/// path (password, link, code, passkey, MFA) ends here, through [`crate::login`].
 pub async fn start_session(
     ctx: &Ctx,
     user: &UserRecord,
     aal: u8,
     amr: Vec<String>,
 ) -> Result<SessionTokens, CommandError> {
+    open_session(ctx, user, aal, amr, false).await
+}
+
+/// Starts a short session that may only enrol a second factor.
+pub async fn start_enrolment_session(
+    ctx: &Ctx,
+    user: &UserRecord,
+    amr: Vec<String>,
+) -> Result<SessionTokens, CommandError> {
+    open_session(ctx, user, 1, amr, true).await
+}
+
+async fn open_session(
+    ctx: &Ctx,
+    user: &UserRecord,
+    aal: u8,
+    amr: Vec<String>,
+    enrolment_only: bool,
+) -> Result<SessionTokens, CommandError> {
     let app = &ctx.app;
     let now = ctx.now().unix_timestamp();
+    let lifetime = if enrolment_only {
+        ENROLMENT_SESSION_S
+    } else {
+        app.config.refresh_absolute_s
+    };
     let s = SessionRecord {
         id: random_id(app.rng.as_ref()),
         user_id: user.id.clone(),
         created_at: now,
         last_used_at: now,
-        absolute_expires_at: now + app.config.refresh_absolute_s,
+        absolute_expires_at: now + lifetime,
         aal,
         amr,
         client: ctx.client.map(|a| a.to_string()),
         user_agent: ctx.user_agent.clone(),
+        authenticated_at: now,
+        enrolment_only,
         revoked_at: None,
         revoke_reason: None,
     };
@@ -392,6 +431,32 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
         }
     }
     Err(CommandError::internal())
+}
+
+/// Raises the calling session to AAL2 after a second factor (step-up): adds `amr` values,
+/// records the time, and returns a fresh access token (the refresh token stays the same; later
+/// refreshes carry the new assurance).
+pub async fn elevate(
+    ctx: &Ctx,
+    sid: &str,
+    add_amr: &[&str],
+) -> Result<(SessionRecord, Secret, u64), CommandError> {
+    let store = ctx.app.store.as_ref();
+    let mut s = get_session(store, sid)
+        .await?
+        .filter(|s| s.revoked_at.is_none())
+        .ok_or_else(|| CommandError::unauthenticated("the session has ended"))?;
+    let now = ctx.now().unix_timestamp();
+    s.aal = 2;
+    for a in add_amr {
+        if !s.amr.iter().any(|x| x == a) {
+            s.amr.push((*a).to_owned());
+        }
+    }
+    s.authenticated_at = now;
+    put_session(store, &s).await?;
+    let (access, expires_in) = access_token(ctx, &s, now);
+    Ok((s, access, expires_in))
 }
 
 /// Revokes a session (idempotent). Effective on the next command: the cache is updated before

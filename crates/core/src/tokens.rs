@@ -39,6 +39,11 @@ pub struct AccessClaims {
     pub aal: u8,
     /// Authentication methods (RFC 8176 values).
     pub amr: Vec<String>,
+    /// When the user last proved a factor in this session (Unix seconds; OpenID Connect).
+    pub auth_time: i64,
+    /// `mfa_enrolment` for a session that may only enrol a second factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Issued at (Unix seconds).
     pub iat: i64,
     /// Expires at (Unix seconds).
@@ -345,6 +350,8 @@ mod tests {
             sid: "s1".into(),
             aal: 1,
             amr: vec!["pwd".into()],
+            auth_time: now,
+            scope: None,
             iat: now,
             exp: now + 900,
             jti: "j1".into(),

@@ -539,3 +539,102 @@ pub mod otp {
         pub code: Secret,
     }
 }
+
+/// `TOTP.*`: authenticator-app codes as a second factor.
+pub mod totp {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `TOTP.ENROLL`
+    pub const ENROLL: &str = "TOTP.ENROLL";
+    /// `TOTP.CONFIRM`
+    pub const CONFIRM: &str = "TOTP.CONFIRM";
+    /// `TOTP.DISABLE`
+    pub const DISABLE: &str = "TOTP.DISABLE";
+
+    /// `TOTP.ENROLL` result. Shown once: the secret is never returned again.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Enrollment {
+        /// Pass to `TOTP.CONFIRM`.
+        pub enrollment_id: String,
+        /// The shared secret, base32 (160 bits).
+        pub secret: Secret,
+        /// `otpauth://totp/…` for authenticator apps.
+        pub otpauth_uri: Secret,
+        /// The URI as a QR code: a PNG, base64.
+        pub qr_png: Secret,
+        /// Seconds before the enrolment must be confirmed.
+        pub expires_in: u64,
+    }
+
+    /// `TOTP.CONFIRM` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ConfirmParams {
+        /// From `TOTP.ENROLL`.
+        pub enrollment_id: String,
+        /// A current code from the app.
+        pub code: Secret,
+    }
+
+    /// `TOTP.CONFIRM` and `RECOVERY.REGENERATE` result. Shown once.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct RecoveryCodes {
+        /// Ten single-use codes, `xxxxx-xxxxx-xxxxx-xxxx`.
+        pub recovery_codes: Vec<Secret>,
+    }
+
+    /// `TOTP.DISABLE` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Disabled {
+        /// Always `true`.
+        pub disabled: bool,
+    }
+}
+
+/// `MFA.*` and `RECOVERY.*`: completing a sign-in with a second factor, step-up, recovery codes.
+pub mod mfa {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `MFA.VERIFY`
+    pub const VERIFY: &str = "MFA.VERIFY";
+    /// `RECOVERY.REGENERATE`
+    pub const REGENERATE: &str = "RECOVERY.REGENERATE";
+
+    /// `MFA.VERIFY` params: with `mfa_token` it completes a sign-in; without it, with a bearer
+    /// token, it steps the current session up to AAL2.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct VerifyParams {
+        /// From the `MFA_REQUIRED` error's details.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mfa_token: Option<Secret>,
+        /// `totp` or `recovery_code`.
+        pub method: String,
+        /// The code.
+        pub code: Secret,
+    }
+
+    /// `MFA.VERIFY` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Verified {
+        /// The account.
+        pub user_id: String,
+        /// The session (new for a sign-in, the current one for a step-up).
+        pub session_id: String,
+        /// A fresh access token at AAL2.
+        pub access_token: Secret,
+        /// For a completed sign-in; absent for a step-up (the session keeps its refresh token).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub refresh_token: Option<Secret>,
+        /// Always `"Bearer"`.
+        pub token_type: String,
+        /// Seconds until the access token expires.
+        pub expires_in: u64,
+        /// 2.
+        pub aal: u8,
+        /// Both factors and `mfa` (RFC 8176), plus `recovery` when a recovery code was used.
+        pub amr: Vec<String>,
+    }
+}

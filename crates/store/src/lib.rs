@@ -62,11 +62,19 @@ pub enum Table {
     LatestFlows,
     /// Mail send counters per address and per client address.
     SendCounters,
+    /// Confirmed TOTP factors by user id (secret sealed with the master key).
+    Totp,
+    /// Pending TOTP enrolments by enrolment id.
+    TotpEnrollments,
+    /// Recovery codes: `user_id/sha256(code)`.
+    RecoveryCodes,
+    /// Pending second-factor sign-ins by SHA-256 of the `mfa_token`.
+    MfaTickets,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 16] = [
         Table::Meta,
         Table::Challenges,
         Table::Users,
@@ -79,6 +87,10 @@ impl Table {
         Table::MagicLinks,
         Table::LatestFlows,
         Table::SendCounters,
+        Table::Totp,
+        Table::TotpEnrollments,
+        Table::RecoveryCodes,
+        Table::MfaTickets,
     ];
 
     /// Stable name of the table on disk.
@@ -96,6 +108,10 @@ impl Table {
             Table::MagicLinks => "magic_links",
             Table::LatestFlows => "latest_flows",
             Table::SendCounters => "send_counters",
+            Table::Totp => "totp",
+            Table::TotpEnrollments => "totp_enrollments",
+            Table::RecoveryCodes => "recovery_codes",
+            Table::MfaTickets => "mfa_tickets",
         }
     }
 

@@ -5,6 +5,7 @@ use crate::accounts::{
 };
 use crate::caller::{RateClass, Requirement};
 use crate::crypto::{random_id, sha256};
+use crate::login::finish_first_factor;
 use crate::passwords::check_policy;
 use crate::sessions::{refresh, revoke, start_session};
 use crate::{CommandError, CommandSpec, Ctx};
@@ -35,7 +36,8 @@ pub fn specs() -> Vec<CommandSpec> {
             RateClass::Credential,
             refresh_cmd,
         ),
-        CommandSpec::new(auth::LOGOUT, Requirement::User, RateClass::Account, logout),
+        CommandSpec::new(auth::LOGOUT, Requirement::User, RateClass::Account, logout)
+            .enrolment_allowed(),
     ]
 }
 
@@ -73,11 +75,10 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
         .note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
     create_user(ctx.app.store.as_ref(), &user, &email).await?;
     ctx.audit.note("user.created", true);
-    let (aal, amr) = match user.password_hash {
-        Some(_) => (1, vec![AMR_PASSWORD.to_owned()]),
-        None => (0, Vec::new()),
-    };
-    start_session(&ctx, &user, aal, amr).await
+    match user.password_hash {
+        Some(_) => finish_first_factor(&ctx, &user, vec![AMR_PASSWORD.to_owned()]).await,
+        None => start_session(&ctx, &user, 0, Vec::new()).await,
+    }
 }
 
 /// `AUTH.LOGIN` — anyone. Wrong password, unknown address, passwordless or disabled account:
@@ -110,7 +111,7 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
         put_user(ctx.app.store.as_ref(), &user).await?;
         ctx.audit.note("password.rehashed", true);
     }
-    start_session(&ctx, &user, 1, vec![AMR_PASSWORD.to_owned()]).await
+    finish_first_factor(&ctx, &user, vec![AMR_PASSWORD.to_owned()]).await
 }
 
 /// `AUTH.REFRESH` — anyone holding a refresh token. Rotates it; see [`refresh`].

@@ -13,8 +13,8 @@ use crate::email_flow::{
     account_for, check_challenge, check_redirect, count_send, is_superseded, load, new_flow,
     save_new, swap, unusable, verifier_matches, FlowKind, FlowRecord, FlowState, Loaded,
 };
+use crate::login::finish_first_factor;
 use crate::mail::{mail_time, Outgoing, Template, Vars};
-use crate::sessions::start_session;
 use crate::{App, CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::magic::{
     self, ApproveParams, Approved, FlowStarted, PollParams, PollResult, SendParams, Verified,
@@ -228,7 +228,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
     let flow = transition(&ctx, &loaded, FlowState::Consumed { at: now }).await?;
     let user = account_for(&ctx, &flow).await?;
     ctx.audit.event("magic.verified");
-    let tokens = start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await?;
+    let tokens = finish_first_factor(&ctx, &user, vec![AMR_EMAIL.to_owned()]).await?;
     Ok(Verified {
         tokens,
         redirect_url: flow.redirect_url,
@@ -296,7 +296,7 @@ async fn poll(ctx: Ctx, p: PollParams) -> Result<PollResult, CommandError> {
             let done = transition(&ctx, &loaded, FlowState::Completed { at: now }).await?;
             let user = account_for(&ctx, &done).await?;
             ctx.audit.event("magic.verified");
-            let tokens = start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await?;
+            let tokens = finish_first_factor(&ctx, &user, vec![AMR_EMAIL.to_owned()]).await?;
             Ok(PollResult {
                 status: "complete".into(),
                 tokens: Some(tokens),

@@ -4,9 +4,11 @@
 pub mod auth;
 pub mod log;
 pub mod magic;
+pub mod mfa;
 pub mod otp;
 pub mod session;
 pub mod sys;
+pub mod totp;
 pub mod user;
 
 use crate::Registry;
@@ -21,4 +23,6 @@ pub fn registry() -> Registry {
         .with(session::specs())
         .with(magic::specs())
         .with(otp::specs())
+        .with(totp::specs())
+        .with(mfa::specs())
 }

@@ -14,9 +14,9 @@ use crate::email_flow::{
     account_for, count_send, is_superseded, load, new_flow, save_new, swap, unusable, FlowKind,
     FlowRecord, FlowState, Loaded,
 };
+use crate::login::finish_first_factor;
 use crate::mail::{Outgoing, Template};
 use crate::random::SecureRandom;
-use crate::sessions::start_session;
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::commands::otp::{self, CodeSent, SendParams, VerifyParams};
@@ -179,7 +179,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
         }
         let user = account_for(&ctx, &consumed).await?;
         ctx.audit.event("otp.verified");
-        return start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await;
+        return finish_first_factor(&ctx, &user, vec![AMR_EMAIL.to_owned()]).await;
     }
     Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
 }

@@ -14,11 +14,11 @@ use time::OffsetDateTime;
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
     vec![
-        CommandSpec::new(user::ME, Requirement::User, RateClass::Account, me),
+        CommandSpec::new(user::ME, Requirement::User, RateClass::Account, me).enrolment_allowed(),
         CommandSpec::new(user::UPDATE, Requirement::User, RateClass::Account, update),
         CommandSpec::new(
             user::SET_PASSWORD,
-            Requirement::User,
+            Requirement::UserStepUp,
             RateClass::Credential,
             set_password,
         ),
@@ -66,7 +66,8 @@ async fn update(ctx: Ctx, p: UpdateParams) -> Result<Me, CommandError> {
     me_of(&ctx, u)
 }
 
-/// `USER.SET_PASSWORD` — user at AAL1 or more (`FORBIDDEN` for the unproven session of a
+/// `USER.SET_PASSWORD` — user after step-up (AAL2 or a sign-in within the step-up window), at
+/// AAL1 or more (`FORBIDDEN` for the unproven session of a
 /// passwordless sign-up). Needs `current_password` when the account has one
 /// (`INVALID_CREDENTIALS` if wrong). Revokes every other session.
 async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, CommandError> {
