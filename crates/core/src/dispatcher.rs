@@ -265,6 +265,14 @@ impl Dispatcher {
             );
         }
         if spec.caller == crate::Requirement::UserStepUp {
+            if u.aal == 0 {
+                // The session of a passwordless sign-up proved nothing, however recent.
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    "sign in with a link, code or passkey first",
+                )
+                .with_details(serde_json::json!({"reason": "proof_required"})));
+            }
             let now = self.app.clock.now().unix_timestamp();
             let recent = now - u.auth_time <= self.app.config.step_up_window_s;
             if u.aal < 2 && !recent {

@@ -71,14 +71,6 @@ async fn update(ctx: Ctx, p: UpdateParams) -> Result<Me, CommandError> {
 /// passwordless sign-up). Needs `current_password` when the account has one
 /// (`INVALID_CREDENTIALS` if wrong). Revokes every other session.
 async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, CommandError> {
-    if ctx.user()?.aal < 1 {
-        // A session from a passwordless sign-up proved nothing: it may not choose the password.
-        return Err(CommandError::new(
-            ErrorCode::Forbidden,
-            "sign in with a link, code or passkey first",
-        )
-        .with_details(serde_json::json!({"reason": "proof_required"})));
-    }
     let mut u = load(&ctx).await?;
     if let Some(stored) = u.password_hash.as_deref() {
         let Some(current) = &p.current_password else {
