@@ -1,5 +1,5 @@
-//! Server configuration: embedded defaults, overridable by a TOML file, `PORTCULLIS_*`
-//! environment variables and command-line flags (in increasing precedence; the CLI merges them).
+//! Server configuration: embedded defaults, overridable by a TOML file; the settings the CLI
+//! names also by `PORTCULLIS_*` environment variables and flags (in increasing precedence).
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ pub struct Config {
     pub magic_link_ttl_s: i64,
     /// Email-code lifetime, seconds.
     pub otp_ttl_s: i64,
-    /// Wrong attempts a code survives.
+    /// Attempts a code allows, the right one included; after them the code is dead.
     pub otp_max_attempts: u32,
     /// Seconds between two mails to one address.
     pub send_cooldown_s: i64,
@@ -84,6 +84,41 @@ pub struct Config {
     pub mfa_policy: MfaPolicy,
     /// Seconds after a sign-in or step-up during which sensitive commands need no step-up.
     pub step_up_window_s: i64,
+    /// Requests per client address for each rate class.
+    pub rate_limits: RateLimits,
+    /// Proxies whose `X-Forwarded-For` the HTTP gateway believes (addresses or CIDR ranges).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Per-client-address limits of each rate class: `N/s`, `N/min` or `N/h` (burst `N`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Off switch (for benchmarks); on by default.
+    pub enabled: bool,
+    /// Liveness and cheap reads.
+    pub cheap: String,
+    /// Operator tooling.
+    pub operator: String,
+    /// Signed-in account and session management, token refresh.
+    pub account: String,
+    /// Guessable secrets: passwords, codes, links, second factors.
+    pub credential: String,
+    /// Requests that send mail.
+    pub send: String,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            enabled: true,
+            cheap: "2000/s".into(),
+            operator: "200/s".into(),
+            account: "200/s".into(),
+            credential: "120/min".into(),
+            send: "30/min".into(),
+        }
+    }
 }
 
 /// Whether a second factor is mandatory.
@@ -148,6 +183,8 @@ impl Default for Config {
             sends_per_client_per_hour: 20,
             mfa_policy: MfaPolicy::Optional,
             step_up_window_s: 10 * 60,
+            rate_limits: RateLimits::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -218,6 +255,14 @@ impl Config {
             || self.sends_per_client_per_hour == 0
         {
             return Err("otp_max_attempts and the hourly send limits must be at least 1".into());
+        }
+        crate::limits::Limits::new(&self.rate_limits)?;
+        let locale_ok = !self.default_locale.is_empty()
+            && self.default_locale.split('-').all(|p| {
+                !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if !locale_ok {
+            return Err("default_locale must be a language tag such as en or pt-BR".into());
         }
         if self.send_cooldown_s < 0 {
             return Err("send_cooldown_s must not be negative".into());

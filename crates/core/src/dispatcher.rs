@@ -205,7 +205,10 @@ impl Dispatcher {
                     "no such command; SYS.COMMANDS lists them",
                 )),
             ),
-            Some(spec) => match self.authenticate(token.as_ref(), &audit).await {
+            Some(spec) => match self
+                .rate(spec, conn)
+                .and(self.authenticate(token.as_ref(), &audit).await)
+            {
                 Err(e) => (Caller::Anonymous, spec.logged, Err(e)),
                 Ok(caller) if !spec.caller.admits(&caller) => {
                     let err = match caller {
@@ -245,6 +248,14 @@ impl Dispatcher {
             logged,
         };
         self.finish(outcome, conn, started).await
+    }
+
+    /// The per-address limit of the command's rate class, checked before any token is verified.
+    fn rate(&self, spec: &crate::CommandSpec, conn: &ConnInfo) -> Result<(), CommandError> {
+        match conn.client {
+            Some(addr) => self.app.limits.check(spec.rate, addr.ip()),
+            None => Ok(()),
+        }
     }
 
     /// What a signed-in caller must additionally satisfy: an enrolment-only session runs only

@@ -197,6 +197,16 @@ pub fn unusable(
     None
 }
 
+/// Refuses flow ids that cannot be ours (they are 32 hex characters), so client-chosen junk
+/// never reaches the store or the log.
+pub fn check_flow_id(id: &str) -> Result<(), CommandError> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(CommandError::invalid_params("flow_id is not a flow id"))
+    }
+}
+
 /// Whether a newer flow of the same kind replaced this one.
 pub async fn is_superseded(ctx: &Ctx, flow: &FlowRecord) -> Result<bool, CommandError> {
     let latest = ctx
@@ -215,9 +225,10 @@ pub async fn new_flow(
     create_user: bool,
     ttl_s: i64,
 ) -> Result<FlowRecord, CommandError> {
-    let exists = find_by_email(ctx.app.store.as_ref(), email)
-        .await?
-        .is_some_and(|u| !u.disabled);
+    let existing = find_by_email(ctx.app.store.as_ref(), email).await?;
+    // A disabled account gets nothing, even with `create_user`.
+    let disabled = existing.as_ref().is_some_and(|u| u.disabled);
+    let exists = existing.is_some() && !disabled;
     let now = ctx.now().unix_timestamp();
     Ok(FlowRecord {
         id: random_id(ctx.app.rng.as_ref()),
@@ -225,7 +236,7 @@ pub async fn new_flow(
         email_key: email.key.clone(),
         email: email.display.clone(),
         create_user,
-        phantom: !exists && !create_user,
+        phantom: disabled || (!exists && !create_user),
         created_at: now,
         expires_at: now + ttl_s,
         client: ctx.client.map(|a| a.ip().to_string()),
@@ -266,7 +277,7 @@ async fn count(ctx: &Ctx, key: &str, per_hour: u32, cooldown_s: i64) -> Result<(
             c.window_start = now;
             c.count = 0;
         }
-        let wait = if c.count > 0 && now - c.last_at < cooldown_s {
+        let wait = if c.last_at > 0 && now - c.last_at < cooldown_s {
             Some(cooldown_s - (now - c.last_at))
         } else if c.count >= per_hour {
             Some(HOUR - (now - c.window_start))
@@ -342,7 +353,7 @@ pub fn check_redirect(ctx: &Ctx, redirect: &str) -> Result<String, CommandError>
             e.scheme() == u.scheme()
                 && e.host_str() == u.host_str()
                 && e.port_or_known_default() == u.port_or_known_default()
-                && u.path().starts_with(e.path())
+                && path_within(u.path(), e.path())
         })
     });
     if allowed {
@@ -350,6 +361,14 @@ pub fn check_redirect(ctx: &Ctx, redirect: &str) -> Result<String, CommandError>
     } else {
         Err(refused())
     }
+}
+
+/// Whether `path` is `prefix` or lies under it segment by segment (`/auth` admits `/auth` and
+/// `/auth/x`, not `/authority`).
+fn path_within(path: &str, prefix: &str) -> bool {
+    path == prefix
+        || (path.starts_with(prefix)
+            && (prefix.ends_with('/') || path[prefix.len()..].starts_with('/')))
 }
 
 /// Validates a PKCE S256 challenge: 43 base64url characters (a SHA-256).
@@ -433,6 +452,15 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
         let revoked = crate::sessions::revoke_all(ctx, &user.id, None, "email_verified").await?;
         let factor_cleared = crate::mfa::remove_totp(ctx, &user.id).await?;
         ctx.audit.note("unverified_factor_cleared", factor_cleared);
+        if cleared || factor_cleared {
+            crate::commands::totp::notify(
+                ctx,
+                &user.id,
+                "Your address was confirmed",
+                "Sign-in methods set up before the address was confirmed were removed, since anyone could have set them. Set a password or an authenticator app again if you want one.",
+            )
+            .await?;
+        }
         ctx.audit.event("email.verified");
         ctx.audit.note("unverified_password_cleared", cleared);
         ctx.audit.note("unverified_sessions_revoked", revoked);

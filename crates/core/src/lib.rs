@@ -18,7 +18,9 @@ pub mod crypto;
 mod dispatcher;
 pub mod email_flow;
 pub mod error;
+pub mod housekeeping;
 pub mod internal_event;
+pub mod limits;
 pub mod login;
 pub mod mail;
 pub mod mfa;
@@ -85,6 +87,8 @@ pub struct App {
     pub mailer: mail::Mailer,
     /// Key of the HMAC that stores email codes.
     pub code_key: zeroize::Zeroizing<[u8; 32]>,
+    /// Rate limiters and failure delays.
+    pub limits: limits::Limits,
 }
 
 /// A failure to start the app.
@@ -158,6 +162,7 @@ impl App {
             templates: mail::Templates::new(config.templates_dir.clone()),
             mailer,
             code_key,
+            limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
             config,
         }))
     }

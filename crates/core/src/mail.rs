@@ -111,14 +111,18 @@ fn escape_html(s: &str) -> String {
 fn render(template: &str, vars: &Vars, html: bool) -> Zeroizing<String> {
     let mut out = Zeroizing::new(template.to_owned());
     for (name, value) in &vars.pairs {
-        let v = if html {
-            escape_html(value)
-        } else {
-            value.to_string()
-        };
+        // A value never introduces a placeholder of its own (client-supplied text such as a
+        // user agent must not pull the link or the code into another spot).
+        let plain = value.replace("{{", "{ {");
+        let v = if html { escape_html(&plain) } else { plain };
         *out = out.replace(&format!("{{{{{name}}}}}"), &v);
     }
     out
+}
+
+/// Client-supplied text for a mail or page: printable, one line, at most 120 characters.
+pub fn sanitize_client_text(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(120).collect()
 }
 
 /// Loads templates: `<templates_dir>/<locale>/<name>.<part>` when the operator provides one,

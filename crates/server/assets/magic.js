@@ -22,7 +22,8 @@
     ["signin", "continue", "approve"].forEach(function (id) { document.getElementById(id).disabled = true; });
   }
   function execute(command, params) {
-    return fetch("/api/v1/execute", {
+    // Relative, so the gateway may be mounted under a path prefix behind a proxy.
+    return fetch("../api/v1/execute", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ command: command, params: params }),
@@ -51,7 +52,12 @@
     disableAll();
     say("Signing in…");
     execute("MAGIC.VERIFY", { token: token }).then(function (r) {
-      if (r.ok) { say("You are signed in. You can close this page."); }
+      if (r.ok) {
+        // No application asked for this sign-in: keep the session for pages of this origin
+        // (the demo page) for the life of this tab only.
+        try { window.sessionStorage.setItem("portcullis.session", JSON.stringify(r.data)); } catch (e) {}
+        say("You are signed in. You can close this page.");
+      }
       else { say(r.error.message, true); }
     }).catch(function () { say("The server could not be reached.", true); });
   });

@@ -95,7 +95,11 @@ async fn execute(
         .map(|v| v.chars().take(256).collect());
     let conn = ConnInfo {
         transport: Transport::Http,
-        client: Some(peer),
+        client: Some(client_address(
+            peer,
+            &headers,
+            &dispatcher.app().config.trusted_proxies,
+        )),
         user_agent,
     };
     let limit = dispatcher.app().config.max_frame_bytes;
@@ -120,6 +124,40 @@ async fn execute(
     }
 }
 
+/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case
+/// `X-Forwarded-For` is read from right to left and the first address that is not a trusted
+/// proxy is the client. Headers from untrusted peers are ignored, so a client cannot pick its
+/// own address (and with it its rate-limit bucket).
+pub fn client_address(
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> SocketAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer.ip()) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<std::net::IpAddr>() else {
+            // Garbage in the chain: trust nothing further left.
+            break;
+        };
+        client = SocketAddr::new(ip, 0);
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
 fn envelope(r: Response) -> HttpResponse {
     let status = match r.error_code() {
         Some(ErrorCode::BadRequest) => StatusCode::BAD_REQUEST,
@@ -127,6 +165,66 @@ fn envelope(r: Response) -> HttpResponse {
         _ => StatusCode::OK,
     };
     (status, axum::Json(r)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_read_right_to_left_through_trusted_proxies_only() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "192.0.2.1/32".parse().unwrap(),
+        ];
+        let proxy: SocketAddr = "10.1.1.1:5000".parse().unwrap();
+        let stranger: SocketAddr = "198.51.100.7:5000".parse().unwrap();
+        let ip = |a: SocketAddr| a.ip().to_string();
+        // An untrusted peer's header is ignored, whatever it says.
+        assert_eq!(
+            ip(client_address(stranger, &headers(&["1.2.3.4"]), &trusted)),
+            "198.51.100.7"
+        );
+        // Through one trusted proxy: the hop it saw.
+        assert_eq!(
+            ip(client_address(
+                proxy,
+                &headers(&["1.2.3.4, 203.0.113.9"]),
+                &trusted
+            )),
+            "203.0.113.9"
+        );
+        // Through two trusted proxies, spoofed entries on the left are not believed.
+        assert_eq!(
+            ip(client_address(
+                proxy,
+                &headers(&["6.6.6.6", "203.0.113.9, 192.0.2.1"]),
+                &trusted
+            )),
+            "203.0.113.9"
+        );
+        // Garbage stops the walk at the last believable hop.
+        assert_eq!(
+            ip(client_address(
+                proxy,
+                &headers(&["203.0.113.9, nonsense"]),
+                &trusted
+            )),
+            "10.1.1.1"
+        );
+        assert_eq!(
+            ip(client_address(proxy, &HeaderMap::new(), &trusted)),
+            "10.1.1.1"
+        );
+    }
 }
 
 fn ndjson(stream: portcullis_core::tail::TailStream) -> HttpResponse {

@@ -43,6 +43,10 @@ impl Server {
         let tasks = TaskTracker::new();
         tasks.spawn(tcp::serve(tcp, dispatcher.clone(), tasks.clone()));
         tasks.spawn(http::serve(http, dispatcher));
+        tasks.spawn(portcullis_core::housekeeping::run(
+            Arc::clone(&app),
+            Duration::from_secs(300),
+        ));
         tracing::info!(%tcp_addr, %http_addr, "listening");
         Ok(Server {
             tcp_addr,

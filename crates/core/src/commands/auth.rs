@@ -87,6 +87,10 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
 async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> {
     let invalid = || CommandError::new(ErrorCode::InvalidCredentials, "email or password is wrong");
     let email = normalize_email(&p.email).ok();
+    // Failure delays are kept per address, whether or not it has an account.
+    let delay_key = format!("login:{}", email.as_ref().map_or("", |e| e.key.as_str()));
+    let now = ctx.now().unix_timestamp();
+    ctx.app.limits.check_failures(&delay_key, now)?;
     let user = match &email {
         Some(e) => {
             ctx.audit
@@ -103,8 +107,11 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
             ctx.audit.subject(&u.id);
         }
         ctx.audit.event("login.failed");
+        let failures = ctx.app.limits.record_failure(&delay_key, now);
+        ctx.audit.note("consecutive_failures", u64::from(failures));
         return Err(invalid());
     };
+    ctx.app.limits.record_success(&delay_key);
     if verified.needs_rehash {
         user.password_hash = Some(ctx.app.passwords.hash(&p.password).await?);
         user.updated_at = ctx.now().unix_timestamp();

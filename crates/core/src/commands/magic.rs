@@ -10,8 +10,8 @@ use crate::accounts::normalize_email;
 use crate::caller::{RateClass, Requirement};
 use crate::crypto::{random_token, sha256};
 use crate::email_flow::{
-    account_for, check_challenge, check_redirect, count_send, is_superseded, load, new_flow,
-    save_new, swap, unusable, verifier_matches, FlowKind, FlowRecord, FlowState, Loaded,
+    account_for, check_challenge, check_flow_id, check_redirect, count_send, is_superseded, load,
+    new_flow, save_new, swap, unusable, verifier_matches, FlowKind, FlowRecord, FlowState, Loaded,
 };
 use crate::login::finish_first_factor;
 use crate::mail::{mail_time, Outgoing, Template, Vars};
@@ -84,7 +84,8 @@ pub fn common_vars(ctx: &Ctx, flow: &FlowRecord) -> Vars {
         .set(
             "agent",
             flow.user_agent
-                .clone()
+                .as_deref()
+                .map(crate::mail::sanitize_client_text)
                 .unwrap_or_else(|| "unknown client".into()),
         )
 }
@@ -263,7 +264,10 @@ async fn poll(ctx: Ctx, p: PollParams) -> Result<PollResult, CommandError> {
             "unknown flow or wrong code_verifier",
         )
     };
-    let loaded = load(&ctx, &p.flow_id).await?.ok_or_else(invalid)?;
+    check_flow_id(&p.flow_id)?;
+    let Some(loaded) = load(&ctx, &p.flow_id).await? else {
+        return Err(rejected(&ctx, "unknown", invalid()));
+    };
     let flow = &loaded.flow;
     ctx.audit.note("flow_id", flow.id.clone());
     let bound = flow
