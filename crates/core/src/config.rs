@@ -88,6 +88,10 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Proxies whose `X-Forwarded-For` the HTTP gateway believes (addresses or CIDR ranges).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// WebAuthn relying-party id: the domain passkeys are bound to.
+    pub rp_id: String,
+    /// Origins allowed to use passkeys (scheme, host and port of the pages that call WebAuthn).
+    pub rp_origins: Vec<String>,
 }
 
 /// Per-client-address limits of each rate class: `N/s`, `N/min` or `N/h` (burst `N`).
@@ -185,6 +189,8 @@ impl Default for Config {
             step_up_window_s: 10 * 60,
             rate_limits: RateLimits::default(),
             trusted_proxies: Vec::new(),
+            rp_id: "localhost".into(),
+            rp_origins: vec!["http://localhost:7421".into()],
         }
     }
 }
@@ -257,6 +263,7 @@ impl Config {
             return Err("otp_max_attempts and the hourly send limits must be at least 1".into());
         }
         crate::limits::Limits::new(&self.rate_limits)?;
+        crate::passkeys::relying_party(self)?;
         let locale_ok = !self.default_locale.is_empty()
             && self.default_locale.split('-').all(|p| {
                 !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric())

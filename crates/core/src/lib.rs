@@ -25,6 +25,7 @@ pub mod login;
 pub mod mail;
 pub mod mfa;
 pub mod node;
+pub mod passkeys;
 pub mod passwords;
 pub mod random;
 pub mod registry;
@@ -89,6 +90,8 @@ pub struct App {
     pub code_key: zeroize::Zeroizing<[u8; 32]>,
     /// Rate limiters and failure delays.
     pub limits: limits::Limits,
+    /// The WebAuthn relying party.
+    pub webauthn: webauthn_rs::prelude::Webauthn,
 }
 
 /// A failure to start the app.
@@ -163,6 +166,7 @@ impl App {
             mailer,
             code_key,
             limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
+            webauthn: passkeys::relying_party(&config).map_err(OpenError::Config)?,
             config,
         }))
     }

@@ -187,6 +187,9 @@ pub async fn methods(ctx: &Ctx, user_id: &str) -> Result<Vec<&'static str>, Comm
             m.push("recovery_code");
         }
     }
+    if !crate::passkeys::list(ctx, user_id).await?.is_empty() {
+        m.push("passkey");
+    }
     Ok(m)
 }
 
@@ -415,6 +418,13 @@ pub struct LiveTicket {
     pub ticket: MfaTicket,
     raw: Vec<u8>,
     key: [u8; 32],
+}
+
+impl LiveTicket {
+    /// SHA-256 of the `mfa_token` (the ticket's store key).
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
 }
 
 /// Looks up a ticket: `INVALID_CREDENTIALS` if unknown, `EXPIRED`, `ALREADY_USED`.

@@ -610,10 +610,17 @@ pub mod mfa {
         /// From the `MFA_REQUIRED` error's details.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub mfa_token: Option<Secret>,
-        /// `totp` or `recovery_code`.
+        /// `totp`, `recovery_code` or `passkey`.
         pub method: String,
-        /// The code.
-        pub code: Secret,
+        /// The code (`totp`, `recovery_code`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub code: Option<Secret>,
+        /// `passkey`: the ceremony from `PASSKEY.LOGIN.BEGIN {"mfa_token"}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ceremony_id: Option<String>,
+        /// `passkey`: the browser's `credential.toJSON()`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub credential: Option<serde_json::Value>,
     }
 
     /// `MFA.VERIFY` result.
@@ -636,5 +643,113 @@ pub mod mfa {
         pub aal: u8,
         /// Both factors and `mfa` (RFC 8176), plus `recovery` when a recovery code was used.
         pub amr: Vec<String>,
+    }
+}
+
+/// `PASSKEY.*`: WebAuthn passkeys.
+pub mod passkey {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    /// `PASSKEY.REGISTER.BEGIN`
+    pub const REGISTER_BEGIN: &str = "PASSKEY.REGISTER.BEGIN";
+    /// `PASSKEY.REGISTER.FINISH`
+    pub const REGISTER_FINISH: &str = "PASSKEY.REGISTER.FINISH";
+    /// `PASSKEY.LOGIN.BEGIN`
+    pub const LOGIN_BEGIN: &str = "PASSKEY.LOGIN.BEGIN";
+    /// `PASSKEY.LOGIN.FINISH`
+    pub const LOGIN_FINISH: &str = "PASSKEY.LOGIN.FINISH";
+    /// `PASSKEY.LIST`
+    pub const LIST: &str = "PASSKEY.LIST";
+    /// `PASSKEY.RENAME`
+    pub const RENAME: &str = "PASSKEY.RENAME";
+    /// `PASSKEY.REMOVE`
+    pub const REMOVE: &str = "PASSKEY.REMOVE";
+
+    /// `PASSKEY.REGISTER.BEGIN` params.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RegisterBeginParams {
+        /// A name for the passkey (default: "Passkey").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+    }
+
+    /// `PASSKEY.*.BEGIN` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Ceremony {
+        /// Pass to the matching FINISH.
+        pub ceremony_id: String,
+        /// For `navigator.credentials.create()` / `.get()` (after base64url decoding), e.g. via
+        /// `PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey)`.
+        pub options: Value,
+        /// Seconds before the ceremony expires.
+        pub expires_in: u64,
+    }
+
+    /// `PASSKEY.REGISTER.FINISH` / `PASSKEY.LOGIN.FINISH` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FinishParams {
+        /// From BEGIN.
+        pub ceremony_id: String,
+        /// `credential.toJSON()` of the browser's answer.
+        pub credential: Value,
+    }
+
+    /// `PASSKEY.LOGIN.BEGIN` params: an email (allow-list of its passkeys), an `mfa_token` (the
+    /// passkey as second factor), or neither (usernameless, discoverable credentials).
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LoginBeginParams {
+        /// The account's address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub email: Option<String>,
+        /// A pending sign-in's `mfa_token`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mfa_token: Option<Secret>,
+    }
+
+    /// One registered passkey.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PasskeyInfo {
+        /// Credential id, base64url.
+        pub credential_id: String,
+        /// Its name.
+        pub name: String,
+        /// RFC 3339.
+        pub created_at: String,
+        /// RFC 3339, when it last signed in.
+        pub last_used_at: Option<String>,
+        /// May be synced to other devices.
+        pub backup_eligible: bool,
+        /// Is currently backed up / synced.
+        pub backup_state: bool,
+    }
+
+    /// `PASSKEY.LIST` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PasskeyList {
+        /// Oldest first.
+        pub passkeys: Vec<PasskeyInfo>,
+    }
+
+    /// `PASSKEY.RENAME` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RenameParams {
+        /// Which passkey.
+        pub credential_id: String,
+        /// The new name.
+        pub name: String,
+    }
+
+    /// `PASSKEY.REMOVE` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RemoveParams {
+        /// Which passkey.
+        pub credential_id: String,
     }
 }

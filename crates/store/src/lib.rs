@@ -70,11 +70,17 @@ pub enum Table {
     RecoveryCodes,
     /// Pending second-factor sign-ins by SHA-256 of the `mfa_token`.
     MfaTickets,
+    /// Passkeys: `user_id/credential_id`.
+    Passkeys,
+    /// User id by passkey credential id (credential ids are unique across accounts).
+    PasskeyIndex,
+    /// WebAuthn ceremony state by ceremony id (single use, 5 minutes).
+    Ceremonies,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 19] = [
         Table::Meta,
         Table::Challenges,
         Table::Users,
@@ -91,6 +97,9 @@ impl Table {
         Table::TotpEnrollments,
         Table::RecoveryCodes,
         Table::MfaTickets,
+        Table::Passkeys,
+        Table::PasskeyIndex,
+        Table::Ceremonies,
     ];
 
     /// Stable name of the table on disk.
@@ -112,6 +121,9 @@ impl Table {
             Table::TotpEnrollments => "totp_enrollments",
             Table::RecoveryCodes => "recovery_codes",
             Table::MfaTickets => "mfa_tickets",
+            Table::Passkeys => "passkeys",
+            Table::PasskeyIndex => "passkey_index",
+            Table::Ceremonies => "ceremonies",
         }
     }
 

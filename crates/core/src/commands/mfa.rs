@@ -8,6 +8,7 @@ use crate::mfa::{
     consume_ticket, new_recovery_codes, ticket, use_recovery_code, verify_totp, AMR_MFA, AMR_OTP,
     AMR_RECOVERY,
 };
+use crate::passkeys;
 use crate::sessions::{elevate, start_session};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::mfa::{self, Verified, VerifyParams};
@@ -33,19 +34,28 @@ pub fn specs() -> Vec<CommandSpec> {
     ]
 }
 
-/// Checks the second factor for `user_id`; returns the `amr` values it adds.
+fn code(p: &VerifyParams) -> Result<&portcullis_protocol::Secret, CommandError> {
+    p.code
+        .as_ref()
+        .ok_or_else(|| CommandError::invalid_params("code is required for this method"))
+}
+
+/// Checks the second factor for `user_id`; returns the `amr` values it adds. `ticket` is the
+/// hex SHA-256 of the `mfa_token` a passkey ceremony must have been begun for.
 async fn second_factor(
     ctx: &Ctx,
     user_id: &str,
     p: &VerifyParams,
-) -> Result<Vec<&'static str>, CommandError> {
+    ticket: Option<&str>,
+) -> Result<Vec<String>, CommandError> {
+    let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     match p.method.as_str() {
         "totp" => {
-            verify_totp(ctx, user_id, &p.code).await?;
-            Ok(vec![AMR_OTP, AMR_MFA])
+            verify_totp(ctx, user_id, code(p)?).await?;
+            Ok(owned(&[AMR_OTP, AMR_MFA]))
         }
         "recovery_code" => {
-            let left = use_recovery_code(ctx, user_id, &p.code).await?;
+            let left = use_recovery_code(ctx, user_id, code(p)?).await?;
             notify(
                 ctx,
                 user_id,
@@ -53,10 +63,41 @@ async fn second_factor(
                 &format!("{left} recovery codes are left. Enrol your authenticator app again if you lost it."),
             )
             .await?;
-            Ok(vec![AMR_RECOVERY, AMR_MFA])
+            Ok(owned(&[AMR_RECOVERY, AMR_MFA]))
+        }
+        "passkey" => {
+            let (Some(ceremony_id), Some(credential)) = (&p.ceremony_id, &p.credential) else {
+                return Err(CommandError::invalid_params(
+                    "ceremony_id and credential are required for passkey",
+                ));
+            };
+            let credential = passkeys::parse_assertion(credential.clone())?;
+            let kind = passkeys::take(ctx, ceremony_id).await?;
+            let passkeys::CeremonyKind::Login {
+                user_id: owner,
+                mfa_ticket,
+                state,
+            } = kind
+            else {
+                return Err(CommandError::new(
+                    ErrorCode::InvalidCredentials,
+                    "this ceremony is not for a second factor",
+                ));
+            };
+            if owner != user_id || mfa_ticket.as_deref() != ticket {
+                return Err(CommandError::new(
+                    ErrorCode::InvalidCredentials,
+                    "this ceremony belongs to another sign-in",
+                ));
+            }
+            let mut amr = passkeys::verify_login(ctx, user_id, &state, &credential).await?;
+            if !amr.iter().any(|a| a == AMR_MFA) {
+                amr.push(AMR_MFA.to_owned());
+            }
+            Ok(amr)
         }
         _ => Err(CommandError::invalid_params(
-            "method must be totp or recovery_code",
+            "method must be totp, recovery_code or passkey",
         )),
     }
 }
@@ -70,7 +111,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
         let live = ticket(&ctx, token).await?;
         let user_id = live.ticket.user_id.clone();
         ctx.audit.subject(&user_id);
-        let added = second_factor(&ctx, &user_id, &p).await?;
+        let added = second_factor(&ctx, &user_id, &p, Some(&hex::encode(live.key()))).await?;
         consume_ticket(&ctx, &live).await?;
         let user = get_user(ctx.app.store.as_ref(), &user_id)
             .await?
@@ -79,7 +120,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
                 CommandError::new(ErrorCode::InvalidCredentials, "the account cannot sign in")
             })?;
         let mut amr = live.ticket.first_amr.clone();
-        amr.extend(added.iter().map(|a| (*a).to_owned()));
+        amr.extend(added);
         let t = start_session(&ctx, &user, 2, amr.clone()).await?;
         ctx.audit.event("mfa.verified");
         return Ok(Verified {
@@ -98,7 +139,8 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
             "give an mfa_token, or a bearer token to step up",
         ));
     };
-    let added = second_factor(&ctx, &me.user_id, &p).await?;
+    let added = second_factor(&ctx, &me.user_id, &p, None).await?;
+    let added: Vec<&str> = added.iter().map(String::as_str).collect();
     let (session, access_token, expires_in) = elevate(&ctx, &me.session_id, &added).await?;
     ctx.audit.event("step_up.completed");
     Ok(Verified {

@@ -6,6 +6,7 @@ pub mod log;
 pub mod magic;
 pub mod mfa;
 pub mod otp;
+pub mod passkey;
 pub mod session;
 pub mod sys;
 pub mod totp;
@@ -25,4 +26,5 @@ pub fn registry() -> Registry {
         .with(otp::specs())
         .with(totp::specs())
         .with(mfa::specs())
+        .with(passkey::specs())
 }
