@@ -51,6 +51,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: LogCmd,
     },
+    /// Measure throughput and latency of a workload (see docs/performance.md).
+    Bench(Box<portcullis_bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -260,10 +262,16 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Log {
             cmd: LogCmd::Verify(a),
         } => verify(a).await,
+        Cmd::Bench(a) => portcullis_bench::run(*a).await,
     }
 }
 
 async fn serve(config: Config) -> Result<ExitCode> {
+    // Signal handlers first: a SIGTERM that arrives the moment the ports are announced must
+    // still shut down gracefully, not kill the process.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let data_dir = config.data_dir.clone();
     let app = App::open(config, Arc::new(SystemClock))
         .await
@@ -278,27 +286,15 @@ async fn serve(config: Config) -> Result<ExitCode> {
         server.http_addr,
         data_dir.display()
     );
-    shutdown_signal().await;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     tracing::info!("shutting down");
     let drained = server.shutdown().await;
     app.close();
     tracing::info!(drained, "stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 impl Remote {

@@ -142,6 +142,40 @@ pub async fn put_user(store: &dyn Store, user: &UserRecord) -> Result<(), Comman
     Ok(())
 }
 
+/// Changes a user record atomically: `f` edits the current record and says whether to write
+/// it; when another writer got there first, `f` runs again on the newer record. Returns the
+/// record as it now stands (`None`: no such user). Use it for every change to an existing user,
+/// so concurrent changes (a password change, a first email proof) never undo each other.
+pub async fn update_user(
+    store: &dyn Store,
+    id: &str,
+    mut f: impl FnMut(&mut UserRecord) -> bool,
+) -> Result<Option<UserRecord>, CommandError> {
+    for _ in 0..32 {
+        let Some(raw) = store.get(Table::Users, id.as_bytes()).await? else {
+            return Ok(None);
+        };
+        let mut user: UserRecord =
+            decode_record(&raw).map_err(portcullis_store::StoreError::from)?;
+        if !f(&mut user) {
+            return Ok(Some(user));
+        }
+        if store
+            .compare_and_swap(
+                Table::Users,
+                id.as_bytes(),
+                Some(&raw),
+                Some(encode_record(&user)),
+            )
+            .await?
+            == Cas::Swapped
+        {
+            return Ok(Some(user));
+        }
+    }
+    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+}
+
 /// Creates a user, claiming its address in the index with an insert-if-absent: of concurrent
 /// sign-ups with one address exactly one succeeds, the others get `CONFLICT`. The record is
 /// written first, so a crash in between leaves at worst an unreachable record, never an index

@@ -206,8 +206,8 @@ impl Dispatcher {
                 )),
             ),
             Some(spec) => match self
-                .rate(spec, conn)
-                .and(self.authenticate(token.as_ref(), &audit).await)
+                .rate_then_authenticate(spec, conn, token.as_ref(), &audit)
+                .await
             {
                 Err(e) => (Caller::Anonymous, spec.logged, Err(e)),
                 Ok(caller) if !spec.caller.admits(&caller) => {
@@ -250,12 +250,19 @@ impl Dispatcher {
         self.finish(outcome, conn, started).await
     }
 
-    /// The per-address limit of the command's rate class, checked before any token is verified.
-    fn rate(&self, spec: &crate::CommandSpec, conn: &ConnInfo) -> Result<(), CommandError> {
-        match conn.client {
-            Some(addr) => self.app.limits.check(spec.rate, addr.ip()),
-            None => Ok(()),
+    /// The per-address limit of the command's rate class, checked before any token is verified
+    /// (a refused request costs no signature check), then the token.
+    async fn rate_then_authenticate(
+        &self,
+        spec: &crate::CommandSpec,
+        conn: &ConnInfo,
+        token: Option<&Secret>,
+        audit: &Audit,
+    ) -> Result<Caller, CommandError> {
+        if let Some(addr) = conn.client {
+            self.app.limits.check(spec.rate, addr.ip())?;
         }
+        self.authenticate(token, audit).await
     }
 
     /// What a signed-in caller must additionally satisfy: an enrolment-only session runs only

@@ -13,7 +13,7 @@
 //! A flow whose address has no account (and no `create_user`) is a *phantom*: stored like the
 //! others, answered the same, but no mail goes out and it can never succeed.
 
-use crate::accounts::{create_user, find_by_email, put_user, Email, UserRecord};
+use crate::accounts::{create_user, find_by_email, update_user, Email, UserRecord};
 use crate::crypto::{random_id, sha256};
 use crate::error::CommandError;
 use crate::Ctx;
@@ -444,11 +444,21 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
     if !user.email_verified {
         // First proof that this mailbox belongs to the account. Anything set up before it, by
         // whoever signed up with the address, is not trusted: a password chosen then is cleared
-        // and the sessions opened then are revoked (account pre-hijacking).
-        user.email_verified = true;
-        let cleared = user.password_hash.take().is_some();
-        user.updated_at = ctx.now().unix_timestamp();
-        put_user(store, &user).await?;
+        // and the sessions opened then are revoked (account pre-hijacking). The record is
+        // changed by compare-and-swap, so a concurrent write cannot bring the password back.
+        let now = ctx.now().unix_timestamp();
+        let mut cleared = false;
+        user = update_user(store, &user.id, |u| {
+            if u.email_verified {
+                return false;
+            }
+            u.email_verified = true;
+            cleared = u.password_hash.take().is_some();
+            u.updated_at = now;
+            true
+        })
+        .await?
+        .ok_or_else(refused)?;
         let revoked = crate::sessions::revoke_all(ctx, &user.id, None, "email_verified").await?;
         let factor_cleared = crate::mfa::remove_totp(ctx, &user.id).await?;
         ctx.audit.note("unverified_factor_cleared", factor_cleared);

@@ -144,6 +144,37 @@ async fn put_session(store: &dyn Store, s: &SessionRecord) -> Result<(), Command
     Ok(())
 }
 
+/// Changes a session record atomically (see [`crate::accounts::update_user`]): a revocation
+/// racing a refresh or a step-up is never undone. `f` may refuse with an error.
+pub async fn update_session(
+    store: &dyn Store,
+    sid: &str,
+    mut f: impl FnMut(&mut SessionRecord) -> Result<bool, CommandError>,
+) -> Result<Option<SessionRecord>, CommandError> {
+    for _ in 0..32 {
+        let Some(raw) = store.get(Table::Sessions, sid.as_bytes()).await? else {
+            return Ok(None);
+        };
+        let mut s: SessionRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
+        if !f(&mut s)? {
+            return Ok(Some(s));
+        }
+        if store
+            .compare_and_swap(
+                Table::Sessions,
+                sid.as_bytes(),
+                Some(&raw),
+                Some(encode_record(&s)),
+            )
+            .await?
+            == Cas::Swapped
+        {
+            return Ok(Some(s));
+        }
+    }
+    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+}
+
 fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
     format!("{user_id}/{sid}").into_bytes()
 }
@@ -319,7 +350,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             return Err(invalid_refresh());
         };
         let rec: RefreshRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
-        let Some(mut session) = get_session(store, &rec.session_id).await? else {
+        let Some(session) = get_session(store, &rec.session_id).await? else {
             return Err(invalid_refresh());
         };
         ctx.audit.subject(&session.user_id);
@@ -374,8 +405,17 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     .await?
                 {
                     Cas::Swapped => {
-                        session.last_used_at = now;
-                        put_session(store, &session).await?;
+                        let touched = update_session(store, &session.id, |s| {
+                            if s.revoked_at.is_some() {
+                                return Err(invalid_refresh());
+                            }
+                            s.last_used_at = now;
+                            Ok(true)
+                        })
+                        .await?;
+                        if touched.is_none() {
+                            return Err(invalid_refresh());
+                        }
                         ctx.audit.event("token.refreshed");
                         return Ok(SessionTokens {
                             user_id: session.user_id,
@@ -442,19 +482,23 @@ pub async fn elevate(
     add_amr: &[&str],
 ) -> Result<(SessionRecord, Secret, u64), CommandError> {
     let store = ctx.app.store.as_ref();
-    let mut s = get_session(store, sid)
-        .await?
-        .filter(|s| s.revoked_at.is_none())
-        .ok_or_else(|| CommandError::unauthenticated("the session has ended"))?;
     let now = ctx.now().unix_timestamp();
-    s.aal = 2;
-    for a in add_amr {
-        if !s.amr.iter().any(|x| x == a) {
-            s.amr.push((*a).to_owned());
+    let ended = || CommandError::unauthenticated("the session has ended");
+    let s = update_session(store, sid, |s| {
+        if s.revoked_at.is_some() || now >= s.absolute_expires_at {
+            return Err(ended());
         }
-    }
-    s.authenticated_at = now;
-    put_session(store, &s).await?;
+        s.aal = 2;
+        for a in add_amr {
+            if !s.amr.iter().any(|x| x == a) {
+                s.amr.push((*a).to_owned());
+            }
+        }
+        s.authenticated_at = now;
+        Ok(true)
+    })
+    .await?
+    .ok_or_else(ended)?;
     let (access, expires_in) = access_token(ctx, &s, now);
     Ok((s, access, expires_in))
 }
@@ -463,15 +507,20 @@ pub async fn elevate(
 /// this returns. Returns whether this call revoked it.
 pub async fn revoke(ctx: &Ctx, sid: &str, reason: &str) -> Result<bool, CommandError> {
     let app = &ctx.app;
-    let Some(mut s) = get_session(app.store.as_ref(), sid).await? else {
+    let now = ctx.now().unix_timestamp();
+    let mut newly = false;
+    let Some(s) = update_session(app.store.as_ref(), sid, |s| {
+        newly = s.revoked_at.is_none();
+        if newly {
+            s.revoked_at = Some(now);
+            s.revoke_reason = Some(reason.to_owned());
+        }
+        Ok(newly)
+    })
+    .await?
+    else {
         return Ok(false);
     };
-    let newly = s.revoked_at.is_none();
-    if newly {
-        s.revoked_at = Some(ctx.now().unix_timestamp());
-        s.revoke_reason = Some(reason.to_owned());
-        put_session(app.store.as_ref(), &s).await?;
-    }
     // The per-user index lists sessions that may still be live.
     app.store
         .remove(Table::UserSessions, &index_key(&s.user_id, sid))

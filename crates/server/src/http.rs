@@ -34,6 +34,8 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/auth/magic", get(crate::pages::magic_landing))
         .route("/auth/magic.js", get(crate::pages::magic_js))
+        .route("/demo", get(crate::pages::demo))
+        .route("/demo.js", get(crate::pages::demo_js))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(dispatcher)

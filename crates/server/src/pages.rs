@@ -10,6 +10,8 @@ use serde::Deserialize;
 const LANDING: &str = include_str!("../assets/magic.html");
 const INVALID: &str = include_str!("../assets/magic-invalid.html");
 const LANDING_JS: &str = include_str!("../assets/magic.js");
+const DEMO: &str = include_str!("../assets/demo.html");
+const DEMO_JS: &str = include_str!("../assets/demo.js");
 
 /// Query of the landing page.
 #[derive(Deserialize)]
@@ -97,20 +99,37 @@ pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQue
     (StatusCode::OK, headers, body).into_response()
 }
 
-/// `GET /auth/magic.js`
-pub async fn magic_js() -> Response {
+fn script(body: &'static str) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/javascript; charset=utf-8"),
     );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    (StatusCode::OK, headers, LANDING_JS).into_response()
+    (StatusCode::OK, headers, body).into_response()
+}
+
+/// `GET /auth/magic.js`
+pub async fn magic_js() -> Response {
+    script(LANDING_JS)
+}
+
+/// `GET /demo`: sign up, passkeys, sign in and out, `USER.ME` and the session list, in plain
+/// HTML and JavaScript against `/api/v1/execute`.
+pub async fn demo() -> Response {
+    let mut headers = hardened(HeaderMap::new());
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    (StatusCode::OK, headers, DEMO).into_response()
+}
+
+/// `GET /demo.js`
+pub async fn demo_js() -> Response {
+    script(DEMO_JS)
 }

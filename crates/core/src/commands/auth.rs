@@ -1,7 +1,7 @@
 //! `AUTH.SIGNUP`, `AUTH.LOGIN`, `AUTH.REFRESH`, `AUTH.LOGOUT`.
 
 use crate::accounts::{
-    check_display_name, create_user, find_by_email, normalize_email, put_user, UserRecord,
+    check_display_name, create_user, find_by_email, normalize_email, update_user, UserRecord,
 };
 use crate::caller::{RateClass, Requirement};
 use crate::crypto::{random_id, sha256};
@@ -87,10 +87,13 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
 async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> {
     let invalid = || CommandError::new(ErrorCode::InvalidCredentials, "email or password is wrong");
     let email = normalize_email(&p.email).ok();
-    // Failure delays are kept per address, whether or not it has an account.
-    let delay_key = format!("login:{}", email.as_ref().map_or("", |e| e.key.as_str()));
+    // Failure delays are kept per address, whether or not it has an account (an unparseable
+    // address cannot be an account, so it has none).
+    let delay_key = email.as_ref().map(|e| format!("login:{}", e.key));
     let now = ctx.now().unix_timestamp();
-    ctx.app.limits.check_failures(&delay_key, now)?;
+    if let Some(k) = &delay_key {
+        ctx.app.limits.check_failures(k, now)?;
+    }
     let user = match &email {
         Some(e) => {
             ctx.audit
@@ -100,25 +103,62 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
         None => None,
     };
     let usable = user.as_ref().filter(|u| !u.disabled);
-    let stored = usable.and_then(|u| u.password_hash.as_deref());
-    let verified = ctx.app.passwords.verify(&p.password, stored).await?;
-    let (Some(mut user), true) = (usable.cloned(), verified.ok) else {
+    let stored = usable.and_then(|u| u.password_hash.clone());
+    let verified = ctx
+        .app
+        .passwords
+        .verify(&p.password, stored.as_deref())
+        .await?;
+    let (Some(user), true) = (usable.cloned(), verified.ok) else {
         if let Some(u) = &user {
             ctx.audit.subject(&u.id);
         }
         ctx.audit.event("login.failed");
-        let failures = ctx.app.limits.record_failure(&delay_key, now);
-        ctx.audit.note("consecutive_failures", u64::from(failures));
+        if let Some(k) = &delay_key {
+            let failures = ctx.app.limits.record_failure(k, now);
+            ctx.audit.note("consecutive_failures", u64::from(failures));
+        }
         return Err(invalid());
     };
-    ctx.app.limits.record_success(&delay_key);
-    if verified.needs_rehash {
-        user.password_hash = Some(ctx.app.passwords.hash(&p.password).await?);
-        user.updated_at = ctx.now().unix_timestamp();
-        put_user(ctx.app.store.as_ref(), &user).await?;
-        ctx.audit.note("password.rehashed", true);
+    if let Some(k) = &delay_key {
+        ctx.app.limits.record_success(k);
     }
-    finish_first_factor(&ctx, &user, vec![AMR_PASSWORD.to_owned()]).await
+    let store = ctx.app.store.as_ref();
+    // The hash this sign-in stands on: the one verified, or its upgrade.
+    let mut standing = stored.clone();
+    if verified.needs_rehash {
+        let upgraded = Some(ctx.app.passwords.hash(&p.password).await?);
+        // Only if nobody changed the password meanwhile.
+        let after = update_user(store, &user.id, |u| {
+            let same = u.password_hash == stored;
+            if same {
+                u.password_hash = upgraded.clone();
+                u.updated_at = now;
+            }
+            same
+        })
+        .await?;
+        if after.is_some_and(|u| u.password_hash == upgraded) {
+            standing = upgraded;
+            ctx.audit.note("password.rehashed", true);
+        }
+    }
+    let result = finish_first_factor(&ctx, &user, vec![AMR_PASSWORD.to_owned()]).await;
+    // The password was checked against the record as read before hashing. If it changed since
+    // (a password change, or the owner's first proof of the address clearing a password set by
+    // whoever signed up), this sign-in must not survive: the session made from it is revoked.
+    let still = crate::accounts::get_user(store, &user.id)
+        .await?
+        .is_some_and(|u| !u.disabled && u.password_hash.is_some() && u.password_hash == standing);
+    if !still {
+        if let Ok(t) = &result {
+            revoke(&ctx, &t.session_id, "password_changed_during_sign_in").await?;
+        }
+        ctx.audit.event("login.failed");
+        ctx.audit.note("reason", "password_changed_during_sign_in");
+        return Err(invalid());
+    }
+    result
 }
 
 /// `AUTH.REFRESH` — anyone holding a refresh token. Rotates it; see [`refresh`].

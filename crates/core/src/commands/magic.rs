@@ -42,12 +42,8 @@ pub fn specs() -> Vec<CommandSpec> {
             RateClass::Credential,
             approve,
         ),
-        CommandSpec::new(
-            magic::POLL,
-            Requirement::Anyone,
-            RateClass::Credential,
-            poll,
-        ),
+        // Polling is frequent, and proven by a verifier nobody can guess.
+        CommandSpec::new(magic::POLL, Requirement::Anyone, RateClass::Account, poll),
     ]
 }
 

@@ -11,8 +11,8 @@ use crate::caller::{RateClass, Requirement};
 use crate::commands::magic::{common_vars, locale, AMR_EMAIL};
 use crate::crypto::{hmac_sha256, sha256};
 use crate::email_flow::{
-    account_for, count_send, is_superseded, load, new_flow, save_new, swap, unusable, FlowKind,
-    FlowRecord, FlowState, Loaded,
+    account_for, check_flow_id, count_send, is_superseded, load, new_flow, save_new, swap,
+    unusable, FlowKind, FlowRecord, FlowState, Loaded,
 };
 use crate::login::finish_first_factor;
 use crate::mail::{Outgoing, Template};
@@ -110,6 +110,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
     if !is_six_digits(p.code.expose()) {
         return Err(CommandError::invalid_params("code must be six digits"));
     }
+    check_flow_id(&p.flow_id)?;
     let invalid = |left: u32| {
         CommandError::new(ErrorCode::InvalidCredentials, "the code is not valid")
             .with_details(json!({"attempts_left": left}))
@@ -158,25 +159,35 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
             }
             return Err(invalid(max - attempt));
         }
-        let reserved_loaded = Loaded {
+        let mut current = Loaded {
             raw: encode_record(&reserved),
             flow: reserved,
         };
-        let consumed = FlowRecord {
-            state: FlowState::Consumed {
-                at: ctx.now().unix_timestamp(),
-            },
-            ..reserved_loaded.flow.clone()
+        // The code is right. Consume the flow; concurrent attempts may still bump its counter
+        // meanwhile, so retry against the newest record while it is pending.
+        let consumed = loop {
+            let consumed = FlowRecord {
+                state: FlowState::Consumed {
+                    at: ctx.now().unix_timestamp(),
+                },
+                ..current.flow.clone()
+            };
+            if swap(&ctx, &current, &consumed).await? {
+                break consumed;
+            }
+            match load(&ctx, &p.flow_id).await? {
+                Some(l) if l.flow.state == FlowState::Pending => current = l,
+                _ => {
+                    // Another request with the same right code won.
+                    ctx.audit.event("otp.failed");
+                    ctx.audit.note("reason", "already_used");
+                    return Err(CommandError::new(
+                        ErrorCode::AlreadyUsed,
+                        "this code has already been used",
+                    ));
+                }
+            }
         };
-        if !swap(&ctx, &reserved_loaded, &consumed).await? {
-            // Another request with the same right code won.
-            ctx.audit.event("otp.failed");
-            ctx.audit.note("reason", "already_used");
-            return Err(CommandError::new(
-                ErrorCode::AlreadyUsed,
-                "this code has already been used",
-            ));
-        }
         let user = account_for(&ctx, &consumed).await?;
         ctx.audit.event("otp.verified");
         return finish_first_factor(&ctx, &user, vec![AMR_EMAIL.to_owned()]).await;

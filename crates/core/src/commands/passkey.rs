@@ -27,14 +27,14 @@ pub fn specs() -> Vec<CommandSpec> {
     vec![
         CommandSpec::new(
             passkey::REGISTER_BEGIN,
-            Requirement::User,
+            Requirement::UserStepUp,
             RateClass::Account,
             register_begin,
         )
         .enrolment_allowed(),
         CommandSpec::new(
             passkey::REGISTER_FINISH,
-            Requirement::User,
+            Requirement::UserStepUp,
             RateClass::Account,
             register_finish,
         )

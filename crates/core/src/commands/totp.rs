@@ -23,11 +23,16 @@ use serde_json::json;
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
     vec![
-        CommandSpec::new(totp::ENROLL, Requirement::User, RateClass::Account, enroll)
-            .enrolment_allowed(),
+        CommandSpec::new(
+            totp::ENROLL,
+            Requirement::UserStepUp,
+            RateClass::Account,
+            enroll,
+        )
+        .enrolment_allowed(),
         CommandSpec::new(
             totp::CONFIRM,
-            Requirement::User,
+            Requirement::UserStepUp,
             RateClass::Credential,
             confirm,
         )
@@ -205,7 +210,8 @@ pub async fn notify(
         .set(
             "agent",
             ctx.user_agent
-                .clone()
+                .as_deref()
+                .map(crate::mail::sanitize_client_text)
                 .unwrap_or_else(|| "unknown client".into()),
         );
     let body = ctx.app.templates.render(

@@ -1,6 +1,6 @@
 //! `USER.ME`, `USER.UPDATE`, `USER.SET_PASSWORD`.
 
-use crate::accounts::{check_display_name, get_user, put_user, UserRecord};
+use crate::accounts::{check_display_name, get_user, update_user, UserRecord};
 use crate::caller::{RateClass, Requirement};
 use crate::clock::rfc3339_ms;
 use crate::passwords::check_policy;
@@ -58,9 +58,15 @@ async fn me(ctx: Ctx, _p: NoParams) -> Result<Me, CommandError> {
 async fn update(ctx: Ctx, p: UpdateParams) -> Result<Me, CommandError> {
     let mut u = load(&ctx).await?;
     if p.display_name.is_some() {
-        u.display_name = check_display_name(p.display_name)?;
-        u.updated_at = ctx.now().unix_timestamp();
-        put_user(ctx.app.store.as_ref(), &u).await?;
+        let name = check_display_name(p.display_name)?;
+        let now = ctx.now().unix_timestamp();
+        u = update_user(ctx.app.store.as_ref(), &u.id, |u| {
+            u.display_name = name.clone();
+            u.updated_at = now;
+            true
+        })
+        .await?
+        .ok_or_else(|| CommandError::unauthenticated("the account no longer exists"))?;
         ctx.audit.event("user.updated");
     }
     me_of(&ctx, u)
@@ -71,7 +77,7 @@ async fn update(ctx: Ctx, p: UpdateParams) -> Result<Me, CommandError> {
 /// passwordless sign-up). Needs `current_password` when the account has one
 /// (`INVALID_CREDENTIALS` if wrong). Revokes every other session.
 async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, CommandError> {
-    let mut u = load(&ctx).await?;
+    let u = load(&ctx).await?;
     if let Some(stored) = u.password_hash.as_deref() {
         let Some(current) = &p.current_password else {
             return Err(CommandError::invalid_params("current_password is required"));
@@ -85,9 +91,25 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
         }
     }
     check_policy(&p.new_password)?;
-    u.password_hash = Some(ctx.app.passwords.hash(&p.new_password).await?);
-    u.updated_at = ctx.now().unix_timestamp();
-    put_user(ctx.app.store.as_ref(), &u).await?;
+    let new_hash = Some(ctx.app.passwords.hash(&p.new_password).await?);
+    let now = ctx.now().unix_timestamp();
+    // Only over the password that was just checked: a change racing this one is refused.
+    let mut replaced = false;
+    update_user(ctx.app.store.as_ref(), &u.id, |cur| {
+        replaced = cur.password_hash == u.password_hash;
+        if replaced {
+            cur.password_hash = new_hash.clone();
+            cur.updated_at = now;
+        }
+        replaced
+    })
+    .await?;
+    if !replaced {
+        return Err(CommandError::new(
+            ErrorCode::Conflict,
+            "the password changed meanwhile; try again",
+        ));
+    }
     let keep = ctx.user()?.session_id.clone();
     let sessions_revoked = revoke_all(&ctx, &u.id, Some(&keep), "password_changed").await?;
     ctx.audit.event("password.changed");
