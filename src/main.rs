@@ -53,6 +53,31 @@ enum Cmd {
     },
     /// Measure throughput and latency of a workload (see docs/performance.md).
     Bench(Box<portcullis_bench::BenchArgs>),
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Create the first superadmin and print a one-time sign-in link (also mailed). Refuses
+    /// once an administrator exists. Offline on a stopped server's data directory
+    /// (`--data-dir`, with `--config` for its mail settings), or online (`--addr`).
+    Bootstrap(BootstrapArgs),
+}
+
+#[derive(Args)]
+struct BootstrapArgs {
+    /// The administrator's address.
+    #[arg(long)]
+    email: String,
+    /// The server's configuration file (offline mode: mail settings, public_url).
+    #[arg(long, conflicts_with = "addr")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    source: LogSource,
 }
 
 #[derive(Args)]
@@ -209,7 +234,47 @@ struct TailArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
+    filter: EventFilter,
+    #[command(flatten)]
     source: LogSource,
+}
+
+/// Which events `log tail` prints. Online, the server streams every event and the filter is
+/// applied here.
+#[derive(Args)]
+struct EventFilter {
+    /// Only events of this command (e.g. SYS.INFO; case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    command: Option<String>,
+    /// Only events of this actor: anonymous, operator, system, user:ID, apikey:ID, or a kind
+    /// alone (user, apikey) for all of that kind.
+    #[arg(long, value_name = "ACTOR")]
+    actor: Option<String>,
+    /// Only events with this outcome: ok or an error code (e.g. RATE_LIMITED; case-insensitive).
+    #[arg(long, value_name = "OUTCOME")]
+    outcome: Option<String>,
+}
+
+impl EventFilter {
+    fn matches(&self, e: &Event) -> bool {
+        let command = self.command.as_deref().is_none_or(|want| {
+            e.command
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(want))
+        });
+        let actor = self.actor.as_deref().is_none_or(|want| {
+            let actor = e.actor.to_string();
+            actor == want
+                || actor
+                    .strip_prefix(want)
+                    .is_some_and(|rest| rest.starts_with(':'))
+        });
+        let outcome = self
+            .outcome
+            .as_deref()
+            .is_none_or(|want| e.outcome.eq_ignore_ascii_case(want));
+        command && actor && outcome
+    }
 }
 
 #[derive(Args)]
@@ -263,6 +328,9 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             cmd: LogCmd::Verify(a),
         } => verify(a).await,
         Cmd::Bench(a) => portcullis_bench::run(*a).await,
+        Cmd::Admin {
+            cmd: AdminCmd::Bootstrap(a),
+        } => bootstrap(a).await,
     }
 }
 
@@ -356,32 +424,93 @@ fn open_offline(dir: &Path) -> Result<SledStore> {
     })
 }
 
-fn print_event(e: &Event, json: bool) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(e)?);
-        return Ok(());
+/// Prints events: JSON lines, or one readable line each, coloured on a terminal (never when
+/// stdout is not a terminal or `NO_COLOR` is set).
+struct EventPrinter {
+    json: bool,
+    out: anstream::AutoStream<std::io::Stdout>,
+}
+
+impl EventPrinter {
+    fn new(json: bool) -> Self {
+        use std::io::IsTerminal;
+        let stdout = std::io::stdout();
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let choice = if json || no_color || !stdout.is_terminal() {
+            anstream::ColorChoice::Never
+        } else {
+            anstream::AutoStream::choice(&stdout)
+        };
+        EventPrinter {
+            json,
+            out: anstream::AutoStream::new(stdout, choice),
+        }
     }
-    let summary = if e.summary.is_empty() {
-        String::new()
-    } else {
-        serde_json::to_string(&e.summary)?
-    };
-    println!(
-        "#{:<6} {} {:<18} {:<20} {:<24} {:<21} {:<4} {:>7}us {}",
-        e.seq,
-        e.time,
-        e.outcome,
-        e.command.as_deref().unwrap_or("-"),
-        e.actor.to_string(),
-        e.client.as_deref().unwrap_or("-"),
-        e.transport,
-        e.duration_us,
-        summary
-    );
-    Ok(())
+
+    fn print(&mut self, e: &Event) -> Result<()> {
+        use anstyle::{AnsiColor, Style};
+        use std::io::Write;
+        if self.json {
+            writeln!(self.out, "{}", serde_json::to_string(e)?)?;
+            return Ok(());
+        }
+        let dim = Style::new().dimmed();
+        let what = Style::new().bold();
+        let outcome = match e.outcome.as_str() {
+            "ok" => AnsiColor::Green.on_default(),
+            "RATE_LIMITED" | "UNAUTHENTICATED" | "FORBIDDEN" => AnsiColor::Yellow.on_default(),
+            _ => AnsiColor::Red.on_default().bold(),
+        };
+        let who = match &e.actor {
+            portcullis_protocol::Actor::User(_) | portcullis_protocol::Actor::ApiKey(_) => {
+                AnsiColor::Cyan.on_default()
+            }
+            portcullis_protocol::Actor::Operator => AnsiColor::Magenta.on_default(),
+            _ => dim,
+        };
+        let from = format!("{} {}", e.client.as_deref().unwrap_or("-"), e.transport);
+        write!(
+            self.out,
+            "{dim}#{:<6} {}{dim:#} {what}{:<20}{what:#} {outcome}{:<18}{outcome:#} \
+             {who}{:<24}{who:#} {dim}{:<26}{dim:#} {:>7}us",
+            e.seq,
+            e.time,
+            e.command.as_deref().unwrap_or("-"),
+            e.outcome,
+            e.actor.to_string(),
+            from,
+            e.duration_us,
+        )?;
+        if e.summary.is_empty() {
+            writeln!(self.out)?;
+        } else {
+            writeln!(self.out, " {}", serde_json::to_string(&e.summary)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether printing failed because the reader went away (`log tail | head`): a normal end.
+fn reader_gone(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 async fn tail(a: TailArgs) -> Result<ExitCode> {
+    match tail_events(&a).await {
+        Err(e) if reader_gone(&e) => Ok(ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+async fn tail_events(a: &TailArgs) -> Result<ExitCode> {
+    let mut printer = EventPrinter::new(a.json);
+    let mut print = |e: &Event| -> Result<()> {
+        if a.filter.matches(e) {
+            printer.print(e)?;
+        }
+        Ok(())
+    };
     if let Some(dir) = &a.source.data_dir {
         if a.follow {
             bail!("--follow needs a running server: use --addr");
@@ -395,7 +524,7 @@ async fn tail(a: TailArgs) -> Result<ExitCode> {
             next = last.seq + 1;
             for entry in page {
                 match entry.event {
-                    Ok(e) => print_event(&e, a.json)?,
+                    Ok(e) => print(&e)?,
                     Err(err) => eprintln!("#{}: unreadable event: {err}", entry.seq),
                 }
             }
@@ -411,11 +540,86 @@ async fn tail(a: TailArgs) -> Result<ExitCode> {
         .await?;
     while let Some(item) = t.next().await? {
         match item {
-            TailItem::Event(e) => print_event(&e, a.json)?,
+            TailItem::Event(e) => print(&e)?,
             TailItem::CaughtUp { .. } => {}
             TailItem::End { .. } => break,
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bootstrap(a: BootstrapArgs) -> Result<ExitCode> {
+    let params = serde_json::json!({ "email": a.email });
+    let response = match &a.source.data_dir {
+        Some(dir) => {
+            let mut config = match &a.config {
+                Some(path) => toml::from_str(&std::fs::read_to_string(path)?)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+                None => Config::default(),
+            };
+            config.data_dir = dir.clone();
+            if !dir.join("db").exists() {
+                bail!("{} holds no Portcullis database", dir.display());
+            }
+            let app = App::open(config, Arc::new(SystemClock))
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening {} (if a server is running on it, use --addr)",
+                        dir.display()
+                    )
+                })?;
+            // Through the dispatcher, as the operator, so the bootstrap is audited like any command.
+            let token = portcullis_core::node::read_operator_token(dir)
+                .context("no operator.token in the data directory")?;
+            let d = portcullis_core::Dispatcher::new(Arc::clone(&app));
+            let conn = portcullis_core::ConnInfo {
+                transport: portcullis_core::Transport::Internal,
+                client: None,
+                user_agent: Some("portcullis admin bootstrap".into()),
+            };
+            let req = Request::new("ADMIN.BOOTSTRAP").params(params).token(token);
+            let r = d.execute(req, &conn).await.into_response().await;
+            // Let the mail reach the outbox or the SMTP server before the process ends.
+            for _ in 0..100 {
+                if app
+                    .mailer
+                    .stats
+                    .depth
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 0
+                {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            app.close();
+            r.context("no answer")?
+        }
+        None => {
+            let mut c = a.source.remote.connect(true).await?;
+            c.send(Request::new("ADMIN.BOOTSTRAP").params(params))
+                .await?
+        }
+    };
+    if !response.ok {
+        let e = response
+            .error
+            .clone()
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .unwrap_or_default();
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "superadmin: {}",
+        response.data["user_id"].as_str().unwrap_or("")
+    );
+    println!(
+        "one-time sign-in link (expires in {} s):",
+        response.data["expires_in"]
+    );
+    println!("{}", response.data["link"].as_str().unwrap_or(""));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -30,6 +30,9 @@ pub struct UserRecord {
     /// A disabled account cannot sign in and its sessions are refused.
     #[serde(default)]
     pub disabled: bool,
+    /// May run every administrative command.
+    #[serde(default)]
+    pub superadmin: bool,
 }
 
 impl Record for UserRecord {

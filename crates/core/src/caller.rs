@@ -28,6 +28,17 @@ pub enum Caller {
     Operator,
     /// A signed-in user.
     User(UserCaller),
+    /// An application backend's API key.
+    ApiKey(ApiKeyCaller),
+}
+
+/// A verified API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyCaller {
+    /// The key's id (not the key).
+    pub id: String,
+    /// What it may do.
+    pub scopes: Vec<String>,
 }
 
 impl Caller {
@@ -37,6 +48,7 @@ impl Caller {
             Caller::Anonymous => Actor::Anonymous,
             Caller::Operator => Actor::Operator,
             Caller::User(u) => Actor::User(u.user_id.clone()),
+            Caller::ApiKey(k) => Actor::ApiKey(k.id.clone()),
         }
     }
 
@@ -61,6 +73,54 @@ pub enum Requirement {
     /// A signed-in user at AAL2, or who proved a factor within the step-up window (sensitive
     /// commands). Otherwise `FORBIDDEN` with `details.reason = "step_up_required"`.
     UserStepUp,
+    /// Administration: the operator token, a superadmin user, or an API key holding the scope.
+    Admin(Scope),
+}
+
+/// API key scopes, named after command families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `ADMIN.USER.GET`, `ADMIN.USER.LIST`.
+    UsersRead,
+    /// `ADMIN.USER.DISABLE/ENABLE/DELETE/RECOVER`.
+    UsersWrite,
+    /// `ADMIN.SESSION.REVOKE_ALL`.
+    SessionsWrite,
+    /// `LOG.*`.
+    LogRead,
+    /// `KEYS.*`.
+    KeysWrite,
+    /// `APIKEY.*`.
+    ApiKeysWrite,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 6] = [
+        Scope::UsersRead,
+        Scope::UsersWrite,
+        Scope::SessionsWrite,
+        Scope::LogRead,
+        Scope::KeysWrite,
+        Scope::ApiKeysWrite,
+    ];
+
+    /// Wire name, e.g. `users:read`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scope::UsersRead => "users:read",
+            Scope::UsersWrite => "users:write",
+            Scope::SessionsWrite => "sessions:write",
+            Scope::LogRead => "log:read",
+            Scope::KeysWrite => "keys:write",
+            Scope::ApiKeysWrite => "apikeys:write",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|x| x.as_str() == s)
+    }
 }
 
 impl Requirement {
@@ -71,6 +131,14 @@ impl Requirement {
             Requirement::Operator => "operator",
             Requirement::User => "user",
             Requirement::UserStepUp => "user_step_up",
+            Requirement::Admin(scope) => match scope {
+                Scope::UsersRead => "admin:users:read",
+                Scope::UsersWrite => "admin:users:write",
+                Scope::SessionsWrite => "admin:sessions:write",
+                Scope::LogRead => "admin:log:read",
+                Scope::KeysWrite => "admin:keys:write",
+                Scope::ApiKeysWrite => "admin:apikeys:write",
+            },
         }
     }
 
@@ -80,6 +148,12 @@ impl Requirement {
             Requirement::Anyone => true,
             Requirement::Operator => matches!(caller, Caller::Operator),
             Requirement::User | Requirement::UserStepUp => matches!(caller, Caller::User(_)),
+            // Superadmin users are recognised by the dispatcher's gate (it reads the account).
+            Requirement::Admin(scope) => match caller {
+                Caller::Operator | Caller::User(_) => true,
+                Caller::ApiKey(k) => k.scopes.iter().any(|s| s == scope.as_str()),
+                Caller::Anonymous => false,
+            },
         }
     }
 }

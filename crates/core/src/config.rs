@@ -92,6 +92,8 @@ pub struct Config {
     pub rp_id: String,
     /// Origins allowed to use passkeys (scheme, host and port of the pages that call WebAuthn).
     pub rp_origins: Vec<String>,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <this>`; open when unset.
+    pub metrics_token: Option<String>,
 }
 
 /// Per-client-address limits of each rate class: `N/s`, `N/min` or `N/h` (burst `N`).
@@ -191,6 +193,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             rp_id: "localhost".into(),
             rp_origins: vec!["http://localhost:7421".into()],
+            metrics_token: None,
         }
     }
 }

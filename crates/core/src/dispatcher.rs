@@ -222,7 +222,7 @@ impl Dispatcher {
                     };
                     (caller, spec.logged, Err(err))
                 }
-                Ok(caller) => match self.gate(spec, &caller, &audit) {
+                Ok(caller) => match self.gate(spec, &caller, &audit).await {
                     Err(err) => (caller, spec.logged, Err(err)),
                     Ok(()) => {
                         let ctx = Ctx {
@@ -267,7 +267,7 @@ impl Dispatcher {
 
     /// What a signed-in caller must additionally satisfy: an enrolment-only session runs only
     /// commands that allow it; sensitive commands need a recent or AAL2 sign-in.
-    fn gate(
+    async fn gate(
         &self,
         spec: &crate::CommandSpec,
         caller: &Caller,
@@ -276,13 +276,29 @@ impl Dispatcher {
         let Caller::User(u) = caller else {
             return Ok(());
         };
+        if let crate::Requirement::Admin(_) = spec.caller {
+            // A user runs administrative commands only as a superadmin (read from the account,
+            // so a demotion takes effect at once), and after a recent or AAL2 sign-in.
+            let admin = crate::accounts::get_user(self.app.store.as_ref(), &u.user_id)
+                .await?
+                .is_some_and(|a| a.superadmin && !a.disabled);
+            if !admin {
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    "administrators only",
+                ));
+            }
+        }
         if u.enrolment_only && !spec.enrolment {
             return Err(
                 CommandError::new(ErrorCode::Forbidden, "enrol a second factor first")
                     .with_details(serde_json::json!({"reason": "mfa_enrolment_required"})),
             );
         }
-        if spec.caller == crate::Requirement::UserStepUp {
+        if matches!(
+            spec.caller,
+            crate::Requirement::UserStepUp | crate::Requirement::Admin(_)
+        ) {
             if u.aal == 0 {
                 // The session of a passwordless sign-up proved nothing, however recent.
                 return Err(CommandError::new(
@@ -320,6 +336,12 @@ impl Dispatcher {
             CommandError::unauthenticated("the token is not valid")
         };
         let t = token.expose();
+        if t.starts_with(crate::apikeys::PREFIX) {
+            return crate::apikeys::authenticate(&self.app, t)
+                .await
+                .map(Caller::ApiKey)
+                .map_err(refused);
+        }
         if t.starts_with(OPERATOR_TOKEN_PREFIX) {
             let presented = operator_token_hash(t);
             if bool::from(presented.ct_eq(&self.app.operator_token_hash)) {
@@ -393,6 +415,14 @@ impl Dispatcher {
                 }
             }
         }
+        self.app.metrics.command(
+            crate::telemetry::command_label(&self.app.registry, o.command.as_deref()),
+            match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code().as_str(),
+            },
+            started.elapsed(),
+        );
         match result {
             Ok(Output::Data(data)) => {
                 let command = o.command.unwrap_or_default();

@@ -99,6 +99,10 @@ pub struct FlowRecord {
     pub code_mac: Option<String>,
     /// Email codes: attempts used (each reserved before its code is compared).
     pub attempts: u32,
+    /// An operator-initiated recovery link (`ADMIN.USER.RECOVER`): signs in without the
+    /// second factor.
+    #[serde(default)]
+    pub recovery: bool,
     /// Life-cycle state.
     #[serde(flatten)]
     pub state: FlowState,
@@ -245,6 +249,7 @@ pub async fn new_flow(
         code_challenge: None,
         code_mac: None,
         attempts: 0,
+        recovery: false,
         state: FlowState::Pending,
     })
 }
@@ -423,6 +428,7 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
                 created_at: now,
                 updated_at: now,
                 disabled: false,
+                superadmin: false,
             };
             match create_user(store, &u, &email).await {
                 Ok(()) => {

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod accounts;
+pub mod apikeys;
 pub mod audit;
 pub mod caller;
 pub mod clock;
@@ -31,13 +32,14 @@ pub mod random;
 pub mod registry;
 pub mod sessions;
 pub mod tail;
+pub mod telemetry;
 pub mod tokens;
 
 #[cfg(test)]
 mod testkit;
 
 pub use audit::Audit;
-pub use caller::{Caller, RateClass, Requirement};
+pub use caller::{Caller, RateClass, Requirement, Scope};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use dispatcher::{ConnInfo, Dispatcher, Pending, Reply, Transport};
@@ -92,6 +94,8 @@ pub struct App {
     pub limits: limits::Limits,
     /// The WebAuthn relying party.
     pub webauthn: webauthn_rs::prelude::Webauthn,
+    /// This app's metrics (`GET /metrics`).
+    pub metrics: telemetry::Metrics,
 }
 
 /// A failure to start the app.
@@ -167,6 +171,7 @@ impl App {
             code_key,
             limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
             webauthn: passkeys::relying_party(&config).map_err(OpenError::Config)?,
+            metrics: telemetry::Metrics::new(),
             config,
         }))
     }

@@ -15,6 +15,7 @@ use portcullis_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,7 +56,21 @@ pub struct Limits {
     per_class: HashMap<RateClass, DefaultKeyedRateLimiter<IpAddr>>,
     failures: Mutex<HashMap<String, (u32, i64)>>,
     clock: DefaultClock,
+    /// Requests refused, per rate class (in [`REFUSAL_CLASSES`] order) and by failure delays.
+    refused: [AtomicU64; REFUSAL_CLASSES.len() + 1],
 }
+
+/// The rate classes in the order [`Limits::refusals`] reports them.
+const REFUSAL_CLASSES: [RateClass; 5] = [
+    RateClass::Cheap,
+    RateClass::Operator,
+    RateClass::Account,
+    RateClass::Credential,
+    RateClass::Send,
+];
+
+/// The `class` under which [`Limits::refusals`] reports failure-delay refusals.
+pub const FAILURE_DELAY_CLASS: &str = "failure_delay";
 
 impl Limits {
     /// Builds the limiters from the configuration.
@@ -75,6 +90,7 @@ impl Limits {
             per_class,
             failures: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
+            refused: Default::default(),
         })
     }
 
@@ -87,6 +103,7 @@ impl Limits {
             return Ok(());
         };
         limiter.check_key(&ip).map_err(|not_until| {
+            self.count_refusal(REFUSAL_CLASSES.iter().position(|c| *c == class));
             let wait = not_until.wait_time_from(self.clock.now());
             let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
             CommandError::new(ErrorCode::RateLimited, "too many requests; slow down")
@@ -102,6 +119,7 @@ impl Limits {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(key) {
             Some(&(_, next_at)) if now < next_at => {
+                self.count_refusal(None);
                 let ms = u64::try_from(next_at - now).unwrap_or(1) * 1000;
                 Err(CommandError::new(
                     ErrorCode::RateLimited,
@@ -132,6 +150,27 @@ impl Limits {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+
+    /// Requests refused `RATE_LIMITED` so far: one entry per rate class (by its name), then
+    /// [`FAILURE_DELAY_CLASS`].
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        REFUSAL_CLASSES
+            .iter()
+            .map(|c| c.name())
+            .chain([FAILURE_DELAY_CLASS])
+            .zip(&self.refused)
+            .map(|(name, n)| (name, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Counts a refusal of the class at `index` in [`REFUSAL_CLASSES`] (`None`: a failure
+    /// delay).
+    fn count_refusal(&self, index: Option<usize>) {
+        let i = index.unwrap_or(REFUSAL_CLASSES.len());
+        if let Some(n) = self.refused.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Drops idle limiter state (called periodically).
@@ -183,6 +222,10 @@ mod tests {
             l.check(RateClass::Cheap, a).is_ok(),
             "another class has its own bucket"
         );
+        let refused: HashMap<_, _> = l.refusals().into_iter().collect();
+        assert_eq!(refused["credential"], 1);
+        assert_eq!(refused["cheap"], 0);
+        assert_eq!(refused[FAILURE_DELAY_CLASS], 0);
     }
 
     #[test]
@@ -194,6 +237,7 @@ mod tests {
         }
         let e = l.check_failures("k", 100).unwrap_err();
         assert_eq!(e.body().retry_after_ms, Some(2000));
+        assert!(l.refusals().contains(&(FAILURE_DELAY_CLASS, 1)));
         assert!(l.check_failures("k", 102).is_ok());
         for _ in 0..30 {
             l.record_failure("k", 102);

@@ -145,32 +145,14 @@ impl Tokens {
         issuer: String,
         ttl_s: i64,
     ) -> Result<Tokens, StoreError> {
-        let mut records = Vec::new();
-        for (_, v) in store.scan_prefix(Table::SigningKeys, b"", 1000).await? {
-            records.push(decode_record::<KeyRecord>(&v)?);
-        }
+        let mut records = load_records(store).await?;
         if !records.iter().any(|r| r.active) {
-            let mut seed = Zeroizing::new([0u8; 32]);
-            rng.fill(seed.as_mut());
-            let key = SigningKey::from_bytes(&seed);
-            let kid = thumbprint(&key.verifying_key());
-            let rec = KeyRecord {
-                kid: kid.clone(),
-                created_at: clock.now().unix_timestamp(),
-                verify_until: None,
-                active: true,
-                public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
-                sealed_private_key: URL_SAFE_NO_PAD.encode(sealer.seal(
-                    rng,
-                    &aad(&kid),
-                    seed.as_ref(),
-                )),
-            };
+            let rec = new_key_record(sealer, rng, clock.now().unix_timestamp());
             store
-                .put(Table::SigningKeys, kid.as_bytes(), encode_record(&rec))
+                .put(Table::SigningKeys, rec.kid.as_bytes(), encode_record(&rec))
                 .await?;
             store.sync().await?;
-            tracing::info!(%kid, "created a signing key");
+            tracing::info!(kid = %rec.kid, "created a signing key");
             records.push(rec);
         }
         let ring = build_ring(&records, sealer)?;
@@ -260,12 +242,61 @@ impl Tokens {
         Ok(claims)
     }
 
-    /// The public keys that verify tokens, as a JWK Set.
-    pub fn jwks(&self) -> Value {
+    /// Makes a new signing key active. The previous keys keep verifying the tokens they signed
+    /// until those have expired (now + the access-token lifetime), then retire.
+    pub async fn rotate(
+        &self,
+        store: &dyn Store,
+        sealer: &Sealer,
+        rng: &dyn SecureRandom,
+        now: i64,
+    ) -> Result<String, StoreError> {
+        let mut records = load_records(store).await?;
+        for r in records.iter_mut().filter(|r| r.active) {
+            r.active = false;
+            r.verify_until = Some(now + self.ttl_s);
+            store
+                .put(Table::SigningKeys, r.kid.as_bytes(), encode_record(&*r))
+                .await?;
+        }
+        let fresh = new_key_record(sealer, rng, now);
+        store
+            .put(
+                Table::SigningKeys,
+                fresh.kid.as_bytes(),
+                encode_record(&fresh),
+            )
+            .await?;
+        let kid = fresh.kid.clone();
+        records.push(fresh);
+        let ring = build_ring(&records, sealer)?;
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+        tracing::info!(%kid, "rotated the signing key");
+        Ok(kid)
+    }
+
+    /// Every key: (kid, created_at, active, verify_until), newest first.
+    pub async fn list(
+        &self,
+        store: &dyn Store,
+    ) -> Result<Vec<(String, i64, bool, Option<i64>)>, StoreError> {
+        let mut out: Vec<_> = load_records(store)
+            .await?
+            .into_iter()
+            .map(|r| (r.kid, r.created_at, r.active, r.verify_until))
+            .collect();
+        out.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(out)
+    }
+
+    /// The public keys that verify tokens now, as a JWK Set (retired keys leave it once the
+    /// last token they signed has expired).
+    pub fn jwks_at(&self, now: i64) -> Value {
         let ring = self.ring();
         let keys: Vec<Value> = ring
             .verifiers
             .iter()
+            .filter(|(_, _, until)| until.is_none_or(|u| now <= u))
             .map(|(kid, key, _)| {
                 json!({
                     "kty": "OKP",
@@ -278,6 +309,32 @@ impl Tokens {
             })
             .collect();
         json!({ "keys": keys })
+    }
+}
+
+async fn load_records(store: &dyn Store) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut records = Vec::new();
+    for (_, v) in store
+        .scan_prefix(Table::SigningKeys, b"", usize::MAX)
+        .await?
+    {
+        records.push(decode_record::<KeyRecord>(&v)?);
+    }
+    Ok(records)
+}
+
+fn new_key_record(sealer: &Sealer, rng: &dyn SecureRandom, now: i64) -> KeyRecord {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill(seed.as_mut());
+    let key = SigningKey::from_bytes(&seed);
+    let kid = thumbprint(&key.verifying_key());
+    KeyRecord {
+        sealed_private_key: URL_SAFE_NO_PAD.encode(sealer.seal(rng, &aad(&kid), seed.as_ref())),
+        public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()),
+        kid,
+        created_at: now,
+        verify_until: None,
+        active: true,
     }
 }
 
@@ -452,7 +509,7 @@ mod tests {
         };
         let t = tokens(dir.path(), &clock).await;
         assert!(t.verify(&tok, clock.now()).is_ok());
-        let jwks = t.jwks();
+        let jwks = t.jwks_at(clock.now().unix_timestamp());
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
         assert_eq!(jwks["keys"][0]["kid"], t.ring().active_kid.as_str());
         assert_eq!(jwks["keys"][0]["crv"], "Ed25519");

@@ -753,3 +753,203 @@ pub mod passkey {
         pub credential_id: String,
     }
 }
+
+/// `ADMIN.*`, `APIKEY.*`, `KEYS.*`: administration.
+pub mod admin {
+    use crate::Secret;
+    use serde::{Deserialize, Serialize};
+
+    /// `ADMIN.BOOTSTRAP`
+    pub const BOOTSTRAP: &str = "ADMIN.BOOTSTRAP";
+    /// `ADMIN.USER.GET`
+    pub const USER_GET: &str = "ADMIN.USER.GET";
+    /// `ADMIN.USER.LIST`
+    pub const USER_LIST: &str = "ADMIN.USER.LIST";
+    /// `ADMIN.USER.DISABLE`
+    pub const USER_DISABLE: &str = "ADMIN.USER.DISABLE";
+    /// `ADMIN.USER.ENABLE`
+    pub const USER_ENABLE: &str = "ADMIN.USER.ENABLE";
+    /// `ADMIN.USER.DELETE`
+    pub const USER_DELETE: &str = "ADMIN.USER.DELETE";
+    /// `ADMIN.USER.RECOVER`
+    pub const USER_RECOVER: &str = "ADMIN.USER.RECOVER";
+    /// `ADMIN.SESSION.REVOKE_ALL`
+    pub const SESSION_REVOKE_ALL: &str = "ADMIN.SESSION.REVOKE_ALL";
+    /// `APIKEY.CREATE`
+    pub const APIKEY_CREATE: &str = "APIKEY.CREATE";
+    /// `APIKEY.LIST`
+    pub const APIKEY_LIST: &str = "APIKEY.LIST";
+    /// `APIKEY.REVOKE`
+    pub const APIKEY_REVOKE: &str = "APIKEY.REVOKE";
+    /// `KEYS.ROTATE`
+    pub const KEYS_ROTATE: &str = "KEYS.ROTATE";
+    /// `KEYS.LIST`
+    pub const KEYS_LIST: &str = "KEYS.LIST";
+
+    /// `ADMIN.BOOTSTRAP` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BootstrapParams {
+        /// The first superadmin's address.
+        pub email: String,
+    }
+
+    /// `ADMIN.BOOTSTRAP` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Bootstrapped {
+        /// The superadmin's account.
+        pub user_id: String,
+        /// A one-time sign-in link (also mailed).
+        pub link: Secret,
+        /// Seconds until the link expires.
+        pub expires_in: u64,
+    }
+
+    /// Names one account.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct UserRef {
+        /// The account.
+        pub user_id: String,
+    }
+
+    /// `ADMIN.USER.RECOVER` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RecoverParams {
+        /// The account.
+        pub user_id: String,
+        /// Why (recorded in the audit log): 3 to 500 characters.
+        pub reason: String,
+    }
+
+    /// `ADMIN.USER.LIST` params.
+    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ListParams {
+        /// Only addresses starting with this (case-insensitive).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub email_prefix: Option<String>,
+        /// From `next_cursor` of the previous page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cursor: Option<String>,
+        /// Page size, 1..=500 (default 50).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub limit: Option<usize>,
+    }
+
+    /// An account as administrators see it (no secret, no hash).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct AdminUser {
+        /// Account id.
+        pub user_id: String,
+        /// Address.
+        pub email: String,
+        /// Shown name.
+        pub display_name: Option<String>,
+        /// Proven address.
+        pub email_verified: bool,
+        /// RFC 3339.
+        pub created_at: String,
+        /// Disabled accounts cannot sign in.
+        pub disabled: bool,
+        /// Administrator.
+        pub superadmin: bool,
+        /// Has a password.
+        pub has_password: bool,
+        /// Has an authenticator app.
+        pub has_totp: bool,
+        /// Number of passkeys.
+        pub passkeys: u64,
+        /// Live sessions.
+        pub sessions: u64,
+    }
+
+    /// `ADMIN.USER.LIST` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct UserPage {
+        /// Accounts in address order.
+        pub users: Vec<AdminUser>,
+        /// Pass as `cursor` for the next page; `null` at the end.
+        pub next_cursor: Option<String>,
+    }
+
+    /// Result of commands that change accounts or sessions.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Changed {
+        /// The account.
+        pub user_id: String,
+        /// Sessions revoked by this call.
+        pub sessions_revoked: u64,
+    }
+
+    /// `APIKEY.CREATE` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ApiKeyCreateParams {
+        /// A name for the key.
+        pub name: String,
+        /// Scopes: `users:read`, `users:write`, `sessions:write`, `log:read`, `keys:write`,
+        /// `apikeys:write`.
+        pub scopes: Vec<String>,
+        /// Seconds until it expires (default: never).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_in: Option<u64>,
+    }
+
+    /// One API key (never the key itself, except once in `APIKEY.CREATE`).
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ApiKeyInfo {
+        /// Public id.
+        pub id: String,
+        /// Name.
+        pub name: String,
+        /// Scopes.
+        pub scopes: Vec<String>,
+        /// RFC 3339.
+        pub created_at: String,
+        /// RFC 3339, or `null`.
+        pub expires_at: Option<String>,
+        /// RFC 3339 when revoked, or `null`.
+        pub revoked_at: Option<String>,
+        /// The key: only in the `APIKEY.CREATE` answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub key: Option<Secret>,
+    }
+
+    /// `APIKEY.LIST` result.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct ApiKeyList {
+        /// Oldest first.
+        pub keys: Vec<ApiKeyInfo>,
+    }
+
+    /// `APIKEY.REVOKE` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ApiKeyRef {
+        /// Public id.
+        pub id: String,
+    }
+
+    /// One signing key.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct SigningKeyInfo {
+        /// RFC 7638 thumbprint.
+        pub kid: String,
+        /// RFC 3339.
+        pub created_at: String,
+        /// `active` (signs new tokens), `verifying` (retired, still verifies tokens it signed
+        /// until `verify_until`), or `retired`.
+        pub state: String,
+        /// RFC 3339, for retired keys.
+        pub verify_until: Option<String>,
+    }
+
+    /// `KEYS.LIST` / `KEYS.ROTATE` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct SigningKeys {
+        /// Newest first.
+        pub keys: Vec<SigningKeyInfo>,
+    }
+}

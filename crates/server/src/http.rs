@@ -3,6 +3,9 @@
 //!
 //! `GET /.well-known/jwks.json` publishes the token-verifying keys.
 //!
+//! `GET /metrics` answers the app's metrics in the Prometheus text format; when `metrics_token`
+//! is configured it needs `Authorization: Bearer <metrics_token>` and answers 401 otherwise.
+//!
 //! Status codes: 200 for every handled outcome (including `ok: false`), 400 when the body
 //! cannot be read as a request (`BAD_REQUEST`), 413 when it is over the frame limit
 //! (`FRAME_TOO_LARGE`). `LOG.TAIL` answers `application/x-ndjson`, streaming the same lines as
@@ -32,6 +35,7 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route(EXECUTE_PATH, post(execute))
         .route("/healthz", get(healthz))
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/metrics", get(metrics))
         .route("/auth/magic", get(crate::pages::magic_landing))
         .route("/auth/magic.js", get(crate::pages::magic_js))
         .route("/demo", get(crate::pages::demo))
@@ -59,12 +63,39 @@ async fn healthz() -> impl IntoResponse {
 
 /// The public keys that verify access tokens (RFC 7517), for any JOSE library.
 async fn jwks(State(dispatcher): State<Dispatcher>) -> HttpResponse {
-    let mut resp = axum::Json(dispatcher.app().tokens.jwks()).into_response();
+    let app = dispatcher.app();
+    let now = app.clock.now().unix_timestamp();
+    let mut resp = axum::Json(app.tokens.jwks_at(now)).into_response();
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=300"),
     );
     resp
+}
+
+/// Prometheus text exposition of the app's metrics.
+async fn metrics(State(dispatcher): State<Dispatcher>, headers: HeaderMap) -> HttpResponse {
+    let app = dispatcher.app();
+    let presented = bearer(&headers).ok().flatten();
+    if !portcullis_core::telemetry::scrape_allowed(
+        &app.config,
+        presented.as_ref().map(Secret::expose),
+    ) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a metrics token is required\n",
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(app),
+    )
+        .into_response()
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<Secret>, &'static str> {

@@ -2,7 +2,7 @@
 //! [`portcullis_core::Dispatcher`].
 //!
 //! - [`tcp`]: NDJSON over TCP, pipelined, answers in request order.
-//! - [`http`]: the HTTP gateway (`POST /api/v1/execute`, `GET /healthz`).
+//! - [`http`]: the HTTP gateway (`POST /api/v1/execute`, `GET /healthz`, `GET /metrics`).
 //!
 //! [`Server::start`] binds both, [`Server::shutdown`] stops accepting, lets in-flight commands
 //! finish within the grace period and returns; the caller then closes the store.
@@ -47,6 +47,7 @@ impl Server {
             Arc::clone(&app),
             Duration::from_secs(300),
         ));
+        tasks.spawn(portcullis_core::telemetry::run_upkeep(Arc::clone(&app)));
         tracing::info!(%tcp_addr, %http_addr, "listening");
         Ok(Server {
             tcp_addr,

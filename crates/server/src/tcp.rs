@@ -48,13 +48,16 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(permit) => {
                 let d = dispatcher.clone();
+                let open = app.metrics.tcp_connection();
                 tasks.spawn(async move {
                     connection(sock, peer, d).await;
+                    drop(open);
                     drop(permit);
                 });
             }
             Err(_) => {
                 tracing::warn!(%peer, "connection cap reached; refusing");
+                app.metrics.tcp_refused();
                 tasks.spawn(refuse(sock));
             }
         }

@@ -76,11 +76,13 @@ pub enum Table {
     PasskeyIndex,
     /// WebAuthn ceremony state by ceremony id (single use, 5 minutes).
     Ceremonies,
+    /// API keys by SHA-256 of the key.
+    ApiKeys,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 19] = [
+    pub const ALL: [Table; 20] = [
         Table::Meta,
         Table::Challenges,
         Table::Users,
@@ -100,6 +102,7 @@ impl Table {
         Table::Passkeys,
         Table::PasskeyIndex,
         Table::Ceremonies,
+        Table::ApiKeys,
     ];
 
     /// Stable name of the table on disk.
@@ -124,6 +127,7 @@ impl Table {
             Table::Passkeys => "passkeys",
             Table::PasskeyIndex => "passkey_index",
             Table::Ceremonies => "ceremonies",
+            Table::ApiKeys => "api_keys",
         }
     }
 
@@ -217,6 +221,11 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes everything, answers queued durability waiters and refuses later ones. Called once
     /// on shutdown.
     fn close(&self);
+
+    /// Counters of the group commit, for metrics; `None` for a backend without one.
+    fn commit_stats(&self) -> Option<&CommitStats> {
+        None
+    }
 
     /// Consumes a single-use item: removes `key` only if its value is still `expected`, and
     /// returns once that removal is durable. Exactly one of N concurrent callers wins; a loser

@@ -186,6 +186,10 @@ impl Store for SledStore {
     fn close(&self) {
         self.lock_commit().stop();
     }
+
+    fn commit_stats(&self) -> Option<&CommitStats> {
+        Some(&self.stats)
+    }
 }
 
 #[async_trait]

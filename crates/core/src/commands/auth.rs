@@ -70,6 +70,7 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
         created_at: now,
         updated_at: now,
         disabled: false,
+        superadmin: false,
     };
     ctx.audit
         .note("email_sha256", hex::encode(sha256(email.key.as_bytes())));

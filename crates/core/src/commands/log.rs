@@ -2,7 +2,7 @@
 //!
 //! All three read only durable events, so nothing they show can be taken back by a crash.
 
-use crate::caller::{RateClass, Requirement};
+use crate::caller::{RateClass, Requirement, Scope};
 use crate::clock::{parse_rfc3339, rfc3339_ms};
 use crate::tail::TailStream;
 use crate::{CommandError, CommandSpec, Ctx};
@@ -20,16 +20,21 @@ const PAGE: usize = 1024;
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
     vec![
-        CommandSpec::streaming(log::TAIL, Requirement::Operator, RateClass::Operator, tail),
+        CommandSpec::streaming(
+            log::TAIL,
+            Requirement::Admin(Scope::LogRead),
+            RateClass::Operator,
+            tail,
+        ),
         CommandSpec::new(
             log::QUERY,
-            Requirement::Operator,
+            Requirement::Admin(Scope::LogRead),
             RateClass::Operator,
             query,
         ),
         CommandSpec::new(
             log::VERIFY,
-            Requirement::Operator,
+            Requirement::Admin(Scope::LogRead),
             RateClass::Operator,
             verify,
         ),

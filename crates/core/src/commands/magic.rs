@@ -119,31 +119,7 @@ async fn send(ctx: Ctx, p: SendParams) -> Result<FlowStarted, CommandError> {
     flow.code_challenge = p.code_challenge;
     ctx.audit.note("flow_id", flow.id.clone());
     if !flow.phantom {
-        let token = random_token(ctx.app.rng.as_ref(), "");
-        ctx.app
-            .store
-            .put(
-                Table::MagicLinks,
-                &sha256(token.as_bytes()),
-                flow.id.clone().into_bytes(),
-            )
-            .await?;
-        let link = format!(
-            "{}/auth/magic?token={}",
-            ctx.app.config.public_url.trim_end_matches('/'),
-            token.as_str()
-        );
-        let vars = common_vars(&ctx, &flow).set("link", link);
-        let body = ctx
-            .app
-            .templates
-            .render(Template::MagicLink, &locale, &vars);
-        ctx.app.mailer.enqueue(Outgoing {
-            to: flow.email.clone(),
-            kind: Template::MagicLink,
-            flow_id: flow.id.clone(),
-            body,
-        });
+        send_link(&ctx, &flow, &locale).await?;
     }
     save_new(&ctx, &flow).await?;
     ctx.audit.event("magic.sent");
@@ -154,6 +130,34 @@ async fn send(ctx: Ctx, p: SendParams) -> Result<FlowStarted, CommandError> {
         expires_in: expires_in(&flow),
         flow_id: flow.id,
     })
+}
+
+/// Creates the link token of `flow` (stored only as SHA-256), queues its mail, and returns the
+/// link.
+pub async fn send_link(ctx: &Ctx, flow: &FlowRecord, locale: &str) -> Result<Secret, CommandError> {
+    let token = random_token(ctx.app.rng.as_ref(), "");
+    ctx.app
+        .store
+        .put(
+            Table::MagicLinks,
+            &sha256(token.as_bytes()),
+            flow.id.clone().into_bytes(),
+        )
+        .await?;
+    let link = format!(
+        "{}/auth/magic?token={}",
+        ctx.app.config.public_url.trim_end_matches('/'),
+        token.as_str()
+    );
+    let vars = common_vars(ctx, flow).set("link", link.clone());
+    let body = ctx.app.templates.render(Template::MagicLink, locale, &vars);
+    ctx.app.mailer.enqueue(Outgoing {
+        to: flow.email.clone(),
+        kind: Template::MagicLink,
+        flow_id: flow.id.clone(),
+        body,
+    });
+    Ok(Secret::new(link))
 }
 
 fn invalid_link() -> CommandError {
@@ -225,7 +229,20 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
     let flow = transition(&ctx, &loaded, FlowState::Consumed { at: now }).await?;
     let user = account_for(&ctx, &flow).await?;
     ctx.audit.event("magic.verified");
-    let tokens = finish_first_factor(&ctx, &user, vec![AMR_EMAIL.to_owned()]).await?;
+    let tokens = if flow.recovery {
+        // An operator-initiated recovery: the mailbox is the only proof left, by design and on
+        // the record. The session is marked so the application can ask the user to enrol again.
+        ctx.audit.event("recovery.completed");
+        crate::sessions::start_session(
+            &ctx,
+            &user,
+            1,
+            vec![AMR_EMAIL.to_owned(), "recovery".to_owned()],
+        )
+        .await?
+    } else {
+        finish_first_factor(&ctx, &user, vec![AMR_EMAIL.to_owned()]).await?
+    };
     Ok(Verified {
         tokens,
         redirect_url: flow.redirect_url,

@@ -1,6 +1,7 @@
 //! Command handlers, one module per command family. Each module exposes `specs()`, the registry
 //! entries of its commands.
 
+pub mod admin;
 pub mod auth;
 pub mod log;
 pub mod magic;
@@ -27,4 +28,5 @@ pub fn registry() -> Registry {
         .with(totp::specs())
         .with(mfa::specs())
         .with(passkey::specs())
+        .with(admin::specs())
 }
