@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 /// Longest command name kept in an event; longer names are cut there.
 const MAX_LOGGED_COMMAND_LEN: usize = 64;
@@ -185,10 +186,25 @@ impl Dispatcher {
             audit: AuditFields::default(),
             logged: true,
         };
-        self.finish(outcome, conn, started).await
+        self.finish(outcome, conn, started)
+            .instrument(self.span("-"))
+            .await
+    }
+
+    /// A tracing span for one request: every line written while it runs carries a fresh
+    /// request id and the command name (never a parameter).
+    fn span(&self, command: &str) -> tracing::Span {
+        let mut rid = [0u8; 8];
+        self.app.rng.fill(&mut rid);
+        tracing::info_span!("request", request_id = %hex::encode(rid), command = %truncate(command, MAX_LOGGED_COMMAND_LEN))
     }
 
     async fn run(&self, req: Request, conn: &ConnInfo, started: Instant) -> Reply {
+        let span = self.span(&req.command);
+        self.run_in_span(req, conn, started).instrument(span).await
+    }
+
+    async fn run_in_span(&self, req: Request, conn: &ConnInfo, started: Instant) -> Reply {
         let Request {
             id,
             command,
