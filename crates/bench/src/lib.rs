@@ -309,6 +309,28 @@ pub struct Report {
     pub log: Option<LogReport>,
     /// The reference measurement.
     pub anchor: Option<AnchorReport>,
+    /// The machine the run was taken on.
+    pub machine: Machine,
+}
+
+/// Facts about the machine, for reading the figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Cores available to the bench.
+    pub cores: usize,
+    /// 1-minute load average when the run started.
+    pub load_1m_at_start: Option<f64>,
+}
+
+impl Machine {
+    fn now() -> Machine {
+        Machine {
+            cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            load_1m_at_start: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok()),
+        }
+    }
 }
 
 /// Runs `portcullis bench` and prints the report; exits 1 when any request failed.
@@ -404,12 +426,14 @@ fn display(args: &BenchArgs, label: &str) -> Display {
 
 async fn bench_on(args: &BenchArgs, target: &Target) -> Result<Report> {
     let run_id = format!("{:08x}", rand::random::<u32>());
+    let machine = Machine::now();
     let w = args.workload;
     let mut report = match w {
         Workload::LogVerify | Workload::LogReplay => log_workload(args, target).await?,
         _ => load_workload(args, target, &run_id).await?,
     };
     report.rss_kib = target.proc.rss_kib();
+    report.machine = machine;
     let anchor = args.anchor();
     let concurrency = args.connections * args.pipeline;
     let measured = match anchor {
@@ -495,6 +519,7 @@ fn base_report(args: &BenchArgs, target: &Target, m: &Measured) -> Report {
         probe: None,
         log: None,
         anchor: None,
+        machine: Machine::now(),
     }
 }
 
@@ -658,7 +683,7 @@ pub fn render(r: &Report) -> String {
         format!("server at {}", r.addr)
     };
     s.push_str(&format!(
-        "portcullis bench {} — {}, {} connection(s), pipeline {}, {:.1} s measured (+{:.1} s warm-up)\n\n",
+        "portcullis bench {} — {}, {} connection(s), pipeline {}, {:.1} s measured (+{:.1} s warm-up)\n",
         r.workload_name(),
         server,
         r.connections,
@@ -667,12 +692,19 @@ pub fn render(r: &Report) -> String {
         r.warmup_s
     ));
     s.push_str(&format!(
-        "{:<34} {:>18} {:>10} {:>10} {:>10} {:>10} {:>8} {:>14}\n",
-        "", "throughput", "p50", "p90", "p99", "max", "errors", "cpu cli/srv"
+        "machine: {} cores, 1-min load {} at start; cpu columns are cores used by the load generator / server / other processes\n\n",
+        r.machine.cores,
+        r.machine
+            .load_1m_at_start
+            .map_or("?".to_owned(), |l| format!("{l:.2}"))
+    ));
+    s.push_str(&format!(
+        "{:<34} {:>18} {:>10} {:>10} {:>10} {:>10} {:>8} {:>18}\n",
+        "", "throughput", "p50", "p90", "p99", "max", "errors", "cpu cli/srv/other"
     ));
     let row = |name: &str, tput: f64, unit: &str, l: &Latency, errors: u64, cpu: Option<Cpu>| {
         format!(
-            "{:<34} {:>18} {:>10} {:>10} {:>10} {:>10} {:>8} {:>14}\n",
+            "{:<34} {:>18} {:>10} {:>10} {:>10} {:>10} {:>8} {:>18}\n",
             name,
             format!("{} {}", fmt_count(tput), unit),
             fmt_ms(l.p50_us),
@@ -680,11 +712,15 @@ pub fn render(r: &Report) -> String {
             fmt_ms(l.p99_us),
             fmt_ms(l.max_us),
             errors,
-            cpu.map_or("-".to_owned(), |c| format!(
-                "{:.2}/{}",
-                c.client_cores,
-                c.server_cores.map_or("-".to_owned(), |x| format!("{x:.2}"))
-            ))
+            cpu.map_or("-".to_owned(), |c| {
+                let opt = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
+                format!(
+                    "{:.2}/{}/{}",
+                    c.client_cores,
+                    opt(c.server_cores),
+                    opt(c.other_cores)
+                )
+            })
         )
     };
     s.push_str(&row(
@@ -698,8 +734,8 @@ pub fn render(r: &Report) -> String {
     if let Some(p) = &r.probe {
         s.push_str(&row(
             &format!("  probe {} (1 conn, paced)", p.command),
-            0.0,
-            "",
+            p.requests as f64 / r.duration_s.max(1e-9),
+            "req/s",
             &p.latency_us,
             p.errors,
             None,
@@ -804,6 +840,7 @@ mod tests {
             "rss_kib",
             "intervals",
             "anchor",
+            "machine",
         ] {
             assert!(json.get(key).is_some(), "missing key {key}: {json}");
         }

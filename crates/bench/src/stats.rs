@@ -213,6 +213,8 @@ pub struct Cpu {
     pub client_cores: f64,
     /// The server (or the reference system) measured.
     pub server_cores: Option<f64>,
+    /// Everything else on the machine (other processes): the noise the figure was taken in.
+    pub other_cores: Option<f64>,
 }
 
 /// What a measurement found.
@@ -297,10 +299,11 @@ fn ticks_of_stat(stat: &str) -> Option<(String, u64)> {
     Some((comm, utime + stime))
 }
 
-/// (client ticks, server ticks) of this process's threads.
+/// (client ticks, all other ticks) of this process. The client's threads live for the whole
+/// run, so summing them is exact; everything else comes from the process total, which keeps
+/// the time of threads that have already exited (argon2 threads, Tokio's blocking pool).
 fn self_ticks() -> (u64, u64) {
     let mut client = 0;
-    let mut other = 0;
     if let Ok(dir) = std::fs::read_dir("/proc/self/task") {
         for entry in dir.flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
@@ -309,13 +312,15 @@ fn self_ticks() -> (u64, u64) {
             if let Some((comm, t)) = ticks_of_stat(&stat) {
                 if comm.starts_with(CLIENT_THREAD) {
                     client += t;
-                } else {
-                    other += t;
                 }
             }
         }
     }
-    (client, other)
+    let total = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| ticks_of_stat(&s))
+        .map_or(client, |(_, t)| t);
+    (client, total.saturating_sub(client))
 }
 
 fn pid_ticks(pid: u32) -> Option<u64> {
@@ -323,24 +328,44 @@ fn pid_ticks(pid: u32) -> Option<u64> {
     ticks_of_stat(&stat).map(|(_, t)| t)
 }
 
+/// Busy ticks of the whole machine (`/proc/stat`: user, nice, system, irq, softirq, steal).
+fn machine_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0))
+}
+
 #[derive(Clone, Copy)]
 struct CpuSample {
     at: Instant,
     client: u64,
     server: Option<u64>,
+    /// This process plus the external server, if any.
+    ours: Option<u64>,
+    machine: Option<u64>,
 }
 
 fn cpu_sample(server: ServerProc) -> CpuSample {
     let (client, other) = self_ticks();
-    let server = match server {
-        ServerProc::InProcess => Some(other),
-        ServerProc::Pid(p) => pid_ticks(p),
-        ServerProc::Unknown => None,
+    let (server, ours) = match server {
+        ServerProc::InProcess => (Some(other), Some(client + other)),
+        ServerProc::Pid(p) => {
+            let t = pid_ticks(p);
+            (t, t.map(|t| t + client + other))
+        }
+        ServerProc::Unknown => (None, None),
     };
     CpuSample {
         at: Instant::now(),
         client,
         server,
+        ours,
+        machine: machine_ticks(),
     }
 }
 
@@ -350,10 +375,17 @@ fn cpu_between(a: CpuSample, b: CpuSample) -> Option<Cpu> {
         return None;
     }
     let cores = |d: u64| ((d as f64 / TICKS_PER_S / secs) * 100.0).round() / 100.0;
+    let delta = |x: Option<u64>, y: Option<u64>| match (x, y) {
+        (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+        _ => None,
+    };
+    let ours = delta(a.ours, b.ours);
+    let machine = delta(a.machine, b.machine);
     Some(Cpu {
         client_cores: cores(b.client.saturating_sub(a.client)),
-        server_cores: match (a.server, b.server) {
-            (Some(x), Some(y)) => Some(cores(y.saturating_sub(x))),
+        server_cores: delta(a.server, b.server).map(cores),
+        other_cores: match (machine, ours) {
+            (Some(m), Some(o)) => Some(cores(m.saturating_sub(o))),
             _ => None,
         },
     })

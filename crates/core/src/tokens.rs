@@ -285,7 +285,7 @@ impl Tokens {
             .into_iter()
             .map(|r| (r.kid, r.created_at, r.active, r.verify_until))
             .collect();
-        out.sort_by(|a, b| b.1.cmp(&a.1));
+        out.sort_by_key(|k| std::cmp::Reverse(k.1));
         Ok(out)
     }
 

@@ -200,6 +200,24 @@ fn envelope(r: Response) -> HttpResponse {
     (status, axum::Json(r)).into_response()
 }
 
+fn ndjson(stream: portcullis_core::tail::TailStream) -> HttpResponse {
+    let lines = futures::stream::unfold(stream, |mut s| async move {
+        let r = s.next().await?;
+        let mut out = BytesMut::new();
+        let line = match encode_line(&r, &mut out) {
+            Ok(()) => out.freeze(),
+            Err(_) => Bytes::new(),
+        };
+        Some((Ok::<_, std::convert::Infallible>(line), s))
+    });
+    let mut resp = Body::from_stream(lines).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,22 +276,4 @@ mod tests {
             "10.1.1.1"
         );
     }
-}
-
-fn ndjson(stream: portcullis_core::tail::TailStream) -> HttpResponse {
-    let lines = futures::stream::unfold(stream, |mut s| async move {
-        let r = s.next().await?;
-        let mut out = BytesMut::new();
-        let line = match encode_line(&r, &mut out) {
-            Ok(()) => out.freeze(),
-            Err(_) => Bytes::new(),
-        };
-        Some((Ok::<_, std::convert::Infallible>(line), s))
-    });
-    let mut resp = Body::from_stream(lines).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    resp
 }
