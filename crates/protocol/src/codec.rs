@@ -90,9 +90,16 @@ impl Decoder for FrameCodec {
         if let Some(line) = self.decode(buf)? {
             return Ok(Some(line));
         }
-        // A last line without its `\n` still counts, so `printf '{...}' | nc` works.
+        // A last line without its `\n` still counts, so `printf '{...}' | nc` works, under the
+        // same limit as any other line.
         self.scanned = 0;
-        let rest = buf.split();
+        let mut rest = buf.split();
+        if rest.last() == Some(&b'\r') {
+            rest.truncate(rest.len() - 1);
+        }
+        if rest.len() > self.max {
+            return Err(FrameError::TooLarge { limit: self.max });
+        }
         if is_blank(&rest) {
             Ok(None)
         } else {
@@ -194,5 +201,9 @@ mod tests {
             b"{\"a\":1}"
         );
         assert!(c.decode_eof(&mut buf).unwrap().is_none());
+        // The limit holds for the last line too.
+        let mut c = FrameCodec::new(8);
+        let mut buf = BytesMut::from(&b"123456789"[..]);
+        assert!(matches!(c.decode_eof(&mut buf), Err(FrameError::TooLarge { limit: 8 })));
     }
 }
