@@ -103,6 +103,10 @@ pub struct FlowRecord {
     /// second factor.
     #[serde(default)]
     pub recovery: bool,
+    /// A `USER.CHANGE_EMAIL` confirmation: the account whose address becomes `email` when the
+    /// link is used.
+    #[serde(default)]
+    pub change_email_for: Option<String>,
     /// Life-cycle state.
     #[serde(flatten)]
     pub state: FlowState,
@@ -250,6 +254,7 @@ pub async fn new_flow(
         code_mac: None,
         attempts: 0,
         recovery: false,
+        change_email_for: None,
         state: FlowState::Pending,
     })
 }
@@ -481,5 +486,55 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
         ctx.audit.note("unverified_password_cleared", cleared);
         ctx.audit.note("unverified_sessions_revoked", revoked);
     }
+    Ok(user)
+}
+
+/// Completes an address change: the new address is claimed in the index by insert-if-absent
+/// (`CONFLICT` if someone took it meanwhile), the account record moves to it (verified), and the
+/// old address is freed. The old address is told.
+pub async fn complete_email_change(
+    ctx: &Ctx,
+    user_id: &str,
+    flow: &FlowRecord,
+) -> Result<UserRecord, CommandError> {
+    let store = ctx.app.store.as_ref();
+    let new_key = flow.email_key.as_bytes();
+    if store
+        .compare_and_swap(
+            Table::Emails,
+            new_key,
+            None,
+            Some(user_id.as_bytes().to_vec()),
+        )
+        .await?
+        != Cas::Swapped
+    {
+        return Err(CommandError::new(
+            ErrorCode::Conflict,
+            "that address belongs to another account now",
+        ));
+    }
+    let now = ctx.now().unix_timestamp();
+    let mut old = String::new();
+    let user = update_user(store, user_id, |u| {
+        old = u.email.clone();
+        u.email = flow.email.clone();
+        u.email_verified = true;
+        u.updated_at = now;
+        true
+    })
+    .await?
+    .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "the account no longer exists"))?;
+    store
+        .remove(Table::Emails, old.to_ascii_lowercase().as_bytes())
+        .await?;
+    ctx.audit.subject(user_id);
+    ctx.audit.event("email.changed");
+    crate::commands::totp::notify_address(
+        ctx,
+        &old,
+        "Your sign-in address was changed",
+        &format!("This account now signs in as {}. If you did not ask for this, contact your administrator at once.", flow.email),
+    );
     Ok(user)
 }

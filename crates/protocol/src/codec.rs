@@ -204,6 +204,9 @@ mod tests {
         // The limit holds for the last line too.
         let mut c = FrameCodec::new(8);
         let mut buf = BytesMut::from(&b"123456789"[..]);
-        assert!(matches!(c.decode_eof(&mut buf), Err(FrameError::TooLarge { limit: 8 })));
+        assert!(matches!(
+            c.decode_eof(&mut buf),
+            Err(FrameError::TooLarge { limit: 8 })
+        ));
     }
 }

@@ -274,6 +274,36 @@ pub mod user {
     pub const UPDATE: &str = "USER.UPDATE";
     /// `USER.SET_PASSWORD`
     pub const SET_PASSWORD: &str = "USER.SET_PASSWORD";
+    /// `USER.DELETE`
+    pub const DELETE: &str = "USER.DELETE";
+    /// `USER.CHANGE_EMAIL`
+    pub const CHANGE_EMAIL: &str = "USER.CHANGE_EMAIL";
+
+    /// `USER.CHANGE_EMAIL` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ChangeEmailParams {
+        /// The new address; a confirmation link is mailed there.
+        pub new_email: String,
+    }
+
+    /// `USER.CHANGE_EMAIL` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ChangeStarted {
+        /// The confirmation flow.
+        pub flow_id: String,
+        /// Seconds until the link expires.
+        pub expires_in: u64,
+    }
+
+    /// `USER.DELETE` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Deleted {
+        /// The account that no longer exists.
+        pub user_id: String,
+        /// Always `true`.
+        pub deleted: bool,
+    }
 
     /// `USER.ME` (and `USER.UPDATE`) result.
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -310,12 +310,23 @@ async fn user_enable(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
 /// account, its address, its factors and passkeys. The event log keeps what happened.
 async fn user_delete(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
     let u = user(&ctx, &p.user_id).await?;
+    let sessions_revoked = delete_account(&ctx, &u).await?;
+    ctx.audit.event("user.deleted");
+    Ok(Changed {
+        user_id: u.id,
+        sessions_revoked,
+    })
+}
+
+/// Removes an account: revokes every session, removes its factors, passkeys, address and
+/// record. The event log keeps what happened. Returns how many sessions were revoked.
+pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandError> {
     let store = ctx.app.store.as_ref();
-    let sessions_revoked = revoke_all(&ctx, &u.id, None, "account_deleted").await?;
-    crate::mfa::remove_totp(&ctx, &u.id).await?;
-    for pk in crate::passkeys::list(&ctx, &u.id).await? {
+    let sessions_revoked = revoke_all(ctx, &u.id, None, "account_deleted").await?;
+    crate::mfa::remove_totp(ctx, &u.id).await?;
+    for pk in crate::passkeys::list(ctx, &u.id).await? {
         crate::passkeys::remove(
-            &ctx,
+            ctx,
             &u.id,
             &crate::passkeys::credential_id_text(pk.passkey.cred_id()),
         )
@@ -325,11 +336,7 @@ async fn user_delete(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
         .remove(Table::Emails, u.email.to_ascii_lowercase().as_bytes())
         .await?;
     store.remove(Table::Users, u.id.as_bytes()).await?;
-    ctx.audit.event("user.deleted");
-    Ok(Changed {
-        user_id: u.id,
-        sessions_revoked,
-    })
+    Ok(sessions_revoked)
 }
 
 /// `ADMIN.SESSION.REVOKE_ALL {user_id}` — `sessions:write`.

@@ -227,6 +227,17 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
     }
     let now = ctx.now().unix_timestamp();
     let flow = transition(&ctx, &loaded, FlowState::Consumed { at: now }).await?;
+    if let Some(user_id) = &flow.change_email_for {
+        // Confirming a new address: the account moves to it and signs in there.
+        let user = crate::email_flow::complete_email_change(&ctx, user_id, &flow).await?;
+        ctx.audit.event("magic.verified");
+        let tokens =
+            crate::sessions::start_session(&ctx, &user, 1, vec![AMR_EMAIL.to_owned()]).await?;
+        return Ok(Verified {
+            tokens,
+            redirect_url: flow.redirect_url,
+        });
+    }
     let user = account_for(&ctx, &flow).await?;
     ctx.audit.event("magic.verified");
     let tokens = if flow.recovery {

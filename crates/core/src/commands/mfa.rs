@@ -478,6 +478,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_email_code_sign_in_needs_the_second_factor_too() {
+        let b = Bench::new(|_| {}).await;
+        b.ok("AUTH.SIGNUP", json!({"email": "code@example.org"}), None)
+            .await;
+        b.ok("MAGIC.SEND", json!({"email": "code@example.org"}), None)
+            .await;
+        let first = b
+            .ok(
+                "MAGIC.VERIFY",
+                json!({"token": b.link_token(1).await}),
+                None,
+            )
+            .await;
+        let access = first["access_token"].as_str().unwrap().to_owned();
+        let e = b.ok("TOTP.ENROLL", json!({}), Some(&access)).await;
+        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        b.ok(
+            "TOTP.CONFIRM",
+            json!({"enrollment_id": e["enrollment_id"], "code": code_at(&b, &secret, 0)}),
+            Some(&access),
+        )
+        .await;
+        b.advance(31);
+        let flow = b
+            .ok("OTP.SEND", json!({"email": "code@example.org"}), None)
+            .await;
+        let r = b
+            .call(
+                "OTP.VERIFY",
+                json!({"flow_id": flow["flow_id"], "code": b.otp_code(2).await}),
+                None,
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::MfaRequired));
+        let d = r.error.unwrap().details.unwrap();
+        let v = b
+            .ok("MFA.VERIFY", json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code_at(&b, &secret, 0)}), None)
+            .await;
+        assert_eq!(v["amr"], json!(["email", "otp", "mfa"]));
+        assert_eq!(v["aal"], 2);
+    }
+
+    #[tokio::test]
     async fn a_factor_enrolled_before_the_address_was_proven_is_dropped_by_the_first_proof() {
         let b = Bench::new(|_| {}).await;
         // Someone signs up with another person's address and a password, and adds an app.

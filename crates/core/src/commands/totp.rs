@@ -195,9 +195,15 @@ pub async fn notify(
     let Some(user) = get_user(ctx.app.store.as_ref(), user_id).await? else {
         return Ok(());
     };
+    notify_address(ctx, &user.email, headline, details);
+    Ok(())
+}
+
+/// Mails a security notice to an address (queued; never blocks).
+pub fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &str) {
     let vars = Vars::new()
         .set("product", ctx.app.config.product_name.clone())
-        .set("email", user.email.clone())
+        .set("email", email)
         .set("headline", headline)
         .set("details", details)
         .set("time", rfc3339_ms(ctx.now()))
@@ -220,10 +226,9 @@ pub async fn notify(
         &vars,
     );
     ctx.app.mailer.enqueue(Outgoing {
-        to: user.email,
+        to: email.to_owned(),
         kind: Template::SecurityNotice,
         flow_id: String::new(),
         body,
     });
-    Ok(())
 }

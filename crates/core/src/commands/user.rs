@@ -7,7 +7,10 @@ use crate::passwords::check_policy;
 use crate::sessions::revoke_all;
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::sys::NoParams;
-use portcullis_protocol::commands::user::{self, Me, PasswordSet, SetPasswordParams, UpdateParams};
+use portcullis_protocol::commands::user::{
+    self, ChangeEmailParams, ChangeStarted, Deleted, Me, PasswordSet, SetPasswordParams,
+    UpdateParams,
+};
 use portcullis_protocol::ErrorCode;
 use time::OffsetDateTime;
 
@@ -21,6 +24,18 @@ pub fn specs() -> Vec<CommandSpec> {
             Requirement::UserStepUp,
             RateClass::Credential,
             set_password,
+        ),
+        CommandSpec::new(
+            user::DELETE,
+            Requirement::UserStepUp,
+            RateClass::Account,
+            delete,
+        ),
+        CommandSpec::new(
+            user::CHANGE_EMAIL,
+            Requirement::UserStepUp,
+            RateClass::Send,
+            change_email,
         ),
     ]
 }
@@ -118,4 +133,177 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
         password_set: true,
         sessions_revoked,
     })
+}
+
+/// `USER.DELETE` — user after step-up. Deletes the caller's own account: every session ends,
+/// factors and passkeys are removed, the address is freed. The event log keeps the record.
+async fn delete(ctx: Ctx, _p: NoParams) -> Result<Deleted, CommandError> {
+    let u = load(&ctx).await?;
+    crate::commands::admin::delete_account(&ctx, &u).await?;
+    ctx.audit.event("user.deleted");
+    Ok(Deleted {
+        user_id: u.id,
+        deleted: true,
+    })
+}
+
+/// `USER.CHANGE_EMAIL {new_email}` — user after step-up. Mails a confirmation link to the new
+/// address (send limits apply to it); the address changes only when that link is used
+/// (`MAGIC.VERIFY`), and the old address is then told. `CONFLICT` when the new address already
+/// has an account.
+async fn change_email(ctx: Ctx, p: ChangeEmailParams) -> Result<ChangeStarted, CommandError> {
+    let u = load(&ctx).await?;
+    let email = crate::accounts::normalize_email(&p.new_email)?;
+    let store = ctx.app.store.as_ref();
+    if crate::accounts::find_by_email(store, &email)
+        .await?
+        .is_some()
+    {
+        return Err(CommandError::new(
+            ErrorCode::Conflict,
+            "that address already has an account",
+        ));
+    }
+    crate::email_flow::count_send(&ctx, &email).await?;
+    let mut flow = crate::email_flow::new_flow(
+        &ctx,
+        crate::email_flow::FlowKind::Magic,
+        &email,
+        false,
+        ctx.app.config.magic_link_ttl_s,
+    )
+    .await?;
+    flow.phantom = false;
+    flow.change_email_for = Some(u.id.clone());
+    crate::commands::magic::send_link(&ctx, &flow, &ctx.app.config.default_locale).await?;
+    crate::email_flow::save_new(&ctx, &flow).await?;
+    ctx.audit.event("email.change_requested");
+    ctx.audit.note("flow_id", flow.id.clone());
+    Ok(ChangeStarted {
+        expires_in: u64::try_from(flow.expires_at - flow.created_at).unwrap_or(0),
+        flow_id: flow.id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::json;
+
+    const PW: &str = "correct horse battery staple";
+
+    #[tokio::test]
+    async fn an_address_changes_only_through_a_link_sent_to_the_new_address() {
+        let b = Bench::new(|_| {}).await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "old@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        b.ok("AUTH.SIGNUP", json!({"email": "taken@example.org"}), None)
+            .await;
+        let r = b
+            .call(
+                "USER.CHANGE_EMAIL",
+                json!({"new_email": "taken@example.org"}),
+                Some(&access),
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Conflict));
+        b.ok(
+            "USER.CHANGE_EMAIL",
+            json!({"new_email": "New@Example.org"}),
+            Some(&access),
+        )
+        .await;
+        // Nothing changed yet.
+        assert_eq!(
+            b.ok("USER.ME", json!({}), Some(&access)).await["email"],
+            "old@example.org"
+        );
+        let token = b.link_token(1).await;
+        let v = b.ok("MAGIC.VERIFY", json!({"token": token}), None).await;
+        let me = b.ok("USER.ME", json!({}), v["access_token"].as_str()).await;
+        assert_eq!(me["email"], "New@example.org");
+        assert_eq!(me["email_verified"], true);
+        assert!(
+            b.call(
+                "AUTH.LOGIN",
+                json!({"email": "new@example.org", "password": PW}),
+                None
+            )
+            .await
+            .ok
+        );
+        let r = b
+            .call(
+                "AUTH.LOGIN",
+                json!({"email": "old@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::InvalidCredentials));
+        // The old address is told.
+        let notice = b.mail_text(2).await;
+        assert!(notice.contains("New@example.org"), "{notice}");
+    }
+
+    #[tokio::test]
+    async fn deleting_and_changing_the_address_need_a_step_up() {
+        let b = Bench::new(|_| {}).await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "bye@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        b.advance(11 * 60);
+        for (cmd, params) in [
+            ("USER.DELETE", json!({})),
+            ("USER.CHANGE_EMAIL", json!({"new_email": "x@example.org"})),
+        ] {
+            let r = b.call(cmd, params, Some(&access)).await;
+            assert_eq!(r.error_code(), Some(ErrorCode::Forbidden), "{cmd}");
+            assert_eq!(
+                r.error.unwrap().details.unwrap()["reason"],
+                "step_up_required"
+            );
+        }
+        let fresh = b
+            .ok(
+                "AUTH.LOGIN",
+                json!({"email": "bye@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let d = b
+            .ok("USER.DELETE", json!({}), fresh["access_token"].as_str())
+            .await;
+        assert_eq!(d["deleted"], true);
+        assert_eq!(
+            b.code("USER.ME", json!({}), fresh["access_token"].as_str())
+                .await,
+            Some(ErrorCode::Unauthenticated)
+        );
+        let r = b
+            .call(
+                "AUTH.LOGIN",
+                json!({"email": "bye@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::InvalidCredentials));
+        assert!(
+            b.call("AUTH.SIGNUP", json!({"email": "bye@example.org"}), None)
+                .await
+                .ok,
+            "the address is free again"
+        );
+    }
 }
