@@ -66,6 +66,14 @@ enum AdminCmd {
     /// once an administrator exists. Offline on a stopped server's data directory
     /// (`--data-dir`, with `--config` for its mail settings), or online (`--addr`).
     Bootstrap(BootstrapArgs),
+    /// Rotate the master key of a stopped server's data directory: every secret sealed at rest
+    /// is re-encrypted; the old key is kept as master.key.previous. Email codes in flight stop
+    /// working. Rerun it to finish an interrupted rotation.
+    RotateMasterKey {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -331,6 +339,29 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Admin {
             cmd: AdminCmd::Bootstrap(a),
         } => bootstrap(a).await,
+        Cmd::Admin {
+            cmd: AdminCmd::RotateMasterKey { data_dir },
+        } => {
+            if !data_dir.join("db").exists() {
+                bail!("{} holds no Portcullis database", data_dir.display());
+            }
+            let r = portcullis_core::rekey::rotate_master_key(&data_dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "rotating the master key of {} (is a server running on it?)",
+                        data_dir.display()
+                    )
+                })?;
+            println!(
+                "master key rotated: {} signing keys, {} TOTP secrets, {} refresh successors re-sealed; the old key is in {}",
+                r.signing_keys,
+                r.totp_secrets,
+                r.refresh_successors,
+                data_dir.join(portcullis_core::rekey::PREVIOUS_KEY_FILE).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

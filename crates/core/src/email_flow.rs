@@ -471,7 +471,11 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
         .await?
         .ok_or_else(refused)?;
         let revoked = crate::sessions::revoke_all(ctx, &user.id, None, "email_verified").await?;
-        let factor_cleared = crate::mfa::remove_totp(ctx, &user.id).await?;
+        let mut factor_cleared = crate::mfa::remove_totp(ctx, &user.id).await?;
+        for pk in crate::passkeys::list(ctx, &user.id).await? {
+            let cred = crate::passkeys::credential_id_text(pk.passkey.cred_id());
+            factor_cleared |= crate::passkeys::remove(ctx, &user.id, &cred).await?;
+        }
         ctx.audit.note("unverified_factor_cleared", factor_cleared);
         if cleared || factor_cleared {
             crate::commands::totp::notify(

@@ -46,6 +46,10 @@ pub async fn sweep(app: &App) -> Result<u64, StoreError> {
     removed +=
         sweep_table::<PendingEnrolment>(store, Table::TotpEnrollments, now, |e| e.expires_at)
             .await?;
+    removed += sweep_table::<crate::passkeys::CeremonyRecord>(store, Table::Ceremonies, now, |c| {
+        c.expires_at
+    })
+    .await?;
     // Link tokens whose flow is gone.
     for (k, flow_id) in store.scan_prefix(Table::MagicLinks, b"", BATCH).await? {
         if store.get(Table::Flows, &flow_id).await?.is_none() {

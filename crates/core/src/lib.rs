@@ -30,6 +30,7 @@ pub mod passkeys;
 pub mod passwords;
 pub mod random;
 pub mod registry;
+pub mod rekey;
 pub mod sessions;
 pub mod tail;
 pub mod telemetry;

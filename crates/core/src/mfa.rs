@@ -122,7 +122,8 @@ pub fn totp(secret: &[u8], issuer: &str, account: &str) -> Result<Totp, CommandE
         })
 }
 
-fn aad_confirmed(user_id: &str) -> Vec<u8> {
+/// AAD of a confirmed TOTP secret.
+pub(crate) fn aad_confirmed(user_id: &str) -> Vec<u8> {
     format!("totp:{user_id}").into_bytes()
 }
 

@@ -148,6 +148,12 @@ impl Node {
     pub async fn open(dir: &Path) -> Result<Node, NodeError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        if dir.join(crate::rekey::NEXT_KEY_FILE).exists() {
+            return Err(NodeError::Invalid(format!(
+                "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {}` again to finish it",
+                dir.display()
+            )));
+        }
         let master_key = load_or_create_master_key(dir)?;
         let store = std::sync::Arc::new(SledStore::open(dir)?);
 

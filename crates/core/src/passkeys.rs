@@ -310,23 +310,48 @@ pub fn parse_assertion(v: Value) -> Result<PublicKeyCredential, CommandError> {
         .map_err(|_| CommandError::invalid_params("credential is not a WebAuthn assertion"))
 }
 
-/// After a verified assertion: updates the counter, backup flags and last use; records a
-/// backup-state change. Returns the `amr` values of the passkey.
+/// After a verified assertion: updates the counter, backup flags and last use (by compare-and-
+/// swap: a concurrent use never lowers the stored counter, and a passkey removed meanwhile is
+/// not brought back — the sign-in is refused); records a backup-state change. Returns the `amr`
+/// values of the passkey.
 pub async fn after_assertion(
     ctx: &Ctx,
     user_id: &str,
-    mut rec: PasskeyRecord,
+    rec: PasskeyRecord,
     res: &AuthenticationResult,
 ) -> Result<Vec<String>, CommandError> {
-    rec.passkey.update_credential(res);
-    if res.backup_state() != rec.backup_state {
-        ctx.audit.event("passkey.backup_state_changed");
-        ctx.audit.note("backup_state", res.backup_state());
+    let store = ctx.app.store.as_ref();
+    let key = passkey_key(user_id, &credential_id_text(rec.passkey.cred_id()));
+    let gone = || {
+        CommandError::new(
+            ErrorCode::InvalidCredentials,
+            "the passkey could not be verified",
+        )
+    };
+    let now = ctx.now().unix_timestamp();
+    let mut updated = None;
+    for _ in 0..16 {
+        let raw = store.get(Table::Passkeys, &key).await?.ok_or_else(gone)?;
+        let mut cur: PasskeyRecord = decode_record(&raw).map_err(store_err)?;
+        cur.passkey.update_credential(res);
+        if res.backup_state() != cur.backup_state {
+            ctx.audit.event("passkey.backup_state_changed");
+            ctx.audit.note("backup_state", res.backup_state());
+        }
+        cur.backup_state = res.backup_state();
+        cur.backup_eligible = cur.backup_eligible || res.backup_eligible();
+        cur.last_used_at = Some(now);
+        if store
+            .compare_and_swap(Table::Passkeys, &key, Some(&raw), Some(encode_record(&cur)))
+            .await?
+            == Cas::Swapped
+        {
+            updated = Some(cur);
+            break;
+        }
     }
-    rec.backup_state = res.backup_state();
-    rec.backup_eligible = rec.backup_eligible || res.backup_eligible();
-    rec.last_used_at = Some(ctx.now().unix_timestamp());
-    put(ctx, user_id, &rec).await?;
+    let rec =
+        updated.ok_or_else(|| CommandError::new(ErrorCode::Unavailable, "too busy; retry"))?;
     ctx.audit
         .note("credential_id", credential_id_text(res.cred_id()));
     let mut amr = vec![

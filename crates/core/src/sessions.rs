@@ -205,7 +205,8 @@ struct SealedPair {
     expires_in: u64,
 }
 
-fn successor_aad(old_hash: &[u8; 32]) -> Vec<u8> {
+/// AAD of a refresh token's sealed successor pair.
+pub(crate) fn successor_aad(old_hash: &[u8; 32]) -> Vec<u8> {
     format!("refresh-successor:{}", hex::encode(old_hash)).into_bytes()
 }
 

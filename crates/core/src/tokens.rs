@@ -97,14 +97,14 @@ impl TokenError {
 
 /// A stored signing key: the private half sealed with the master key.
 #[derive(Serialize, Deserialize)]
-struct KeyRecord {
-    kid: String,
+pub(crate) struct KeyRecord {
+    pub(crate) kid: String,
     created_at: i64,
     /// Tokens signed by a retired key stop verifying after this time (Unix seconds).
     verify_until: Option<i64>,
     active: bool,
     public_key: String,
-    sealed_private_key: String,
+    pub(crate) sealed_private_key: String,
 }
 
 impl Record for KeyRecord {
@@ -131,7 +131,8 @@ fn thumbprint(public: &VerifyingKey) -> String {
     URL_SAFE_NO_PAD.encode(sha256(canonical.as_bytes()))
 }
 
-fn aad(kid: &str) -> Vec<u8> {
+/// AAD of a signing key's sealed private half.
+pub(crate) fn aad(kid: &str) -> Vec<u8> {
     format!("signing-key:{kid}").into_bytes()
 }
 

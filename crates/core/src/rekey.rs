@@ -1,0 +1,204 @@
+//! Master-key rotation (offline): every secret sealed at rest is opened with the old key and
+//! sealed again with a new one.
+//!
+//! Crash-safe order: the new key is written to `master.key.next` first; records are re-sealed
+//! (each opens with the old key, or is skipped when it already opens with the new one, so a
+//! rerun after a crash finishes the job); the database is flushed; only then does
+//! `master.key.next` replace `master.key`, the old key staying beside it as
+//! `master.key.previous` until the operator has checked the server starts. A server refuses to
+//! start while `master.key.next` exists.
+//!
+//! Keys derived from the master key change too: email codes in flight stop verifying (ask for a
+//! new one), and decoy passkey ids change.
+
+use crate::crypto::Sealer;
+use crate::mfa::{aad_confirmed, aad_enrolment, PendingEnrolment, TotpRecord};
+use crate::node::{load_or_create_master_key, MasterKey, NodeError, MASTER_KEY_FILE};
+use crate::random::{OsRandom, SecureRandom};
+use crate::sessions::{successor_aad, RefreshRecord, RefreshState};
+use crate::tokens::{aad, KeyRecord};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use portcullis_store::{decode_record, encode_record, SledStore, Store, StoreError, Table};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// The file holding the new key while a rotation is under way.
+pub const NEXT_KEY_FILE: &str = "master.key.next";
+/// The previous key, kept after a rotation.
+pub const PREVIOUS_KEY_FILE: &str = "master.key.previous";
+
+/// How many sealed values were re-sealed, per kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// Signing keys.
+    pub signing_keys: u64,
+    /// TOTP secrets (confirmed and pending).
+    pub totp_secrets: u64,
+    /// Refresh successor pairs kept for the grace window.
+    pub refresh_successors: u64,
+}
+
+fn reseal(
+    old: &Sealer,
+    new: &Sealer,
+    rng: &dyn SecureRandom,
+    aad: &[u8],
+    sealed: &str,
+) -> Result<Option<String>, NodeError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(sealed)
+        .map_err(|_| NodeError::Invalid("a sealed value is not base64url".into()))?;
+    match old.open(aad, &raw) {
+        Ok(plain) => Ok(Some(URL_SAFE_NO_PAD.encode(new.seal(rng, aad, &plain)))),
+        // Already under the new key: a rerun after an interrupted rotation.
+        Err(_) if new.open(aad, &raw).is_ok() => Ok(None),
+        Err(_) => Err(NodeError::Invalid(
+            "a sealed value opens with neither the old nor the new master key".into(),
+        )),
+    }
+}
+
+async fn each<R: Serialize + DeserializeOwned + portcullis_store::Record>(
+    store: &SledStore,
+    table: Table,
+    mut f: impl FnMut(&[u8], &mut R) -> Result<bool, NodeError>,
+) -> Result<u64, NodeError> {
+    let mut n = 0;
+    for (k, v) in store.scan_prefix(table, b"", usize::MAX).await? {
+        let mut rec: R = decode_record(&v).map_err(StoreError::from)?;
+        if f(&k, &mut rec)? {
+            store.put(table, &k, encode_record(&rec)).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
+    let io = |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Rotates the master key of a stopped server's data directory.
+pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
+    let rng = OsRandom;
+    let old_key = load_or_create_master_key(dir)?;
+    let next_path = dir.join(NEXT_KEY_FILE);
+    let new_key = if next_path.exists() {
+        // Finishing an interrupted rotation.
+        let text =
+            Zeroizing::new(
+                fs::read_to_string(&next_path).map_err(|source| NodeError::Io {
+                    path: next_path.clone(),
+                    source,
+                })?,
+            );
+        let bytes = Zeroizing::new(
+            URL_SAFE_NO_PAD
+                .decode(text.trim())
+                .map_err(|_| NodeError::Invalid("master.key.next is not base64url".into()))?,
+        );
+        MasterKey::from_bytes(
+            bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| NodeError::Invalid("master.key.next is not 32 bytes".into()))?,
+        )
+    } else {
+        let mut b = [0u8; 32];
+        rng.fill(&mut b);
+        let k = MasterKey::from_bytes(b);
+        let text = Zeroizing::new(format!("{}\n", URL_SAFE_NO_PAD.encode(k.expose())));
+        write_private(&next_path, text.as_bytes())?;
+        k
+    };
+    let (old, new) = (Sealer::new(&old_key), Sealer::new(&new_key));
+    let store = SledStore::open(dir)?;
+    let mut report = RekeyReport::default();
+    report.signing_keys = each::<KeyRecord>(&store, Table::SigningKeys, |_, r| {
+        Ok(
+            match reseal(&old, &new, &rng, &aad(&r.kid), &r.sealed_private_key)? {
+                Some(s) => {
+                    r.sealed_private_key = s;
+                    true
+                }
+                None => false,
+            },
+        )
+    })
+    .await?;
+    report.totp_secrets = each::<TotpRecord>(&store, Table::Totp, |k, r| {
+        let user_id = String::from_utf8_lossy(k).into_owned();
+        Ok(
+            match reseal(&old, &new, &rng, &aad_confirmed(&user_id), &r.sealed_secret)? {
+                Some(s) => {
+                    r.sealed_secret = s;
+                    true
+                }
+                None => false,
+            },
+        )
+    })
+    .await?;
+    report.totp_secrets += each::<PendingEnrolment>(&store, Table::TotpEnrollments, |k, r| {
+        let id = String::from_utf8_lossy(k).into_owned();
+        Ok(
+            match reseal(&old, &new, &rng, &aad_enrolment(&id), &r.sealed_secret)? {
+                Some(s) => {
+                    r.sealed_secret = s;
+                    true
+                }
+                None => false,
+            },
+        )
+    })
+    .await?;
+    report.refresh_successors = each::<RefreshRecord>(&store, Table::RefreshTokens, |k, r| {
+        let RefreshState::Rotated { successor, .. } = &mut r.state else {
+            return Ok(false);
+        };
+        let hash: [u8; 32] = k
+            .try_into()
+            .map_err(|_| NodeError::Invalid("refresh key".into()))?;
+        Ok(
+            match reseal(&old, &new, &rng, &successor_aad(&hash), successor)? {
+                Some(s) => {
+                    *successor = s;
+                    true
+                }
+                None => false,
+            },
+        )
+    })
+    .await?;
+    store.sync().await?;
+    store.close();
+    drop(store);
+    let current = dir.join(MASTER_KEY_FILE);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| NodeError::Io { path, source }
+    };
+    fs::rename(&current, dir.join(PREVIOUS_KEY_FILE)).map_err(io(&current))?;
+    fs::rename(&next_path, &current).map_err(io(&next_path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(report)
+}
