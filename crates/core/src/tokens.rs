@@ -120,6 +120,8 @@ struct Ring {
 /// The key ring and the token codec.
 pub struct Tokens {
     ring: RwLock<Arc<Ring>>,
+    /// Serialises rotations (each reads every key record and writes several).
+    rotating: tokio::sync::Mutex<()>,
     issuer: String,
     ttl_s: i64,
 }
@@ -159,6 +161,7 @@ impl Tokens {
         let ring = build_ring(&records, sealer)?;
         Ok(Tokens {
             ring: RwLock::new(Arc::new(ring)),
+            rotating: tokio::sync::Mutex::new(()),
             issuer,
             ttl_s,
         })
@@ -252,6 +255,7 @@ impl Tokens {
         rng: &dyn SecureRandom,
         now: i64,
     ) -> Result<String, StoreError> {
+        let _one_at_a_time = self.rotating.lock().await;
         let mut records = load_records(store).await?;
         for r in records.iter_mut().filter(|r| r.active) {
             r.active = false;

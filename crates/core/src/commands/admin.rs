@@ -323,6 +323,10 @@ async fn user_delete(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
 pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandError> {
     let store = ctx.app.store.as_ref();
     let sessions_revoked = revoke_all(ctx, &u.id, None, "account_deleted").await?;
+    // Deleting the bootstrapped administrator frees the bootstrap for a new one.
+    store
+        .compare_and_swap(Table::Meta, META_SUPERADMIN, Some(u.id.as_bytes()), None)
+        .await?;
     crate::mfa::remove_totp(ctx, &u.id).await?;
     for pk in crate::passkeys::list(ctx, &u.id).await? {
         crate::passkeys::remove(
@@ -364,6 +368,12 @@ async fn user_recover(ctx: Ctx, p: RecoverParams) -> Result<Changed, CommandErro
         ));
     }
     let u = user(&ctx, &p.user_id).await?;
+    if u.disabled {
+        return Err(CommandError::new(
+            ErrorCode::Conflict,
+            "the account is disabled; enable it first",
+        ));
+    }
     if !u.email_verified {
         return Err(CommandError::new(
             ErrorCode::Conflict,
@@ -401,6 +411,12 @@ async fn apikey_create(ctx: Ctx, p: ApiKeyCreateParams) -> Result<ApiKeyInfo, Co
     if name.is_empty() || name.chars().count() > 64 {
         return Err(CommandError::invalid_params(
             "name must be 1 to 64 characters",
+        ));
+    }
+    const MAX_LIFETIME_S: u64 = 10 * 366 * 24 * 3600;
+    if p.expires_in.is_some_and(|s| s == 0 || s > MAX_LIFETIME_S) {
+        return Err(CommandError::invalid_params(
+            "expires_in must be between 1 second and 10 years",
         ));
     }
     if p.scopes.is_empty() || p.scopes.iter().any(|s| Scope::parse(s).is_none()) {

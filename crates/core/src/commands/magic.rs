@@ -248,7 +248,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
             &ctx,
             &user,
             1,
-            vec![AMR_EMAIL.to_owned(), "recovery".to_owned()],
+            vec![AMR_EMAIL.to_owned(), "operator_recovery".to_owned()],
         )
         .await?
     } else {
