@@ -280,7 +280,8 @@ impl Tokens {
         Ok(kid)
     }
 
-    /// Every key: (kid, created_at, active, verify_until), newest first.
+    /// Every key: (kid, created_at, active, verify_until), the active one first, then newest
+    /// first.
     pub async fn list(
         &self,
         store: &dyn Store,
@@ -290,7 +291,8 @@ impl Tokens {
             .into_iter()
             .map(|r| (r.kid, r.created_at, r.active, r.verify_until))
             .collect();
-        out.sort_by_key(|k| std::cmp::Reverse(k.1));
+        // The active key first, then newest first (keys made in the same second keep that order).
+        out.sort_by_key(|k| (std::cmp::Reverse(k.2), std::cmp::Reverse(k.1)));
         Ok(out)
     }
 
