@@ -2,68 +2,20 @@
 //! the lifecycle over TCP, refresh races and reuse, revocation, token forgeries, JWKS interop
 //! with an independent JOSE library, and no secret in the log or the tracing output.
 
-use crate::harness::{execute_http, http, Server};
+use crate::harness::{
+    all_events, as_user, execute_http, http, login, refresh, signup, tokens, Server,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_client::Client;
-use portcullis_protocol::commands::auth::SessionTokens;
-use portcullis_protocol::commands::log::QueryResult;
-use portcullis_protocol::{ErrorCode, Request, Response, Secret};
+use portcullis_protocol::{ErrorCode, Response, Secret};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 const PASSWORD: &str = "correct horse battery staple";
 
-async fn signup(c: &mut Client, email: &str, password: Option<&str>) -> SessionTokens {
-    let mut p = json!({"email": email});
-    if let Some(pw) = password {
-        p["password"] = json!(pw);
-    }
-    c.call_ok("AUTH.SIGNUP", p).await.expect("signup")
-}
-
-async fn login(c: &mut Client, email: &str, password: &str) -> Response {
-    c.call("AUTH.LOGIN", json!({"email": email, "password": password}))
-        .await
-        .unwrap()
-}
-
-async fn as_user(c: &mut Client, token: &Secret, command: &str, params: Value) -> Response {
-    c.send(Request::new(command).params(params).token(token.clone()))
-        .await
-        .unwrap()
-}
-
-async fn refresh(c: &mut Client, token: &Secret) -> Response {
-    c.call("AUTH.REFRESH", json!({"refresh_token": token.expose()}))
-        .await
-        .unwrap()
-}
-
-fn tokens(r: Response) -> SessionTokens {
-    assert!(r.ok, "{r:?}");
-    serde_json::from_value(r.data).unwrap()
-}
-
 fn code(r: &Response) -> Option<ErrorCode> {
     r.error_code()
-}
-
-async fn all_events(server: &Server) -> Vec<Value> {
-    let mut c = server.operator_client().await;
-    let mut out = Vec::new();
-    let mut from = 1;
-    loop {
-        let page: QueryResult = c
-            .call_ok("LOG.QUERY", json!({"from_seq": from, "limit": 1000}))
-            .await
-            .unwrap();
-        out.extend(page.events.iter().map(|e| serde_json::to_value(e).unwrap()));
-        match page.next_seq {
-            Some(n) => from = n,
-            None => return out,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,10 @@
 //! it over real sockets.
 
 use portcullis_client::Client;
-use portcullis_protocol::Secret;
+use portcullis_protocol::commands::auth::SessionTokens;
+use portcullis_protocol::commands::log::QueryResult;
+use portcullis_protocol::{Request, Response, Secret};
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,8 +37,23 @@ impl Server {
     /// Starts a server with extra `serve` flags and environment variables.
     pub fn start_env(extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let data_dir = tmp.path().join("data");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Server::start_in(tmp, extra, envs)
+    }
+
+    /// Starts a server whose settings come from a TOML config file with these contents (passed
+    /// with `--config`; the file lives as long as the server, across restarts), plus extra flags.
+    pub fn start_config(config_toml: &str, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("config.toml");
+        std::fs::write(&path, config_toml).expect("write config file");
+        let mut flags = vec!["--config".to_owned(), path.to_string_lossy().into_owned()];
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        Server::start_in(tmp, flags, &[])
+    }
+
+    fn start_in(tmp: tempfile::TempDir, extra: Vec<String>, envs: &[(&str, &str)]) -> Server {
+        let data_dir = tmp.path().join("data");
         let envs: Vec<(String, String)> = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -95,6 +113,11 @@ impl Server {
         self.child = Some(child);
         self.tcp = tcp;
         self.http = http;
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Runs the CLI with arguments and returns (exit code, stdout, stderr).
@@ -170,7 +193,12 @@ fn spawn(
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(
+            [("--tcp", "127.0.0.1:0"), ("--http", "127.0.0.1:0")]
+                .iter()
+                .filter(|(flag, _)| !extra.iter().any(|e| e == flag))
+                .flat_map(|(flag, value)| [*flag, *value]),
+        )
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(stderr)
@@ -308,4 +336,57 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[start + size + 2..];
     }
     out
+}
+
+/// `AUTH.SIGNUP`, with a password or (None) passwordless; panics unless it succeeds.
+pub async fn signup(c: &mut Client, email: &str, password: Option<&str>) -> SessionTokens {
+    let mut p = json!({"email": email});
+    if let Some(pw) = password {
+        p["password"] = json!(pw);
+    }
+    c.call_ok("AUTH.SIGNUP", p).await.expect("signup")
+}
+
+pub async fn login(c: &mut Client, email: &str, password: &str) -> Response {
+    c.call("AUTH.LOGIN", json!({"email": email, "password": password}))
+        .await
+        .unwrap()
+}
+
+/// Runs a command with a bearer token.
+pub async fn as_user(c: &mut Client, token: &Secret, command: &str, params: Value) -> Response {
+    c.send(Request::new(command).params(params).token(token.clone()))
+        .await
+        .unwrap()
+}
+
+pub async fn refresh(c: &mut Client, token: &Secret) -> Response {
+    c.call("AUTH.REFRESH", json!({"refresh_token": token.expose()}))
+        .await
+        .unwrap()
+}
+
+/// The session of a successful sign-in answer.
+pub fn tokens(r: Response) -> SessionTokens {
+    assert!(r.ok, "{r:?}");
+    serde_json::from_value(r.data).unwrap()
+}
+
+/// Every event in the log, through `LOG.QUERY` pages, as JSON.
+pub async fn all_events(server: &Server) -> Vec<Value> {
+    let mut c = server.operator_client().await;
+    let mut out = Vec::new();
+    let mut from = 1;
+    for _ in 0..10_000 {
+        let page: QueryResult = c
+            .call_ok("LOG.QUERY", json!({"from_seq": from, "limit": 1000}))
+            .await
+            .unwrap();
+        out.extend(page.events.iter().map(|e| serde_json::to_value(e).unwrap()));
+        match page.next_seq {
+            Some(n) => from = n,
+            None => return out,
+        }
+    }
+    panic!("LOG.QUERY did not finish in 10000 pages");
 }

@@ -4,8 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounts;
+mod admin;
+mod browser;
 mod cli;
+mod crash;
+mod email;
+mod fuzz;
 mod harness;
 mod log;
+mod mfa;
+mod observability;
 mod spec;
 mod transport;

@@ -130,8 +130,7 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
     };
     let (old, new) = (Sealer::new(&old_key), Sealer::new(&new_key));
     let store = SledStore::open(dir)?;
-    let mut report = RekeyReport::default();
-    report.signing_keys = each::<KeyRecord>(&store, Table::SigningKeys, |_, r| {
+    let signing_keys = each::<KeyRecord>(&store, Table::SigningKeys, |_, r| {
         Ok(
             match reseal(&old, &new, &rng, &aad(&r.kid), &r.sealed_private_key)? {
                 Some(s) => {
@@ -143,7 +142,7 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         )
     })
     .await?;
-    report.totp_secrets = each::<TotpRecord>(&store, Table::Totp, |k, r| {
+    let mut totp_secrets = each::<TotpRecord>(&store, Table::Totp, |k, r| {
         let user_id = String::from_utf8_lossy(k).into_owned();
         Ok(
             match reseal(&old, &new, &rng, &aad_confirmed(&user_id), &r.sealed_secret)? {
@@ -156,7 +155,7 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         )
     })
     .await?;
-    report.totp_secrets += each::<PendingEnrolment>(&store, Table::TotpEnrollments, |k, r| {
+    totp_secrets += each::<PendingEnrolment>(&store, Table::TotpEnrollments, |k, r| {
         let id = String::from_utf8_lossy(k).into_owned();
         Ok(
             match reseal(&old, &new, &rng, &aad_enrolment(&id), &r.sealed_secret)? {
@@ -169,7 +168,7 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         )
     })
     .await?;
-    report.refresh_successors = each::<RefreshRecord>(&store, Table::RefreshTokens, |k, r| {
+    let refresh_successors = each::<RefreshRecord>(&store, Table::RefreshTokens, |k, r| {
         let RefreshState::Rotated { successor, .. } = &mut r.state else {
             return Ok(false);
         };
@@ -187,6 +186,11 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         )
     })
     .await?;
+    let report = RekeyReport {
+        signing_keys,
+        totp_secrets,
+        refresh_successors,
+    };
     store.sync().await?;
     store.close();
     drop(store);
