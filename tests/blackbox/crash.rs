@@ -10,7 +10,8 @@
 //! - every acknowledged command has its `ok` event.
 //!
 //! The kill moments come from a small PRNG seeded from the clock. The seed is printed (shown
-//! with the output of a failed test) and `PORTCULLIS_CRASH_SEED=<seed>` replays the same plan.
+//! with the output of a failed test) and `PORTCULLIS_CRASH_SEED=<seed>` replays the same plan
+//! (kill moments and replay choices; the interleaving of the load still varies).
 
 use crate::harness::{as_user, run_cli, Server};
 use portcullis_client::Client;
