@@ -154,29 +154,10 @@ pub async fn update_user(
     id: &str,
     mut f: impl FnMut(&mut UserRecord) -> bool,
 ) -> Result<Option<UserRecord>, CommandError> {
-    for _ in 0..32 {
-        let Some(raw) = store.get(Table::Users, id.as_bytes()).await? else {
-            return Ok(None);
-        };
-        let mut user: UserRecord =
-            decode_record(&raw).map_err(portcullis_store::StoreError::from)?;
-        if !f(&mut user) {
-            return Ok(Some(user));
-        }
-        if store
-            .compare_and_swap(
-                Table::Users,
-                id.as_bytes(),
-                Some(&raw),
-                Some(encode_record(&user)),
-            )
-            .await?
-            == Cas::Swapped
-        {
-            return Ok(Some(user));
-        }
-    }
-    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+    portcullis_store::update_record(store, Table::Users, id.as_bytes(), |u| {
+        Ok::<_, CommandError>(f(u))
+    })
+    .await
 }
 
 /// Creates a user, claiming its address in the index with an insert-if-absent: of concurrent

@@ -74,6 +74,9 @@ impl From<portcullis_store::StoreError> for CommandError {
             portcullis_store::StoreError::Closed => {
                 CommandError::new(ErrorCode::Unavailable, "server is shutting down")
             }
+            portcullis_store::StoreError::Busy => {
+                CommandError::new(ErrorCode::Unavailable, "too busy; retry")
+            }
             _ => CommandError::internal(),
         }
     }

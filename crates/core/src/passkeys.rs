@@ -329,29 +329,20 @@ pub async fn after_assertion(
         )
     };
     let now = ctx.now().unix_timestamp();
-    let mut updated = None;
-    for _ in 0..16 {
-        let raw = store.get(Table::Passkeys, &key).await?.ok_or_else(gone)?;
-        let mut cur: PasskeyRecord = decode_record(&raw).map_err(store_err)?;
-        cur.passkey.update_credential(res);
-        if res.backup_state() != cur.backup_state {
-            ctx.audit.event("passkey.backup_state_changed");
-            ctx.audit.note("backup_state", res.backup_state());
-        }
-        cur.backup_state = res.backup_state();
-        cur.backup_eligible = cur.backup_eligible || res.backup_eligible();
-        cur.last_used_at = Some(now);
-        if store
-            .compare_and_swap(Table::Passkeys, &key, Some(&raw), Some(encode_record(&cur)))
-            .await?
-            == Cas::Swapped
-        {
-            updated = Some(cur);
-            break;
-        }
-    }
     let rec =
-        updated.ok_or_else(|| CommandError::new(ErrorCode::Unavailable, "too busy; retry"))?;
+        portcullis_store::update_record(store, Table::Passkeys, &key, |cur: &mut PasskeyRecord| {
+            cur.passkey.update_credential(res);
+            if res.backup_state() != cur.backup_state {
+                ctx.audit.event("passkey.backup_state_changed");
+                ctx.audit.note("backup_state", res.backup_state());
+            }
+            cur.backup_state = res.backup_state();
+            cur.backup_eligible = cur.backup_eligible || res.backup_eligible();
+            cur.last_used_at = Some(now);
+            Ok::<_, CommandError>(true)
+        })
+        .await?
+        .ok_or_else(gone)?;
     ctx.audit
         .note("credential_id", credential_id_text(res.cred_id()));
     let mut amr = vec![

@@ -149,30 +149,9 @@ async fn put_session(store: &dyn Store, s: &SessionRecord) -> Result<(), Command
 pub async fn update_session(
     store: &dyn Store,
     sid: &str,
-    mut f: impl FnMut(&mut SessionRecord) -> Result<bool, CommandError>,
+    f: impl FnMut(&mut SessionRecord) -> Result<bool, CommandError>,
 ) -> Result<Option<SessionRecord>, CommandError> {
-    for _ in 0..32 {
-        let Some(raw) = store.get(Table::Sessions, sid.as_bytes()).await? else {
-            return Ok(None);
-        };
-        let mut s: SessionRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
-        if !f(&mut s)? {
-            return Ok(Some(s));
-        }
-        if store
-            .compare_and_swap(
-                Table::Sessions,
-                sid.as_bytes(),
-                Some(&raw),
-                Some(encode_record(&s)),
-            )
-            .await?
-            == Cas::Swapped
-        {
-            return Ok(Some(s));
-        }
-    }
-    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+    portcullis_store::update_record(store, Table::Sessions, sid.as_bytes(), f).await
 }
 
 fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
