@@ -385,9 +385,23 @@ async fn master_key_rotation_reseals_every_secret_and_the_server_carries_on() {
     let t = signup(&mut c, "rekey@example.org", Some(PW)).await;
     let e = as_user(&mut c, &t.access_token, "TOTP.ENROLL", json!({})).await;
     let secret = totp_rs::Secret::try_from_base32(e.data["secret"].as_str().unwrap()).unwrap();
-    let g = totp_rs::Builder::new().with_secret(secret.as_ref().to_vec()).build().unwrap();
-    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let r = as_user(&mut c, &t.access_token, "TOTP.CONFIRM", json!({"enrollment_id": e.data["enrollment_id"], "code": g.generate(now()).to_string()})).await;
+    let g = totp_rs::Builder::new()
+        .with_secret(secret.as_ref().to_vec())
+        .build()
+        .unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let r = as_user(
+        &mut c,
+        &t.access_token,
+        "TOTP.CONFIRM",
+        json!({"enrollment_id": e.data["enrollment_id"], "code": g.generate(now()).to_string()}),
+    )
+    .await;
     assert!(r.ok, "{r:?}");
     let rotated = tokens(crate::harness::refresh(&mut c, &t.refresh_token).await);
     drop(c);
@@ -395,33 +409,152 @@ async fn master_key_rotation_reseals_every_secret_and_the_server_carries_on() {
 
     let dir = server.data_dir.clone();
     let before = std::fs::read(dir.join("master.key")).unwrap();
-    let (code, out, err) = server.cli(&["admin", "rotate-master-key", "--data-dir", &dir.to_string_lossy()]);
+    let (code, out, err) = server.cli(&[
+        "admin",
+        "rotate-master-key",
+        "--data-dir",
+        &dir.to_string_lossy(),
+    ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("1 signing keys, 1 TOTP secrets, 1 refresh successors"), "{out}");
+    assert!(
+        out.contains("1 signing keys, 1 TOTP secrets, 1 refresh successors"),
+        "{out}"
+    );
     let after = std::fs::read(dir.join("master.key")).unwrap();
     assert_ne!(before, after);
-    assert_eq!(std::fs::read(dir.join("master.key.previous")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.join("master.key.previous")).unwrap(),
+        before
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(dir.join("master.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(dir.join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 
     server.restart();
     let mut c = server.client().await;
     // The signing key is the same key, re-sealed: tokens issued before still verify.
-    assert!(as_user(&mut c, &rotated.access_token, "USER.ME", json!({})).await.ok);
+    assert!(
+        as_user(&mut c, &rotated.access_token, "USER.ME", json!({}))
+            .await
+            .ok
+    );
     // The TOTP secret opens under the new key: a sign-in completes with a fresh code.
     let r = login(&mut c, "rekey@example.org", PW).await;
     let d = r.error.unwrap().details.unwrap();
     let mut code = g.generate(now()).to_string();
-    let mut v = c.call("MFA.VERIFY", json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code})).await.unwrap();
+    let mut v = c
+        .call(
+            "MFA.VERIFY",
+            json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code}),
+        )
+        .await
+        .unwrap();
     if !v.ok {
         // The enrolment's step was used at confirmation: wait for the next one (bounded).
         tokio::time::sleep(Duration::from_secs(31)).await;
         code = g.generate(now()).to_string();
         let r = login(&mut c, "rekey@example.org", PW).await;
         let d = r.error.unwrap().details.unwrap();
-        v = c.call("MFA.VERIFY", json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code})).await.unwrap();
+        v = c
+            .call(
+                "MFA.VERIFY",
+                json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code}),
+            )
+            .await
+            .unwrap();
     }
     assert!(v.ok, "{v:?}");
-    let report: Value = server.operator_client().await.call_ok("LOG.VERIFY", json!({})).await.unwrap();
+    let report: Value = server
+        .operator_client()
+        .await
+        .call_ok("LOG.VERIFY", json!({}))
+        .await
+        .unwrap();
     assert_eq!(report["valid"], true);
+}
+
+/// Every scope opens exactly its family of commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_scope_opens_only_its_command_family() {
+    let server = Server::start();
+    let mut op = server.operator_client().await;
+    let mut c = server.client().await;
+    let u = signup(&mut c, "scoped@example.org", Some(PW)).await;
+    let who = json!({"user_id": u.user_id});
+    // One harmless call per family (a refusal other than FORBIDDEN still proves the gate opened).
+    let families: [(&str, &str, Value); 6] = [
+        ("users:read", "ADMIN.USER.GET", who.clone()),
+        ("users:write", "ADMIN.USER.ENABLE", who.clone()),
+        (
+            "sessions:write",
+            "ADMIN.SESSION.REVOKE_ALL",
+            json!({"user_id": "00000000000000000000000000000000"}),
+        ),
+        ("log:read", "LOG.VERIFY", json!({})),
+        ("keys:write", "KEYS.LIST", json!({})),
+        ("apikeys:write", "APIKEY.LIST", json!({})),
+    ];
+    for (scope, _, _) in &families {
+        let k: Value = op
+            .call_ok("APIKEY.CREATE", json!({"name": scope, "scopes": [scope]}))
+            .await
+            .unwrap();
+        let key = k["key"].as_str().unwrap().to_owned();
+        for (other, cmd, params) in &families {
+            let r = call(&mut c, &key, cmd, params.clone()).await;
+            if other == scope {
+                assert_ne!(
+                    r.error_code(),
+                    Some(ErrorCode::Forbidden),
+                    "{scope} must open {cmd}: {r:?}"
+                );
+                assert_ne!(
+                    r.error_code(),
+                    Some(ErrorCode::Unauthenticated),
+                    "{scope}: {r:?}"
+                );
+            } else {
+                assert_eq!(
+                    r.error_code(),
+                    Some(ErrorCode::Forbidden),
+                    "{scope} must not open {cmd}"
+                );
+            }
+        }
+        // No scope opens the user's own commands or the operator's bootstrap.
+        assert_eq!(
+            call(&mut c, &key, "USER.ME", json!({})).await.error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        let r = call(
+            &mut c,
+            &key,
+            "ADMIN.BOOTSTRAP",
+            json!({"email": "z@example.org"}),
+        )
+        .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Forbidden));
+    }
+    // An API key cannot mint a broader key.
+    let narrow: Value = op
+        .call_ok(
+            "APIKEY.CREATE",
+            json!({"name": "n", "scopes": ["apikeys:write"]}),
+        )
+        .await
+        .unwrap();
+    let r = call(
+        &mut c,
+        narrow["key"].as_str().unwrap(),
+        "APIKEY.CREATE",
+        json!({"name": "x", "scopes": ["users:write"]}),
+    )
+    .await;
+    assert_eq!(r.error_code(), Some(ErrorCode::Forbidden));
 }
