@@ -520,15 +520,31 @@ pub async fn complete_email_change(
     }
     let now = ctx.now().unix_timestamp();
     let mut old = String::new();
-    let user = update_user(store, user_id, |u| {
+    let mut disabled = false;
+    let updated = update_user(store, user_id, |u| {
+        disabled = u.disabled;
+        if disabled {
+            return false;
+        }
         old = u.email.clone();
         u.email = flow.email.clone();
         u.email_verified = true;
         u.updated_at = now;
         true
     })
-    .await?
-    .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "the account no longer exists"))?;
+    .await;
+    let user = match updated {
+        Ok(Some(u)) if !disabled => u,
+        other => {
+            // The account is gone or disabled: give the new address back.
+            store.remove(Table::Emails, new_key).await?;
+            other?;
+            return Err(CommandError::new(
+                ErrorCode::InvalidCredentials,
+                "this link is not valid",
+            ));
+        }
+    };
     store
         .remove(Table::Emails, old.to_ascii_lowercase().as_bytes())
         .await?;

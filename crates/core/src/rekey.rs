@@ -98,8 +98,17 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
 /// Rotates the master key of a stopped server's data directory.
 pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
     let rng = OsRandom;
-    let old_key = load_or_create_master_key(dir)?;
     let next_path = dir.join(NEXT_KEY_FILE);
+    let current = dir.join(MASTER_KEY_FILE);
+    if !current.exists() && next_path.exists() && dir.join(PREVIOUS_KEY_FILE).exists() {
+        // Interrupted between the two renames: everything is re-sealed already.
+        fs::rename(&next_path, &current).map_err(|source| NodeError::Io {
+            path: next_path.clone(),
+            source,
+        })?;
+        return Ok(RekeyReport::default());
+    }
+    let old_key = load_or_create_master_key(dir)?;
     let new_key = if next_path.exists() {
         // Finishing an interrupted rotation.
         let text =
@@ -194,7 +203,6 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
     store.sync().await?;
     store.close();
     drop(store);
-    let current = dir.join(MASTER_KEY_FILE);
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| NodeError::Io { path, source }

@@ -545,9 +545,18 @@ pub async fn revoke_all(
     keep: Option<&str>,
     reason: &str,
 ) -> Result<u64, CommandError> {
+    // Every indexed session, expired ones included: an expired session's last access token
+    // may still be within its lifetime.
+    let prefix = format!("{user_id}/").into_bytes();
     let mut n = 0;
-    for s in list_live(ctx, user_id).await? {
-        if Some(s.id.as_str()) != keep && revoke(ctx, &s.id, reason).await? {
+    for (k, _) in ctx
+        .app
+        .store
+        .scan_prefix(Table::UserSessions, &prefix, usize::MAX)
+        .await?
+    {
+        let sid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        if Some(sid.as_str()) != keep && revoke(ctx, &sid, reason).await? {
             n += 1;
         }
     }

@@ -357,8 +357,8 @@ async fn session_revoke_all(ctx: Ctx, p: UserRef) -> Result<Changed, CommandErro
 
 /// `ADMIN.USER.RECOVER {user_id, reason}` — `users:write`. For a user who lost every factor:
 /// revokes every session and mails a single-use recovery link to the account's verified
-/// address; using it signs in without the second factor (`amr` includes `recovery`) so the user
-/// can enrol again. Removes nothing. Never returns a session or the link: only the mailbox
+/// address; using it signs in without the second factor (`amr` includes `operator_recovery`) so
+/// the user can enrol again. Removes nothing. Never returns a session or the link: only the mailbox
 /// owner can finish. `CONFLICT` when the address was never verified.
 async fn user_recover(ctx: Ctx, p: RecoverParams) -> Result<Changed, CommandError> {
     let reason = p.reason.trim();

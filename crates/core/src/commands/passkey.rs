@@ -363,11 +363,18 @@ async fn list(ctx: Ctx, _p: NoParams) -> Result<PasskeyList, CommandError> {
 async fn rename(ctx: Ctx, p: RenameParams) -> Result<PasskeyInfo, CommandError> {
     let me = ctx.user()?.clone();
     let name = check_name(Some(p.name))?;
-    let mut rec = passkeys::get(&ctx, &me.user_id, &p.credential_id)
-        .await?
-        .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "no such passkey"))?;
-    rec.name = name;
-    passkeys::put(&ctx, &me.user_id, &rec).await?;
+    let key = format!("{}/{}", me.user_id, p.credential_id).into_bytes();
+    let rec = portcullis_store::update_record(
+        ctx.app.store.as_ref(),
+        portcullis_store::Table::Passkeys,
+        &key,
+        |r: &mut PasskeyRecord| {
+            r.name = name.clone();
+            Ok::<_, CommandError>(true)
+        },
+    )
+    .await?
+    .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "no such passkey"))?;
     Ok(info(&rec))
 }
 
