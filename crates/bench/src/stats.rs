@@ -481,7 +481,9 @@ pub async fn measure(
             };
             interval_base = counts;
             if display.print_intervals && span > 0.05 {
-                pb.println(format!(
+                // On stderr, bar or no bar (a hidden bar would swallow `println`), so `--json`
+                // output on stdout stays clean.
+                let line = format!(
                     "[{:>7.1}s] {:>10} ok/s  p99 {:>9}  max {:>9}  errors {:>5}  rss {}",
                     iv.t_s,
                     fmt_count(iv.throughput),
@@ -490,7 +492,8 @@ pub async fn measure(
                     iv.errors,
                     iv.rss_kib
                         .map_or("-".to_owned(), |k| format!("{} KiB", fmt_count(k as f64)))
-                ));
+                );
+                pb.suspend(|| eprintln!("{line}"));
             }
             let _ = total.add(&h);
             for (k, v) in c {
