@@ -53,30 +53,11 @@ impl CommandSpec {
     ) -> CommandSpec
     where
         P: DeserializeOwned + Send + 'static,
-        R: Serialize + 'static,
+        R: Serialize + Send + 'static,
         F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, CommandError>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let handler: Handler = Arc::new(move |ctx, params| {
-            let f = Arc::clone(&f);
-            Box::pin(async move {
-                let p = parse_params::<P>(params)?;
-                let r = f(ctx, p).await?;
-                serde_json::to_value(r).map(Output::Data).map_err(|e| {
-                    tracing::error!(error = %e, "result does not serialise");
-                    CommandError::internal()
-                })
-            })
-        });
-        CommandSpec {
-            name,
-            caller,
-            rate,
-            logged: true,
-            enrolment: false,
-            handler,
-        }
+        CommandSpec::with_handler(name, caller, rate, typed(f, serialised::<R>))
     }
 
     /// A logged command that answers with a stream.
@@ -91,14 +72,15 @@ impl CommandSpec {
         F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<TailStream, CommandError>> + Send + 'static,
     {
-        let f = Arc::new(f);
-        let handler: Handler = Arc::new(move |ctx, params| {
-            let f = Arc::clone(&f);
-            Box::pin(async move {
-                let p = parse_params::<P>(params)?;
-                f(ctx, p).await.map(Output::Stream)
-            })
-        });
+        CommandSpec::with_handler(name, caller, rate, typed(f, |s| Ok(Output::Stream(s))))
+    }
+
+    fn with_handler(
+        name: &'static str,
+        caller: Requirement,
+        rate: RateClass,
+        handler: Handler,
+    ) -> CommandSpec {
         CommandSpec {
             name,
             caller,
@@ -130,6 +112,31 @@ impl CommandSpec {
             logged: self.logged,
         }
     }
+}
+
+/// Erases a typed handler: parses its params, runs it, and turns its result into [`Output`].
+fn typed<P, T, F, Fut>(f: F, output: fn(T) -> Result<Output, CommandError>) -> Handler
+where
+    P: DeserializeOwned + Send + 'static,
+    T: Send + 'static,
+    F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<T, CommandError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |ctx, params| {
+        let f = Arc::clone(&f);
+        Box::pin(async move {
+            let p = parse_params::<P>(params)?;
+            output(f(ctx, p).await?)
+        })
+    })
+}
+
+fn serialised<R: Serialize>(r: R) -> Result<Output, CommandError> {
+    serde_json::to_value(r).map(Output::Data).map_err(|e| {
+        tracing::error!(error = %e, "result does not serialise");
+        CommandError::internal()
+    })
 }
 
 /// Params must be an object (absent means `{}`), and unknown members are refused by the params

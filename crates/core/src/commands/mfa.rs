@@ -229,6 +229,28 @@ mod tests {
         }
     }
 
+    /// A passwordless account proven by a link (the first mail), then an authenticator app.
+    async fn proven_with_totp(b: &Bench, email: &str) -> (String, Vec<u8>) {
+        b.ok("AUTH.SIGNUP", json!({"email": email}), None).await;
+        b.ok("MAGIC.SEND", json!({"email": email}), None).await;
+        let first = b
+            .ok(
+                "MAGIC.VERIFY",
+                json!({"token": b.link_token(1).await}),
+                None,
+            )
+            .await;
+        let access = first["access_token"].as_str().unwrap().to_owned();
+        let e = b.ok("TOTP.ENROLL", json!({}), Some(&access)).await;
+        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let confirm = json!({"enrollment_id": e["enrollment_id"], "code": code_at(b, &secret, 0)});
+        b.ok("TOTP.CONFIRM", confirm, Some(&access)).await;
+        (access, secret)
+    }
+
     async fn mfa_token(b: &Bench, email: &str) -> Value {
         let r = b
             .call("AUTH.LOGIN", json!({"email": email, "password": PW}), None)
@@ -413,29 +435,7 @@ mod tests {
     async fn step_up_gates_sensitive_commands_and_mfa_verify_lifts_it() {
         let b = Bench::new(|_| {}).await;
         // A passwordless account proven by a link, then an authenticator app.
-        b.ok("AUTH.SIGNUP", json!({"email": "up@example.org"}), None)
-            .await;
-        b.ok("MAGIC.SEND", json!({"email": "up@example.org"}), None)
-            .await;
-        let first = b
-            .ok(
-                "MAGIC.VERIFY",
-                json!({"token": b.link_token(1).await}),
-                None,
-            )
-            .await;
-        let access = first["access_token"].as_str().unwrap().to_owned();
-        let e = b.ok("TOTP.ENROLL", json!({}), Some(&access)).await;
-        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        b.ok(
-            "TOTP.CONFIRM",
-            json!({"enrollment_id": e["enrollment_id"], "code": code_at(&b, &secret, 0)}),
-            Some(&access),
-        )
-        .await;
+        let (access, secret) = proven_with_totp(&b, "up@example.org").await;
         // Within ten minutes of the link sign-in, a sensitive command runs; after, it needs a step-up.
         let set = json!({"new_password": "another long passphrase"});
         b.advance(11 * 60);
@@ -480,29 +480,7 @@ mod tests {
     #[tokio::test]
     async fn an_email_code_sign_in_needs_the_second_factor_too() {
         let b = Bench::new(|_| {}).await;
-        b.ok("AUTH.SIGNUP", json!({"email": "code@example.org"}), None)
-            .await;
-        b.ok("MAGIC.SEND", json!({"email": "code@example.org"}), None)
-            .await;
-        let first = b
-            .ok(
-                "MAGIC.VERIFY",
-                json!({"token": b.link_token(1).await}),
-                None,
-            )
-            .await;
-        let access = first["access_token"].as_str().unwrap().to_owned();
-        let e = b.ok("TOTP.ENROLL", json!({}), Some(&access)).await;
-        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        b.ok(
-            "TOTP.CONFIRM",
-            json!({"enrollment_id": e["enrollment_id"], "code": code_at(&b, &secret, 0)}),
-            Some(&access),
-        )
-        .await;
+        let (_, secret) = proven_with_totp(&b, "code@example.org").await;
         b.advance(31);
         let flow = b
             .ok("OTP.SEND", json!({"email": "code@example.org"}), None)
