@@ -22,6 +22,8 @@ use zeroize::Zeroizing;
 
 /// Longest token the verifier looks at.
 pub const MAX_TOKEN_LEN: usize = 4096;
+/// Tokens whose signature is remembered as verified, at most.
+const VERIFIED_CACHE: usize = 65_536;
 /// How far in the future `iat` may be (clock skew between issuers).
 pub const MAX_FUTURE_SKEW_S: i64 = 60;
 
@@ -122,6 +124,8 @@ pub struct Tokens {
     ring: RwLock<Arc<Ring>>,
     /// Serialises rotations (each reads every key record and writes several).
     rotating: tokio::sync::Mutex<()>,
+    /// Claims of tokens whose signature verified, by SHA-256 of the token.
+    verified: RwLock<std::collections::HashMap<[u8; 32], AccessClaims>>,
     issuer: String,
     ttl_s: i64,
 }
@@ -162,6 +166,7 @@ impl Tokens {
         Ok(Tokens {
             ring: RwLock::new(Arc::new(ring)),
             rotating: tokio::sync::Mutex::new(()),
+            verified: RwLock::new(std::collections::HashMap::new()),
             issuer,
             ttl_s,
         })
@@ -200,10 +205,51 @@ impl Tokens {
     }
 
     /// Verifies a token and returns its claims.
+    ///
+    /// A token whose signature has verified once is remembered (by its SHA-256, in a bounded
+    /// cache), so later uses skip the Ed25519 verification; the time checks (`exp`, `iat`) run
+    /// on every use. Nothing else can change for a given token string: its key keeps verifying
+    /// at least until the token expires (a retired key verifies until now + the token
+    /// lifetime), and revocation is the session check's job, made on every command.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
+        let digest = sha256(token.as_bytes());
+        let cached = self
+            .verified
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .cloned();
+        let claims = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.verify_signature(token, now)?;
+                let mut cache = self.verified.write().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= VERIFIED_CACHE {
+                    cache.clear();
+                }
+                cache.insert(digest, c.clone());
+                c
+            }
+        };
+        let now_s = now.unix_timestamp();
+        if now_s >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if claims.iat > now_s + MAX_FUTURE_SKEW_S {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    /// Everything but the time checks: shape, pinned algorithm, key ring, signature, issuer.
+    fn verify_signature(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<AccessClaims, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -236,12 +282,6 @@ impl Tokens {
             serde_json::from_slice(&b64(p)?).map_err(|_| TokenError::Malformed)?;
         if claims.iss != self.issuer {
             return Err(TokenError::Issuer);
-        }
-        if now_s >= claims.exp {
-            return Err(TokenError::Expired);
-        }
-        if claims.iat > now_s + MAX_FUTURE_SKEW_S {
-            return Err(TokenError::NotYetValid);
         }
         Ok(claims)
     }
