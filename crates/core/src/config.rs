@@ -267,11 +267,7 @@ impl Config {
         }
         crate::limits::Limits::new(&self.rate_limits)?;
         crate::passkeys::relying_party(self)?;
-        let locale_ok = !self.default_locale.is_empty()
-            && self.default_locale.split('-').all(|p| {
-                !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric())
-            });
-        if !locale_ok {
+        if !is_language_tag(&self.default_locale) {
             return Err("default_locale must be a language tag such as en or pt-BR".into());
         }
         if self.send_cooldown_s < 0 {
@@ -279,4 +275,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether `s` has the shape of a language tag (`en`, `pt-BR`): at most 16 characters,
+/// alphanumeric subtags of 1 to 8 characters separated by `-`.
+pub fn is_language_tag(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 16
+        && s.split('-')
+            .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }

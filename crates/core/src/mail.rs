@@ -92,7 +92,8 @@ impl Default for Vars {
     }
 }
 
-fn escape_html(s: &str) -> String {
+/// Escapes text for HTML element content and double- or single-quoted attributes.
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -4,6 +4,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::commands::magic::landing;
+use portcullis_core::mail::escape_html;
 use portcullis_core::Dispatcher;
 use serde::Deserialize;
 
@@ -17,19 +18,6 @@ const DEMO_JS: &str = include_str!("../assets/demo.js");
 #[derive(Deserialize)]
 pub struct MagicQuery {
     token: Option<String>,
-}
-
-fn escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '&' => "&amp;".into(),
-            '<' => "&lt;".into(),
-            '>' => "&gt;".into(),
-            '"' => "&quot;".into(),
-            '\'' => "&#39;".into(),
-            c => c.to_string(),
-        })
-        .collect()
 }
 
 /// Headers for pages that carry a secret in their address: never cached, never framed, never
@@ -55,7 +43,7 @@ fn hardened(mut headers: HeaderMap) -> HeaderMap {
 /// nothing. 410 when the link is unknown, used, expired or replaced.
 pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQuery>) -> Response {
     let app = d.app();
-    let product = escape(&app.config.product_name);
+    let product = escape_html(&app.config.product_name);
     let info = match q.token.as_deref().filter(|t| t.len() <= 128) {
         Some(t) => landing(app, t).await,
         None => None,
@@ -75,18 +63,18 @@ pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQue
     };
     let body = LANDING
         .replace("{{product}}", &product)
-        .replace("{{email}}", &escape(&info.email))
+        .replace("{{email}}", &escape_html(&info.email))
         .replace(
             "{{bound}}",
             if info.device_bound { "true" } else { "false" },
         )
         .replace(
             "{{redirect}}",
-            &escape(info.redirect_url.as_deref().unwrap_or("")),
+            &escape_html(info.redirect_url.as_deref().unwrap_or("")),
         )
         .replace(
             "{{client}}",
-            &escape(
+            &escape_html(
                 info.requested_from
                     .as_deref()
                     .unwrap_or("an unknown address"),
@@ -94,7 +82,13 @@ pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQue
         )
         .replace(
             "{{agent}}",
-            &escape(info.requested_agent.as_deref().unwrap_or("unknown client")),
+            &escape_html(
+                &info
+                    .requested_agent
+                    .as_deref()
+                    .map(portcullis_core::mail::sanitize_client_text)
+                    .unwrap_or_else(|| "unknown client".into()),
+            ),
         );
     (StatusCode::OK, headers, body).into_response()
 }

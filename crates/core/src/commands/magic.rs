@@ -50,11 +50,7 @@ pub fn specs() -> Vec<CommandSpec> {
 /// Checks a locale tag (`en`, `pt-BR`), defaulting to the server's.
 pub fn locale(ctx: &Ctx, requested: Option<String>) -> Result<String, CommandError> {
     let l = requested.unwrap_or_else(|| ctx.app.config.default_locale.clone());
-    let ok = l.len() <= 16
-        && !l.is_empty()
-        && l.split('-')
-            .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()));
-    if ok {
+    if crate::config::is_language_tag(&l) {
         Ok(l)
     } else {
         Err(CommandError::invalid_params(
