@@ -234,6 +234,14 @@ async fn restarts_and_crashes_keep_every_acknowledged_event_and_the_chain() {
     for round in 0..3 {
         let mut c = server.client().await;
         acknowledged += info_burst(&mut c, 40).await;
+        // SYS.INFO only reads, so its answer does not wait for its event to reach the disk; a
+        // later command that is not read-only does wait, and its flush covers every event
+        // appended before it (envelope.md, "Durability of answers").
+        let r = c
+            .call("AUTH.REFRESH", json!({"refresh_token": "not-a-token"}))
+            .await
+            .unwrap();
+        assert!(!r.ok, "{r:?}");
         drop(c);
         if round % 2 == 0 {
             server.kill();

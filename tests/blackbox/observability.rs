@@ -328,10 +328,11 @@ async fn metrics_parse_and_move_with_traffic() {
     assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
     assert!(after.get(&format!("{h}_sum"), &[("command", "SYS.INFO")]) > Some(0.0));
 
-    // Group commit made the logged outcomes durable.
+    // Group commit made the logged outcomes durable: the unknown commands waited for it (the
+    // read-only SYS.INFO did not; their events went out with any flush).
     let flushes = after.value("portcullis_group_commit_flushes_total", &[]);
     let waiters = after.value("portcullis_group_commit_waiters_total", &[]);
-    assert!(flushes >= 1.0 && waiters >= flushes, "{flushes} {waiters}");
+    assert!(flushes >= 1.0 && waiters >= 1.0, "{flushes} {waiters}");
     assert!(after.value("portcullis_group_commit_max_batch", &[]) >= 1.0);
 
     // The log head is read at scrape time: it equals what SYS.INFO reports (which reads the

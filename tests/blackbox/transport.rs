@@ -1381,7 +1381,11 @@ async fn shutdown_delivers_the_answer_of_every_command_it_executed() {
         if r.ok {
             acknowledged += 1;
         } else {
-            assert_eq!(code_of(r), Some("UNAVAILABLE"), "{what}: {r:?}");
+            // The burst may outrun the `cheap` rate limit; refusals are answers too.
+            assert!(
+                matches!(code_of(r), Some("UNAVAILABLE" | "RATE_LIMITED")),
+                "{what}: {r:?}"
+            );
         }
     }
 

@@ -67,6 +67,11 @@ impl Pending {
         &self.response
     }
 
+    /// Whether the answer may go out now, with nothing to wait for.
+    pub fn is_ready(&self) -> bool {
+        self.durable.is_none()
+    }
+
     /// Waits for durability and returns the response to send. If the write could not be made
     /// durable, the answer becomes `UNAVAILABLE` (the outcome may or may not survive a crash).
     pub async fn resolve(self) -> Response {
@@ -116,6 +121,27 @@ impl Reply {
 #[derive(Clone)]
 pub struct Dispatcher {
     app: Arc<App>,
+    request_ids: Arc<RequestIds>,
+}
+
+/// Request ids for tracing: a random start, then counting, so ids are unique within a process
+/// and unpredictable across processes without drawing from the OS generator per request.
+struct RequestIds {
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new(app: &App) -> Self {
+        let mut start = [0u8; 8];
+        app.rng.fill(&mut start);
+        RequestIds {
+            next: std::sync::atomic::AtomicU64::new(u64::from_le_bytes(start)),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 struct Outcome {
@@ -125,12 +151,14 @@ struct Outcome {
     result: Result<Output, CommandError>,
     audit: AuditFields,
     logged: bool,
+    read_only: bool,
 }
 
 impl Dispatcher {
     /// A dispatcher over `app`.
     pub fn new(app: Arc<App>) -> Self {
-        Dispatcher { app }
+        let request_ids = Arc::new(RequestIds::new(&app));
+        Dispatcher { app, request_ids }
     }
 
     /// The app.
@@ -185,6 +213,7 @@ impl Dispatcher {
             result: Err(err),
             audit: AuditFields::default(),
             logged: true,
+            read_only: false,
         };
         self.finish(outcome, conn, started)
             .instrument(self.span("-"))
@@ -194,9 +223,8 @@ impl Dispatcher {
     /// A tracing span for one request: every line written while it runs carries a fresh
     /// request id and the command name (never a parameter).
     fn span(&self, command: &str) -> tracing::Span {
-        let mut rid = [0u8; 8];
-        self.app.rng.fill(&mut rid);
-        tracing::info_span!("request", request_id = %hex::encode(rid), command = %truncate(command, MAX_LOGGED_COMMAND_LEN))
+        let rid = self.request_ids.next();
+        tracing::info_span!("request", request_id = %format_args!("{rid:016x}"), command = %truncate(command, MAX_LOGGED_COMMAND_LEN))
     }
 
     async fn run(&self, req: Request, conn: &ConnInfo, started: Instant) -> Reply {
@@ -212,7 +240,9 @@ impl Dispatcher {
             token,
         } = req;
         let audit = Arc::new(Audit::default());
-        let (caller, logged, result) = match self.app.registry.get(&command) {
+        let spec = self.app.registry.get(&command);
+        let read_only = spec.is_some_and(|s| s.read_only);
+        let (caller, logged, result) = match spec {
             None => (
                 Caller::Anonymous,
                 true,
@@ -262,6 +292,7 @@ impl Dispatcher {
             result,
             audit: audit.take(),
             logged,
+            read_only,
         };
         self.finish(outcome, conn, started).await
     }
@@ -424,6 +455,9 @@ impl Dispatcher {
                 hash: String::new(),
             };
             match self.app.log.append(event).await {
+                // A read's answer waits only for state it may have observed; its own event is
+                // made durable by the group commit shortly after.
+                Ok(_) if o.read_only => durable = self.app.store.sync_state(),
                 Ok(_) => durable = Some(self.app.store.sync()),
                 Err(e) => {
                     tracing::error!(error = %e, "appending to the event log failed");

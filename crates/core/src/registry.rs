@@ -39,6 +39,10 @@ pub struct CommandSpec {
     pub logged: bool,
     /// Whether an enrolment-only session may run it.
     pub enrolment: bool,
+    /// Whether it only reads: its answer then waits for no disk flush of its own event (the
+    /// group commit makes that durable within [`portcullis_store::LAZY_FLUSH`]), only for the
+    /// durability of any table write it may have observed ([`portcullis_store::Store::sync_state`]).
+    pub read_only: bool,
     /// The handler.
     pub handler: Handler,
 }
@@ -87,6 +91,7 @@ impl CommandSpec {
             rate,
             logged: true,
             enrolment: false,
+            read_only: false,
             handler,
         }
     }
@@ -94,6 +99,12 @@ impl CommandSpec {
     /// Lets an enrolment-only session run the command.
     pub fn enrolment_allowed(mut self) -> Self {
         self.enrolment = true;
+        self
+    }
+
+    /// Marks the command as changing nothing (see [`CommandSpec::read_only`]).
+    pub fn reads_only(mut self) -> Self {
+        self.read_only = true;
         self
     }
 
@@ -110,6 +121,7 @@ impl CommandSpec {
             caller: self.caller.name().to_owned(),
             rate_class: self.rate.name().to_owned(),
             logged: self.logged,
+            read_only: self.read_only,
         }
     }
 }

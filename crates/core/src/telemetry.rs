@@ -16,14 +16,16 @@ use crate::config::Config;
 use crate::registry::Registry;
 use crate::App;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
-use metrics::{Counter, Gauge, Unit};
+use metrics::{Counter, Gauge, Histogram, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::hash::Hash;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
@@ -50,6 +52,11 @@ pub struct Metrics {
     handle: PrometheusHandle,
     tcp_open: Gauge,
     tcp_refused: Counter,
+    /// Handles already registered, so the request path does not look them up (and allocate
+    /// their keys) on every command. Keys are `&'static str`s from the registry and the closed
+    /// error set, so the maps stay bounded.
+    counters: RwLock<HashMap<(&'static str, &'static str), Counter>>,
+    durations: RwLock<HashMap<&'static str, Histogram>>,
 }
 
 impl Default for Metrics {
@@ -97,16 +104,32 @@ impl Metrics {
             handle,
             tcp_open,
             tcp_refused,
+            counters: RwLock::default(),
+            durations: RwLock::default(),
         }
     }
 
     /// Records one handled command. `command` is a label from [`command_label`]; `outcome` is
     /// `ok` or an error code.
     pub fn command(&self, command: &'static str, outcome: &'static str, took: Duration) {
-        metrics::with_local_recorder(&self.recorder, || {
-            counter!(COMMANDS_TOTAL, "command" => command, "outcome" => outcome).increment(1);
-            histogram!(COMMAND_DURATION, "command" => command).record(took.as_secs_f64());
-        });
+        let counted = cached(&self.counters, (command, outcome), |h| h.increment(1));
+        if !counted {
+            let c = metrics::with_local_recorder(
+                &self.recorder,
+                || counter!(COMMANDS_TOTAL, "command" => command, "outcome" => outcome),
+            );
+            c.increment(1);
+            write_lock(&self.counters).insert((command, outcome), c);
+        }
+        let secs = took.as_secs_f64();
+        if !cached(&self.durations, command, |h| h.record(secs)) {
+            let h = metrics::with_local_recorder(
+                &self.recorder,
+                || histogram!(COMMAND_DURATION, "command" => command),
+            );
+            h.record(secs);
+            write_lock(&self.durations).insert(command, h);
+        }
     }
 
     /// Counts an open TCP connection until the returned guard is dropped.
@@ -252,6 +275,16 @@ pub fn command_label(registry: &Registry, command: Option<&str>) -> &'static str
         None => "-",
         Some(c) => registry.get(c).map_or("unknown", |spec| spec.name),
     }
+}
+
+/// Applies `f` to the handle cached under `key`; false when there is none yet.
+fn cached<K: Eq + Hash, H>(map: &RwLock<HashMap<K, H>>, key: K, f: impl FnOnce(&H)) -> bool {
+    let map = map.read().unwrap_or_else(|p| p.into_inner());
+    map.get(&key).map(f).is_some()
+}
+
+fn write_lock<K, H>(map: &RwLock<HashMap<K, H>>) -> std::sync::RwLockWriteGuard<'_, HashMap<K, H>> {
+    map.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a scrape presenting `bearer` may read the metrics: always when no `metrics_token`

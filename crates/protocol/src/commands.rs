@@ -56,6 +56,10 @@ pub mod sys {
         pub rate_class: String,
         /// Whether its outcomes are appended to the event log.
         pub logged: bool,
+        /// Whether it only reads: its answer does not wait for its own event to reach the disk
+        /// (see envelope.md, "Durability of answers").
+        #[serde(default)]
+        pub read_only: bool,
     }
 
     /// `SYS.COMMANDS` result.

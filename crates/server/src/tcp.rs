@@ -11,12 +11,13 @@ use portcullis_core::{CommandError, ConnInfo, Dispatcher, Reply, Transport};
 use portcullis_protocol::codec::{encode_line, FrameCodec, FrameError};
 use portcullis_protocol::{ErrorBody, ErrorCode, Response};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -73,14 +74,53 @@ async fn refuse(mut sock: TcpStream) {
     let _ = sock.shutdown().await;
 }
 
+/// The write side of a connection, shared by its reader (answers that are ready at once, while
+/// nothing is queued) and its writer task (everything else, in order).
+struct Outbound {
+    wr: Mutex<OwnedWriteHalf>,
+    /// Replies handed to the writer task and not yet written. The reader writes an answer
+    /// itself only while this is zero, so answers never overtake each other.
+    queued: AtomicUsize,
+}
+
+impl Outbound {
+    /// Writes `out` (answers encoded by the reader) and empties it.
+    async fn write_direct(&self, out: &mut BytesMut) -> std::io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.wr.lock().await.write_all(out).await?;
+        out.clear();
+        Ok(())
+    }
+}
+
 /// Serves one connection to the end.
 pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatcher) {
     let _ = sock.set_nodelay(true);
     let (mut rd, wr) = sock.into_split();
+    let outbound = Arc::new(Outbound {
+        wr: Mutex::new(wr),
+        queued: AtomicUsize::new(0),
+    });
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let closed = CancellationToken::new();
-    let writer = tokio::spawn(write_loop(wr, rx, closed.clone()));
-    if read_loop(&mut rd, tx, &dispatcher, peer, &closed).await == ReadEnd::ClientGone {
+    let writer = tokio::spawn(write_loop(Arc::clone(&outbound), rx, closed.clone()));
+    let mut direct = BytesMut::new();
+    let end = read_loop(
+        &mut rd,
+        &tx,
+        &outbound,
+        &mut direct,
+        &dispatcher,
+        peer,
+        &closed,
+    )
+    .await;
+    // Answers the reader encoded come before anything still queued after them.
+    let _ = outbound.write_direct(&mut direct).await;
+    drop(tx);
+    if end == ReadEnd::ClientGone {
         // A following stream ends with its client.
         closed.cancel();
     }
@@ -111,9 +151,15 @@ enum ReadEnd {
     ClientGone,
 }
 
+/// Reads and executes requests in order. An answer that is ready at once while nothing is
+/// queued is encoded into `direct` and written by the reader before it next waits for input
+/// (no hand-off to the writer task); any other answer first pushes `direct` out, then goes to
+/// the writer through `tx`.
 async fn read_loop(
     rd: &mut OwnedReadHalf,
-    tx: mpsc::Sender<Reply>,
+    tx: &mpsc::Sender<Reply>,
+    outbound: &Outbound,
+    direct: &mut BytesMut,
     dispatcher: &Dispatcher,
     peer: SocketAddr,
     closed: &CancellationToken,
@@ -131,6 +177,14 @@ async fn read_loop(
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut partial_since: Option<Instant> = None;
     let mut eof = false;
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // One timer for the connection's life: it is moved only when it must fire earlier, and when
+    // it fires early it is moved to the current deadline, so a busy connection touches no timer
+    // per request.
+    let mut deadline = tokio::time::Instant::now() + idle;
+    let timer = tokio::time::sleep_until(deadline);
+    tokio::pin!(timer);
     loop {
         // Execute every complete frame already buffered.
         loop {
@@ -154,13 +208,25 @@ async fn read_loop(
                     let reply = dispatcher
                         .unreadable(None, err, &conn, Instant::now())
                         .await;
-                    let _ = tx.send(reply).await;
+                    let _ = hand_over(tx, outbound, direct, reply).await;
                     return ReadEnd::Done;
                 }
                 Err(_) => return ReadEnd::Done,
             };
+            let reply = match reply {
+                Reply::Unary(p) if p.is_ready() && outbound.queued.load(Ordering::Acquire) == 0 => {
+                    if !encode(&p.resolve().await, direct)
+                        || (direct.len() >= WRITE_CHUNK
+                            && outbound.write_direct(direct).await.is_err())
+                    {
+                        return ReadEnd::Done;
+                    }
+                    continue;
+                }
+                other => other,
+            };
             let follows = matches!(reply, Reply::Stream { follow: true, .. });
-            if tx.send(reply).await.is_err() {
+            if hand_over(tx, outbound, direct, reply).await.is_err() {
                 return ReadEnd::Done;
             }
             if follows {
@@ -170,7 +236,7 @@ async fn read_loop(
                 return ReadEnd::ClientGone;
             }
         }
-        if eof {
+        if eof || outbound.write_direct(direct).await.is_err() {
             return ReadEnd::Done;
         }
         let wait = if buf.is_empty() {
@@ -180,22 +246,43 @@ async fn read_loop(
             let since = *partial_since.get_or_insert_with(Instant::now);
             frame_timeout.saturating_sub(since.elapsed())
         };
+        deadline = tokio::time::Instant::now() + wait;
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
         tokio::select! {
-            _ = app.shutdown.cancelled() => return ReadEnd::Done,
-            r = tokio::time::timeout(wait, rd.read_buf(&mut buf)) => match r {
-                Err(_) => {
-                    tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
-                    return ReadEnd::Done;
+            _ = &mut shutdown => return ReadEnd::Done,
+            _ = &mut timer => {
+                if tokio::time::Instant::now() < deadline {
+                    // Fired for an earlier deadline that activity has since moved.
+                    timer.as_mut().reset(deadline);
+                    continue;
                 }
-                Ok(Ok(0)) => eof = true,
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return ReadEnd::Done,
+                tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
+                return ReadEnd::Done;
+            }
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(_) => return ReadEnd::Done,
             },
         }
     }
+}
+
+/// Queues a reply for the writer task, after writing the answers the reader encoded before it.
+async fn hand_over(
+    tx: &mpsc::Sender<Reply>,
+    outbound: &Outbound,
+    direct: &mut BytesMut,
+    reply: Reply,
+) -> Result<(), ()> {
+    outbound.write_direct(direct).await.map_err(|_| ())?;
+    outbound.queued.fetch_add(1, Ordering::AcqRel);
+    tx.send(reply).await.map_err(|_| ())
 }
 
 async fn drain(rd: &mut OwnedReadHalf, shutdown: &CancellationToken, closed: &CancellationToken) {
@@ -212,12 +299,15 @@ async fn drain(rd: &mut OwnedReadHalf, shutdown: &CancellationToken, closed: &Ca
     }
 }
 
+/// Writes queued replies in order. `encoded` counts replies whose bytes are all in `out`;
+/// once written they leave [`Outbound::queued`].
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    outbound: Arc<Outbound>,
     mut rx: mpsc::Receiver<Reply>,
     closed: CancellationToken,
 ) {
     let mut out = BytesMut::with_capacity(WRITE_CHUNK);
+    let mut encoded = 0usize;
     while let Some(reply) = rx.recv().await {
         let ok = match reply {
             Reply::Unary(pending) => {
@@ -229,7 +319,7 @@ async fn write_loop(
                 let next = match stream.next().now_or_never() {
                     Some(n) => n,
                     None => {
-                        if flush(&mut wr, &mut out).await.is_err() {
+                        if flush(&outbound, &mut out, &mut encoded).await.is_err() {
                             return;
                         }
                         tokio::select! {
@@ -241,7 +331,8 @@ async fn write_loop(
                 match next {
                     Some(r) => {
                         if !encode(&r, &mut out)
-                            || (out.len() >= WRITE_CHUNK && flush(&mut wr, &mut out).await.is_err())
+                            || (out.len() >= WRITE_CHUNK
+                                && flush(&outbound, &mut out, &mut encoded).await.is_err())
                         {
                             return;
                         }
@@ -249,8 +340,8 @@ async fn write_loop(
                     None if follow => {
                         // A following stream only ends on error or shutdown: the connection
                         // carries nothing else, so close it (the client resumes elsewhere).
-                        let _ = flush(&mut wr, &mut out).await;
-                        let _ = wr.shutdown().await;
+                        let _ = flush(&outbound, &mut out, &mut encoded).await;
+                        let _ = outbound.wr.lock().await.shutdown().await;
                         closed.cancel();
                         return;
                     }
@@ -261,12 +352,15 @@ async fn write_loop(
         if !ok {
             return;
         }
-        if (rx.is_empty() || out.len() >= WRITE_CHUNK) && flush(&mut wr, &mut out).await.is_err() {
+        encoded += 1;
+        if (rx.is_empty() || out.len() >= WRITE_CHUNK)
+            && flush(&outbound, &mut out, &mut encoded).await.is_err()
+        {
             return;
         }
     }
-    let _ = flush(&mut wr, &mut out).await;
-    let _ = wr.shutdown().await;
+    let _ = flush(&outbound, &mut out, &mut encoded).await;
+    let _ = outbound.wr.lock().await.shutdown().await;
 }
 
 fn encode(r: &Response, out: &mut BytesMut) -> bool {
@@ -279,11 +373,15 @@ fn encode(r: &Response, out: &mut BytesMut) -> bool {
     }
 }
 
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    wr.write_all(out).await?;
-    out.clear();
+/// Writes what the writer task encoded; the replies it held are then no longer queued.
+async fn flush(
+    outbound: &Outbound,
+    out: &mut BytesMut,
+    encoded: &mut usize,
+) -> std::io::Result<()> {
+    outbound.write_direct(out).await?;
+    outbound
+        .queued
+        .fetch_sub(std::mem::take(encoded), Ordering::AcqRel);
     Ok(())
 }

@@ -1,17 +1,26 @@
 //! One thread that flushes sled for every caller waiting on durability.
 //!
-//! Callers enqueue a oneshot sender and await it. The thread takes the first waiter, drains every
-//! other waiter already queued, records the event log head, flushes once, publishes the head as
-//! the durable watermark, then answers the whole batch. Waiters arriving during a flush form the
-//! next batch.
+//! Flushes are numbered. A caller that needs its writes on disk asks for the flush after the one
+//! in progress (`started + 1`: a flush already running may have begun before its writes) and
+//! waits on one shared `watch` of the last completed flush; there is no channel or allocation
+//! per waiter. The thread flushes whenever some caller wants a flush it has not started, so
+//! every caller arriving during a flush is served by the next one. When nobody waits but
+//! something was written, it flushes after [`LAZY_FLUSH`] so writes nobody waited for (the
+//! events of read-only commands) reach the disk and the durable watermark within that time.
+//!
+//! Besides the event log head (published as the durable watermark), each flush publishes how
+//! many table writes it covers, so a reader can tell whether anything it may have observed is
+//! still only in memory ([`crate::Store::sync_state`]).
 
 use crate::StoreError;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
-use tokio::sync::{oneshot, watch};
+use std::time::Duration;
+use tokio::sync::watch;
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+/// Longest time a write nobody waits for stays only in memory while the server runs.
+pub const LAZY_FLUSH: Duration = Duration::from_millis(20);
 
 /// Counters of the group-commit thread.
 #[derive(Debug, Default)]
@@ -26,53 +35,156 @@ pub struct CommitStats {
     pub flush_us: AtomicU64,
 }
 
+/// The last completed flush, as waiters see it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flushed {
+    /// Number of the last flush that succeeded.
+    ok: u64,
+    /// Number of the last flush that failed.
+    failed: u64,
+    /// Set once the thread has made its final flush.
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    /// Number of the last flush started.
+    started: u64,
+    /// Highest flush number some waiter needs.
+    wanted: u64,
+    /// Waiters since the last flush started (for the statistics).
+    waiting: u64,
+    stopping: bool,
+}
+
+/// Counts table writes so a flush can say which writes it covers. A writer holds the gate
+/// shared while it writes and counts; the flush thread takes it exclusively for an instant to
+/// read a count no write is still inside.
+#[derive(Debug, Default)]
+pub(crate) struct WriteGate {
+    lock: RwLock<()>,
+    writes: AtomicU64,
+    /// Writes covered by the last successful flush.
+    durable: AtomicU64,
+}
+
+impl WriteGate {
+    /// Runs one table write and counts it.
+    pub(crate) fn write<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _shared = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        let r = f();
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        r
+    }
+
+    /// Whether every write counted so far is durable.
+    pub(crate) fn settled(&self) -> bool {
+        self.durable.load(Ordering::Acquire) >= self.writes.load(Ordering::Acquire)
+    }
+
+    /// Every write counted here has completed.
+    fn snapshot(&self) -> u64 {
+        let _exclusive = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        self.writes.load(Ordering::Acquire)
+    }
+
+    fn publish(&self, covered: u64) {
+        self.durable.fetch_max(covered, Ordering::AcqRel);
+    }
+}
+
+struct Shared {
+    requests: Mutex<Requests>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Requests> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub(crate) struct GroupCommit {
-    tx: Option<mpsc::Sender<Waiter>>,
+    shared: Arc<Shared>,
+    flushed: watch::Receiver<Flushed>,
     thread: Option<thread::JoinHandle<()>>,
     pub(crate) stats: Arc<CommitStats>,
 }
 
+/// What the thread reads before each flush and publishes after it.
+pub(crate) struct Watermarks {
+    /// The event log head.
+    pub(crate) head: Arc<AtomicU64>,
+    /// Receives the head from before each successful flush.
+    pub(crate) durable: watch::Sender<u64>,
+    /// Table writes.
+    pub(crate) gate: Arc<WriteGate>,
+}
+
 impl GroupCommit {
-    /// Starts the thread. `head` is the event log head; after each flush its value from before
-    /// the flush is published on `durable`.
-    pub(crate) fn start(
-        db: sled::Db,
-        head: Arc<AtomicU64>,
-        durable: watch::Sender<u64>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Waiter>();
+    /// Starts the thread.
+    pub(crate) fn start(db: sled::Db, marks: Watermarks) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            requests: Mutex::new(Requests::default()),
+            wake: Condvar::new(),
+        });
+        let (flushed_tx, flushed) = watch::channel(Flushed::default());
         let stats = Arc::new(CommitStats::default());
-        let thread_stats = Arc::clone(&stats);
-        let thread = thread::Builder::new()
-            .name("portcullis-group-commit".into())
-            .spawn(move || run(db, rx, head, durable, thread_stats))?;
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let stats = Arc::clone(&stats);
+            thread::Builder::new()
+                .name("portcullis-group-commit".into())
+                .spawn(move || run(&db, &shared, &flushed_tx, &marks, &stats))?
+        };
         Ok(GroupCommit {
-            tx: Some(tx),
+            shared,
+            flushed,
             thread: Some(thread),
             stats,
         })
     }
 
-    /// Enqueues a waiter now and returns the wait: everything written before this call is
-    /// durable once it resolves.
+    /// Registers a wait now and returns it: everything written before this call is durable once
+    /// it resolves.
     pub(crate) fn sync_handle(
         &self,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
-        let (tx, rx) = oneshot::channel();
-        let queued = self
-            .tx
-            .as_ref()
-            .ok_or(StoreError::Closed)
-            .and_then(|q| q.send(tx).map_err(|_| StoreError::Closed));
+        let target = {
+            let mut r = self.shared.lock();
+            if r.stopping {
+                None
+            } else {
+                let target = r.started + 1;
+                r.wanted = r.wanted.max(target);
+                r.waiting += 1;
+                Some(target)
+            }
+        };
+        if target.is_some() {
+            self.shared.wake.notify_one();
+        }
+        let mut flushed = self.flushed.clone();
         async move {
-            queued?;
-            rx.await.map_err(|_| StoreError::Closed)?
+            let target = target.ok_or(StoreError::Closed)?;
+            let f = *flushed
+                .wait_for(|f| f.ok >= target || f.failed >= target || f.closed)
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            if f.ok >= target {
+                Ok(())
+            } else if f.failed >= target {
+                Err(StoreError::Backend("flush failed".into()))
+            } else {
+                Err(StoreError::Closed)
+            }
         }
     }
 
-    /// Stops accepting waiters, lets the thread answer those queued, and joins it.
+    /// Stops accepting waiters, lets the thread answer those registered, and joins it.
     pub(crate) fn stop(&mut self) {
-        self.tx = None;
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -86,42 +198,72 @@ impl Drop for GroupCommit {
 }
 
 fn run(
-    db: sled::Db,
-    rx: mpsc::Receiver<Waiter>,
-    head: Arc<AtomicU64>,
-    durable: watch::Sender<u64>,
-    stats: Arc<CommitStats>,
+    db: &sled::Db,
+    shared: &Shared,
+    flushed: &watch::Sender<Flushed>,
+    marks: &Watermarks,
+    stats: &CommitStats,
 ) {
-    let mut batch: Vec<Waiter> = Vec::with_capacity(256);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
+    let mut covered_head = marks.head.load(Ordering::Acquire);
+    let mut last_flush = std::time::Instant::now();
+    loop {
+        let (number, batch, last) = {
+            let mut r = shared.lock();
+            loop {
+                if r.wanted > r.started || r.stopping {
+                    break;
+                }
+                let dirty =
+                    marks.head.load(Ordering::Acquire) > covered_head || !marks.gate.settled();
+                let since = last_flush.elapsed();
+                if dirty && since >= LAZY_FLUSH {
+                    break;
+                }
+                // Sleep until a waiter, a stop, or the time to flush unwaited writes (when
+                // there are none yet, look again after the same interval).
+                let nap = if dirty {
+                    LAZY_FLUSH - since
+                } else {
+                    LAZY_FLUSH
+                };
+                r = shared
+                    .wake
+                    .wait_timeout(r, nap)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            r.started += 1;
+            let batch = std::mem::take(&mut r.waiting);
+            (r.started, batch, r.stopping)
+        };
+        let writes = marks.gate.snapshot();
         // Every event with seq <= this head was inserted before the flush starts.
-        let covered = head.load(Ordering::Acquire);
+        let head = marks.head.load(Ordering::Acquire);
         let started = std::time::Instant::now();
-        let result = db.flush().map(|_| ()).map_err(StoreError::from);
-        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "group commit flush failed");
-        } else {
-            publish(&durable, covered);
+        let result = db.flush();
+        last_flush = std::time::Instant::now();
+        let took = u64::try_from((last_flush - started).as_micros()).unwrap_or(u64::MAX);
+        match &result {
+            Ok(_) => {
+                covered_head = covered_head.max(head);
+                marks.gate.publish(writes);
+                publish(&marks.durable, head);
+                flushed.send_modify(|f| f.ok = number);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit flush failed");
+                flushed.send_modify(|f| f.failed = number);
+            }
         }
-        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.waiters.fetch_add(n, Ordering::Relaxed);
-        stats.max_batch.fetch_max(n, Ordering::Relaxed);
+        stats.waiters.fetch_add(batch, Ordering::Relaxed);
+        stats.max_batch.fetch_max(batch, Ordering::Relaxed);
         stats.flush_us.fetch_add(took, Ordering::Relaxed);
-        for w in batch.drain(..) {
-            let _ = w.send(result.clone());
+        if last {
+            // Waiters that registered before the stop were covered by this flush.
+            flushed.send_modify(|f| f.closed = true);
+            return;
         }
-    }
-    // Last writes made without a waiter still reach the disk on a clean stop.
-    if let Err(e) = db.flush() {
-        tracing::error!(error = %e, "final flush failed");
-    } else {
-        publish(&durable, head.load(Ordering::Acquire));
     }
 }
 

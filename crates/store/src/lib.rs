@@ -22,7 +22,7 @@ mod log;
 mod record;
 mod sled_store;
 
-pub use group_commit::CommitStats;
+pub use group_commit::{CommitStats, LAZY_FLUSH};
 pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage};
 pub use record::{decode_record, encode_record, Record, RecordError};
 pub use sled_store::SledStore;
@@ -250,6 +250,15 @@ pub trait Store: Send + Sync + 'static {
     /// caller may take the ticket now and await it later (the dispatcher answers pipelined
     /// requests this way, sharing one flush).
     fn sync(&self) -> SyncTicket;
+
+    /// What a read must wait for before it answers: `None` when every table write made before
+    /// this call is already durable, otherwise a wait like [`Store::sync`]. A read that may have
+    /// observed another command's write thus never answers before that write is on disk, while
+    /// a read on settled state answers at once. Event log appends are not considered: the
+    /// group commit makes them durable within [`LAZY_FLUSH`] even when nobody waits.
+    fn sync_state(&self) -> Option<SyncTicket> {
+        Some(self.sync())
+    }
 
     /// Flushes everything, answers queued durability waiters and refuses later ones. Called once
     /// on shutdown.

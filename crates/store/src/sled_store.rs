@@ -1,6 +1,6 @@
 //! The sled backend.
 
-use crate::group_commit::GroupCommit;
+use crate::group_commit::{GroupCommit, Watermarks, WriteGate};
 use crate::log::{EventLog, LogEntry, LogPage};
 use crate::{decode_record, encode_record, Cas, CommitStats, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
@@ -27,6 +27,7 @@ pub struct SledStore {
     durable: watch::Receiver<u64>,
     commit: Mutex<GroupCommit>,
     stats: Arc<CommitStats>,
+    gate: Arc<WriteGate>,
 }
 
 impl SledStore {
@@ -45,7 +46,13 @@ impl SledStore {
         let head_seq = Arc::new(AtomicU64::new(head.seq));
         // Everything recovered from disk is durable.
         let (durable_tx, durable) = watch::channel(head.seq);
-        let commit = GroupCommit::start(db.clone(), Arc::clone(&head_seq), durable_tx)
+        let gate = Arc::new(WriteGate::default());
+        let marks = Watermarks {
+            head: Arc::clone(&head_seq),
+            durable: durable_tx,
+            gate: Arc::clone(&gate),
+        };
+        let commit = GroupCommit::start(db.clone(), marks)
             .map_err(|e| StoreError::Backend(format!("starting group commit: {e}")))?;
         let stats = Arc::clone(&commit.stats);
         Ok(SledStore {
@@ -57,6 +64,7 @@ impl SledStore {
             durable,
             commit: Mutex::new(commit),
             stats,
+            gate,
         })
     }
 
@@ -140,12 +148,15 @@ impl Store for SledStore {
     }
 
     async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        self.tree(table).insert(key, value)?;
+        self.gate.write(|| self.tree(table).insert(key, value))?;
         Ok(())
     }
 
     async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(table).remove(key)?.map(|v| v.to_vec()))
+        Ok(self
+            .gate
+            .write(|| self.tree(table).remove(key))?
+            .map(|v| v.to_vec()))
     }
 
     async fn compare_and_swap(
@@ -155,7 +166,10 @@ impl Store for SledStore {
         expected: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<Cas, StoreError> {
-        match self.tree(table).compare_and_swap(key, expected, new)? {
+        match self
+            .gate
+            .write(|| self.tree(table).compare_and_swap(key, expected, new))?
+        {
             Ok(()) => Ok(Cas::Swapped),
             Err(e) => Ok(Cas::Conflict {
                 current: e.current.map(|v| v.to_vec()),
@@ -181,6 +195,10 @@ impl Store for SledStore {
 
     fn sync(&self) -> SyncTicket {
         Box::pin(self.lock_commit().sync_handle())
+    }
+
+    fn sync_state(&self) -> Option<SyncTicket> {
+        (!self.gate.settled()).then(|| self.sync())
     }
 
     fn close(&self) {

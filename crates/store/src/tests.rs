@@ -255,3 +255,59 @@ fn tampering_is_detected_at_the_edited_seq() {
         );
     });
 }
+
+/// A read waits only while some table write is not yet durable; an event nobody waits for still
+/// reaches the disk and the durable watermark by itself.
+#[test]
+fn reads_wait_only_for_unsettled_writes_and_unwaited_events_become_durable() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    rt.block_on(async {
+        store.sync().await.unwrap();
+        assert!(store.sync_state().is_none(), "nothing written yet");
+        store.put(Table::Users, b"u", vec![1]).await.unwrap();
+        let ticket = store
+            .sync_state()
+            .expect("a fresh write is not durable yet");
+        ticket.await.unwrap();
+        assert!(store.sync_state().is_none(), "the write is durable now");
+        // A compare-and-swap and a removal count as writes too.
+        store
+            .compare_and_swap(Table::Users, b"u", Some(&[1]), Some(vec![2]))
+            .await
+            .unwrap();
+        assert!(store.sync_state().is_some());
+        store.sync().await.unwrap();
+        store.remove(Table::Users, b"u").await.unwrap();
+        assert!(store.sync_state().is_some());
+        store.sync().await.unwrap();
+
+        // An append alone leaves table state settled, and the lazy flush makes it durable.
+        let e = store.append(draft("READ")).await.unwrap();
+        assert!(store.sync_state().is_none());
+        let mut durable = store.watch_durable();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            durable.wait_for(|d| *d >= e.seq),
+        )
+        .await
+        .expect("an unwaited event never became durable")
+        .unwrap();
+    });
+}
+
+/// After `close`, a sync is refused instead of hanging, and one registered before is answered.
+#[test]
+fn close_answers_registered_waiters_and_refuses_later_ones() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    rt.block_on(async {
+        store.put(Table::Meta, b"k", vec![1]).await.unwrap();
+        let before = store.sync();
+        store.close();
+        before.await.unwrap();
+        assert!(matches!(store.sync().await, Err(crate::StoreError::Closed)));
+    });
+}

@@ -37,13 +37,15 @@ pub fn specs() -> Vec<CommandSpec> {
             Admin(UsersRead),
             RateClass::Operator,
             user_get,
-        ),
+        )
+        .reads_only(),
         CommandSpec::new(
             admin::USER_LIST,
             Admin(UsersRead),
             RateClass::Operator,
             user_list,
-        ),
+        )
+        .reads_only(),
         CommandSpec::new(
             admin::USER_DISABLE,
             Admin(UsersWrite),
@@ -85,7 +87,8 @@ pub fn specs() -> Vec<CommandSpec> {
             Admin(ApiKeysWrite),
             RateClass::Operator,
             apikey_list,
-        ),
+        )
+        .reads_only(),
         CommandSpec::new(
             admin::APIKEY_REVOKE,
             Admin(ApiKeysWrite),
@@ -103,7 +106,8 @@ pub fn specs() -> Vec<CommandSpec> {
             Admin(KeysWrite),
             RateClass::Operator,
             keys_list,
-        ),
+        )
+        .reads_only(),
     ]
 }
 

@@ -31,13 +31,15 @@ pub fn specs() -> Vec<CommandSpec> {
             Requirement::Admin(Scope::LogRead),
             RateClass::Operator,
             query,
-        ),
+        )
+        .reads_only(),
         CommandSpec::new(
             log::VERIFY,
             Requirement::Admin(Scope::LogRead),
             RateClass::Operator,
             verify,
-        ),
+        )
+        .reads_only(),
     ]
 }
 

@@ -51,7 +51,7 @@ pub fn specs() -> Vec<CommandSpec> {
             RateClass::Credential,
             login_finish,
         ),
-        CommandSpec::new(passkey::LIST, Requirement::User, RateClass::Account, list),
+        CommandSpec::new(passkey::LIST, Requirement::User, RateClass::Account, list).reads_only(),
         CommandSpec::new(
             passkey::RENAME,
             Requirement::User,

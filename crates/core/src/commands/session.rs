@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
     vec![
-        CommandSpec::new(session::LIST, Requirement::User, RateClass::Account, list),
+        CommandSpec::new(session::LIST, Requirement::User, RateClass::Account, list).reads_only(),
         CommandSpec::new(
             session::REVOKE,
             Requirement::User,

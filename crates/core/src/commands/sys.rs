@@ -9,13 +9,14 @@ use portcullis_protocol::commands::sys::{self, Commands, Info, NoParams, Pong};
 pub fn specs() -> Vec<CommandSpec> {
     vec![
         CommandSpec::new(sys::PING, Requirement::Anyone, RateClass::Cheap, ping).unlogged(),
-        CommandSpec::new(sys::INFO, Requirement::Anyone, RateClass::Cheap, info),
+        CommandSpec::new(sys::INFO, Requirement::Anyone, RateClass::Cheap, info).reads_only(),
         CommandSpec::new(
             sys::COMMANDS,
             Requirement::Anyone,
             RateClass::Cheap,
             commands,
-        ),
+        )
+        .reads_only(),
     ]
 }
 

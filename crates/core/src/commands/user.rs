@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
     vec![
-        CommandSpec::new(user::ME, Requirement::User, RateClass::Account, me).enrolment_allowed(),
+        CommandSpec::new(user::ME, Requirement::User, RateClass::Account, me)
+            .enrolment_allowed()
+            .reads_only(),
         CommandSpec::new(user::UPDATE, Requirement::User, RateClass::Account, update),
         CommandSpec::new(
             user::SET_PASSWORD,
