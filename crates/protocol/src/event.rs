@@ -111,15 +111,51 @@ impl Event {
     /// Computes the hash this event should carry: SHA-256 over the canonical JSON of every member
     /// except `hash`, lower-case hex.
     pub fn compute_hash(&self) -> String {
-        let mut v = match serde_json::to_value(self) {
-            Ok(v) => v,
-            // Serialising plain data into a `Value` cannot fail; an empty hash never verifies.
-            Err(_) => return String::new(),
-        };
-        if let Value::Object(m) = &mut v {
-            m.remove("hash");
+        let mut bytes = Vec::with_capacity(512);
+        self.write_canonical(&mut bytes);
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// Writes the canonical JSON of the event without `hash` straight from the fields: the same
+    /// bytes as [`canonical_json`] of the event as a `Value` (a test holds them equal), without
+    /// building that `Value`. Members are written in sorted key order.
+    fn write_canonical(&self, out: &mut Vec<u8>) {
+        fn key(out: &mut Vec<u8>, first: bool, k: &str) {
+            out.extend_from_slice(if first { b"{\"" } else { b",\"" });
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"\":");
         }
-        hash_value(&v)
+        fn opt(out: &mut Vec<u8>, v: Option<&str>) {
+            match v {
+                Some(s) => write_str(s, out),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        key(out, true, "actor");
+        write_display(&self.actor, out);
+        key(out, false, "client");
+        opt(out, self.client.as_deref());
+        key(out, false, "command");
+        opt(out, self.command.as_deref());
+        key(out, false, "duration_us");
+        out.extend_from_slice(itoa(self.duration_us, &mut [0u8; 20]));
+        key(out, false, "outcome");
+        write_str(&self.outcome, out);
+        key(out, false, "prev");
+        write_str(&self.prev, out);
+        key(out, false, "seq");
+        out.extend_from_slice(itoa(self.seq, &mut [0u8; 20]));
+        key(out, false, "session");
+        opt(out, self.session.as_deref());
+        key(out, false, "subject");
+        opt(out, self.subject.as_deref());
+        key(out, false, "summary");
+        canonical_map(&self.summary, out);
+        key(out, false, "time");
+        write_str(&self.time, out);
+        key(out, false, "transport");
+        write_str(&self.transport, out);
+        out.push(b'}');
     }
 
     /// Whether `hash` matches the contents.
@@ -140,22 +176,7 @@ pub fn hash_value(v: &Value) -> String {
 /// sorts keys and writes compact JSON reproduces it.
 pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_unstable();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_scalar(&Value::String(k.clone()), out);
-                out.push(b':');
-                if let Some(child) = m.get(k) {
-                    canonical_json(child, out);
-                }
-            }
-            out.push(b'}');
-        }
+        Value::Object(m) => canonical_map(m, out),
         Value::Array(a) => {
             out.push(b'[');
             for (i, child) in a.iter().enumerate() {
@@ -170,9 +191,50 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+fn canonical_map(m: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    // Usually sorted already (serde_json's map is a BTreeMap unless `preserve_order` is on).
+    if !entries.windows(2).all(|w| w[0].0 < w[1].0) {
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
+    out.push(b'{');
+    for (i, (k, child)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(k, out);
+        out.push(b':');
+        canonical_json(child, out);
+    }
+    out.push(b'}');
+}
+
 fn write_scalar(v: &Value, out: &mut Vec<u8>) {
     // Writing a scalar `Value` into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, v);
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn write_display(v: &impl fmt::Display, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, &format_args!("{v}"));
+}
+
+/// Decimal digits of `n`, as serde_json writes an unsigned integer.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        // `n % 10` is below 10.
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -245,5 +307,44 @@ mod tests {
         }
         assert!("user:".parse::<Actor>().is_err());
         assert!("root".parse::<Actor>().is_err());
+    }
+
+    /// The hash written straight from the fields equals the hash of the canonical JSON of the
+    /// event as a `Value` (the definition in events.md), for awkward contents too.
+    #[test]
+    fn direct_canonical_form_equals_the_value_based_definition() {
+        fn by_value(e: &Event) -> String {
+            let mut v = serde_json::to_value(e).unwrap();
+            v.as_object_mut().unwrap().remove("hash");
+            hash_value(&v)
+        }
+        let mut variants = vec![sample()];
+        let mut e = sample();
+        e.command = None;
+        e.client = None;
+        e.actor = Actor::ApiKey("k\"1\\".into());
+        e.subject = Some("é \u{1F600} \u{0}\u{1f}\u{7f} </script>".into());
+        e.session = Some(String::new());
+        e.seq = u64::MAX;
+        e.duration_us = 0;
+        e.summary = Map::new();
+        variants.push(e);
+        let mut e = sample();
+        e.summary.insert(
+            "nested".into(),
+            json!({"z": [1, -2.5, null, {"b": true, "a": "\n"}], "a": 1e300, "m": u64::MAX}),
+        );
+        e.summary.insert("\u{e9}".into(), json!("x"));
+        e.summary.insert("E".into(), json!(-0));
+        e.actor = Actor::Operator;
+        e.duration_us = 1_234_567_890;
+        e.time = "\t".into();
+        variants.push(e);
+        for e in &variants {
+            assert_eq!(e.compute_hash(), by_value(e), "{e:?}");
+        }
+        for n in [0u64, 9, 10, 99, 100, 12_345, u64::MAX] {
+            assert_eq!(itoa(n, &mut [0u8; 20]), n.to_string().as_bytes());
+        }
     }
 }
