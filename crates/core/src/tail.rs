@@ -6,8 +6,10 @@
 //! it is on disk, so a crash cannot take back an event a follower has seen. A follower more than
 //! `max_lag` events behind the head is told where to resume and dropped.
 
+use bytes::{BufMut, BytesMut};
+use portcullis_protocol::codec::{encode_line, FrameError};
 use portcullis_protocol::commands::log::{TailFrame, TAIL};
-use portcullis_protocol::{ErrorBody, ErrorCode, RequestId, Response};
+use portcullis_protocol::{ErrorBody, ErrorCode, Event, RequestId, Response};
 use portcullis_store::EventLog;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -35,7 +37,15 @@ pub struct TailStream {
     until: Option<u64>,
     max_lag: u64,
     phase: Phase,
-    queue: VecDeque<Response>,
+    queue: VecDeque<Line>,
+}
+
+/// One line waiting to be sent.
+enum Line {
+    /// A marker or an error.
+    Response(Response),
+    /// An event as stored, sent inside its envelope without being decoded and encoded again.
+    Event(Vec<u8>),
 }
 
 impl TailStream {
@@ -73,24 +83,72 @@ impl TailStream {
         Response::ok(self.id.clone(), TAIL, data)
     }
 
+    /// The next line as a response (events decoded). For callers that need the value; the
+    /// transports use [`TailStream::next_into`].
+    pub async fn next(&mut self) -> Option<Response> {
+        match self.next_line().await? {
+            Line::Response(r) => Some(r),
+            Line::Event(json) => Some(match serde_json::from_slice::<Event>(&json) {
+                Ok(event) => self.frame(TailFrame::Event {
+                    event: Box::new(event),
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable event in tail");
+                    self.queue.clear();
+                    self.error("unreadable", "an event could not be read; run LOG.VERIFY")
+                }
+            }),
+        }
+    }
+
+    /// Appends the next line, encoded and newline-terminated, to `out`; `None` at the end of
+    /// the stream. An event goes out as stored, in the envelope a [`Response`] would have:
+    /// `{"id":…,"ok":true,"command":"LOG.TAIL","data":{"event":…},"error":null}`.
+    pub async fn next_into(&mut self, out: &mut BytesMut) -> Option<Result<(), FrameError>> {
+        Some(match self.next_line().await? {
+            Line::Response(r) => encode_line(&r, out),
+            Line::Event(json) => {
+                out.put_slice(b"{\"id\":");
+                let id = {
+                    let mut w = (&mut *out).writer();
+                    serde_json::to_writer(&mut w, &self.id)
+                };
+                if let Err(e) = id {
+                    return Some(Err(e.into()));
+                }
+                out.put_slice(b",\"ok\":true,\"command\":\"");
+                out.put_slice(TAIL.as_bytes());
+                out.put_slice(b"\",\"data\":{\"event\":");
+                out.put_slice(&json);
+                out.put_slice(b"},\"error\":null}\n");
+                Ok(())
+            }
+        })
+    }
+
+    /// Ends the stream with an error line after what is queued.
     fn fail(&mut self, reason: &str, message: &str) {
+        let r = self.error(reason, message);
+        self.queue.push_back(Line::Response(r));
+    }
+
+    /// The error that ends the stream; no line comes after it.
+    fn error(&mut self, reason: &str, message: &str) -> Response {
         let mut body = ErrorBody::new(ErrorCode::Unavailable, message);
         body.details = Some(json!({"reason": reason, "resume_from_seq": self.next}));
-        self.queue
-            .push_back(Response::err(self.id.clone(), Some(TAIL.into()), body));
         self.phase = Phase::Done;
+        Response::err(self.id.clone(), Some(TAIL.into()), body)
     }
 
     /// Reads durable events from `next` up to `to` into the queue. Returns false on failure.
     async fn fill(&mut self, to: u64) -> bool {
-        match self.log.read(self.next, to, PAGE).await {
+        match self.log.read_raw(self.next, to, PAGE).await {
             Ok(page) => {
                 for entry in page {
-                    match entry.event {
-                        Ok(e) => {
-                            self.next = e.seq + 1;
-                            let r = self.frame(TailFrame::Event { event: Box::new(e) });
-                            self.queue.push_back(r);
+                    match entry.json {
+                        Ok(json) => {
+                            self.next = entry.seq + 1;
+                            self.queue.push_back(Line::Event(json));
                         }
                         Err(err) => {
                             tracing::error!(seq = entry.seq, error = %err, "unreadable event in tail");
@@ -110,7 +168,7 @@ impl TailStream {
     }
 
     /// The next line, or `None` when the stream is over.
-    pub async fn next(&mut self) -> Option<Response> {
+    async fn next_line(&mut self) -> Option<Line> {
         loop {
             if let Some(r) = self.queue.pop_front() {
                 return Some(r);
@@ -151,7 +209,7 @@ impl TailStream {
                         }
                     };
                     let r = self.frame(marker);
-                    self.queue.push_back(r);
+                    self.queue.push_back(Line::Response(r));
                 }
                 Phase::Live => {
                     let durable = *self.durable.borrow_and_update();

@@ -19,7 +19,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::BytesMut;
 use portcullis_core::{CommandError, ConnInfo, Dispatcher, Reply, Transport};
-use portcullis_protocol::codec::encode_line;
 use portcullis_protocol::{ErrorCode, Response, Secret};
 use std::net::SocketAddr;
 
@@ -202,9 +201,8 @@ fn envelope(r: Response) -> HttpResponse {
 
 fn ndjson(stream: portcullis_core::tail::TailStream) -> HttpResponse {
     let lines = futures::stream::unfold(stream, |mut s| async move {
-        let r = s.next().await?;
         let mut out = BytesMut::new();
-        let line = match encode_line(&r, &mut out) {
+        let line = match s.next_into(&mut out).await? {
             Ok(()) => out.freeze(),
             Err(_) => Bytes::new(),
         };

@@ -316,7 +316,7 @@ async fn write_loop(
             }
             Reply::Stream { mut stream, follow } => loop {
                 // Write what is buffered whenever the stream would wait.
-                let next = match stream.next().now_or_never() {
+                let next = match stream.next_into(&mut out).now_or_never() {
                     Some(n) => n,
                     None => {
                         if flush(&outbound, &mut out, &mut encoded).await.is_err() {
@@ -324,18 +324,21 @@ async fn write_loop(
                         }
                         tokio::select! {
                             _ = closed.cancelled() => return,
-                            n = stream.next() => n,
+                            n = stream.next_into(&mut out) => n,
                         }
                     }
                 };
                 match next {
-                    Some(r) => {
-                        if !encode(&r, &mut out)
-                            || (out.len() >= WRITE_CHUNK
-                                && flush(&outbound, &mut out, &mut encoded).await.is_err())
+                    Some(Ok(())) => {
+                        if out.len() >= WRITE_CHUNK
+                            && flush(&outbound, &mut out, &mut encoded).await.is_err()
                         {
                             return;
                         }
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "stream line does not encode");
+                        return;
                     }
                     None if follow => {
                         // A following stream only ends on error or shutdown: the connection

@@ -22,6 +22,61 @@ pub struct LogEntry {
 /// A page of the log.
 pub type LogPage = Vec<LogEntry>;
 
+/// One stored position of the log as its stored JSON, checked to have the shape of an event
+/// (every member present, no other, `seq` equal to the position) without decoding it.
+#[derive(Debug, Clone)]
+pub struct RawLogEntry {
+    /// Position.
+    pub seq: u64,
+    /// The event's JSON, or why it is not a readable event.
+    pub json: Result<Vec<u8>, RecordError>,
+}
+
+/// Checks that `json` has the shape of an [`Event`] at `seq`, without allocating.
+pub fn check_event_shape(seq: u64, json: &[u8]) -> Result<(), RecordError> {
+    use serde::de::IgnoredAny;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Shape {
+        seq: u64,
+        time: IgnoredAny,
+        command: IgnoredAny,
+        outcome: IgnoredAny,
+        actor: IgnoredAny,
+        subject: IgnoredAny,
+        session: IgnoredAny,
+        client: IgnoredAny,
+        transport: IgnoredAny,
+        duration_us: IgnoredAny,
+        summary: IgnoredAny,
+        prev: IgnoredAny,
+        hash: IgnoredAny,
+    }
+    let shape: Shape =
+        serde_json::from_slice(json).map_err(|e| RecordError::Body(e.to_string()))?;
+    if shape.seq != seq {
+        return Err(RecordError::Body(format!(
+            "event at position {seq} says seq {}",
+            shape.seq
+        )));
+    }
+    Ok(())
+}
+
+/// The JSON body of a stored event record, checked by [`check_event_shape`].
+pub(crate) fn raw_event(seq: u64, stored: &[u8]) -> Result<Vec<u8>, RecordError> {
+    let (&version, body) = stored.split_first().ok_or(RecordError::Empty)?;
+    if version != <Event as Record>::VERSION {
+        return Err(RecordError::Version {
+            found: version,
+            expected: <Event as Record>::VERSION,
+        });
+    }
+    check_event_shape(seq, body)?;
+    Ok(body.to_vec())
+}
+
 /// Append-only, hash-chained audit log.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
@@ -41,6 +96,28 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Up to `max` entries with seq in `from..=to`, ascending.
     async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError>;
+
+    /// Like [`EventLog::read`], but each event as its stored JSON, for sending on unchanged
+    /// (`LOG.TAIL`). The default re-encodes what `read` decodes; backends that store JSON
+    /// return it as stored.
+    async fn read_raw(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<RawLogEntry>, StoreError> {
+        Ok(self
+            .read(from, to, max)
+            .await?
+            .into_iter()
+            .map(|e| RawLogEntry {
+                seq: e.seq,
+                json: e.event.and_then(|ev| {
+                    serde_json::to_vec(&ev).map_err(|err| RecordError::Body(err.to_string()))
+                }),
+            })
+            .collect())
+    }
 }
 
 /// Checks a run of log entries incrementally: seq continuity, each event's own hash, and that

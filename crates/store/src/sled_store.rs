@@ -1,7 +1,7 @@
 //! The sled backend.
 
 use crate::group_commit::{GroupCommit, Watermarks, WriteGate};
-use crate::log::{EventLog, LogEntry, LogPage};
+use crate::log::{raw_event, EventLog, LogEntry, LogPage, RawLogEntry};
 use crate::{decode_record, encode_record, Cas, CommitStats, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
 use portcullis_protocol::{Event, GENESIS_HASH};
@@ -31,11 +31,22 @@ pub struct SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir` and starts its group-commit thread.
+    /// Opens (or creates) the database in `dir` with sled's page cache at
+    /// [`SledStore::DEFAULT_CACHE_BYTES`], and starts its group-commit thread.
     ///
     /// Fails when another process holds the directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_db(&dir.join("db"))
+        Self::open_with_cache(dir, Self::DEFAULT_CACHE_BYTES)
+    }
+
+    /// sled's page cache unless configured otherwise: 256 MiB (sled's own default is 1 GiB).
+    pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+    /// Like [`SledStore::open`], with sled's page cache limited to `cache_bytes`. The cache
+    /// holds recently used pages of every table and of the event log; it is most of the
+    /// server's resident memory once the log is larger than it.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = open_db(&dir.join("db"), cache_bytes)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
         let tables = Table::ALL
             .iter()
@@ -99,10 +110,14 @@ const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3)
 /// Opens the database. sled releases its file lock only when its background flusher thread
 /// has noticed the previous handle is gone, so a reopen in the same process (a restart in tests
 /// or tools) retries briefly on a busy lock; another process holding it still fails after that.
-fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+        {
             // sled reports a busy lock as an `Other` I/O error carrying this text.
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
@@ -238,6 +253,33 @@ impl EventLog for SledStore {
     }
 
     async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError> {
+        self.read_range(from, to, max, |seq, v| LogEntry {
+            seq,
+            event: decode_record::<Event>(v),
+        })
+    }
+
+    async fn read_raw(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<RawLogEntry>, StoreError> {
+        self.read_range(from, to, max, |seq, v| RawLogEntry {
+            seq,
+            json: raw_event(seq, v),
+        })
+    }
+}
+
+impl SledStore {
+    fn read_range<T>(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+        f: impl Fn(u64, &[u8]) -> T,
+    ) -> Result<Vec<T>, StoreError> {
         if from > to || max == 0 {
             return Ok(Vec::new());
         }
@@ -246,10 +288,7 @@ impl EventLog for SledStore {
             .take(max)
             .map(|r| {
                 let (k, v) = r?;
-                Ok(LogEntry {
-                    seq: seq_of(&k),
-                    event: decode_record::<Event>(&v),
-                })
+                Ok(f(seq_of(&k), &v))
             })
             .collect()
     }
