@@ -152,6 +152,9 @@ struct ServeArgs {
     /// Password hashes computed at once (0: one per core).
     #[arg(long, env = "PORTCULLIS_HASH_CONCURRENCY")]
     hash_concurrency: Option<usize>,
+    /// The store's page cache, MiB.
+    #[arg(long, env = "PORTCULLIS_STORE_CACHE_MB")]
+    store_cache_mb: Option<u64>,
 }
 
 impl ServeArgs {
@@ -185,7 +188,8 @@ impl ServeArgs {
             argon2_m_kib,
             argon2_t,
             argon2_p,
-            hash_concurrency
+            hash_concurrency,
+            store_cache_mb
         );
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)

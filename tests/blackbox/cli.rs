@@ -141,6 +141,16 @@ fn bad_configuration_is_refused_with_a_message() {
     assert_eq!(code, 2);
     assert!(err.contains("max_frame_bytes"), "{err}");
 
+    // The store's cache: from the environment, refused outside its range.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--data-dir", &data.to_string_lossy()])
+        .env("PORTCULLIS_STORE_CACHE_MB", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("store_cache_mb"), "{err}");
+
     let (code, _, err) = run_cli(&[
         "log",
         "verify",

@@ -45,6 +45,8 @@ pub struct Config {
     pub argon2_p: u32,
     /// Password hashes computed at once (0: one per core).
     pub hash_concurrency: usize,
+    /// The store's page cache, MiB.
+    pub store_cache_mb: u64,
     /// Product name shown in mails and pages.
     pub product_name: String,
     /// The HTTP gateway's address as users reach it; links in mails point here.
@@ -170,6 +172,7 @@ impl Default for Config {
             argon2_t: 2,
             argon2_p: 1,
             hash_concurrency: 0,
+            store_cache_mb: 256,
             product_name: "Portcullis".into(),
             public_url: "http://localhost:7421".into(),
             redirect_allowlist: Vec::new(),
@@ -211,6 +214,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > 16 * 1024 * 1024 {
             return Err("max_frame_bytes must be between 1024 and 16777216".into());
+        }
+        if !(16..=65536).contains(&self.store_cache_mb) {
+            return Err("store_cache_mb must be between 16 and 65536".into());
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());

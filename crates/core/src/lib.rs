@@ -117,7 +117,11 @@ impl App {
     /// Opens the data directory named in `config` and builds the app with every command.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, OpenError> {
         config.validate().map_err(OpenError::Config)?;
-        let node = node::Node::open(&config.data_dir).await?;
+        let node = node::Node::open_with_cache(
+            &config.data_dir,
+            config.store_cache_mb.saturating_mul(1024 * 1024),
+        )
+        .await?;
         let rng: Arc<dyn SecureRandom> = Arc::new(OsRandom);
         let sealer = crypto::Sealer::new(&node.master_key);
         let tokens = tokens::Tokens::load_or_create(

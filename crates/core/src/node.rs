@@ -146,6 +146,11 @@ impl Node {
     /// Opens the data directory, creating what is missing: the directory (0700), the master key,
     /// the database, the node id and the operator token.
     pub async fn open(dir: &Path) -> Result<Node, NodeError> {
+        Self::open_with_cache(dir, SledStore::DEFAULT_CACHE_BYTES).await
+    }
+
+    /// Like [`Node::open`], with the store's page cache limited to `cache_bytes`.
+    pub async fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Node, NodeError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
         if dir.join(crate::rekey::NEXT_KEY_FILE).exists() {
@@ -155,7 +160,7 @@ impl Node {
             )));
         }
         let master_key = load_or_create_master_key(dir)?;
-        let store = std::sync::Arc::new(SledStore::open(dir)?);
+        let store = std::sync::Arc::new(SledStore::open_with_cache(dir, cache_bytes)?);
 
         let node_id = match store.get(Table::Meta, META_NODE_ID).await? {
             Some(v) => String::from_utf8(v)
