@@ -25,7 +25,8 @@ pub fn specs() -> Vec<CommandSpec> {
             Requirement::Admin(Scope::LogRead),
             RateClass::Operator,
             tail,
-        ),
+        )
+        .reads_only(),
         CommandSpec::new(
             log::QUERY,
             Requirement::Admin(Scope::LogRead),
