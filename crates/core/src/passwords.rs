@@ -251,7 +251,9 @@ impl HashPool {
                 .name(format!("portcullis-hash-{i}"))
                 .spawn(move || {
                     lower_priority();
-                    let mut memory = vec![Block::default(); blocks];
+                    // Allocated at the first hash (then kept), so a server that never sees a
+                    // password never holds the memory.
+                    let mut memory = Vec::with_capacity(blocks);
                     loop {
                         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                         match job {
