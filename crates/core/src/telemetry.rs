@@ -112,24 +112,40 @@ impl Metrics {
     /// Records one handled command. `command` is a label from [`command_label`]; `outcome` is
     /// `ok` or an error code.
     pub fn command(&self, command: &'static str, outcome: &'static str, took: Duration) {
-        let counted = cached(&self.counters, (command, outcome), |h| h.increment(1));
-        if !counted {
-            let c = metrics::with_local_recorder(
-                &self.recorder,
-                || counter!(COMMANDS_TOTAL, "command" => command, "outcome" => outcome),
-            );
-            c.increment(1);
-            write_lock(&self.counters).insert((command, outcome), c);
-        }
+        self.with_handle(
+            &self.counters,
+            (command, outcome),
+            || counter!(COMMANDS_TOTAL, "command" => command, "outcome" => outcome),
+            |c| c.increment(1),
+        );
         let secs = took.as_secs_f64();
-        if !cached(&self.durations, command, |h| h.record(secs)) {
-            let h = metrics::with_local_recorder(
-                &self.recorder,
-                || histogram!(COMMAND_DURATION, "command" => command),
-            );
-            h.record(secs);
-            write_lock(&self.durations).insert(command, h);
+        self.with_handle(
+            &self.durations,
+            command,
+            || histogram!(COMMAND_DURATION, "command" => command),
+            |h| h.record(secs),
+        );
+    }
+
+    /// Applies `f` to the handle cached under `key`, registering it with this app's recorder
+    /// (`register`) the first time.
+    fn with_handle<K: Eq + Hash, H>(
+        &self,
+        cache: &RwLock<HashMap<K, H>>,
+        key: K,
+        register: impl FnOnce() -> H,
+        f: impl FnOnce(&H),
+    ) {
+        if let Some(h) = cache.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            f(h);
+            return;
         }
+        let h = metrics::with_local_recorder(&self.recorder, register);
+        f(&h);
+        cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, h);
     }
 
     /// Counts an open TCP connection until the returned guard is dropped.
@@ -275,16 +291,6 @@ pub fn command_label(registry: &Registry, command: Option<&str>) -> &'static str
         None => "-",
         Some(c) => registry.get(c).map_or("unknown", |spec| spec.name),
     }
-}
-
-/// Applies `f` to the handle cached under `key`; false when there is none yet.
-fn cached<K: Eq + Hash, H>(map: &RwLock<HashMap<K, H>>, key: K, f: impl FnOnce(&H)) -> bool {
-    let map = map.read().unwrap_or_else(|p| p.into_inner());
-    map.get(&key).map(f).is_some()
-}
-
-fn write_lock<K, H>(map: &RwLock<HashMap<K, H>>) -> std::sync::RwLockWriteGuard<'_, HashMap<K, H>> {
-    map.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Whether a scrape presenting `bearer` may read the metrics: always when no `metrics_token`

@@ -204,7 +204,6 @@ fn run(
     marks: &Watermarks,
     stats: &CommitStats,
 ) {
-    let mut covered_head = marks.head.load(Ordering::Acquire);
     let mut last_flush = std::time::Instant::now();
     loop {
         let (number, batch, last) = {
@@ -213,8 +212,8 @@ fn run(
                 if r.wanted > r.started || r.stopping {
                     break;
                 }
-                let dirty =
-                    marks.head.load(Ordering::Acquire) > covered_head || !marks.gate.settled();
+                let dirty = marks.head.load(Ordering::Acquire) > *marks.durable.borrow()
+                    || !marks.gate.settled();
                 let since = last_flush.elapsed();
                 if dirty && since >= LAZY_FLUSH {
                     break;
@@ -245,7 +244,6 @@ fn run(
         let took = u64::try_from((last_flush - started).as_micros()).unwrap_or(u64::MAX);
         match &result {
             Ok(_) => {
-                covered_head = covered_head.max(head);
                 marks.gate.publish(writes);
                 publish(&marks.durable, head);
                 flushed.send_modify(|f| f.ok = number);

@@ -23,9 +23,7 @@ mod record;
 mod sled_store;
 
 pub use group_commit::{CommitStats, LAZY_FLUSH};
-pub use log::{
-    check_event_shape, verify_events, ChainVerifier, EventLog, LogEntry, LogPage, RawLogEntry,
-};
+pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage, RawLogEntry};
 pub use record::{decode_record, encode_record, Record, RecordError};
 pub use sled_store::SledStore;
 

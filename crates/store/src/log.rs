@@ -33,7 +33,7 @@ pub struct RawLogEntry {
 }
 
 /// Checks that `json` has the shape of an [`Event`] at `seq`, without allocating.
-pub fn check_event_shape(seq: u64, json: &[u8]) -> Result<(), RecordError> {
+fn check_event_shape(seq: u64, json: &[u8]) -> Result<(), RecordError> {
     use serde::de::IgnoredAny;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
