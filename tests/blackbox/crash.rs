@@ -13,7 +13,7 @@
 //! with the output of a failed test) and `PORTCULLIS_CRASH_SEED=<seed>` replays the same plan
 //! (kill moments and replay choices; the interleaving of the load still varies).
 
-use crate::harness::{as_user, run_cli, Server};
+use crate::harness::{as_user, eml_files, run_cli, Server};
 use portcullis_client::Client;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::commands::log::{QueryResult, VerifyReport};
@@ -106,15 +106,7 @@ impl Outbox {
     }
 
     fn files(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .collect();
-        paths.sort();
-        paths
+        eml_files(&self.dir)
     }
 
     /// Recipient and text part of each message completed since the last call.

@@ -4,7 +4,8 @@
 //! redirect allow-list, account pre-hijacking, and no link or code in any log.
 
 use crate::harness::{
-    all_events, as_user, execute_http, http, login, refresh, signup, tokens, HttpResponse, Server,
+    all_events, as_user, eml_files, execute_http, http, login, refresh, signup, tokens,
+    HttpResponse, Server,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -238,15 +239,7 @@ impl Inbox {
 
     /// Every complete message now in the directory, by file name.
     fn all(&self) -> Vec<Mail> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .collect();
-        paths.sort();
-        paths
+        eml_files(&self.dir)
             .into_iter()
             .filter_map(|p| {
                 let raw = std::fs::read(&p).ok()?;
@@ -257,11 +250,7 @@ impl Inbox {
 
     /// How many files the directory holds (complete or not).
     fn file_count(&self) -> usize {
-        std::fs::read_dir(&self.dir).map_or(0, |d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
-                .count()
-        })
+        eml_files(&self.dir).len()
     }
 
     /// Waits (bounded) for a message to `addr` not handed out before.
