@@ -2,53 +2,13 @@
 //! emergency recovery, signing-key rotation.
 
 use crate::harness::{all_events, as_user, login, signup, tokens, Server};
+use crate::mail::Inbox;
 use portcullis_client::Client;
 use portcullis_protocol::{ErrorCode, Request, Response, Secret};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const PW: &str = "correct horse battery staple";
-
-/// The newest `.eml` in the outbox that mentions `to`, waiting (bounded) for delivery.
-async fn link_token_for(server: &Server, to: &str, skip: usize) -> String {
-    let outbox = server.data_dir.join("outbox");
-    for _ in 0..200 {
-        let mut mails: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(&outbox)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        let raw = std::fs::read(e.path()).ok()?;
-                        let parsed = mailparse::parse_mail(&raw).ok()?;
-                        let text = parsed
-                            .subparts
-                            .iter()
-                            .find(|p| p.ctype.mimetype == "text/plain")?
-                            .get_body()
-                            .ok()?;
-                        let header_to = parsed
-                            .headers
-                            .iter()
-                            .find(|h| h.get_key() == "To")?
-                            .get_value();
-                        let when = e.metadata().ok()?.modified().ok()?;
-                        header_to.contains(to).then_some((when, text))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        mails.sort();
-        if mails.len() > skip {
-            let text = &mails[skip].1;
-            let at = text.find("token=").unwrap() + 6;
-            return text[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                .collect();
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no mail for {to}");
-}
 
 async fn call(c: &mut Client, token: &str, command: &str, params: Value) -> Response {
     as_user(c, &Secret::new(token), command, params).await
@@ -221,6 +181,7 @@ async fn a_disabled_user_is_out_at_once_and_back_when_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_recovery_mails_a_link_that_skips_the_lost_factor_and_is_audited() {
     let server = Server::start();
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut op = server.operator_client().await;
     let mut c = server.client().await;
     // A proven account with an authenticator app the user then loses.
@@ -233,7 +194,7 @@ async fn operator_recovery_mails_a_link_that_skips_the_lost_factor_and_is_audite
     let s: Value = c
         .call_ok(
             "MAGIC.VERIFY",
-            json!({"token": link_token_for(&server, "lost@example.org", 0).await}),
+            json!({"token": inbox.next_to("lost@example.org").await.link_token()}),
         )
         .await
         .unwrap();
@@ -286,8 +247,7 @@ async fn operator_recovery_mails_a_link_that_skips_the_lost_factor_and_is_audite
             .error_code(),
         Some(ErrorCode::Unauthenticated)
     );
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let link = link_token_for(&server, "lost@example.org", 1).await;
+    let link = inbox.next_to("lost@example.org").await.link_token();
     let s: Value = c
         .call_ok("MAGIC.VERIFY", json!({"token": link}))
         .await

@@ -13,14 +13,15 @@
 //! with the output of a failed test) and `PORTCULLIS_CRASH_SEED=<seed>` replays the same plan
 //! (kill moments and replay choices; the interleaving of the load still varies).
 
-use crate::harness::{as_user, eml_files, run_cli, Server};
+use crate::harness::{as_user, run_cli, Server};
+use crate::mail::Inbox;
 use portcullis_client::Client;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::commands::log::{QueryResult, VerifyReport};
 use portcullis_protocol::{ErrorCode, Response, Secret};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,8 +40,6 @@ const FLAGS: &[&str] = &[
     "--argon2-t",
     "1",
 ];
-/// Longest wait for a mail to reach the outbox while the server is up.
-const MAIL_DEADLINE: Duration = Duration::from_secs(20);
 /// Most operations one load worker runs in one round (the kill normally comes long before).
 const MAX_OPS: usize = 5_000;
 /// Commands whose `ok` answers create a session whose `ok` event must exist.
@@ -82,105 +81,6 @@ fn seed() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     now.as_secs() ^ u64::from(now.subsec_nanos()) ^ u64::from(std::process::id())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The outbox.
-
-/// Reads the `.eml` files of `<data_dir>/outbox`, each once it is complete.
-struct Outbox {
-    dir: PathBuf,
-    read: HashSet<PathBuf>,
-}
-
-impl Outbox {
-    /// An outbox reader that ignores every file already there (older mail, or mail cut short
-    /// by a crash).
-    fn from_now(data_dir: &Path) -> Outbox {
-        let mut o = Outbox {
-            dir: data_dir.join("outbox"),
-            read: HashSet::new(),
-        };
-        o.read = o.files().into_iter().collect();
-        o
-    }
-
-    fn files(&self) -> Vec<PathBuf> {
-        eml_files(&self.dir)
-    }
-
-    /// Recipient and text part of each message completed since the last call.
-    fn new_mail(&mut self) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for path in self.files() {
-            if self.read.contains(&path) {
-                continue;
-            }
-            let Ok(raw) = std::fs::read(&path) else {
-                continue;
-            };
-            if let Some(m) = parse_mail(&raw) {
-                self.read.insert(path);
-                out.push(m);
-            }
-        }
-        out
-    }
-
-    /// The text of the next message to `to`, or `None` when `stop` is set first or none comes
-    /// within [`MAIL_DEADLINE`].
-    async fn next_to(&mut self, to: &str, stop: &AtomicBool) -> Option<String> {
-        let deadline = Instant::now() + MAIL_DEADLINE;
-        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-            if let Some((_, text)) = self
-                .new_mail()
-                .into_iter()
-                .find(|(rcpt, _)| rcpt.eq_ignore_ascii_case(to))
-            {
-                return Some(text);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        None
-    }
-}
-
-/// `(To, text/plain)` of a whole message; `None` while it is still being written (the HTML part
-/// comes last).
-fn parse_mail(raw: &[u8]) -> Option<(String, String)> {
-    use mailparse::MailHeaderMap;
-    let parsed = mailparse::parse_mail(raw).ok()?;
-    let part = |t: &str| {
-        parsed
-            .subparts
-            .iter()
-            .find(|p| p.ctype.mimetype == t)
-            .and_then(|p| p.get_body().ok())
-    };
-    let (text, html) = (part("text/plain")?, part("text/html")?);
-    if !html.contains("</html>") {
-        return None;
-    }
-    let to = parsed.headers.get_first_header("To")?;
-    let to = match mailparse::addrparse_header(to).ok()?.first()? {
-        mailparse::MailAddr::Single(s) => s.addr.clone(),
-        mailparse::MailAddr::Group(_) => return None,
-    };
-    Some((to, text))
-}
-
-fn link_token(text: &str) -> Option<String> {
-    text.lines().map(str::trim).find_map(|l| {
-        l.split_once("/auth/magic?token=")
-            .map(|(_, t)| t.to_owned())
-    })
-}
-
-fn code_of(text: &str) -> Option<String> {
-    text.lines()
-        .map(str::trim)
-        .find(|l| l.len() == 6 && l.bytes().all(|b| b.is_ascii_digit()))
-        .map(str::to_owned)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +265,7 @@ async fn email_sign_ins(
     let Ok(mut c) = Client::connect(server_tcp).await else {
         return;
     };
-    let mut outbox = Outbox::from_now(&data_dir);
+    let mut outbox = Inbox::outbox_from_now(&data_dir);
     for _ in 0..MAX_OPS {
         match email_sign_in(&mut c, &mut outbox, &m, &email, code, &stop).await {
             Ok(Some(_)) => {}
@@ -379,7 +279,7 @@ async fn email_sign_ins(
 /// `Ok(None)`: the connection failed or the mail never came (the server died).
 async fn email_sign_in(
     c: &mut Client,
-    outbox: &mut Outbox,
+    outbox: &mut Inbox,
     m: &Shared,
     email: &str,
     code: bool,
@@ -392,16 +292,16 @@ async fn email_sign_in(
     if !sent.ok {
         return Err(sent);
     }
-    let Some(text) = outbox.next_to(email, stop).await else {
+    let Some(mail) = outbox.next_to_unless(email, stop).await else {
         return Ok(None);
     };
     let (verify, params, used) = if code {
         let flow = sent.data["flow_id"].as_str().unwrap_or_default().to_owned();
-        let code = code_of(&text).unwrap_or_default();
+        let code = mail.code();
         let p = json!({"flow_id": flow, "code": code});
         ("OTP.VERIFY", p, Err((flow, code)))
     } else {
-        let token = link_token(&text).unwrap_or_default();
+        let token = mail.link_token();
         ("MAGIC.VERIFY", json!({"token": token}), Ok(token))
     };
     let Some(r) = call(c, verify, params).await else {
@@ -566,7 +466,7 @@ async fn check_created(server: &Server, m: &Shared, ctx: &str) {
 /// account acknowledged by `AUTH.SIGNUP` exists and is the one the mail signs in to.
 async fn prove_new_accounts(server: &Server, m: &Shared, ctx: &str) {
     let mut c = server.client().await;
-    let mut outbox = Outbox::from_now(&server.data_dir);
+    let mut outbox = Inbox::outbox_from_now(&server.data_dir);
     let todo: Vec<(String, String)> = lock(m)
         .accounts
         .iter()

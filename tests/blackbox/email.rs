@@ -4,12 +4,11 @@
 //! redirect allow-list, account pre-hijacking, and no link or code in any log.
 
 use crate::harness::{
-    all_events, as_user, eml_files, execute_http, http, login, refresh, signup, tokens,
-    HttpResponse, Server,
+    all_events, as_user, execute_http, http, login, refresh, signup, tokens, HttpResponse, Server,
 };
+use crate::mail::{token_of, Inbox, Mail};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use mailparse::{MailAddr, MailHeaderMap, ParsedMail};
 use portcullis_client::Client;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Response};
@@ -18,17 +17,15 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const PASSWORD: &str = "correct horse battery staple";
 const SINK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
 /// Debian's interpreter, the one with `aiosmtpd`.
 const SINK_PYTHON: &str = "/usr/bin/python3";
-/// How long a message may take to reach the outbox or the sink.
-const MAIL_DEADLINE: Duration = Duration::from_secs(20);
 /// Settings that let one address get several mails in a row.
 const NO_COOLDOWN: &str = "send_cooldown_s = 0\n";
 
@@ -101,187 +98,11 @@ impl Drop for SmtpSink {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Reading mail.
-
-/// One received message, parsed with `mailparse`.
-#[derive(Debug, Clone)]
-struct Mail {
-    path: PathBuf,
-    from: Vec<String>,
-    from_raw: String,
-    to: Vec<String>,
-    subject: String,
-    mimetype: String,
-    part_types: Vec<String>,
-    text: String,
-    html: String,
-}
-
-fn addresses(headers: &[mailparse::MailHeader], name: &str) -> Vec<String> {
-    let Some(h) = headers.get_first_header(name) else {
-        return Vec::new();
-    };
-    let Ok(list) = mailparse::addrparse_header(h) else {
-        return Vec::new();
-    };
-    list.iter()
-        .flat_map(|a| match a {
-            MailAddr::Single(s) => vec![s.addr.clone()],
-            MailAddr::Group(g) => g.addrs.iter().map(|s| s.addr.clone()).collect(),
-        })
-        .collect()
-}
-
-fn body_of(parsed: &ParsedMail, mimetype: &str) -> Option<String> {
-    parsed
-        .subparts
-        .iter()
-        .find(|p| p.ctype.mimetype == mimetype)
-        .and_then(|p| p.get_body().ok())
-}
-
-/// Parses a message; `None` while it is incomplete (the outbox is written in place, so a reader
-/// may see the start of a file: the HTML part comes last and must be whole).
-fn parse(path: &Path, raw: &[u8]) -> Option<Mail> {
-    let parsed = mailparse::parse_mail(raw).ok()?;
-    let text = body_of(&parsed, "text/plain")?;
-    let html = body_of(&parsed, "text/html")?;
-    if !html.contains("</html>") {
-        return None;
-    }
-    Some(Mail {
-        path: path.to_owned(),
-        from: addresses(&parsed.headers, "From"),
-        from_raw: parsed.headers.get_first_value("From").unwrap_or_default(),
-        to: addresses(&parsed.headers, "To"),
-        subject: parsed
-            .headers
-            .get_first_value("Subject")
-            .unwrap_or_default(),
-        mimetype: parsed.ctype.mimetype.clone(),
-        part_types: parsed
-            .subparts
-            .iter()
-            .map(|p| p.ctype.mimetype.clone())
-            .collect(),
-        text,
-        html,
-    })
-}
-
-impl Mail {
-    fn is_to(&self, addr: &str) -> bool {
-        self.to.iter().any(|t| t.eq_ignore_ascii_case(addr))
-    }
-
-    /// The one sign-in link of the text part.
-    fn link(&self) -> String {
-        let links: Vec<&str> = self
-            .text
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
-            .collect();
-        assert_eq!(links.len(), 1, "one link in the text part: {}", self.text);
-        links[0].to_owned()
-    }
-
-    /// The one six-digit code of the text part.
-    fn code(&self) -> String {
-        let codes: Vec<&str> = self
-            .text
-            .lines()
-            .map(str::trim)
-            .filter(|l| l.len() == 6 && l.bytes().all(|b| b.is_ascii_digit()))
-            .collect();
-        assert_eq!(codes.len(), 1, "one code in the text part: {}", self.text);
-        codes[0].to_owned()
-    }
-}
-
-fn token_of(link: &str) -> String {
-    let (_, token) = link
-        .split_once("/auth/magic?token=")
-        .unwrap_or_else(|| panic!("not a sign-in link: {link}"));
-    token.to_owned()
-}
-
 /// Path and query of a link, to fetch it from the test server whatever its public URL says.
 fn path_of(link: &str) -> String {
     let after_scheme = link.split_once("://").map_or(link, |(_, rest)| rest);
     let slash = after_scheme.find('/').expect("a path in the link");
     after_scheme[slash..].to_owned()
-}
-
-/// A directory that receives `.eml` files (the outbox or the sink), read in arrival order by
-/// remembering which files were already handed out.
-struct Inbox {
-    dir: PathBuf,
-    seen: HashSet<PathBuf>,
-}
-
-impl Inbox {
-    fn outbox(server: &Server) -> Inbox {
-        Inbox::at(server.data_dir.join("outbox"))
-    }
-
-    fn sink(sink: &SmtpSink) -> Inbox {
-        Inbox::at(sink.dir.clone())
-    }
-
-    fn at(dir: PathBuf) -> Inbox {
-        Inbox {
-            dir,
-            seen: HashSet::new(),
-        }
-    }
-
-    /// Every complete message now in the directory, by file name.
-    fn all(&self) -> Vec<Mail> {
-        eml_files(&self.dir)
-            .into_iter()
-            .filter_map(|p| {
-                let raw = std::fs::read(&p).ok()?;
-                parse(&p, &raw)
-            })
-            .collect()
-    }
-
-    /// How many files the directory holds (complete or not).
-    fn file_count(&self) -> usize {
-        eml_files(&self.dir).len()
-    }
-
-    /// Waits (bounded) for a message to `addr` not handed out before.
-    async fn next_to(&mut self, addr: &str) -> Mail {
-        let deadline = Instant::now() + MAIL_DEADLINE;
-        loop {
-            if let Some(m) = self
-                .all()
-                .into_iter()
-                .find(|m| !self.seen.contains(&m.path) && m.is_to(addr))
-            {
-                self.seen.insert(m.path.clone());
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no mail to {addr} within {MAIL_DEADLINE:?} in {}",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Watches the directory for a short while (bounded) and returns every complete message
-    /// to `addr` found, handed out or not.
-    async fn settled_to(&self, addr: &str) -> Vec<Mail> {
-        for _ in 0..20 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.all().into_iter().filter(|m| m.is_to(addr)).collect()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,7 +242,7 @@ async fn magic_link_over_real_smtp_end_to_end() {
         sink.config()
     );
     let server = Server::start_config(&config, &[]);
-    let mut inbox = Inbox::sink(&sink);
+    let mut inbox = Inbox::at(sink.dir.clone());
     let email = "smtp.user@example.org";
     let first = account(&server, email).await;
 
@@ -503,7 +324,7 @@ async fn magic_link_over_real_smtp_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn magic_link_and_code_through_the_outbox_end_to_end() {
     let server = Server::start();
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let email = "outbox.user@example.org";
     let first = account(&server, email).await;
@@ -595,7 +416,7 @@ async fn magic_link_and_code_through_the_outbox_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_addresses_get_the_same_answers_and_no_mail() {
     let server = Server::start_config(NO_COOLDOWN, &[]);
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let known = "known@example.org";
     let unknown = "unknown@example.org";
@@ -764,7 +585,7 @@ fn winners(answers: Vec<Response>) -> Vec<SessionTokens> {
 /// requests of another (every connection comes from 127.0.0.1).
 async fn race_server() -> (Server, Inbox, Client) {
     let server = Server::start_config(NO_COOLDOWN, &[]);
-    let inbox = Inbox::outbox(&server);
+    let inbox = Inbox::outbox(&server.data_dir);
     let c = server.client().await;
     (server, inbox, c)
 }
@@ -924,7 +745,7 @@ async fn concurrent_uses_of_one_link_or_code_sign_in_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_link_or_code_stays_used_after_a_crash_and_a_sent_link_survives_one() {
     let mut server = Server::start();
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let (a, b, d) = (
         "crash.link@example.org",
         "crash.code@example.org",
@@ -971,7 +792,7 @@ async fn a_used_link_or_code_stays_used_after_a_crash_and_a_sent_link_survives_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_wrong_codes_lock_the_code_and_a_new_code_voids_the_old() {
     let mut server = Server::start_config(NO_COOLDOWN, &[]);
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let email = "guess@example.org";
     account(&server, email).await;
@@ -1063,7 +884,7 @@ async fn five_wrong_codes_lock_the_code_and_a_new_code_voids_the_old() {
 async fn send_limits_apply_per_address_and_per_client_whether_or_not_the_account_exists() {
     // The default cooldown: one mail per address per 30 s, links and codes together.
     let server = Server::start();
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let known = "limited@example.org";
     account(&server, known).await;
@@ -1088,7 +909,7 @@ async fn send_limits_apply_per_address_and_per_client_whether_or_not_the_account
 
     // Concurrent sends to one address: the cooldown lets exactly one through.
     let server = Server::start();
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let racer = "send.race@example.org";
     account(&server, racer).await;
     let requests: Vec<_> = (0..20)
@@ -1169,7 +990,7 @@ async fn send_limits_apply_per_address_and_per_client_whether_or_not_the_account
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_bound_links_need_the_verifier_and_approve_for_the_device_that_asked() {
     let server = Server::start_config(NO_COOLDOWN, &[]);
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let email = "pkce@example.org";
     account(&server, email).await;
@@ -1348,7 +1169,7 @@ async fn redirects_must_match_the_allow_list_exactly() {
         "send_cooldown_s = 0\nsends_per_address_per_hour = 100\nredirect_allowlist = [\"https://app.example.com/auth/\"]\n",
         &[],
     );
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let email = "redirect@example.org";
     account(&server, email).await;
@@ -1448,7 +1269,7 @@ async fn redirects_must_match_the_allow_list_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proving_the_mailbox_evicts_whoever_signed_up_with_it_before() {
     let server = Server::start();
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let victim = "victim@example.org";
     let mut attacker = server.client().await;
     let planted = signup(&mut attacker, victim, Some(PASSWORD)).await;
@@ -1519,7 +1340,7 @@ async fn proving_the_mailbox_evicts_whoever_signed_up_with_it_before() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_sign_in_racing_the_first_proof_leaves_no_session_behind() {
     let server = Server::start();
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let victim = "raced.victim@example.org";
     let mut c = server.client().await;
     signup(&mut c, victim, Some(PASSWORD)).await;
@@ -1594,7 +1415,7 @@ async fn a_password_sign_in_racing_the_first_proof_leaves_no_session_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_link_token_or_code_reaches_the_log_or_tracing() {
     let mut server = Server::start_config(NO_COOLDOWN, &[]);
-    let mut inbox = Inbox::outbox(&server);
+    let mut inbox = Inbox::outbox(&server.data_dir);
     let mut c = server.client().await;
     let email = "secrets@example.org";
     let s = account(&server, email).await;

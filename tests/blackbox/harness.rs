@@ -390,17 +390,3 @@ pub async fn all_events(server: &Server) -> Vec<Value> {
     }
     panic!("LOG.QUERY did not finish in 10000 pages");
 }
-
-/// The `.eml` files in `dir` (an outbox or the SMTP sink's directory), sorted by name; none when
-/// the directory does not exist yet.
-pub fn eml_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-        .collect();
-    paths.sort();
-    paths
-}

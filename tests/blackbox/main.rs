@@ -12,6 +12,7 @@ mod email;
 mod fuzz;
 mod harness;
 mod log;
+mod mail;
 mod mfa;
 mod observability;
 mod spec;
