@@ -93,68 +93,67 @@ struct BootstrapArgs {
     source: LogSource,
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    /// TOML file with any of the settings below (flags and env vars take precedence).
-    #[arg(long, env = "PORTCULLIS_CONFIG")]
-    config: Option<PathBuf>,
+/// The `serve` settings that have a flag and an environment variable, listed once: the macro
+/// makes the clap fields and copies each given value over the same-named [`Config`] field (a
+/// name or type that does not match `Config` does not compile).
+macro_rules! serve_settings {
+    ($( $(#[doc = $doc:literal])* $field:ident: $ty:ty = $env:literal, )*) => {
+        #[derive(Args)]
+        struct ServeArgs {
+            /// TOML file with any of the settings below (flags and env vars take precedence).
+            #[arg(long, env = "PORTCULLIS_CONFIG")]
+            config: Option<PathBuf>,
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] $field: Option<$ty>, )*
+        }
+
+        impl ServeArgs {
+            /// Copies every setting given as a flag or variable over `c`.
+            fn overlay(&self, c: &mut Config) {
+                $( if let Some(v) = &self.$field { c.$field = v.clone(); } )*
+            }
+        }
+    };
+}
+
+serve_settings! {
     /// Data directory (database, master key, operator token).
-    #[arg(long, env = "PORTCULLIS_DATA_DIR")]
-    data_dir: Option<PathBuf>,
+    data_dir: PathBuf = "PORTCULLIS_DATA_DIR",
     /// NDJSON-over-TCP listen address (port 0 picks a free port).
-    #[arg(long, env = "PORTCULLIS_TCP")]
-    tcp: Option<SocketAddr>,
+    tcp: SocketAddr = "PORTCULLIS_TCP",
     /// HTTP gateway listen address (port 0 picks a free port).
-    #[arg(long, env = "PORTCULLIS_HTTP")]
-    http: Option<SocketAddr>,
+    http: SocketAddr = "PORTCULLIS_HTTP",
     /// Longest request line or HTTP body, in bytes.
-    #[arg(long, env = "PORTCULLIS_MAX_FRAME_BYTES")]
-    max_frame_bytes: Option<usize>,
+    max_frame_bytes: usize = "PORTCULLIS_MAX_FRAME_BYTES",
     /// Most TCP connections served at once.
-    #[arg(long, env = "PORTCULLIS_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
+    max_connections: usize = "PORTCULLIS_MAX_CONNECTIONS",
     /// Seconds an idle TCP connection is kept.
-    #[arg(long, env = "PORTCULLIS_IDLE_TIMEOUT_S")]
-    idle_timeout_s: Option<u64>,
+    idle_timeout_s: u64 = "PORTCULLIS_IDLE_TIMEOUT_S",
     /// Seconds a started request line may take to arrive.
-    #[arg(long, env = "PORTCULLIS_FRAME_TIMEOUT_S")]
-    frame_timeout_s: Option<u64>,
+    frame_timeout_s: u64 = "PORTCULLIS_FRAME_TIMEOUT_S",
     /// Events a LOG.TAIL follower may lag before it is disconnected.
-    #[arg(long, env = "PORTCULLIS_TAIL_MAX_LAG")]
-    tail_max_lag: Option<u64>,
+    tail_max_lag: u64 = "PORTCULLIS_TAIL_MAX_LAG",
     /// Seconds in-flight work gets to finish on shutdown.
-    #[arg(long, env = "PORTCULLIS_SHUTDOWN_GRACE_S")]
-    shutdown_grace_s: Option<u64>,
+    shutdown_grace_s: u64 = "PORTCULLIS_SHUTDOWN_GRACE_S",
     /// `iss` of access tokens.
-    #[arg(long, env = "PORTCULLIS_ISSUER")]
-    issuer: Option<String>,
+    issuer: String = "PORTCULLIS_ISSUER",
     /// Access token lifetime, seconds.
-    #[arg(long, env = "PORTCULLIS_ACCESS_TOKEN_TTL_S")]
-    access_token_ttl_s: Option<i64>,
+    access_token_ttl_s: i64 = "PORTCULLIS_ACCESS_TOKEN_TTL_S",
     /// Sessions not refreshed for this long expire, seconds.
-    #[arg(long, env = "PORTCULLIS_REFRESH_IDLE_S")]
-    refresh_idle_s: Option<i64>,
+    refresh_idle_s: i64 = "PORTCULLIS_REFRESH_IDLE_S",
     /// Sessions expire this long after sign-in, seconds.
-    #[arg(long, env = "PORTCULLIS_REFRESH_ABSOLUTE_S")]
-    refresh_absolute_s: Option<i64>,
+    refresh_absolute_s: i64 = "PORTCULLIS_REFRESH_ABSOLUTE_S",
     /// A reused refresh token within this many seconds gets the same pair back.
-    #[arg(long, env = "PORTCULLIS_REFRESH_GRACE_S")]
-    refresh_grace_s: Option<i64>,
+    refresh_grace_s: i64 = "PORTCULLIS_REFRESH_GRACE_S",
     /// argon2id memory, KiB.
-    #[arg(long, env = "PORTCULLIS_ARGON2_M_KIB")]
-    argon2_m_kib: Option<u32>,
+    argon2_m_kib: u32 = "PORTCULLIS_ARGON2_M_KIB",
     /// argon2id passes.
-    #[arg(long, env = "PORTCULLIS_ARGON2_T")]
-    argon2_t: Option<u32>,
+    argon2_t: u32 = "PORTCULLIS_ARGON2_T",
     /// argon2id lanes.
-    #[arg(long, env = "PORTCULLIS_ARGON2_P")]
-    argon2_p: Option<u32>,
+    argon2_p: u32 = "PORTCULLIS_ARGON2_P",
     /// Password hashes computed at once (0: one per core).
-    #[arg(long, env = "PORTCULLIS_HASH_CONCURRENCY")]
-    hash_concurrency: Option<usize>,
+    hash_concurrency: usize = "PORTCULLIS_HASH_CONCURRENCY",
     /// The store's page cache, MiB.
-    #[arg(long, env = "PORTCULLIS_STORE_CACHE_MB")]
-    store_cache_mb: Option<u64>,
+    store_cache_mb: u64 = "PORTCULLIS_STORE_CACHE_MB",
 }
 
 impl ServeArgs {
@@ -167,30 +166,7 @@ impl ServeArgs {
             }
             None => Config::default(),
         };
-        macro_rules! overlay {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
-        }
-        overlay!(
-            data_dir,
-            tcp,
-            http,
-            max_frame_bytes,
-            max_connections,
-            idle_timeout_s,
-            frame_timeout_s,
-            tail_max_lag,
-            shutdown_grace_s,
-            issuer,
-            access_token_ttl_s,
-            refresh_idle_s,
-            refresh_absolute_s,
-            refresh_grace_s,
-            argon2_m_kib,
-            argon2_t,
-            argon2_p,
-            hash_concurrency,
-            store_cache_mb
-        );
+        self.overlay(&mut c);
         c.validate().map_err(anyhow::Error::msg)?;
         Ok(c)
     }
