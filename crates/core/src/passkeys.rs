@@ -19,6 +19,7 @@ use portcullis_protocol::ErrorCode;
 use portcullis_store::{decode_record, encode_record, Cas, Record, StoreError, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use webauthn_rs::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
 use webauthn_rs::prelude::{
     AuthenticationResult, DiscoverableAuthentication, Passkey, PasskeyAuthentication,
     PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid, Webauthn,
@@ -378,13 +379,58 @@ pub async fn verify_login(
     after_assertion(ctx, user_id, rec, &res).await
 }
 
-/// Decoy credential ids for an address without passkeys: stable per address (so repeated
-/// requests look alike), unlinkable to anything real.
-pub fn decoy_credential(ctx: &Ctx, email_key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(hmac_sha256(
-        &ctx.app.code_key,
-        format!("passkey-decoy:{email_key}").as_bytes(),
-    ))
+/// The allow-list of a decoy answer, for an address without an account or without passkeys:
+/// stable per address (repeated requests look alike), unlinkable to anything real, and shaped
+/// like a real one.
+///
+/// The ids come from webauthn-rs' fake credential generator (ChaCha8 seeded with an HMAC of the
+/// address under a key derived from the master key), whose [`FakePasskeyDistribution`] draws
+/// the number of ids and each id's length from the authenticators users actually have (Android
+/// and Apple keychains, Windows Hello, security keys, password managers). An allow-list is
+/// never empty (an account with passkeys lists at least one), so an empty draw is drawn again
+/// under the next input. Each entry gets the transports a browser reports for an authenticator
+/// of that kind, see [`decoy_transports`].
+pub fn decoy_allow_credentials(ctx: &Ctx, email_key: &str) -> Value {
+    let key = hmac_sha256(&ctx.app.code_key, b"passkey-decoy");
+    let ids = WebauthnFakeCredentialGenerator::<FakePasskeyDistribution>::new(&key)
+        .ok()
+        .and_then(|generator| {
+            (0u8..64)
+                .filter_map(|round| {
+                    generator
+                        .generate(format!("{email_key}\0{round}").as_bytes())
+                        .ok()
+                })
+                .find(|ids| !ids.is_empty())
+        })
+        .unwrap_or_default();
+    Value::Array(
+        ids.iter()
+            .map(|id| {
+                let mut entry = serde_json::Map::new();
+                entry.insert("type".into(), "public-key".into());
+                entry.insert("id".into(), URL_SAFE_NO_PAD.encode(id).into());
+                if let Some(t) = decoy_transports(id.len()) {
+                    entry.insert("transports".into(), t.into());
+                }
+                Value::Object(entry)
+            })
+            .collect(),
+    )
+}
+
+/// The transports browsers report at registration for the authenticator kinds whose id lengths
+/// webauthn-rs' generator uses (lexicographic order, as `getTransports()` returns them).
+pub fn decoy_transports(id_len: usize) -> Option<Vec<&'static str>> {
+    use webauthn_rs::fake::{
+        APPLE_CRED_LEN, BITWARDEN_CRED_LEN, G_PIXEL_CRED_LEN, TPM_CRED_LEN, YUBIKEY_CRED_LEN,
+    };
+    match id_len {
+        APPLE_CRED_LEN | G_PIXEL_CRED_LEN | BITWARDEN_CRED_LEN => Some(vec!["hybrid", "internal"]),
+        TPM_CRED_LEN => Some(vec!["internal"]),
+        YUBIKEY_CRED_LEN => Some(vec!["nfc", "usb"]),
+        _ => None,
+    }
 }
 
 /// JSON of WebAuthn options, edited: usernameless and allow-listed requests are made by an

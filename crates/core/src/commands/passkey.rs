@@ -251,7 +251,11 @@ async fn login_begin(ctx: Ctx, p: LoginBeginParams) -> Result<Ceremony, CommandE
             .into_iter()
             .map(|r| r.passkey)
             .collect(),
-        None => Vec::new(),
+        // The same store read as for an account, so the decoy does not answer sooner.
+        None => {
+            passkeys::list(&ctx, "decoy").await?;
+            Vec::new()
+        }
     };
     ctx.audit.event("passkey.challenge_created");
     match (user, creds.is_empty()) {
@@ -269,7 +273,7 @@ async fn login_begin(ctx: Ctx, p: LoginBeginParams) -> Result<Ceremony, CommandE
             Ok(ceremony(begin(&ctx, kind).await?, options))
         }
         _ => {
-            // Same shape as a real answer: a fresh challenge and one plausible credential id.
+            // Same shape as a real answer: a fresh challenge and plausible credential ids.
             let (rcr, _) = wa
                 .start_discoverable_authentication()
                 .map_err(|e| refused(&ctx, e))?;
@@ -278,7 +282,7 @@ async fn login_begin(ctx: Ctx, p: LoginBeginParams) -> Result<Ceremony, CommandE
             if let Some(Value::Object(pk)) = options.get_mut("publicKey") {
                 pk.insert(
                     "allowCredentials".into(),
-                    json!([{"type": "public-key", "id": passkeys::decoy_credential(&ctx, &email.key)}]),
+                    passkeys::decoy_allow_credentials(&ctx, &email.key),
                 );
                 // A real allow-listed request carries no extensions.
                 pk.remove("extensions");
@@ -406,7 +410,10 @@ async fn remove(ctx: Ctx, p: RemoveParams) -> Result<PasskeyList, CommandError> 
 
 #[cfg(test)]
 mod tests {
+    use crate::passkeys;
     use crate::testkit::Bench;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
     use portcullis_protocol::ErrorCode;
     use portcullis_store::Table;
     use serde_json::{json, Value};
@@ -553,71 +560,59 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_addresses_get_a_lookalike_answer() {
-        let b = Bench::new(|_| {}).await;
+        let b = Bench::new(|c| c.rate_limits.enabled = false).await;
         let access = signed_up(&b, "pk@example.org").await;
         register(&b, &mut SoftPasskey::new(true), &access).await;
-        let real = b
-            .ok(
-                "PASSKEY.LOGIN.BEGIN",
-                json!({"email": "pk@example.org"}),
-                None,
-            )
-            .await;
-        let fake = b
-            .ok(
-                "PASSKEY.LOGIN.BEGIN",
-                json!({"email": "ghost@example.org"}),
-                None,
-            )
-            .await;
-        let keys = |v: &Value| {
-            v["options"]["publicKey"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
+        let begin = |email: String| {
+            let b = &b;
+            async move {
+                b.ok("PASSKEY.LOGIN.BEGIN", json!({"email": email}), None)
+                    .await
+            }
         };
+        let real = begin("pk@example.org".into()).await;
+        let fake = begin("ghost@example.org".into()).await;
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
         assert_eq!(keys(&real), keys(&fake));
-        let n = |v: &Value| {
-            v["options"]["publicKey"]["allowCredentials"]
-                .as_array()
-                .unwrap()
-                .len()
-        };
-        assert_eq!((n(&real), n(&fake)), (1, 1));
-        let entry = |v: &Value| {
-            let e = &v["options"]["publicKey"]["allowCredentials"][0];
-            (
-                e.as_object().unwrap().keys().cloned().collect::<Vec<_>>(),
-                e["id"].as_str().unwrap().len(),
-            )
-        };
-        assert_eq!(entry(&real).0, entry(&fake).0);
         assert_eq!(
-            real["options"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .collect::<Vec<_>>(),
-            fake["options"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .collect::<Vec<_>>()
+            keys(&real["options"]["publicKey"]),
+            keys(&fake["options"]["publicKey"])
         );
-        let fake2 = b
-            .ok(
-                "PASSKEY.LOGIN.BEGIN",
-                json!({"email": "ghost@example.org"}),
-                None,
-            )
-            .await;
+        let allowed = |v: &Value| v["options"]["publicKey"]["allowCredentials"].clone();
+        assert_eq!(allowed(&real).as_array().unwrap().len(), 1);
         assert_eq!(
-            fake["options"]["publicKey"]["allowCredentials"],
-            fake2["options"]["publicKey"]["allowCredentials"],
+            allowed(&fake),
+            allowed(&begin("ghost@example.org".into()).await),
             "stable per address"
         );
+        assert_ne!(
+            allowed(&fake),
+            allowed(&begin("ghost2@example.org".into()).await)
+        );
+
+        // Over many unknown addresses: never empty, entries shaped like real ones, and the
+        // number and lengths of ids vary as they do among real accounts.
+        let mut counts = std::collections::BTreeSet::new();
+        let mut lengths = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let list = allowed(&begin(format!("nobody-{i}@example.org")).await);
+            let list = list.as_array().unwrap();
+            assert!((1..=3).contains(&list.len()), "{list:?}");
+            counts.insert(list.len());
+            for e in list {
+                assert_eq!(e["type"], "public-key");
+                let id = URL_SAFE_NO_PAD.decode(e["id"].as_str().unwrap()).unwrap();
+                assert!([16, 20, 32, 64, 65].contains(&id.len()), "{e}");
+                lengths.insert(id.len());
+                let transports = passkeys::decoy_transports(id.len()).map(|t| json!(t));
+                assert_eq!(e.get("transports").cloned(), transports, "{e}");
+                assert!(keys(e)
+                    .iter()
+                    .all(|k| ["id", "transports", "type"].contains(&k.as_str())));
+            }
+        }
+        assert!(counts.len() >= 2, "the number of ids varies: {counts:?}");
+        assert!(lengths.len() >= 2, "the id length varies: {lengths:?}");
     }
 
     #[tokio::test]
