@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod bench;
 mod browser;
 mod cli;
 mod crash;
