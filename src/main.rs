@@ -4,9 +4,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use portcullis_client::{Client, TailItem};
 use portcullis_core::{App, Config, SystemClock};
-use portcullis_protocol::commands::log::{TailParams, VerifyParams, VerifyReport};
+use portcullis_protocol::commands::log::{
+    Checkpoint, PruneParams, PruneResult, TailParams, VerifyParams, VerifyReport,
+};
 use portcullis_protocol::{Event, Request, Secret};
-use portcullis_store::{verify_events, EventLog, SledStore};
+use portcullis_store::{verify_events, ChainVerifier, EventLog, LogEntry, SledStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -203,6 +205,9 @@ enum LogCmd {
     Tail(TailArgs),
     /// Check the hash chain; exits 1 when it is broken.
     Verify(VerifyArgs),
+    /// Remove the oldest events through a seq (LOG.PRUNE; the operator token). Archive them
+    /// first: `log tail --from 1 --json > archive.ndjson`, then `log verify --file`.
+    Prune(PruneArgs),
 }
 
 /// Where the log is: a running server, or a data directory.
@@ -274,6 +279,19 @@ impl EventFilter {
 struct VerifyArgs {
     #[command(flatten)]
     source: LogSource,
+    /// Check an archive instead: events as `log tail --json` prints them, one per line. The
+    /// report names its last event, which must be the checkpoint `LOG.PRUNE` left.
+    #[arg(long, conflicts_with_all = ["addr", "data_dir"])]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Remove every event with seq ≤ this one.
+    #[arg(long)]
+    through: u64,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -320,6 +338,9 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Log {
             cmd: LogCmd::Verify(a),
         } => verify(a).await,
+        Cmd::Log {
+            cmd: LogCmd::Prune(a),
+        } => prune(a).await,
         Cmd::Bench(a) => portcullis_bench::run(*a).await,
         Cmd::Admin {
             cmd: AdminCmd::Bootstrap(a),
@@ -640,6 +661,9 @@ async fn bootstrap(a: BootstrapArgs) -> Result<ExitCode> {
 }
 
 async fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    if let Some(file) = &a.file {
+        return verify_archive(file);
+    }
     let report: VerifyReport = match &a.source.data_dir {
         Some(dir) => {
             let store = open_offline(dir)?;
@@ -657,4 +681,63 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `log verify --file`: the chain of an archive, from its first event (whose `prev` is checked
+/// only at seq 1) to its last, which the report names.
+fn verify_archive(path: &Path) -> Result<ExitCode> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut verifier: Option<ChainVerifier> = None;
+    let mut last: Option<Checkpoint> = None;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = serde_json::from_str::<Event>(&line)
+            .map_err(|e| portcullis_store::RecordError::Body(format!("line {}: {e}", n + 1)));
+        let seq = match &event {
+            Ok(e) => e.seq,
+            Err(_) => last.as_ref().map_or(1, |l| l.seq + 1),
+        };
+        let v = verifier.get_or_insert_with(|| match seq {
+            1 => ChainVerifier::from_genesis(),
+            _ => ChainVerifier::new(seq, None),
+        });
+        if let Ok(e) = &event {
+            last = Some(Checkpoint {
+                seq: e.seq,
+                hash: e.hash.clone(),
+            });
+        }
+        if !v.feed(&LogEntry { seq, event }) {
+            break;
+        }
+    }
+    let report = verifier.map(|v| v.report(last.as_ref().map_or(0, |l| l.seq)));
+    let valid = report.as_ref().is_none_or(|r| r.valid);
+    let out = serde_json::json!({
+        "valid": valid,
+        "checked": report.as_ref().map_or(0, |r| r.checked),
+        "first_broken_seq": report.as_ref().and_then(|r| r.first_broken_seq),
+        "reason": report.as_ref().and_then(|r| r.reason.clone()),
+        "last": last,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn prune(a: PruneArgs) -> Result<ExitCode> {
+    let mut c = a.remote.connect(true).await?;
+    let params = serde_json::to_value(PruneParams {
+        through_seq: a.through,
+    })?;
+    let r: PruneResult = c.call_ok("LOG.PRUNE", params).await?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(ExitCode::SUCCESS)
 }

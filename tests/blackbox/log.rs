@@ -3,8 +3,10 @@
 
 use crate::harness::{run_cli, Server};
 use portcullis_client::{Client, TailItem};
-use portcullis_protocol::commands::log::{QueryResult, TailParams, VerifyReport};
-use portcullis_protocol::{Event, Request};
+use portcullis_protocol::commands::log::{
+    Checkpoint, PruneResult, QueryResult, TailParams, VerifyReport,
+};
+use portcullis_protocol::{ErrorCode, Event, Request, Secret};
 use serde_json::json;
 use std::time::Duration;
 
@@ -69,22 +71,8 @@ async fn offline_verify_detects_an_edited_event() {
     assert_eq!(events.len(), 5);
     assert_contiguous(&events, 1);
 
-    {
-        // Tamper: rewrite event 3's outcome straight in the database.
-        let db = sled::open(server.data_dir.join("db")).unwrap();
-        let tree = db.open_tree("events").unwrap();
-        let key = 3u64.to_be_bytes();
-        let raw = tree.get(key).unwrap().unwrap().to_vec();
-        let text = String::from_utf8(raw[1..].to_vec()).unwrap();
-        assert!(text.contains("\"outcome\":\"ok\""));
-        let mut edited = vec![raw[0]];
-        edited.extend(
-            text.replace("\"outcome\":\"ok\"", "\"outcome\":\"INVALID_CREDENTIALS\"")
-                .bytes(),
-        );
-        tree.insert(key, edited).unwrap();
-        db.flush().unwrap();
-    }
+    // Tamper: rewrite event 3's outcome straight in the database.
+    tamper_outcome(&server.data_dir, 3);
     let (code, out, _) = run_cli(&["log", "verify", "--data-dir", &dir]);
     assert_eq!(code, 1, "a broken chain must exit 1: {out}");
     let report: VerifyReport = serde_json::from_str(&out).unwrap();
@@ -363,4 +351,169 @@ async fn a_copy_of_a_stopped_data_directory_restores() {
         .await
         .unwrap();
     assert_eq!(info["log_head_seq"], 7);
+}
+
+/// Tampers with event `seq` of a stopped server's log (its outcome), straight in the database.
+fn tamper_outcome(data_dir: &std::path::Path, seq: u64) {
+    let db = sled::open(data_dir.join("db")).unwrap();
+    let tree = db.open_tree("events").unwrap();
+    let key = seq.to_be_bytes();
+    let raw = tree.get(key).unwrap().unwrap().to_vec();
+    let text = String::from_utf8(raw[1..].to_vec()).unwrap();
+    let mut edited = vec![raw[0]];
+    edited.extend(
+        text.replacen("\"outcome\":\"ok\"", "\"outcome\":\"FORBIDDEN\"", 1)
+            .bytes(),
+    );
+    tree.insert(key, edited).unwrap();
+    db.flush().unwrap();
+}
+
+/// Retention as an operator runs it: archive the log with `log tail`, check the archive with
+/// `log verify --file`, prune through its last event with `log prune`; the kept log chains to
+/// the checkpoint online, offline and after a restart, and the prune is itself logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_archived_then_pruned_and_still_verifies() {
+    let mut server = Server::start();
+    let mut c = server.client().await;
+    info_burst(&mut c, 40).await;
+    let addr = server.tcp.to_string();
+    let token = server.operator_token();
+    let remote = ["--addr", addr.as_str(), "--token", token.expose()];
+
+    let (code, archive, err) =
+        run_cli(&[&["log", "tail", "--from", "1", "--json"], &remote[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("archive.ndjson");
+    std::fs::write(&file, &archive).unwrap();
+    let file_arg = file.to_string_lossy().into_owned();
+    let (code, out, err) = run_cli(&["log", "verify", "--file", &file_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    let checked: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let last_seq = checked["last"]["seq"].as_u64().unwrap();
+    let last_hash = checked["last"]["hash"].as_str().unwrap().to_owned();
+    assert!(last_seq >= 40, "{out}");
+    assert_eq!(checked["checked"].as_u64(), Some(last_seq), "{out}");
+
+    let through = last_seq.to_string();
+    let (code, out, err) =
+        run_cli(&[&["log", "prune", "--through", &through], &remote[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let pruned: PruneResult = serde_json::from_str(&out).unwrap();
+    let checkpoint = Checkpoint {
+        seq: last_seq,
+        hash: last_hash.clone(),
+    };
+    assert_eq!(
+        (pruned.pruned, pruned.first_seq, &pruned.checkpoint),
+        (last_seq, last_seq + 1, &checkpoint)
+    );
+
+    let report = verify(&server).await;
+    assert!(report.valid, "{report:?}");
+    assert_eq!(report.first_seq, last_seq + 1);
+    assert_eq!(report.checkpoint.as_ref(), Some(&checkpoint));
+    let events = query_all(&server, json!({"from_seq": 1})).await;
+    assert_eq!(events[0].seq, last_seq + 1);
+    assert_eq!(
+        events[0].prev, last_hash,
+        "the kept log chains to the archive"
+    );
+    assert_contiguous(&events, last_seq + 1);
+    let logged = events
+        .iter()
+        .find(|e| e.command.as_deref() == Some("LOG.PRUNE"))
+        .expect("the prune is logged");
+    assert_eq!(logged.outcome, "ok");
+    assert_eq!(logged.summary["event"], "log.pruned");
+    assert_eq!(logged.summary["pruned"], last_seq);
+    assert_eq!(logged.summary["through_seq"], last_seq);
+    assert_eq!(logged.summary["checkpoint_hash"], last_hash.as_str());
+    let mut op = server.operator_client().await;
+    let info: serde_json::Value = op.call_ok("SYS.INFO", json!({})).await.unwrap();
+    assert_eq!(info["log_first_seq"], last_seq + 1);
+
+    // Retries change nothing; the newest durable event and seq 0 are refused.
+    let again: PruneResult = op
+        .call_ok("LOG.PRUNE", json!({"through_seq": last_seq}))
+        .await
+        .unwrap();
+    assert_eq!((again.pruned, &again.checkpoint), (0, &checkpoint));
+    for through in [0, info["log_head_seq"].as_u64().unwrap() + 10] {
+        let r = op
+            .call("LOG.PRUNE", json!({"through_seq": through}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.error_code(),
+            Some(ErrorCode::InvalidParams),
+            "{through}: {r:?}"
+        );
+    }
+    // Only the operator: an API key that reads the log may not prune it.
+    let key: serde_json::Value = op
+        .call_ok(
+            "APIKEY.CREATE",
+            json!({"name": "siem", "scopes": ["log:read"]}),
+        )
+        .await
+        .unwrap();
+    let mut req = Request::new("LOG.PRUNE");
+    req.params = Some(json!({"through_seq": last_seq + 1}));
+    req.token = Some(Secret::new(key["key"].as_str().unwrap()));
+    let r = c.send(req).await.unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::Forbidden), "{r:?}");
+
+    // Offline and after a restart, the checkpoint holds.
+    drop((c, op));
+    assert!(server.stop().success());
+    let dir = server.data_dir.to_string_lossy().into_owned();
+    let (code, out, err) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    let offline: VerifyReport = serde_json::from_str(&out).unwrap();
+    assert_eq!(offline.checkpoint.as_ref(), Some(&checkpoint));
+    server.restart();
+    assert!(verify(&server).await.valid);
+
+    // An edited archive does not verify.
+    let edited = archive.replacen("\"outcome\":\"ok\"", "\"outcome\":\"FORBIDDEN\"", 1);
+    std::fs::write(&file, edited).unwrap();
+    let (code, out, _) = run_cli(&["log", "verify", "--file", &file_arg]);
+    assert_eq!(code, 1, "{out}");
+}
+
+/// Pruning never destroys the evidence of tampering: a break among the events to remove (or at
+/// the first one kept) refuses the prune and removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chain_is_not_pruned() {
+    let mut server = Server::start();
+    let mut c = server.client().await;
+    info_burst(&mut c, 10).await;
+    drop(c);
+    assert!(server.stop().success());
+    tamper_outcome(&server.data_dir, 6);
+    server.restart();
+    let mut op = server.operator_client().await;
+    for through in [5, 8] {
+        let r = op
+            .call("LOG.PRUNE", json!({"through_seq": through}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.error_code(),
+            Some(ErrorCode::Conflict),
+            "{through}: {r:?}"
+        );
+    }
+    let report = verify(&server).await;
+    assert_eq!((report.first_seq, report.first_broken_seq), (1, Some(6)));
+    // Below the break it may go: the kept log then still shows the break.
+    let r: PruneResult = op
+        .call_ok("LOG.PRUNE", json!({"through_seq": 4}))
+        .await
+        .unwrap();
+    assert_eq!(r.first_seq, 5);
+    let report = verify(&server).await;
+    assert_eq!((report.first_seq, report.first_broken_seq), (5, Some(6)));
 }

@@ -43,6 +43,10 @@ pub mod sys {
         pub uptime_s: u64,
         /// Sequence number of the newest event in the log (0 when empty).
         pub log_head_seq: u64,
+        /// Sequence number of the oldest event the log holds: 1 unless `LOG.PRUNE` removed
+        /// older ones.
+        #[serde(default = "super::log::one")]
+        pub log_first_seq: u64,
     }
 
     /// One registry entry, as listed by `SYS.COMMANDS`.
@@ -81,6 +85,8 @@ pub mod log {
     pub const QUERY: &str = "LOG.QUERY";
     /// `LOG.VERIFY`
     pub const VERIFY: &str = "LOG.VERIFY";
+    /// `LOG.PRUNE`
+    pub const PRUNE: &str = "LOG.PRUNE";
 
     /// Largest page `LOG.QUERY` returns.
     pub const MAX_QUERY_LIMIT: usize = 1000;
@@ -191,6 +197,46 @@ pub mod log {
         pub first_broken_seq: Option<u64>,
         /// Why it breaks there (`hash_mismatch`, `prev_mismatch`, `seq_gap`, `unreadable`).
         pub reason: Option<String>,
+        /// The oldest seq the log still holds (1 unless it was pruned).
+        #[serde(default = "one")]
+        pub first_seq: u64,
+        /// The last pruned event, against which `first_seq`'s `prev` is checked; `null` when
+        /// the log was never pruned.
+        #[serde(default)]
+        pub checkpoint: Option<Checkpoint>,
+    }
+
+    pub(crate) fn one() -> u64 {
+        1
+    }
+
+    /// The last event removed by `LOG.PRUNE`: the kept log continues from it, so the event at
+    /// `seq + 1` has `prev` = `hash`, and an archive of the pruned events ends with this event.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Checkpoint {
+        /// Seq of the last pruned event.
+        pub seq: u64,
+        /// Its hash.
+        pub hash: String,
+    }
+
+    /// `LOG.PRUNE` params.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PruneParams {
+        /// Remove every event with seq ≤ this one. Must be below the newest durable event.
+        pub through_seq: u64,
+    }
+
+    /// `LOG.PRUNE` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PruneResult {
+        /// How many events this call removed (0 when they were already gone).
+        pub pruned: u64,
+        /// The oldest seq the log now holds.
+        pub first_seq: u64,
+        /// The last pruned event.
+        pub checkpoint: Checkpoint,
     }
 }
 

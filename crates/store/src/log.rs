@@ -2,7 +2,7 @@
 
 use crate::{Record, RecordError, StoreError};
 use async_trait::async_trait;
-use portcullis_protocol::commands::log::VerifyReport;
+use portcullis_protocol::commands::log::{Checkpoint, PruneResult, VerifyReport};
 use portcullis_protocol::{Event, GENESIS_HASH};
 use tokio::sync::watch;
 
@@ -86,6 +86,21 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Seq of the newest appended event (0 when empty).
     fn head_seq(&self) -> u64;
+
+    /// The last pruned event; `None` when the log was never pruned.
+    fn checkpoint(&self) -> Option<Checkpoint>;
+
+    /// Seq of the oldest event the log holds: 1 unless it was pruned.
+    fn first_seq(&self) -> u64 {
+        self.checkpoint().map_or(1, |c| c.seq + 1)
+    }
+
+    /// Removes every event with seq ≤ `through_seq`, which must be below
+    /// [`EventLog::durable_seq`] (so at least one durable event is kept to chain from). The new
+    /// checkpoint (that event's seq and hash) is durable before the first event is removed; a
+    /// crash in between leaves events at or below the checkpoint that reads skip and the next
+    /// open removes. Pruning through a seq already pruned changes nothing (`pruned` 0).
+    async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError>;
 
     /// Seq of the newest event known to be on disk. Readers that must never show an event that
     /// a crash could take back (LOG.TAIL) stay at or below it.
@@ -182,6 +197,8 @@ impl ChainVerifier {
             head_seq,
             first_broken_seq: self.broken.map(|(s, _)| s),
             reason: self.broken.map(|(_, r)| r.to_owned()),
+            first_seq: 1,
+            checkpoint: None,
         }
     }
 }
@@ -194,19 +211,29 @@ pub async fn verify_events(
 ) -> Result<VerifyReport, StoreError> {
     const PAGE: usize = 4096;
     let head = log.head_seq();
-    let from = from.max(1);
+    let checkpoint = log.checkpoint();
+    let first = log.first_seq();
+    let from = from.max(first);
     let to = to.unwrap_or(head).min(head);
-    let mut verifier = if from == 1 {
-        ChainVerifier::from_genesis()
-    } else {
-        let before = log.read(from - 1, from - 1, 1).await?;
-        let prev = before
-            .first()
-            .and_then(|e| e.event.as_ref().ok())
-            .map(|e| e.hash.clone());
-        ChainVerifier::new(from, prev)
+    let mut verifier = match &checkpoint {
+        _ if from == 1 => ChainVerifier::from_genesis(),
+        // The oldest kept event chains to the last pruned one.
+        Some(c) if from == first => ChainVerifier::new(from, Some(c.hash.clone())),
+        _ => {
+            let before = log.read(from - 1, from - 1, 1).await?;
+            let prev = before
+                .first()
+                .and_then(|e| e.event.as_ref().ok())
+                .map(|e| e.hash.clone());
+            ChainVerifier::new(from, prev)
+        }
     };
     let mut next = from;
+    let finish = |verifier: &ChainVerifier| VerifyReport {
+        first_seq: first,
+        checkpoint: checkpoint.clone(),
+        ..verifier.report(head)
+    };
     while next <= to {
         let page = log.read(next, to, PAGE).await?;
         if page.is_empty() {
@@ -219,10 +246,10 @@ pub async fn verify_events(
         }
         for entry in &page {
             if !verifier.feed(entry) {
-                return Ok(verifier.report(head));
+                return Ok(finish(&verifier));
             }
         }
         next = page.last().map_or(to, |e| e.seq).saturating_add(1);
     }
-    Ok(verifier.report(head))
+    Ok(finish(&verifier))
 }

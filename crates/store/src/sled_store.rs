@@ -4,13 +4,19 @@ use crate::group_commit::{GroupCommit, Watermarks, WriteGate};
 use crate::log::{raw_event, EventLog, LogEntry, LogPage, RawLogEntry};
 use crate::{decode_record, encode_record, Cas, CommitStats, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
+use portcullis_protocol::commands::log::{Checkpoint, PruneResult};
 use portcullis_protocol::{Event, GENESIS_HASH};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::watch;
 
 const EVENTS_TREE: &str = "events";
+/// The log's own metadata (its checkpoint), apart from the events.
+const LOG_META_TREE: &str = "log_meta";
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+/// Events removed per sled batch when pruning.
+const PRUNE_BATCH: usize = 10_000;
 
 struct Head {
     seq: u64,
@@ -22,6 +28,9 @@ pub struct SledStore {
     db: sled::Db,
     tables: Vec<sled::Tree>,
     events: sled::Tree,
+    log_meta: sled::Tree,
+    checkpoint: RwLock<Option<Checkpoint>>,
+    prune_lock: tokio::sync::Mutex<()>,
     head: Mutex<Head>,
     head_seq: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
@@ -53,6 +62,19 @@ impl SledStore {
             .map(|t| db.open_tree(t.name()))
             .collect::<Result<Vec<_>, _>>()?;
         let events = db.open_tree(EVENTS_TREE)?;
+        let log_meta = db.open_tree(LOG_META_TREE)?;
+        let checkpoint = load_checkpoint(&log_meta)?;
+        if let Some(c) = &checkpoint {
+            // A prune that a crash interrupted: its checkpoint is durable, so finish it.
+            let n = remove_events_through(&events, c.seq, usize::MAX)?;
+            if n > 0 {
+                tracing::info!(
+                    through_seq = c.seq,
+                    removed = n,
+                    "finished an interrupted prune"
+                );
+            }
+        }
         let head = recover_head(&events)?;
         let head_seq = Arc::new(AtomicU64::new(head.seq));
         // Everything recovered from disk is durable.
@@ -70,6 +92,9 @@ impl SledStore {
             db,
             tables,
             events,
+            log_meta,
+            checkpoint: RwLock::new(checkpoint),
+            prune_lock: tokio::sync::Mutex::new(()),
             head: Mutex::new(head),
             head_seq,
             durable,
@@ -128,6 +153,30 @@ fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
             other => return other,
         }
     }
+}
+
+fn load_checkpoint(meta: &sled::Tree) -> Result<Option<Checkpoint>, StoreError> {
+    meta.get(CHECKPOINT_KEY)?
+        .map(|v| {
+            serde_json::from_slice(&v)
+                .map_err(|e| StoreError::Backend(format!("the log checkpoint is unreadable: {e}")))
+        })
+        .transpose()
+}
+
+/// Removes up to `max` events with seq ≤ `through` (one sled batch), oldest first; returns how
+/// many it removed.
+fn remove_events_through(events: &sled::Tree, through: u64, max: usize) -> Result<u64, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut n = 0u64;
+    for key in events.range(..=through.to_be_bytes()).keys().take(max) {
+        batch.remove(key?);
+        n += 1;
+    }
+    if n > 0 {
+        events.apply_batch(batch)?;
+    }
+    Ok(n)
 }
 
 fn recover_head(events: &sled::Tree) -> Result<Head, StoreError> {
@@ -244,6 +293,63 @@ impl EventLog for SledStore {
         self.head_seq.load(Ordering::Acquire)
     }
 
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        self.checkpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError> {
+        let _one_at_a_time = self.prune_lock.lock().await;
+        let first = self.first_seq();
+        if through_seq < first {
+            let checkpoint = self.checkpoint().ok_or_else(|| {
+                StoreError::Backend("pruning through seq 0 removes nothing".into())
+            })?;
+            return Ok(PruneResult {
+                pruned: 0,
+                first_seq: first,
+                checkpoint,
+            });
+        }
+        if through_seq >= self.durable_seq() {
+            return Err(StoreError::Backend(format!(
+                "seq {through_seq} is not below the newest durable event"
+            )));
+        }
+        let stored = self.events.get(through_seq.to_be_bytes())?.ok_or_else(|| {
+            StoreError::Backend(format!("no event is stored at seq {through_seq}"))
+        })?;
+        let checkpoint = Checkpoint {
+            seq: through_seq,
+            hash: decode_record::<Event>(&stored)?.hash,
+        };
+        let bytes = serde_json::to_vec(&checkpoint)
+            .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
+        self.gate
+            .write(|| self.log_meta.insert(CHECKPOINT_KEY, bytes))?;
+        // Durable before anything goes: a crash from here on finishes the prune at open.
+        self.sync().await?;
+        *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint.clone());
+        let mut pruned = 0;
+        loop {
+            let n = self
+                .gate
+                .write(|| remove_events_through(&self.events, through_seq, PRUNE_BATCH))?;
+            pruned += n;
+            if n < PRUNE_BATCH as u64 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(PruneResult {
+            pruned,
+            first_seq: through_seq + 1,
+            checkpoint,
+        })
+    }
+
     fn durable_seq(&self) -> u64 {
         *self.durable.borrow()
     }
@@ -280,6 +386,8 @@ impl SledStore {
         max: usize,
         f: impl Fn(u64, &[u8]) -> T,
     ) -> Result<Vec<T>, StoreError> {
+        // Events at or below the checkpoint are gone, or about to be.
+        let from = from.max(self.first_seq());
         if from > to || max == 0 {
             return Ok(Vec::new());
         }

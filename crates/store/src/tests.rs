@@ -311,3 +311,111 @@ fn close_answers_registered_waiters_and_refuses_later_ones() {
         assert!(matches!(store.sync().await, Err(crate::StoreError::Closed)));
     });
 }
+
+/// Pruning removes the oldest events behind a durable checkpoint the kept log chains to; it is
+/// idempotent, never reaches the newest durable event, and survives a restart.
+#[test]
+fn pruning_keeps_a_verifiable_chain_from_its_checkpoint() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut hashes = vec![String::new()];
+        for i in 0..10 {
+            hashes.push(store.append(draft(&format!("C{i}"))).await.unwrap().hash);
+        }
+        store.sync().await.unwrap();
+        assert_eq!((store.first_seq(), store.checkpoint()), (1, None));
+
+        let r = store.prune(4).await.unwrap();
+        assert_eq!((r.pruned, r.first_seq), (4, 5));
+        assert_eq!((r.checkpoint.seq, &r.checkpoint.hash), (4, &hashes[4]));
+        assert_eq!(store.first_seq(), 5);
+        assert_eq!(store.events_tree().len(), 6);
+        let page = store.read(1, 10, 100).await.unwrap();
+        assert_eq!(page.first().map(|e| e.seq), Some(5));
+        assert_eq!(page.len(), 6);
+        let v = verify_events(&store, 1, None).await.unwrap();
+        assert!(v.valid, "{v:?}");
+        assert_eq!((v.checked, v.first_seq), (6, 5));
+        assert_eq!(v.checkpoint, Some(r.checkpoint.clone()));
+
+        // Again through the same seq or an older one: nothing changes.
+        let again = store.prune(4).await.unwrap();
+        assert_eq!((again.pruned, again.first_seq), (0, 5));
+        assert_eq!(again.checkpoint, r.checkpoint);
+        assert_eq!(store.prune(2).await.unwrap().pruned, 0);
+        // Never the newest durable event, nor beyond it.
+        assert!(store.prune(10).await.is_err());
+        assert!(store.prune(11).await.is_err());
+        assert_eq!(store.head_seq(), 10);
+
+        // The log goes on from the head, and the checkpoint outlives a restart.
+        store.append(draft("C10")).await.unwrap();
+        store.sync().await.unwrap();
+        store.close();
+        drop(store);
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!((store.first_seq(), store.head_seq()), (5, 11));
+        let v = verify_events(&store, 1, None).await.unwrap();
+        assert!(v.valid && v.checked == 7, "{v:?}");
+
+        // The first kept event must chain to the checkpoint: a forged checkpoint is a break.
+        let forged = serde_json::json!({"seq": 4, "hash": "0".repeat(64)});
+        store.close();
+        drop(store);
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            db.open_tree("log_meta")
+                .unwrap()
+                .insert("checkpoint", serde_json::to_vec(&forged).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let v = verify_events(&store, 1, None).await.unwrap();
+        assert_eq!(
+            (v.first_broken_seq, v.reason.as_deref()),
+            (Some(5), Some("prev_mismatch"))
+        );
+        store.close();
+    });
+}
+
+/// A prune a crash interrupted after its checkpoint became durable is finished at the next open.
+#[test]
+fn an_interrupted_prune_is_finished_at_open() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let hash6 = rt.block_on(async {
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut hash6 = String::new();
+        for i in 1..=10u64 {
+            let e = store.append(draft(&format!("C{i}"))).await.unwrap();
+            if i == 6 {
+                hash6 = e.hash;
+            }
+        }
+        store.sync().await.unwrap();
+        store.close();
+        hash6
+    });
+    {
+        // The state a crash leaves: the checkpoint written, no event removed yet.
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let checkpoint = serde_json::json!({"seq": 6, "hash": hash6});
+        db.open_tree("log_meta")
+            .unwrap()
+            .insert("checkpoint", serde_json::to_vec(&checkpoint).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    assert_eq!(store.events_tree().len(), 4);
+    assert_eq!(store.first_seq(), 7);
+    rt.block_on(async {
+        let v = verify_events(&store, 1, None).await.unwrap();
+        assert!(v.valid && v.checked == 4, "{v:?}");
+    });
+    store.close();
+}

@@ -1,14 +1,15 @@
-//! `LOG.TAIL`, `LOG.QUERY`, `LOG.VERIFY`: the operator's view of the event log.
+//! `LOG.TAIL`, `LOG.QUERY`, `LOG.VERIFY`: the operator's view of the event log; `LOG.PRUNE`:
+//! its retention.
 //!
-//! All three read only durable events, so nothing they show can be taken back by a crash.
+//! The readers show only durable events, so nothing they show can be taken back by a crash.
 
 use crate::caller::{RateClass, Requirement, Scope};
 use crate::clock::{parse_rfc3339, rfc3339_ms};
 use crate::tail::TailStream;
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::log::{
-    self, QueryParams, QueryResult, TailParams, VerifyParams, VerifyReport, DEFAULT_QUERY_LIMIT,
-    MAX_QUERY_LIMIT,
+    self, PruneParams, PruneResult, QueryParams, QueryResult, TailParams, VerifyParams,
+    VerifyReport, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT,
 };
 use portcullis_protocol::{Actor, ErrorCode, Event};
 use portcullis_store::verify_events;
@@ -41,6 +42,12 @@ pub fn specs() -> Vec<CommandSpec> {
             verify,
         )
         .reads_only(),
+        CommandSpec::new(
+            log::PRUNE,
+            Requirement::Operator,
+            RateClass::Operator,
+            prune,
+        ),
     ]
 }
 
@@ -172,4 +179,37 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<VerifyReport, CommandError>
         ctx.audit.note("first_broken_seq", seq);
     }
     Ok(report)
+}
+
+/// `LOG.PRUNE` — the operator token only. Removes the events through `through_seq` once their
+/// chain verifies up to the first event kept (pruning never destroys the evidence of a break),
+/// leaving a checkpoint (the last removed event's seq and hash) that the kept log chains to.
+async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
+    let log = ctx.app.log.as_ref();
+    let durable = log.durable_seq();
+    ctx.audit.note("through_seq", p.through_seq);
+    if p.through_seq == 0 || p.through_seq >= durable {
+        return Err(CommandError::invalid_params(format!(
+            "through_seq must be at least 1 and below the newest durable event (seq {durable})"
+        )));
+    }
+    let first = log.first_seq();
+    if p.through_seq >= first {
+        let report = verify_events(log, first, Some(p.through_seq + 1)).await?;
+        if let (false, Some(seq)) = (report.valid, report.first_broken_seq) {
+            ctx.audit.note("first_broken_seq", seq);
+            return Err(CommandError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "the chain is broken at seq {seq}; pruning through it would destroy the \
+                     evidence (see LOG.VERIFY)"
+                ),
+            ));
+        }
+    }
+    let r = log.prune(p.through_seq).await?;
+    ctx.audit.event("log.pruned");
+    ctx.audit.note("pruned", r.pruned);
+    ctx.audit.note("checkpoint_hash", r.checkpoint.hash.clone());
+    Ok(r)
 }

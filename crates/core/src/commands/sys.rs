@@ -37,6 +37,7 @@ async fn info(ctx: Ctx, _p: NoParams) -> Result<Info, CommandError> {
         started_at: rfc3339_ms(app.started_at),
         uptime_s: app.uptime_s(),
         log_head_seq: app.log.head_seq(),
+        log_first_seq: app.log.first_seq(),
     })
 }
 
