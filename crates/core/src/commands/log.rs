@@ -56,7 +56,7 @@ pub fn specs() -> Vec<CommandSpec> {
 async fn tail(ctx: Ctx, p: TailParams) -> Result<TailStream, CommandError> {
     let app = &ctx.app;
     let head = app.log.head_seq();
-    let from = p.from_seq.unwrap_or(head + 1).max(1);
+    let from = p.from_seq.unwrap_or(head + 1).max(app.log.first_seq());
     Ok(TailStream::new(
         ctx.request_id.clone(),
         app.log.clone(),
@@ -138,7 +138,8 @@ async fn query(ctx: Ctx, p: QueryParams) -> Result<QueryResult, CommandError> {
     let filter = Filter::from_params(&p)?;
     let log = &ctx.app.log;
     let last = p.to_seq.unwrap_or(u64::MAX).min(log.durable_seq());
-    let mut next = p.from_seq.unwrap_or(1).max(1);
+    // Pruned events are gone: the scan (and its budget) starts at the first one kept.
+    let mut next = p.from_seq.unwrap_or(1).max(log.first_seq());
     let budget_end = next.saturating_add(QUERY_SCAN_BUDGET);
     let mut events = Vec::new();
     while next <= last && next < budget_end && events.len() < limit {
@@ -212,4 +213,62 @@ async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
     ctx.audit.note("pruned", r.pruned);
     ctx.audit.note("checkpoint_hash", r.checkpoint.hash.clone());
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QUERY_SCAN_BUDGET;
+    use crate::testkit::Bench;
+    use portcullis_protocol::{Actor, Event};
+    use serde_json::json;
+
+    fn event() -> Event {
+        Event {
+            seq: 0,
+            time: "2026-11-26T12:00:00.000Z".into(),
+            command: Some("SYS.INFO".into()),
+            outcome: "ok".into(),
+            actor: Actor::Anonymous,
+            subject: None,
+            session: None,
+            client: None,
+            transport: "internal".into(),
+            duration_us: 0,
+            summary: Default::default(),
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    /// After a prune larger than one query's scan budget, reads from seq 1 still reach the
+    /// kept events instead of scanning the removed range.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_after_a_large_prune_start_at_the_first_kept_event() {
+        let b = Bench::new(|_| {}).await;
+        let op = std::fs::read_to_string(b.app.config.data_dir.join("operator.token")).unwrap();
+        let op = Some(op.trim());
+        for _ in 0..QUERY_SCAN_BUDGET + 10 {
+            b.app.log.append(event()).await.unwrap();
+        }
+        b.app.store.sync().await.unwrap();
+        let through = QUERY_SCAN_BUDGET + 5;
+        let r = b.ok("LOG.PRUNE", json!({"through_seq": through}), op).await;
+        assert_eq!(r["first_seq"], through + 1);
+        let page = b
+            .ok("LOG.QUERY", json!({"from_seq": 1, "limit": 3}), op)
+            .await;
+        let seqs: Vec<u64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [through + 1, through + 2, through + 3]);
+        let v = b.ok("LOG.VERIFY", json!({"from_seq": 1}), op).await;
+        assert_eq!(
+            (v["valid"].as_bool(), v["first_seq"].as_u64()),
+            (Some(true), Some(through + 1))
+        );
+        assert_eq!(v["checkpoint"]["seq"], through);
+    }
 }
