@@ -224,7 +224,7 @@ pub mod log {
     #[derive(Debug, Clone, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct PruneParams {
-        /// Remove every event with seq ≤ this one. Must be below the newest durable event.
+        /// Remove every event with seq ≤ this one. Must be below the newest event.
         pub through_seq: u64,
     }
 

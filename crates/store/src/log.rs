@@ -96,10 +96,11 @@ pub trait EventLog: Send + Sync + 'static {
     }
 
     /// Removes every event with seq ≤ `through_seq`, which must be below
-    /// [`EventLog::durable_seq`] (so at least one durable event is kept to chain from). The new
-    /// checkpoint (that event's seq and hash) is durable before the first event is removed; a
-    /// crash in between leaves events at or below the checkpoint that reads skip and the next
-    /// open removes. Pruning through a seq already pruned changes nothing (`pruned` 0).
+    /// [`EventLog::head_seq`] (at least one event is kept to chain from). The new checkpoint
+    /// (that event's seq and hash) is made durable, together with every event appended before
+    /// it, before the first event is removed; a crash in between leaves events at or below the
+    /// checkpoint that reads skip and the next open removes. Pruning through a seq already
+    /// pruned changes nothing (`pruned` 0).
     async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError>;
 
     /// Seq of the newest event known to be on disk. Readers that must never show an event that

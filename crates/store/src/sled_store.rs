@@ -313,9 +313,9 @@ impl EventLog for SledStore {
                 checkpoint,
             });
         }
-        if through_seq >= self.durable_seq() {
+        if through_seq >= self.head_seq() {
             return Err(StoreError::Backend(format!(
-                "seq {through_seq} is not below the newest durable event"
+                "seq {through_seq} is not below the newest event"
             )));
         }
         let stored = self.events.get(through_seq.to_be_bytes())?.ok_or_else(|| {
@@ -329,7 +329,8 @@ impl EventLog for SledStore {
             .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
         self.gate
             .write(|| self.log_meta.insert(CHECKPOINT_KEY, bytes))?;
-        // Durable before anything goes: a crash from here on finishes the prune at open.
+        // Durable before anything goes, with every event appended so far (the newer ones the
+        // log keeps included): a crash from here on finishes the prune at open.
         self.sync().await?;
         *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint.clone());
         let mut pruned = 0;

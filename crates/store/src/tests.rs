@@ -345,7 +345,7 @@ fn pruning_keeps_a_verifiable_chain_from_its_checkpoint() {
         assert_eq!((again.pruned, again.first_seq), (0, 5));
         assert_eq!(again.checkpoint, r.checkpoint);
         assert_eq!(store.prune(2).await.unwrap().pruned, 0);
-        // Never the newest durable event, nor beyond it.
+        // Never the newest event, nor beyond it.
         assert!(store.prune(10).await.is_err());
         assert!(store.prune(11).await.is_err());
         assert_eq!(store.head_seq(), 10);
@@ -360,8 +360,16 @@ fn pruning_keeps_a_verifiable_chain_from_its_checkpoint() {
         let v = verify_events(&store, 1, None).await.unwrap();
         assert!(v.valid && v.checked == 7, "{v:?}");
 
+        // Through events not yet flushed: the prune makes them and the kept ones durable first.
+        store.append(draft("C11")).await.unwrap();
+        store.append(draft("C12")).await.unwrap();
+        assert_eq!(store.prune(12).await.unwrap().pruned, 8);
+        assert_eq!(store.durable_seq(), 13);
+        let v = verify_events(&store, 1, None).await.unwrap();
+        assert!(v.valid && v.checked == 1 && v.first_seq == 13, "{v:?}");
+
         // The first kept event must chain to the checkpoint: a forged checkpoint is a break.
-        let forged = serde_json::json!({"seq": 4, "hash": "0".repeat(64)});
+        let forged = serde_json::json!({"seq": 12, "hash": "0".repeat(64)});
         store.close();
         drop(store);
         {
@@ -376,7 +384,7 @@ fn pruning_keeps_a_verifiable_chain_from_its_checkpoint() {
         let v = verify_events(&store, 1, None).await.unwrap();
         assert_eq!(
             (v.first_broken_seq, v.reason.as_deref()),
-            (Some(5), Some("prev_mismatch"))
+            (Some(13), Some("prev_mismatch"))
         );
         store.close();
     });

@@ -187,11 +187,11 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<VerifyReport, CommandError>
 /// leaving a checkpoint (the last removed event's seq and hash) that the kept log chains to.
 async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
     let log = ctx.app.log.as_ref();
-    let durable = log.durable_seq();
+    let head = log.head_seq();
     ctx.audit.note("through_seq", p.through_seq);
-    if p.through_seq == 0 || p.through_seq >= durable {
+    if p.through_seq == 0 || p.through_seq >= head {
         return Err(CommandError::invalid_params(format!(
-            "through_seq must be at least 1 and below the newest durable event (seq {durable})"
+            "through_seq must be at least 1 and below the newest event (seq {head})"
         )));
     }
     let first = log.first_seq();
