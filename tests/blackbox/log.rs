@@ -369,6 +369,16 @@ fn tamper_outcome(data_dir: &std::path::Path, seq: u64) {
     db.flush().unwrap();
 }
 
+/// The error code of a `LOG.PRUNE` that must be refused.
+async fn prune_refusal(op: &mut Client, through: u64) -> ErrorCode {
+    let r = op
+        .call("LOG.PRUNE", json!({"through_seq": through}))
+        .await
+        .unwrap();
+    r.error_code()
+        .unwrap_or_else(|| panic!("pruning through {through} succeeded: {r:?}"))
+}
+
 /// Retention as an operator runs it: archive the log with `log tail`, check the archive with
 /// `log verify --file`, prune through its last event with `log prune`; the kept log chains to
 /// the checkpoint online, offline and after a restart, and the prune is itself logged.
@@ -441,14 +451,9 @@ async fn the_log_is_archived_then_pruned_and_still_verifies() {
         .unwrap();
     assert_eq!((again.pruned, &again.checkpoint), (0, &checkpoint));
     for through in [0, info["log_head_seq"].as_u64().unwrap() + 10] {
-        let r = op
-            .call("LOG.PRUNE", json!({"through_seq": through}))
-            .await
-            .unwrap();
         assert_eq!(
-            r.error_code(),
-            Some(ErrorCode::InvalidParams),
-            "{through}: {r:?}"
+            prune_refusal(&mut op, through).await,
+            ErrorCode::InvalidParams
         );
     }
     // Only the operator: an API key that reads the log may not prune it.
@@ -496,15 +501,7 @@ async fn a_broken_chain_is_not_pruned() {
     server.restart();
     let mut op = server.operator_client().await;
     for through in [5, 8] {
-        let r = op
-            .call("LOG.PRUNE", json!({"through_seq": through}))
-            .await
-            .unwrap();
-        assert_eq!(
-            r.error_code(),
-            Some(ErrorCode::Conflict),
-            "{through}: {r:?}"
-        );
+        assert_eq!(prune_refusal(&mut op, through).await, ErrorCode::Conflict);
     }
     let report = verify(&server).await;
     assert_eq!((report.first_seq, report.first_broken_seq), (1, Some(6)));
