@@ -470,6 +470,29 @@ async fn the_log_is_archived_then_pruned_and_still_verifies() {
     let r = c.send(req).await.unwrap();
     assert_eq!(r.error_code(), Some(ErrorCode::Forbidden), "{r:?}");
 
+    // The next archive starts where the first ended; the two together verify from seq 1.
+    info_burst(&mut c, 5).await;
+    let (code, second, err) =
+        run_cli(&[&["log", "tail", "--from", "1", "--json"], &remote[..]].concat());
+    assert_eq!(code, 0, "{err}");
+    let opening: Event = serde_json::from_str(second.lines().next().unwrap()).unwrap();
+    assert_eq!((opening.seq, &opening.prev), (last_seq + 1, &last_hash));
+    let both = tmp.path().join("both.ndjson");
+    for (path, text) in [
+        (&file, second.clone()),
+        (&both, format!("{archive}{second}")),
+    ] {
+        std::fs::write(path, &text).unwrap();
+        let (code, out, _) = run_cli(&["log", "verify", "--file", &path.to_string_lossy()]);
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v["checked"].as_u64(),
+            Some(text.lines().count() as u64),
+            "{out}"
+        );
+    }
+
     // Offline and after a restart, the checkpoint holds.
     drop((c, op));
     assert!(server.stop().success());
