@@ -151,6 +151,12 @@ pub enum StoreError {
     /// A compare-and-swap kept losing to concurrent writers.
     #[error("too much contention on one record")]
     Busy,
+    /// A prune was refused: the chain of the events it would remove breaks at `seq`.
+    #[error("the event log's chain is broken at seq {seq}")]
+    BrokenChain {
+        /// The first broken seq.
+        seq: u64,
+    },
 }
 
 /// Changes one versioned record atomically: `f` edits the current record and says whether to

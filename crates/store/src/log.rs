@@ -96,7 +96,9 @@ pub trait EventLog: Send + Sync + 'static {
     }
 
     /// Removes every event with seq ≤ `through_seq`, which must be below
-    /// [`EventLog::head_seq`] (at least one event is kept to chain from). The new checkpoint
+    /// [`EventLog::head_seq`] (at least one event is kept to chain from), once the chain from
+    /// the first event to `through_seq + 1` verifies ([`StoreError::BrokenChain`] otherwise,
+    /// nothing removed). Prunes run one at a time. The new checkpoint
     /// (that event's seq and hash) is made durable, together with every event appended before
     /// it, before the first event is removed; a crash in between leaves events at or below the
     /// checkpoint that reads skip and the next open removes. Pruning through a seq already

@@ -318,6 +318,14 @@ impl EventLog for SledStore {
                 "seq {through_seq} is not below the newest event"
             )));
         }
+        // Never destroy the evidence of a break: what goes, and its link to what stays, must
+        // verify (checked under the lock, so concurrent prunes never see each other's removal).
+        let report = crate::verify_events(self, first, Some(through_seq + 1)).await?;
+        if !report.valid {
+            return Err(StoreError::BrokenChain {
+                seq: report.first_broken_seq.unwrap_or(first),
+            });
+        }
         let stored = self.events.get(through_seq.to_be_bytes())?.ok_or_else(|| {
             StoreError::Backend(format!("no event is stored at seq {through_seq}"))
         })?;

@@ -427,3 +427,31 @@ fn an_interrupted_prune_is_finished_at_open() {
     });
     store.close();
 }
+
+/// A prune whose events (or their link to the first kept one) do not verify removes nothing.
+#[test]
+fn a_broken_chain_is_not_pruned() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    rt.block_on(async {
+        for i in 0..10 {
+            store.append(draft(&format!("C{i}"))).await.unwrap();
+        }
+        store.sync().await.unwrap();
+        let k = 6u64.to_be_bytes();
+        let raw = store.events_tree().get(k).unwrap().unwrap().to_vec();
+        let edited = String::from_utf8(raw).unwrap().replace("\"C5\"", "\"C9\"");
+        store.events_tree().insert(k, edited.as_bytes()).unwrap();
+        for through in [5, 8] {
+            let e = store.prune(through).await.unwrap_err();
+            assert!(
+                matches!(e, crate::StoreError::BrokenChain { seq: 6 }),
+                "{e:?}"
+            );
+        }
+        assert_eq!((store.first_seq(), store.events_tree().len()), (1, 10));
+        assert_eq!(store.prune(4).await.unwrap().first_seq, 5);
+    });
+    store.close();
+}

@@ -12,7 +12,7 @@ use portcullis_protocol::commands::log::{
     VerifyReport, DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT,
 };
 use portcullis_protocol::{Actor, ErrorCode, Event};
-use portcullis_store::verify_events;
+use portcullis_store::{verify_events, StoreError};
 
 /// Most events one `LOG.QUERY` call examines; it returns `next_seq` to continue.
 pub const QUERY_SCAN_BUDGET: u64 = 100_000;
@@ -194,10 +194,9 @@ async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
             "through_seq must be at least 1 and below the newest event (seq {head})"
         )));
     }
-    let first = log.first_seq();
-    if p.through_seq >= first {
-        let report = verify_events(log, first, Some(p.through_seq + 1)).await?;
-        if let (false, Some(seq)) = (report.valid, report.first_broken_seq) {
+    let r = match log.prune(p.through_seq).await {
+        Ok(r) => r,
+        Err(StoreError::BrokenChain { seq }) => {
             ctx.audit.note("first_broken_seq", seq);
             return Err(CommandError::new(
                 ErrorCode::Conflict,
@@ -207,8 +206,8 @@ async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
                 ),
             ));
         }
-    }
-    let r = log.prune(p.through_seq).await?;
+        Err(e) => return Err(e.into()),
+    };
     ctx.audit.event("log.pruned");
     ctx.audit.note("pruned", r.pruned);
     ctx.audit.note("checkpoint_hash", r.checkpoint.hash.clone());
