@@ -75,24 +75,20 @@ impl Bench {
     }
 
     /// The text part of the `n`-th mail written to the outbox (1-based), waiting for delivery.
+    /// A file the transport is still writing (no complete HTML part yet) is waited for too.
     pub async fn mail_text(&self, n: usize) -> String {
         let outbox = self.app.config.data_dir.join("outbox");
         for _ in 0..500 {
             let mut files: Vec<_> = std::fs::read_dir(&outbox)
                 .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
                 .unwrap_or_default();
+            files.retain(|p| p.extension().is_some_and(|x| x == "eml"));
             if files.len() >= n {
                 files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-                let raw = std::fs::read(&files[n - 1]).unwrap();
-                let parsed = mailparse::parse_mail(&raw).unwrap();
-                let text = parsed
-                    .subparts
-                    .iter()
-                    .find(|p| p.ctype.mimetype == "text/plain")
-                    .unwrap()
-                    .get_body()
-                    .unwrap();
-                return text;
+                let raw = std::fs::read(&files[n - 1]).unwrap_or_default();
+                if let Some(text) = complete_text(&raw) {
+                    return text;
+                }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -117,4 +113,20 @@ impl Bench {
             .expect("a code in the mail")
             .to_owned()
     }
+}
+
+/// The text part of a whole message; `None` while the file is still being written (the HTML
+/// part comes last).
+fn complete_text(raw: &[u8]) -> Option<String> {
+    let parsed = mailparse::parse_mail(raw).ok()?;
+    let part = |t: &str| {
+        parsed
+            .subparts
+            .iter()
+            .find(|p| p.ctype.mimetype == t)
+            .and_then(|p| p.get_body().ok())
+    };
+    part("text/html")
+        .filter(|h| h.contains("</html>"))
+        .and(part("text/plain"))
 }
