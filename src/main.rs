@@ -360,10 +360,11 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                     )
                 })?;
             println!(
-                "master key rotated: {} signing keys, {} TOTP secrets, {} refresh successors re-sealed; the old key is in {}",
+                "master key rotated: {} signing keys, {} TOTP secrets, {} refresh successors, {} queued mails re-sealed; the old key is in {}",
                 r.signing_keys,
                 r.totp_secrets,
                 r.refresh_successors,
+                r.queued_mails,
                 data_dir.join(portcullis_core::rekey::PREVIOUS_KEY_FILE).display()
             );
             Ok(ExitCode::SUCCESS)

@@ -4,7 +4,8 @@
 //! redirect allow-list, account pre-hijacking, and no link or code in any log.
 
 use crate::harness::{
-    all_events, as_user, execute_http, http, login, refresh, signup, tokens, HttpResponse, Server,
+    all_events, as_user, execute_http, http, login, refresh, run_cli, signup, tokens, HttpResponse,
+    Server,
 };
 use crate::mail::{token_of, Inbox, Mail};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -42,11 +43,16 @@ struct SmtpSink {
 
 impl SmtpSink {
     fn start() -> SmtpSink {
+        SmtpSink::start_on(0)
+    }
+
+    /// A sink on `port` (0: a free one).
+    fn start_on(port: u16) -> SmtpSink {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("mail");
         let mut child = Command::new(SINK_PYTHON)
             .arg(SINK_SCRIPT)
-            .arg("0")
+            .arg(port.to_string())
             .arg(&dir)
             // The sink exits when this pipe closes, so it never outlives the test process.
             .stdin(Stdio::piped())
@@ -784,6 +790,45 @@ async fn a_used_link_or_code_stays_used_after_a_crash_and_a_sent_link_survives_o
     assert_landing_ok(&landing(&server, &link).await, d);
     let t = tokens(call(&mut c, "MAGIC.VERIFY", json!({"token": token_of(&link)})).await);
     assert_eq!(me(&mut c, &t).await["email"], d);
+}
+
+/// Mail queued when the server dies is delivered by the next start, also across a master-key
+/// rotation of the stopped server: the SMTP server is down when the link is sent, the server
+/// is killed, its master key rotated, the SMTP server comes up, and the restarted server
+/// delivers the link, which signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_queued_at_a_crash_is_delivered_after_the_restart() {
+    // A loopback port with nothing listening yet: delivery fails and is retried.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "{NO_COOLDOWN}smtp_host = \"127.0.0.1\"\nsmtp_port = {port}\nsmtp_tls = \"none\"\n"
+    );
+    let mut server = Server::start_config(&config, &[]);
+    let email = "queued@example.org";
+    account(&server, email).await;
+    let mut c = server.client().await;
+    let r = call(&mut c, "MAGIC.SEND", json!({"email": email})).await;
+    assert!(r.ok, "{r:?}");
+    // The first retry comes 0.5 s after the first attempt: kill before delivery can succeed.
+    server.kill();
+    let dir = server.data_dir.to_string_lossy().into_owned();
+    let (code, out, err) = run_cli(&["admin", "rotate-master-key", "--data-dir", &dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 queued mails re-sealed"), "{out}");
+
+    let sink = SmtpSink::start_on(port);
+    let mut inbox = Inbox::at(sink.dir.clone());
+    server.restart();
+    let mail = inbox.next_to(email).await;
+    let mut c = server.client().await;
+    let t = tokens(call(&mut c, "MAGIC.VERIFY", json!({"token": mail.link_token()})).await);
+    assert_eq!(me(&mut c, &t).await["email"], email);
+    // Delivered once: nothing else arrives for the address.
+    assert_eq!(inbox.settled_to(email).await.len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

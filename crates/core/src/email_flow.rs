@@ -555,6 +555,7 @@ pub async fn complete_email_change(
         &old,
         "Your sign-in address was changed",
         &format!("This account now signs in as {}. If you did not ask for this, contact your administrator at once.", flow.email),
-    );
+    )
+    .await;
     Ok(user)
 }

@@ -147,7 +147,15 @@ impl App {
             Arc::clone(&store),
             Arc::clone(&clock),
         );
-        let mailer = mail::Mailer::start(&config, events).map_err(OpenError::Config)?;
+        let mailer = mail::Mailer::start(
+            &config,
+            events,
+            Arc::clone(&store),
+            Arc::new(crypto::Sealer::new(&node.master_key)),
+            Arc::clone(&rng),
+        )
+        .await
+        .map_err(OpenError::Config)?;
         let code_key = crypto::derive_key(&node.master_key, "email-code-mac");
         if node.operator_token_created {
             tracing::info!(

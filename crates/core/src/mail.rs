@@ -1,16 +1,26 @@
-//! Outgoing mail: templates and a bounded, retrying delivery queue over lettre.
+//! Outgoing mail: templates and a bounded, retrying, durable delivery queue over lettre.
 //!
-//! Commands never wait for delivery: they enqueue and answer. A worker delivers with retries
-//! and backoff; a message that cannot be delivered (or cannot be queued) is recorded as a
+//! Commands never wait for delivery: they enqueue and answer. Enqueueing stores the message,
+//! sealed with the master key (it holds a sign-in link or code), in the `mail_queue` table, so
+//! the command's durable answer covers it; the record goes once the message is delivered or
+//! given up on, and a server that starts finds what a crash left and delivers it (at least once:
+//! a crash between delivery and removal sends it again). A worker delivers with retries and
+//! backoff; a message that cannot be delivered (or cannot be queued) is recorded as a
 //! `mail.failed` event, without its contents. Messages go to `.eml` files in the outbox
 //! directory (default) or to an SMTP server.
 
 use crate::clock::rfc3339_ms;
 use crate::config::{Config, SmtpTls};
+use crate::crypto::Sealer;
 use crate::internal_event::InternalEvents;
+use crate::random::SecureRandom;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use portcullis_store::{decode_record, encode_record, Record, Store, Table};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,7 +36,8 @@ const PARALLEL: usize = 4;
 const ATTEMPTS: u32 = 4;
 
 /// Which template a message uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Template {
     /// A magic link.
     MagicLink,
@@ -203,22 +214,147 @@ pub struct MailStats {
     pub failed: AtomicU64,
 }
 
+/// A queued message as stored: its contents sealed with the master key.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct QueuedMail {
+    /// Sealed JSON of the message (base64url).
+    pub sealed: String,
+}
+
+impl Record for QueuedMail {
+    const VERSION: u8 = 1;
+}
+
+/// The plain form of a queued message, inside the seal (written from borrowed parts).
+#[derive(Serialize)]
+struct QueuedParts<'a> {
+    to: &'a str,
+    kind: Template,
+    flow_id: &'a str,
+    subject: &'a str,
+    text: &'a str,
+    html: &'a str,
+}
+
+/// [`QueuedParts`] read back.
+#[derive(Deserialize)]
+struct QueuedPlain {
+    to: String,
+    kind: Template,
+    flow_id: String,
+    subject: String,
+    text: String,
+    html: String,
+}
+
+/// AAD of a queued message's seal: its queue key.
+pub(crate) fn queue_aad(key: &[u8]) -> Vec<u8> {
+    format!("mail-queue:{}", hex::encode(key)).into_bytes()
+}
+
+/// What the worker gets: the message and its queue key.
+type Job = (Vec<u8>, Outgoing);
+
+/// The durable parts of the queue.
+#[derive(Clone)]
+struct Durable {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    rng: Arc<dyn SecureRandom>,
+}
+
+impl Durable {
+    /// A new queue key: milliseconds since the epoch, then random bytes, so a scan is FIFO.
+    fn key(&self) -> Vec<u8> {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut key = ms.to_be_bytes().to_vec();
+        let mut random = [0u8; 8];
+        self.rng.fill(&mut random);
+        key.extend_from_slice(&random);
+        key
+    }
+
+    async fn store(&self, key: &[u8], mail: &Outgoing) -> Result<(), String> {
+        let parts = QueuedParts {
+            to: &mail.to,
+            kind: mail.kind,
+            flow_id: &mail.flow_id,
+            subject: &mail.body.subject,
+            text: &mail.body.text,
+            html: &mail.body.html,
+        };
+        let json = Zeroizing::new(serde_json::to_vec(&parts).map_err(|e| e.to_string())?);
+        let sealed = self.sealer.seal(self.rng.as_ref(), &queue_aad(key), &json);
+        let record = QueuedMail {
+            sealed: URL_SAFE_NO_PAD.encode(sealed),
+        };
+        self.store
+            .put(Table::MailQueue, key, encode_record(&record))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn open(&self, key: &[u8], stored: &[u8]) -> Result<Outgoing, String> {
+        let record: QueuedMail = decode_record(stored).map_err(|e| e.to_string())?;
+        let sealed = URL_SAFE_NO_PAD
+            .decode(&record.sealed)
+            .map_err(|_| "not base64url".to_owned())?;
+        let json = self
+            .sealer
+            .open(&queue_aad(key), &sealed)
+            .map_err(|e| e.to_string())?;
+        let p: QueuedPlain = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        Ok(Outgoing {
+            to: p.to,
+            kind: p.kind,
+            flow_id: p.flow_id,
+            body: Rendered {
+                subject: Zeroizing::new(p.subject),
+                text: Zeroizing::new(p.text),
+                html: Zeroizing::new(p.html),
+            },
+        })
+    }
+
+    async fn remove(&self, key: &[u8]) {
+        if let Err(e) = self.store.remove(Table::MailQueue, key).await {
+            tracing::error!(error = %e, "a delivered message stays queued; it may be sent again");
+        }
+    }
+}
+
 /// The delivery queue.
 pub struct Mailer {
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Job>,
     /// Counters.
     pub stats: Arc<MailStats>,
     events: InternalEvents,
+    durable: Durable,
 }
 
 impl Mailer {
-    /// Starts the delivery worker.
-    pub fn start(config: &Config, events: InternalEvents) -> Result<Mailer, String> {
+    /// Starts the delivery worker, and hands it the messages a previous run left queued (read
+    /// before this returns, so they are never confused with messages queued from now on).
+    pub async fn start(
+        config: &Config,
+        events: InternalEvents,
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        rng: Arc<dyn SecureRandom>,
+    ) -> Result<Mailer, String> {
         let transport = build_transport(config)?;
         let from: Mailbox = config
             .mail_from
             .parse()
             .map_err(|e| format!("mail_from {:?}: {e}", config.mail_from))?;
+        let durable = Durable { store, sealer, rng };
+        let left = durable
+            .store
+            .scan_prefix(Table::MailQueue, b"", usize::MAX)
+            .await
+            .map_err(|e| format!("reading the mail queue: {e}"))?;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(MailStats::default());
         tokio::spawn(worker(
@@ -227,19 +363,67 @@ impl Mailer {
             from,
             Arc::clone(&stats),
             events.clone(),
+            durable.clone(),
         ));
-        Ok(Mailer { tx, stats, events })
+        if !left.is_empty() {
+            tracing::info!(
+                messages = left.len(),
+                "delivering mail queued before the restart"
+            );
+            tokio::spawn(requeue(
+                left,
+                tx.clone(),
+                Arc::clone(&stats),
+                durable.clone(),
+            ));
+        }
+        Ok(Mailer {
+            tx,
+            stats,
+            events,
+            durable,
+        })
     }
 
-    /// Queues a message; never waits. A full queue drops it and records `mail.failed`.
-    pub fn enqueue(&self, mail: Outgoing) {
-        let (kind, flow) = (mail.kind, mail.flow_id.clone());
-        self.stats.depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(mail).is_err() {
-            self.stats.depth.fetch_sub(1, Ordering::Relaxed);
+    /// Queues a message: stores it (durable with the command's answer) and hands it to the
+    /// worker; never waits for delivery. A full queue drops it and records `mail.failed`.
+    pub async fn enqueue(&self, mail: Outgoing) {
+        let Ok(slot) = self.tx.try_reserve() else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(flow = %flow, "mail queue full; message dropped");
-            self.events.mail_failed(kind.name(), &flow, "queue_full", 0);
+            tracing::error!(flow = %mail.flow_id, "mail queue full; message dropped");
+            self.events
+                .mail_failed(mail.kind.name(), &mail.flow_id, "queue_full", 0);
+            return;
+        };
+        self.stats.depth.fetch_add(1, Ordering::Relaxed);
+        let key = self.durable.key();
+        if let Err(e) = self.durable.store(&key, &mail).await {
+            tracing::error!(flow = %mail.flow_id, error = %e, "mail could not be stored; delivering it without a durable copy");
+        }
+        slot.send((key, mail));
+    }
+}
+
+/// Hands the messages found at start to the worker, oldest first. One that cannot be opened
+/// (the master key was replaced outside `rotate-master-key`) is dropped with an error line.
+async fn requeue(
+    left: Vec<(Vec<u8>, Vec<u8>)>,
+    tx: mpsc::Sender<Job>,
+    stats: Arc<MailStats>,
+    durable: Durable,
+) {
+    for (key, stored) in left {
+        match durable.open(&key, &stored) {
+            Ok(mail) => {
+                stats.depth.fetch_add(1, Ordering::Relaxed);
+                if tx.send((key, mail)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a queued message cannot be opened; dropped");
+                durable.remove(&key).await;
+            }
         }
     }
 }
@@ -309,22 +493,24 @@ async fn deliver(transport: &Transport, msg: Message) -> Result<(), String> {
 }
 
 async fn worker(
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: mpsc::Receiver<Job>,
     transport: Arc<Transport>,
     from: Mailbox,
     stats: Arc<MailStats>,
     events: InternalEvents,
+    durable: Durable,
 ) {
     let slots = Arc::new(Semaphore::new(PARALLEL));
-    while let Some(mail) = rx.recv().await {
+    while let Some((key, mail)) = rx.recv().await {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break;
         };
-        let (transport, from, stats, events) = (
+        let (transport, from, stats, events, durable) = (
             Arc::clone(&transport),
             from.clone(),
             Arc::clone(&stats),
             events.clone(),
+            durable.clone(),
         );
         tokio::spawn(async move {
             let _permit = permit;
@@ -333,6 +519,7 @@ async fn worker(
                 Ok(msg) => retry(&transport, msg).await,
                 Err(e) => Err((e, 0)),
             };
+            durable.remove(&key).await;
             stats.depth.fetch_sub(1, Ordering::Relaxed);
             match result {
                 Ok(attempts) => {
@@ -417,5 +604,96 @@ mod tests {
             r.text.contains("123456"),
             "the text part falls back to English"
         );
+    }
+
+    fn message(to: &str, flow: &str) -> Outgoing {
+        let vars = Vars::new()
+            .set("product", "Acme")
+            .set("email", to)
+            .set(
+                "link",
+                format!("http://localhost:7421/auth/magic?token=secret-{flow}"),
+            )
+            .set("expires_minutes", "15")
+            .set("time", "now")
+            .set("client", "127.0.0.1")
+            .set("agent", "curl");
+        Outgoing {
+            to: to.into(),
+            kind: Template::MagicLink,
+            flow_id: flow.into(),
+            body: Templates::new(None).render(Template::MagicLink, "en", &vars),
+        }
+    }
+
+    async fn queued(b: &crate::testkit::Bench) -> Vec<(Vec<u8>, Vec<u8>)> {
+        b.app
+            .store
+            .scan_prefix(Table::MailQueue, b"", usize::MAX)
+            .await
+            .unwrap()
+    }
+
+    /// A queued message is stored sealed until it is delivered, then removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_is_stored_sealed_until_delivered() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        b.app.mailer.enqueue(message("a@example.org", "f1")).await;
+        assert!(b.mail_text(1).await.contains("token=secret-f1"));
+        for _ in 0..200 {
+            if queued(&b).await.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the delivered message is still queued");
+    }
+
+    /// What a crash leaves queued is delivered by the next start, and the record never holds
+    /// the link in the clear.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_left_queued_are_delivered_at_the_next_start() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        let durable = &b.app.mailer.durable;
+        for flow in ["f1", "f2"] {
+            let key = durable.key();
+            durable
+                .store(&key, &message(&format!("{flow}@example.org"), flow))
+                .await
+                .unwrap();
+        }
+        let left = queued(&b).await;
+        assert_eq!(left.len(), 2);
+        for (_, v) in &left {
+            let raw = String::from_utf8_lossy(v);
+            assert!(
+                !raw.contains("secret-") && !raw.contains("example.org"),
+                "{raw}"
+            );
+        }
+        // A second start on the same store: what the crashed run left.
+        let restarted = Mailer::start(
+            &b.app.config,
+            b.app.mailer.events.clone(),
+            Arc::clone(&b.app.store),
+            Arc::clone(&durable.sealer),
+            Arc::clone(&durable.rng),
+        )
+        .await
+        .unwrap();
+        // Delivered in parallel: in either order.
+        let both = format!("{}\n{}", b.mail_text(1).await, b.mail_text(2).await);
+        assert!(
+            both.contains("token=secret-f1") && both.contains("token=secret-f2"),
+            "{both}"
+        );
+        for _ in 0..200 {
+            if queued(&b).await.is_empty() {
+                assert_eq!(restarted.stats.sent.load(Ordering::Relaxed), 2);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("delivered messages are still queued");
     }
 }

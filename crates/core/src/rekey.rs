@@ -12,6 +12,7 @@
 //! new one), and decoy passkey ids change.
 
 use crate::crypto::Sealer;
+use crate::mail::{queue_aad, QueuedMail};
 use crate::mfa::{aad_confirmed, aad_enrolment, PendingEnrolment, TotpRecord};
 use crate::node::{load_or_create_master_key, MasterKey, NodeError, MASTER_KEY_FILE};
 use crate::random::{OsRandom, SecureRandom};
@@ -41,6 +42,8 @@ pub struct RekeyReport {
     pub totp_secrets: u64,
     /// Refresh successor pairs kept for the grace window.
     pub refresh_successors: u64,
+    /// Messages waiting in the mail queue.
+    pub queued_mails: u64,
 }
 
 fn reseal(
@@ -195,10 +198,21 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         )
     })
     .await?;
+    let queued_mails = each::<QueuedMail>(&store, Table::MailQueue, |k, r| {
+        Ok(match reseal(&old, &new, &rng, &queue_aad(k), &r.sealed)? {
+            Some(s) => {
+                r.sealed = s;
+                true
+            }
+            None => false,
+        })
+    })
+    .await?;
     let report = RekeyReport {
         signing_keys,
         totp_secrets,
         refresh_successors,
+        queued_mails,
     };
     store.sync().await?;
     store.close();

@@ -78,11 +78,13 @@ pub enum Table {
     Ceremonies,
     /// API keys by SHA-256 of the key.
     ApiKeys,
+    /// Mail waiting for delivery, by queue key (time-ordered), sealed with the master key.
+    MailQueue,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 20] = [
+    pub const ALL: [Table; 21] = [
         Table::Meta,
         Table::Challenges,
         Table::Users,
@@ -103,6 +105,7 @@ impl Table {
         Table::PasskeyIndex,
         Table::Ceremonies,
         Table::ApiKeys,
+        Table::MailQueue,
     ];
 
     /// Stable name of the table on disk.
@@ -128,6 +131,7 @@ impl Table {
             Table::PasskeyIndex => "passkey_index",
             Table::Ceremonies => "ceremonies",
             Table::ApiKeys => "api_keys",
+            Table::MailQueue => "mail_queue",
         }
     }
 

@@ -147,12 +147,15 @@ pub async fn send_link(ctx: &Ctx, flow: &FlowRecord, locale: &str) -> Result<Sec
     );
     let vars = common_vars(ctx, flow).set("link", link.clone());
     let body = ctx.app.templates.render(Template::MagicLink, locale, &vars);
-    ctx.app.mailer.enqueue(Outgoing {
-        to: flow.email.clone(),
-        kind: Template::MagicLink,
-        flow_id: flow.id.clone(),
-        body,
-    });
+    ctx.app
+        .mailer
+        .enqueue(Outgoing {
+            to: flow.email.clone(),
+            kind: Template::MagicLink,
+            flow_id: flow.id.clone(),
+            body,
+        })
+        .await;
     Ok(Secret::new(link))
 }
 

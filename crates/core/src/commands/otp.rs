@@ -81,12 +81,15 @@ async fn send(ctx: Ctx, p: SendParams) -> Result<CodeSent, CommandError> {
     if !flow.phantom {
         let vars = common_vars(&ctx, &flow).set("code", code.as_str());
         let body = ctx.app.templates.render(Template::Otp, &locale, &vars);
-        ctx.app.mailer.enqueue(Outgoing {
-            to: flow.email.clone(),
-            kind: Template::Otp,
-            flow_id: flow.id.clone(),
-            body,
-        });
+        ctx.app
+            .mailer
+            .enqueue(Outgoing {
+                to: flow.email.clone(),
+                kind: Template::Otp,
+                flow_id: flow.id.clone(),
+                body,
+            })
+            .await;
     }
     ctx.audit.event("otp.sent");
     ctx.audit.note("mailed", !flow.phantom);

@@ -195,12 +195,12 @@ pub async fn notify(
     let Some(user) = get_user(ctx.app.store.as_ref(), user_id).await? else {
         return Ok(());
     };
-    notify_address(ctx, &user.email, headline, details);
+    notify_address(ctx, &user.email, headline, details).await;
     Ok(())
 }
 
 /// Mails a security notice to an address (queued; never blocks).
-pub fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &str) {
+pub async fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &str) {
     let vars = Vars::new()
         .set("product", ctx.app.config.product_name.clone())
         .set("email", email)
@@ -225,10 +225,13 @@ pub fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &str) {
         &ctx.app.config.default_locale,
         &vars,
     );
-    ctx.app.mailer.enqueue(Outgoing {
-        to: email.to_owned(),
-        kind: Template::SecurityNotice,
-        flow_id: String::new(),
-        body,
-    });
+    ctx.app
+        .mailer
+        .enqueue(Outgoing {
+            to: email.to_owned(),
+            kind: Template::SecurityNotice,
+            flow_id: String::new(),
+            body,
+        })
+        .await;
 }
