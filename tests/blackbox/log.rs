@@ -537,3 +537,66 @@ async fn a_broken_chain_is_not_pruned() {
     let report = verify(&server).await;
     assert_eq!((report.first_seq, report.first_broken_seq), (5, Some(6)));
 }
+
+/// Automatic retention through the real binary: with `log_retain_events` and
+/// `log_archive_dir`, a server that starts with too long a log archives the oldest events
+/// (a file `log verify --file` accepts, ending at the checkpoint) and removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_retention_archives_then_removes_the_oldest_events() {
+    let archives = tempfile::tempdir().unwrap();
+    let config = format!(
+        "log_retain_events = 100\nlog_archive_dir = \"{}\"\n",
+        archives.path().display()
+    );
+    let mut server = Server::start_config(&config, &[]);
+    let mut c = server.client().await;
+    info_burst(&mut c, 300).await;
+    drop(c);
+    // A pass runs at start (then every 5 minutes).
+    assert!(server.stop().success());
+    server.restart();
+    let mut report = verify(&server).await;
+    for _ in 0..100 {
+        if report.checkpoint.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        report = verify(&server).await;
+    }
+    assert!(report.valid, "{report:?}");
+    let checkpoint = report.checkpoint.clone().expect("old events were removed");
+    assert!(checkpoint.seq >= 190, "{report:?}");
+    assert!(report.head_seq + 1 - report.first_seq <= 115, "{report:?}");
+
+    let files: Vec<_> = std::fs::read_dir(archives.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (code, out, err) = run_cli(&["log", "verify", "--file", &files[0].to_string_lossy()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let archived: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(archived["checked"].as_u64(), Some(checkpoint.seq));
+    assert_eq!(archived["last"]["seq"].as_u64(), Some(checkpoint.seq));
+    assert_eq!(archived["last"]["hash"], checkpoint.hash.as_str());
+
+    let retained = query_all(&server, json!({"command": "LOG.RETAIN"})).await;
+    assert_eq!(retained.len(), 1, "{retained:?}");
+    assert_eq!(retained[0].summary["event"], "log.pruned");
+    assert_eq!(retained[0].summary["through_seq"], checkpoint.seq);
+
+    // Without an archive directory the setting is refused.
+    let (code, _, err) = run_cli(&[
+        "serve",
+        "--data-dir",
+        &server.data_dir.to_string_lossy(),
+        "--config",
+        &{
+            let f = archives.path().join("bad.toml");
+            std::fs::write(&f, "log_retain_events = 1000\n").unwrap();
+            f.to_string_lossy().into_owned()
+        },
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("log_archive_dir"), "{err}");
+}

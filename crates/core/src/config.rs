@@ -96,6 +96,12 @@ pub struct Config {
     pub rp_origins: Vec<String>,
     /// When set, `GET /metrics` requires `Authorization: Bearer <this>`; open when unset.
     pub metrics_token: Option<String>,
+    /// Automatic log retention: keep about this many of the newest events, archiving older ones
+    /// to `log_archive_dir` before removing them. 0 (the default): the log is never shortened
+    /// by the server itself.
+    pub log_retain_events: u64,
+    /// Where automatic retention writes its archives (required when `log_retain_events` is set).
+    pub log_archive_dir: Option<PathBuf>,
 }
 
 /// Per-client-address limits of each rate class: `N/s`, `N/min` or `N/h` (burst `N`).
@@ -197,6 +203,8 @@ impl Default for Config {
             rp_id: "localhost".into(),
             rp_origins: vec!["http://localhost:7421".into()],
             metrics_token: None,
+            log_retain_events: 0,
+            log_archive_dir: None,
         }
     }
 }
@@ -220,6 +228,17 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if self.log_retain_events != 0 {
+            if self.log_retain_events < 100 {
+                return Err("log_retain_events must be 0 (off) or at least 100".into());
+            }
+            if self.log_archive_dir.is_none() {
+                return Err(
+                    "log_retain_events needs log_archive_dir: events are archived before they are removed"
+                        .into(),
+                );
+            }
         }
         if self.idle_timeout_s == 0 || self.frame_timeout_s == 0 {
             return Err("idle_timeout_s and frame_timeout_s must be at least 1".into());

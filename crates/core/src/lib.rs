@@ -31,6 +31,7 @@ pub mod passwords;
 pub mod random;
 pub mod registry;
 pub mod rekey;
+pub mod retention;
 pub mod sessions;
 pub mod tail;
 pub mod telemetry;
@@ -63,6 +64,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// The event log.
     pub log: Arc<dyn EventLog>,
+    /// Events the server records on its own behalf (background work).
+    pub events: internal_event::InternalEvents,
     /// Time.
     pub clock: Arc<dyn Clock>,
     /// Randomness for ids, tokens and codes.
@@ -149,7 +152,7 @@ impl App {
         );
         let mailer = mail::Mailer::start(
             &config,
-            events,
+            events.clone(),
             Arc::clone(&store),
             Arc::new(crypto::Sealer::new(&node.master_key)),
             Arc::clone(&rng),
@@ -181,6 +184,7 @@ impl App {
             session_cache: sessions::SessionCache::default(),
             templates: mail::Templates::new(config.templates_dir.clone()),
             mailer,
+            events,
             code_key,
             limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
             webauthn: passkeys::relying_party(&config).map_err(OpenError::Config)?,

@@ -47,6 +47,10 @@ impl Server {
             Arc::clone(&app),
             Duration::from_secs(300),
         ));
+        tasks.spawn(portcullis_core::retention::run(
+            Arc::clone(&app),
+            Duration::from_secs(300),
+        ));
         tasks.spawn(portcullis_core::telemetry::run_upkeep(Arc::clone(&app)));
         tracing::info!(%tcp_addr, %http_addr, "listening");
         Ok(Server {
