@@ -84,6 +84,7 @@ pub async fn pass(app: &App) -> Result<Option<PruneResult>, RetentionError> {
         return Ok(None);
     }
     let path = archive_path(dir, first, through);
+    remove_unfinished(dir, first);
     write_archive(app, &path, first, through).await?;
     let name = path
         .file_name()
@@ -102,6 +103,24 @@ pub async fn pass(app: &App) -> Result<Option<PruneResult>, RetentionError> {
                 app.events.log_retention_refused(through, seq);
             }
             Err(e.into())
+        }
+    }
+}
+
+/// Removes what an interrupted pass left for the same first seq (an archive whose prune never
+/// happened, or a partly written file), so the archives never overlap.
+fn remove_unfinished(dir: &Path, first: u64) {
+    let prefix = format!("events-{first:020}-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        {
+            tracing::info!(path = %path.display(), "removing an archive of an unfinished retention pass");
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -191,7 +210,12 @@ mod tests {
             b.app.log.append(event()).await.unwrap();
         }
         b.app.store.sync().await.unwrap();
+        // Left by a pass that stopped before its prune: replaced, never beside the new one.
+        let stale = archive_path(archives.path(), 1, 7);
+        std::fs::write(&stale, "partial").unwrap();
+        std::fs::write(stale.with_extension("ndjson.part"), "partial").unwrap();
         let r = pass(&b.app).await.unwrap().expect("a prune");
+        assert_eq!(std::fs::read_dir(archives.path()).unwrap().count(), 1);
         assert_eq!((r.pruned, r.first_seq, r.checkpoint.seq), (250, 251, 250));
         assert_eq!(b.app.log.first_seq(), 251);
 
