@@ -167,27 +167,9 @@ async fn write_archive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::Bench;
+    use crate::testkit::{unsealed_event, Bench};
     use portcullis_protocol::{Actor, Event};
     use portcullis_store::{ChainVerifier, LogEntry};
-
-    fn event() -> Event {
-        Event {
-            seq: 0,
-            time: "2026-11-26T12:00:00.000Z".into(),
-            command: Some("SYS.INFO".into()),
-            outcome: "ok".into(),
-            actor: Actor::Anonymous,
-            subject: None,
-            session: None,
-            client: None,
-            transport: "internal".into(),
-            duration_us: 0,
-            summary: Default::default(),
-            prev: String::new(),
-            hash: String::new(),
-        }
-    }
 
     /// Past the limit, the oldest durable events are archived (a verifiable file ending at the
     /// checkpoint) and removed; below it, nothing happens; the pass is recorded in the log.
@@ -201,13 +183,13 @@ mod tests {
         })
         .await;
         for _ in 0..105 {
-            b.app.log.append(event()).await.unwrap();
+            b.app.log.append(unsealed_event()).await.unwrap();
         }
         b.app.store.sync().await.unwrap();
         assert!(pass(&b.app).await.unwrap().is_none(), "within the slack");
 
         for _ in 0..245 {
-            b.app.log.append(event()).await.unwrap();
+            b.app.log.append(unsealed_event()).await.unwrap();
         }
         b.app.store.sync().await.unwrap();
         // Left by a pass that stopped before its prune: replaced, never beside the new one.

@@ -2,7 +2,7 @@
 //! directory, with a manual clock, driven through the dispatcher exactly as a transport would.
 
 use crate::{App, Config, ConnInfo, Dispatcher, ManualClock, Transport};
-use portcullis_protocol::{ErrorCode, Request, Response};
+use portcullis_protocol::{Actor, ErrorCode, Event, Request, Response};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,4 +129,24 @@ fn complete_text(raw: &[u8]) -> Option<String> {
     part("text/html")
         .filter(|h| h.contains("</html>"))
         .and(part("text/plain"))
+}
+
+/// An event as the dispatcher hands it to the log (seq, `prev` and `hash` still unset): a
+/// `SYS.INFO` answered `ok`.
+pub fn unsealed_event() -> Event {
+    Event {
+        seq: 0,
+        time: "2026-11-26T12:00:00.000Z".into(),
+        command: Some("SYS.INFO".into()),
+        outcome: "ok".into(),
+        actor: Actor::Anonymous,
+        subject: None,
+        session: None,
+        client: None,
+        transport: "internal".into(),
+        duration_us: 0,
+        summary: Default::default(),
+        prev: String::new(),
+        hash: String::new(),
+    }
 }

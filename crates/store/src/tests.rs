@@ -225,6 +225,22 @@ fn group_commit_batches_waiters_and_publishes_the_watermark() {
     assert_eq!(store.head_seq(), 256);
 }
 
+/// Appends ten events, `C0` to `C9` (seqs 1 to 10).
+async fn append_ten(store: &SledStore) {
+    for i in 0..10 {
+        store.append(draft(&format!("C{i}"))).await.unwrap();
+    }
+}
+
+/// Tampers with the event at `seq` of [`append_ten`]: its command becomes `C9`.
+fn rename_command(store: &SledStore, seq: u64) {
+    let k = seq.to_be_bytes();
+    let raw = store.events_tree().get(k).unwrap().unwrap().to_vec();
+    let from = format!("\"C{}\"", seq - 1);
+    let edited = String::from_utf8(raw).unwrap().replace(&from, "\"C9\"");
+    store.events_tree().insert(k, edited.as_bytes()).unwrap();
+}
+
 /// Editing a stored event is detected at that seq.
 #[test]
 fn tampering_is_detected_at_the_edited_seq() {
@@ -232,14 +248,9 @@ fn tampering_is_detected_at_the_edited_seq() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     rt.block_on(async {
-        for i in 0..10 {
-            store.append(draft(&format!("C{i}"))).await.unwrap();
-        }
+        append_ten(&store).await;
         assert!(verify_events(&store, 1, None).await.unwrap().valid);
-        let k = 4u64.to_be_bytes();
-        let raw = store.events_tree().get(k).unwrap().unwrap().to_vec();
-        let edited = String::from_utf8(raw).unwrap().replace("\"C3\"", "\"C9\"");
-        store.events_tree().insert(k, edited.as_bytes()).unwrap();
+        rename_command(&store, 4);
         let r = verify_events(&store, 1, None).await.unwrap();
         assert!(!r.valid);
         assert_eq!(r.first_broken_seq, Some(4));
@@ -435,14 +446,9 @@ fn a_broken_chain_is_not_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path()).unwrap();
     rt.block_on(async {
-        for i in 0..10 {
-            store.append(draft(&format!("C{i}"))).await.unwrap();
-        }
+        append_ten(&store).await;
         store.sync().await.unwrap();
-        let k = 6u64.to_be_bytes();
-        let raw = store.events_tree().get(k).unwrap().unwrap().to_vec();
-        let edited = String::from_utf8(raw).unwrap().replace("\"C5\"", "\"C9\"");
-        store.events_tree().insert(k, edited.as_bytes()).unwrap();
+        rename_command(&store, 6);
         for through in [5, 8] {
             let e = store.prune(through).await.unwrap_err();
             assert!(

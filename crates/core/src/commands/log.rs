@@ -217,27 +217,8 @@ async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
 #[cfg(test)]
 mod tests {
     use super::QUERY_SCAN_BUDGET;
-    use crate::testkit::Bench;
-    use portcullis_protocol::{Actor, Event};
+    use crate::testkit::{unsealed_event, Bench};
     use serde_json::json;
-
-    fn event() -> Event {
-        Event {
-            seq: 0,
-            time: "2026-11-26T12:00:00.000Z".into(),
-            command: Some("SYS.INFO".into()),
-            outcome: "ok".into(),
-            actor: Actor::Anonymous,
-            subject: None,
-            session: None,
-            client: None,
-            transport: "internal".into(),
-            duration_us: 0,
-            summary: Default::default(),
-            prev: String::new(),
-            hash: String::new(),
-        }
-    }
 
     /// After a prune larger than one query's scan budget, reads from seq 1 still reach the
     /// kept events instead of scanning the removed range.
@@ -247,7 +228,7 @@ mod tests {
         let op = std::fs::read_to_string(b.app.config.data_dir.join("operator.token")).unwrap();
         let op = Some(op.trim());
         for _ in 0..QUERY_SCAN_BUDGET + 10 {
-            b.app.log.append(event()).await.unwrap();
+            b.app.log.append(unsealed_event()).await.unwrap();
         }
         b.app.store.sync().await.unwrap();
         let through = QUERY_SCAN_BUDGET + 5;
