@@ -156,6 +156,8 @@ serve_settings! {
     hash_concurrency: usize = "PORTCULLIS_HASH_CONCURRENCY",
     /// The store's page cache, MiB.
     store_cache_mb: u64 = "PORTCULLIS_STORE_CACHE_MB",
+    /// End every group commit with an fdatasync of the database file (true/false).
+    store_fsync: bool = "PORTCULLIS_STORE_FSYNC",
 }
 
 impl ServeArgs {

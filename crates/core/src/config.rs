@@ -47,6 +47,9 @@ pub struct Config {
     pub hash_concurrency: usize,
     /// The store's page cache, MiB.
     pub store_cache_mb: u64,
+    /// End every group commit with an `fdatasync` of the database file, so acknowledged writes
+    /// survive a power cut, not only a crash of the process. On by default.
+    pub store_fsync: bool,
     /// Product name shown in mails and pages.
     pub product_name: String,
     /// The HTTP gateway's address as users reach it; links in mails point here.
@@ -179,6 +182,7 @@ impl Default for Config {
             argon2_p: 1,
             hash_concurrency: 0,
             store_cache_mb: 256,
+            store_fsync: true,
             product_name: "Portcullis".into(),
             public_url: "http://localhost:7421".into(),
             redirect_allowlist: Vec::new(),

@@ -120,9 +120,12 @@ impl App {
     /// Opens the data directory named in `config` and builds the app with every command.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, OpenError> {
         config.validate().map_err(OpenError::Config)?;
-        let node = node::Node::open_with_cache(
+        let node = node::Node::open_with(
             &config.data_dir,
-            config.store_cache_mb.saturating_mul(1024 * 1024),
+            portcullis_store::StoreOptions {
+                cache_bytes: config.store_cache_mb.saturating_mul(1024 * 1024),
+                fsync: config.store_fsync,
+            },
         )
         .await?;
         let rng: Arc<dyn SecureRandom> = Arc::new(OsRandom);

@@ -3,7 +3,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::Secret;
-use portcullis_store::{SledStore, Store, StoreError, Table};
+use portcullis_store::{SledStore, Store, StoreError, StoreOptions, Table};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -146,11 +146,11 @@ impl Node {
     /// Opens the data directory, creating what is missing: the directory (0700), the master key,
     /// the database, the node id and the operator token.
     pub async fn open(dir: &Path) -> Result<Node, NodeError> {
-        Self::open_with_cache(dir, SledStore::DEFAULT_CACHE_BYTES).await
+        Self::open_with(dir, StoreOptions::default()).await
     }
 
-    /// Like [`Node::open`], with the store's page cache limited to `cache_bytes`.
-    pub async fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Node, NodeError> {
+    /// Like [`Node::open`], with the store opened with `options` (page cache, fsync).
+    pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Node, NodeError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
         if dir.join(crate::rekey::NEXT_KEY_FILE).exists() {
@@ -160,7 +160,7 @@ impl Node {
             )));
         }
         let master_key = load_or_create_master_key(dir)?;
-        let store = std::sync::Arc::new(SledStore::open_with_cache(dir, cache_bytes)?);
+        let store = std::sync::Arc::new(SledStore::open_with(dir, options)?);
 
         let node_id = match store.get(Table::Meta, META_NODE_ID).await? {
             Some(v) => String::from_utf8(v)

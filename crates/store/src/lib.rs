@@ -25,7 +25,7 @@ mod sled_store;
 pub use group_commit::{CommitStats, LAZY_FLUSH};
 pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage, RawLogEntry};
 pub use record::{decode_record, encode_record, Record, RecordError};
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, StoreOptions};
 
 use async_trait::async_trait;
 use std::future::Future;

@@ -17,6 +17,28 @@ const LOG_META_TREE: &str = "log_meta";
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// Events removed per sled batch when pruning.
 const PRUNE_BATCH: usize = 10_000;
+/// sled's data file, inside its directory (sled 0.34).
+const SLED_DATA_FILE: &str = "db";
+
+/// How a [`SledStore`] is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// sled's page cache, bytes.
+    pub cache_bytes: u64,
+    /// End every group commit with an `fdatasync` of the data file (see the group commit): what
+    /// makes an acknowledged write survive a power cut on a drive with a volatile write cache,
+    /// not only a process crash. On by default.
+    pub fsync: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: SledStore::DEFAULT_CACHE_BYTES,
+            fsync: true,
+        }
+    }
+}
 
 struct Head {
     seq: u64,
@@ -45,7 +67,7 @@ impl SledStore {
     ///
     /// Fails when another process holds the directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(dir, Self::DEFAULT_CACHE_BYTES)
+        Self::open_with(dir, StoreOptions::default())
     }
 
     /// sled's page cache unless configured otherwise: 256 MiB (sled's own default is 1 GiB).
@@ -55,8 +77,27 @@ impl SledStore {
     /// holds recently used pages of every table and of the event log; it is most of the
     /// server's resident memory once the log is larger than it.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = open_db(&dir.join("db"), cache_bytes)
+        Self::open_with(
+            dir,
+            StoreOptions {
+                cache_bytes,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    /// Like [`SledStore::open`], with explicit [`StoreOptions`].
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let db = open_db(&dir.join("db"), options.cache_bytes)
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
+        let data_file = if options.fsync {
+            let path = dir.join("db").join(SLED_DATA_FILE);
+            Some(std::fs::File::open(&path).map_err(|e| {
+                StoreError::Backend(format!("opening {} to sync it: {e}", path.display()))
+            })?)
+        } else {
+            None
+        };
         let tables = Table::ALL
             .iter()
             .map(|t| db.open_tree(t.name()))
@@ -85,7 +126,7 @@ impl SledStore {
             durable: durable_tx,
             gate: Arc::clone(&gate),
         };
-        let commit = GroupCommit::start(db.clone(), marks)
+        let commit = GroupCommit::start(db.clone(), marks, data_file)
             .map_err(|e| StoreError::Backend(format!("starting group commit: {e}")))?;
         let stats = Arc::clone(&commit.stats);
         Ok(SledStore {

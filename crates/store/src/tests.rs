@@ -461,3 +461,32 @@ fn a_broken_chain_is_not_pruned() {
     });
     store.close();
 }
+
+/// With `fsync` (the default) every group commit ends with an `fdatasync` of the data file;
+/// without it, none.
+#[test]
+fn group_commits_fsync_the_data_file_unless_told_not_to() {
+    use crate::StoreOptions;
+    use std::sync::atomic::Ordering;
+    let rt = rt();
+    for fsync in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            fsync,
+            ..StoreOptions::default()
+        };
+        let store = SledStore::open_with(dir.path(), options).unwrap();
+        rt.block_on(async {
+            for i in 0..3u8 {
+                store.put(Table::Meta, &[i], vec![i]).await.unwrap();
+                store.sync().await.unwrap();
+            }
+        });
+        // After close the commit thread is gone, so the two counters are settled.
+        store.close();
+        let fsyncs = store.commit_stats().fsyncs.load(Ordering::Relaxed);
+        let flushes = store.commit_stats().flushes.load(Ordering::Relaxed);
+        assert!(flushes >= 3, "{flushes}");
+        assert_eq!(fsyncs, if fsync { flushes } else { 0 }, "fsync = {fsync}");
+    }
+}
