@@ -305,7 +305,9 @@ impl Durable {
             .sealer
             .open(&queue_aad(key), &sealed)
             .map_err(|e| e.to_string())?;
-        let p: QueuedPlain = serde_json::from_slice(&json).map_err(|e| e.to_string())?;
+        // No serde message here: it could quote the contents.
+        let p: QueuedPlain = serde_json::from_slice(&json)
+            .map_err(|_| "the unsealed message does not decode".to_owned())?;
         Ok(Outgoing {
             to: p.to,
             kind: p.kind,
