@@ -46,20 +46,24 @@ pub struct RekeyReport {
     pub queued_mails: u64,
 }
 
+/// Re-seals `sealed` (base64url) under the new key in place; false when it already was.
 fn reseal(
     old: &Sealer,
     new: &Sealer,
     rng: &dyn SecureRandom,
     aad: &[u8],
-    sealed: &str,
-) -> Result<Option<String>, NodeError> {
+    sealed: &mut String,
+) -> Result<bool, NodeError> {
     let raw = URL_SAFE_NO_PAD
-        .decode(sealed)
+        .decode(sealed.as_str())
         .map_err(|_| NodeError::Invalid("a sealed value is not base64url".into()))?;
     match old.open(aad, &raw) {
-        Ok(plain) => Ok(Some(URL_SAFE_NO_PAD.encode(new.seal(rng, aad, &plain)))),
+        Ok(plain) => {
+            *sealed = URL_SAFE_NO_PAD.encode(new.seal(rng, aad, &plain));
+            Ok(true)
+        }
         // Already under the new key: a rerun after an interrupted rotation.
-        Err(_) if new.open(aad, &raw).is_ok() => Ok(None),
+        Err(_) if new.open(aad, &raw).is_ok() => Ok(false),
         Err(_) => Err(NodeError::Invalid(
             "a sealed value opens with neither the old nor the new master key".into(),
         )),
@@ -143,41 +147,23 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
     let (old, new) = (Sealer::new(&old_key), Sealer::new(&new_key));
     let store = SledStore::open(dir)?;
     let signing_keys = each::<KeyRecord>(&store, Table::SigningKeys, |_, r| {
-        Ok(
-            match reseal(&old, &new, &rng, &aad(&r.kid), &r.sealed_private_key)? {
-                Some(s) => {
-                    r.sealed_private_key = s;
-                    true
-                }
-                None => false,
-            },
-        )
+        reseal(&old, &new, &rng, &aad(&r.kid), &mut r.sealed_private_key)
     })
     .await?;
     let mut totp_secrets = each::<TotpRecord>(&store, Table::Totp, |k, r| {
         let user_id = String::from_utf8_lossy(k).into_owned();
-        Ok(
-            match reseal(&old, &new, &rng, &aad_confirmed(&user_id), &r.sealed_secret)? {
-                Some(s) => {
-                    r.sealed_secret = s;
-                    true
-                }
-                None => false,
-            },
+        reseal(
+            &old,
+            &new,
+            &rng,
+            &aad_confirmed(&user_id),
+            &mut r.sealed_secret,
         )
     })
     .await?;
     totp_secrets += each::<PendingEnrolment>(&store, Table::TotpEnrollments, |k, r| {
         let id = String::from_utf8_lossy(k).into_owned();
-        Ok(
-            match reseal(&old, &new, &rng, &aad_enrolment(&id), &r.sealed_secret)? {
-                Some(s) => {
-                    r.sealed_secret = s;
-                    true
-                }
-                None => false,
-            },
-        )
+        reseal(&old, &new, &rng, &aad_enrolment(&id), &mut r.sealed_secret)
     })
     .await?;
     let refresh_successors = each::<RefreshRecord>(&store, Table::RefreshTokens, |k, r| {
@@ -187,25 +173,11 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         let hash: [u8; 32] = k
             .try_into()
             .map_err(|_| NodeError::Invalid("refresh key".into()))?;
-        Ok(
-            match reseal(&old, &new, &rng, &successor_aad(&hash), successor)? {
-                Some(s) => {
-                    *successor = s;
-                    true
-                }
-                None => false,
-            },
-        )
+        reseal(&old, &new, &rng, &successor_aad(&hash), successor)
     })
     .await?;
     let queued_mails = each::<QueuedMail>(&store, Table::MailQueue, |k, r| {
-        Ok(match reseal(&old, &new, &rng, &queue_aad(k), &r.sealed)? {
-            Some(s) => {
-                r.sealed = s;
-                true
-            }
-            None => false,
-        })
+        reseal(&old, &new, &rng, &queue_aad(k), &mut r.sealed)
     })
     .await?;
     let report = RekeyReport {
