@@ -124,6 +124,17 @@ struct Model {
 }
 
 impl Model {
+    /// An acknowledged `AUTH.SIGNUP`: the account and the session it started.
+    fn signed_up(&mut self, email: String, password: bool, t: &SessionTokens) {
+        self.accounts.push(Account {
+            email,
+            user_id: t.user_id.clone(),
+            password,
+            proven: false,
+        });
+        self.add_session("AUTH.SIGNUP", t);
+    }
+
     fn add_session(&mut self, command: &'static str, t: &SessionTokens) {
         self.created
             .entry(command)
@@ -211,14 +222,7 @@ async fn signups(server_tcp: std::net::SocketAddr, m: Shared, tag: String, passw
         let Some(t) = session_of(&r) else {
             return unexpected(&m, "AUTH.SIGNUP", &r);
         };
-        let mut model = lock(&m);
-        model.accounts.push(Account {
-            email,
-            user_id: t.user_id.clone(),
-            password,
-            proven: false,
-        });
-        model.add_session("AUTH.SIGNUP", &t);
+        lock(&m).signed_up(email, password, &t);
     }
 }
 
@@ -580,14 +584,7 @@ async fn acknowledged_outcomes_survive_sigkill_under_load() {
                 p["password"] = json!(PASSWORD);
             }
             let t = session_of(&call(&mut c, "AUTH.SIGNUP", p).await.unwrap()).unwrap();
-            let mut model = lock(&m);
-            model.accounts.push(Account {
-                email,
-                user_id: t.user_id.clone(),
-                password,
-                proven: false,
-            });
-            model.add_session("AUTH.SIGNUP", &t);
+            lock(&m).signed_up(email, password, &t);
         }
         prove_new_accounts(&server, &m, &format!("seed {seed}, setup")).await;
     }
