@@ -1387,6 +1387,29 @@ async fn login_from(addr: SocketAddr, n: usize, forwarded: &str) -> Value {
     r.json()
 }
 
+/// Six wrong sign-ins (accounts `first`.. `first + 5`) with `forwarded(i)` as the header: the
+/// first five are refused as wrong, the sixth is rate-limited (a `credential` limit of 5/min).
+async fn sixth_is_limited(
+    http: SocketAddr,
+    first: usize,
+    forwarded: impl Fn(usize) -> String,
+    what: &str,
+) {
+    for i in 0..6 {
+        let v = login_from(http, first + i, &forwarded(i)).await;
+        if i < 5 {
+            assert_eq!(
+                v["error"]["code"],
+                "INVALID_CREDENTIALS",
+                "request {}: {v}",
+                i + 1
+            );
+        } else {
+            assert_rate_limited(&v, what);
+        }
+    }
+}
+
 #[track_caller]
 fn assert_rate_limited(v: &Value, what: &str) {
     assert_eq!(v["error"]["code"], "RATE_LIMITED", "{what}: {v}");
@@ -1410,20 +1433,13 @@ async fn login_clients(server: &Server) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_from_an_untrusted_peer_is_still_rate_limited() {
     let server = Server::start_config("[rate_limits]\ncredential = \"5/min\"\n", LIGHT_ARGON2);
-    for i in 0..6 {
-        let forwarded = format!("198.51.100.{}, 203.0.113.{}", i + 1, i + 1);
-        let v = login_from(server.http, i, &forwarded).await;
-        if i < 5 {
-            assert_eq!(
-                v["error"]["code"],
-                "INVALID_CREDENTIALS",
-                "request {}: {v}",
-                i + 1
-            );
-        } else {
-            assert_rate_limited(&v, "the 6th request from one peer");
-        }
-    }
+    sixth_is_limited(
+        server.http,
+        0,
+        |i| format!("198.51.100.{}, 203.0.113.{}", i + 1, i + 1),
+        "the 6th request from one peer",
+    )
+    .await;
     let clients = login_clients(&server).await;
     assert_eq!(clients.len(), 6);
     assert!(
@@ -1446,19 +1462,13 @@ async fn forwarded_for_from_a_trusted_proxy_gets_a_bucket_per_client() {
         );
     }
     // One forwarded client is limited on its own.
-    for i in 0..6 {
-        let v = login_from(server.http, 100 + i, "203.0.113.9").await;
-        if i < 5 {
-            assert_eq!(
-                v["error"]["code"],
-                "INVALID_CREDENTIALS",
-                "request {}: {v}",
-                i + 1
-            );
-        } else {
-            assert_rate_limited(&v, "the 6th request from one forwarded client");
-        }
-    }
+    sixth_is_limited(
+        server.http,
+        100,
+        |_| "203.0.113.9".to_owned(),
+        "the 6th request from one forwarded client",
+    )
+    .await;
     let v = login_from(server.http, 200, "198.51.100.77").await;
     assert_eq!(v["error"]["code"], "INVALID_CREDENTIALS", "{v}");
     let clients = login_clients(&server).await;
