@@ -341,6 +341,15 @@ impl EventLog for SledStore {
             .clone()
     }
 
+    /// Without cloning the checkpoint: every read asks.
+    fn first_seq(&self) -> u64 {
+        self.checkpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(1, |c| c.seq + 1)
+    }
+
     async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError> {
         let _one_at_a_time = self.prune_lock.lock().await;
         let first = self.first_seq();
