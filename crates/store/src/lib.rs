@@ -220,6 +220,186 @@ pub enum Consumed {
     Lost,
 }
 
+/// What a [`Batch`] requires of one key before it writes anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// The key holds no value.
+    Absent,
+    /// The key holds some value, whatever it is.
+    Present,
+    /// The key holds exactly this value.
+    Value(Vec<u8>),
+}
+
+impl Expect {
+    pub(crate) fn holds(&self, current: Option<&[u8]>) -> bool {
+        match (self, current) {
+            (Expect::Absent, None) | (Expect::Present, Some(_)) => true,
+            (Expect::Value(want), Some(cur)) => want.as_slice() == cur,
+            _ => false,
+        }
+    }
+}
+
+/// One condition of a [`Batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Its table.
+    pub table: Table,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// What the key must hold.
+    pub expect: Expect,
+}
+
+/// One write of a [`Batch`]: `value` `None` removes the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// Its table.
+    pub table: Table,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to remove the key.
+    pub value: Option<Vec<u8>>,
+}
+
+/// An all-or-nothing change of several keys in several tables: every [`Check`] is evaluated and
+/// every [`Write`] applied in one atomic step (see [`Store::apply`]). Writes apply in order, so
+/// a later write of the same key wins. Built with the chained methods:
+///
+/// ```
+/// # use portcullis_store::{Batch, Expect, Table};
+/// let batch = Batch::new()
+///     .check(Table::RefreshTokens, b"old", Expect::Value(b"active".to_vec()))
+///     .put(Table::RefreshTokens, b"old", b"rotated".to_vec())
+///     .put(Table::RefreshTokens, b"new", b"active".to_vec());
+/// assert_eq!(batch.writes().len(), 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    checks: Vec<Check>,
+    writes: Vec<Write>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a condition: the batch is refused unless `key` holds what `expect` says.
+    pub fn check(mut self, table: Table, key: impl Into<Vec<u8>>, expect: Expect) -> Self {
+        self.checks.push(Check {
+            table,
+            key: key.into(),
+            expect,
+        });
+        self
+    }
+
+    /// Adds a write of `value` under `key`.
+    pub fn put(mut self, table: Table, key: impl Into<Vec<u8>>, value: Vec<u8>) -> Self {
+        self.writes.push(Write {
+            table,
+            key: key.into(),
+            value: Some(value),
+        });
+        self
+    }
+
+    /// Adds the removal of `key` (nothing happens to a key that is absent).
+    pub fn remove(mut self, table: Table, key: impl Into<Vec<u8>>) -> Self {
+        self.writes.push(Write {
+            table,
+            key: key.into(),
+            value: None,
+        });
+        self
+    }
+
+    /// Sets `key` to `new` (`None` removes it) only if it holds `expected` (`None`: absent):
+    /// a check and a write in one.
+    pub fn swap(
+        self,
+        table: Table,
+        key: impl Into<Vec<u8>>,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Self {
+        let key = key.into();
+        let expect = match expected {
+            Some(v) => Expect::Value(v.to_vec()),
+            None => Expect::Absent,
+        };
+        let b = self.check(table, key.clone(), expect);
+        match new {
+            Some(v) => b.put(table, key, v),
+            None => b.remove(table, key),
+        }
+    }
+
+    /// Appends another batch's checks and writes to this one.
+    pub fn merge(mut self, other: Batch) -> Self {
+        self.checks.extend(other.checks);
+        self.writes.extend(other.writes);
+        self
+    }
+
+    /// The conditions, in the order they were added.
+    pub fn checks(&self) -> &[Check] {
+        &self.checks
+    }
+
+    /// The writes, in the order they apply.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    /// Whether the batch neither checks nor writes anything.
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty() && self.writes.is_empty()
+    }
+
+    /// Every table the batch reads or writes, each once, in [`Table::ALL`] order.
+    pub fn tables(&self) -> Vec<Table> {
+        let mut seen = [false; Table::ALL.len()];
+        for t in self
+            .checks
+            .iter()
+            .map(|c| c.table)
+            .chain(self.writes.iter().map(|w| w.table))
+        {
+            seen[t.index()] = true;
+        }
+        Table::ALL
+            .iter()
+            .copied()
+            .filter(|t| seen[t.index()])
+            .collect()
+    }
+}
+
+/// The result of [`Store::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Every check held and every write is applied and durable.
+    Committed,
+    /// A check did not hold; nothing was written.
+    Refused {
+        /// Index of the first check that failed, in [`Batch::checks`] order.
+        check: usize,
+        /// What the checked key holds now.
+        current: Option<Vec<u8>>,
+    },
+}
+
+impl Applied {
+    /// Whether the batch committed.
+    pub fn committed(&self) -> bool {
+        matches!(self, Applied::Committed)
+    }
+}
+
 /// Key-value persistence with atomic single-key primitives.
 ///
 /// Every method applies atomically to one key. Nothing is durable until [`Store::sync`] returns
@@ -278,6 +458,17 @@ pub trait Store: Send + Sync + 'static {
     fn commit_stats(&self) -> Option<&CommitStats> {
         None
     }
+
+    /// Applies a [`Batch`] all or nothing: if every check holds, every write is applied, in one
+    /// atomic step that no other writer (single-key or batch) can interleave with, and the
+    /// batch is durable before this returns [`Applied::Committed`]. If a check fails nothing is
+    /// written. A crash at any point leaves either every write or none.
+    ///
+    /// This is the store's multi-key primitive: every flow whose keys must agree (an account
+    /// and its address index, a factor and its index, a rotation and its successor) goes
+    /// through it, so no crash or race can leave them half-changed. On an SQL backend it is one
+    /// transaction.
+    async fn apply(&self, batch: Batch) -> Result<Applied, StoreError>;
 
     /// Consumes a single-use item: removes `key` only if its value is still `expected`, and
     /// returns once that removal is durable. Exactly one of N concurrent callers wins; a loser

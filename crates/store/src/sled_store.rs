@@ -2,10 +2,14 @@
 
 use crate::group_commit::{GroupCommit, Watermarks, WriteGate};
 use crate::log::{raw_event, EventLog, LogEntry, LogPage, RawLogEntry};
-use crate::{decode_record, encode_record, Cas, CommitStats, Store, StoreError, SyncTicket, Table};
+use crate::{
+    decode_record, encode_record, Applied, Batch, Cas, CommitStats, Store, StoreError, SyncTicket,
+    Table,
+};
 use async_trait::async_trait;
 use portcullis_protocol::commands::log::{Checkpoint, PruneResult};
 use portcullis_protocol::{Event, GENESIS_HASH};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -279,6 +283,53 @@ impl Store for SledStore {
             Err(e) => Ok(Cas::Conflict {
                 current: e.current.map(|v| v.to_vec()),
             }),
+        }
+    }
+
+    async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+        if batch.is_empty() {
+            return Ok(Applied::Committed);
+        }
+        let tables = batch.tables();
+        let trees: Vec<&sled::Tree> = tables.iter().map(|t| self.tree(*t)).collect();
+        // `tables` holds every table the batch names, so the position is always found.
+        let at = |t: Table| tables.iter().position(|x| *x == t).unwrap_or_default();
+        // A sled transaction takes sled's process-wide write lock, which every single-key
+        // operation takes shared: no other write interleaves with the batch.
+        let outcome = self.gate.write(|| {
+            trees.as_slice().transaction(|tx| {
+                for (i, c) in batch.checks().iter().enumerate() {
+                    let current = tx[at(c.table)].get(&c.key)?;
+                    if !c.expect.holds(current.as_deref()) {
+                        return Err(ConflictableTransactionError::Abort((
+                            i,
+                            current.map(|v| v.to_vec()),
+                        )));
+                    }
+                }
+                for w in batch.writes() {
+                    let tree = &tx[at(w.table)];
+                    match &w.value {
+                        Some(v) => {
+                            tree.insert(w.key.as_slice(), v.as_slice())?;
+                        }
+                        None => {
+                            tree.remove(w.key.as_slice())?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        });
+        match outcome {
+            Ok(()) => {
+                self.sync().await?;
+                Ok(Applied::Committed)
+            }
+            Err(TransactionError::Abort((check, current))) => {
+                Ok(Applied::Refused { check, current })
+            }
+            Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }
 

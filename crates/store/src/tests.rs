@@ -1,6 +1,8 @@
 //! Model-based and concurrency tests of the sled backend.
 
-use crate::{verify_events, Cas, Consumed, EventLog, SledStore, Store, Table};
+use crate::{
+    verify_events, Applied, Batch, Cas, Consumed, EventLog, Expect, SledStore, Store, Table,
+};
 use portcullis_protocol::{Actor, Event};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -39,8 +41,51 @@ enum Op {
     Cas(usize, u8, Option<u8>, Option<u8>),
     Consume(usize, u8, u8),
     Scan(usize),
+    /// A batch: checks `(table, key, expectation)` and writes `(table, key, value or removal)`.
+    Apply(Vec<(usize, u8, ExpectOp)>, Vec<(usize, u8, Option<u8>)>),
     Append(u8),
     Restart,
+}
+
+#[derive(Debug, Clone)]
+enum ExpectOp {
+    Absent,
+    Present,
+    Value(u8),
+}
+
+impl ExpectOp {
+    fn to_expect(&self) -> Expect {
+        match self {
+            ExpectOp::Absent => Expect::Absent,
+            ExpectOp::Present => Expect::Present,
+            ExpectOp::Value(v) => Expect::Value(val(*v)),
+        }
+    }
+
+    fn holds(&self, current: Option<&Vec<u8>>) -> bool {
+        match self {
+            ExpectOp::Absent => current.is_none(),
+            ExpectOp::Present => current.is_some(),
+            ExpectOp::Value(v) => current == Some(&val(*v)),
+        }
+    }
+}
+
+fn batch_op() -> impl Strategy<Value = Op> {
+    // Few tables and keys, so checks often hold and writes often collide.
+    let t = 0usize..3;
+    let k = 0u8..4;
+    let expect = prop_oneof![
+        Just(ExpectOp::Absent),
+        Just(ExpectOp::Present),
+        (0u8..4).prop_map(ExpectOp::Value)
+    ];
+    (
+        proptest::collection::vec((t.clone(), k.clone(), expect), 0..3),
+        proptest::collection::vec((t, k, proptest::option::of(0u8..4)), 0..4),
+    )
+        .prop_map(|(c, w)| Op::Apply(c, w))
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -54,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(t, k, e, n)| Op::Cas(t, k, e, n)),
         3 => (t.clone(), k, v).prop_map(|(t, k, v)| Op::Consume(t, k, v)),
         1 => t.prop_map(Op::Scan),
+        4 => batch_op(),
         3 => (0u8..3).prop_map(Op::Append),
         1 => Just(Op::Restart),
     ]
@@ -124,6 +170,40 @@ proptest! {
                             .map(|((_, k), v)| (k.clone(), v.clone()))
                             .collect();
                         prop_assert_eq!(got, want);
+                    }
+                    Op::Apply(checks, writes) => {
+                        let mut batch = Batch::new();
+                        for (t, k, e) in &checks {
+                            batch = batch.check(Table::ALL[*t], key(*k), e.to_expect());
+                        }
+                        for (t, k, v) in &writes {
+                            batch = match v {
+                                Some(v) => batch.put(Table::ALL[*t], key(*k), val(*v)),
+                                None => batch.remove(Table::ALL[*t], key(*k)),
+                            };
+                        }
+                        let got = store.apply(batch).await.unwrap();
+                        let failed = checks
+                            .iter()
+                            .position(|(t, k, e)| !e.holds(model.get(&(*t, key(*k)))));
+                        match failed {
+                            None => {
+                                prop_assert_eq!(got, Applied::Committed);
+                                for (t, k, v) in writes {
+                                    match v {
+                                        Some(v) => { model.insert((t, key(k)), val(v)); }
+                                        None => { model.remove(&(t, key(k))); }
+                                    }
+                                }
+                            }
+                            Some(i) => {
+                                let (t, k, _) = &checks[i];
+                                prop_assert_eq!(got, Applied::Refused {
+                                    check: i,
+                                    current: model.get(&(*t, key(*k))).cloned(),
+                                });
+                            }
+                        }
                     }
                     Op::Append(c) => {
                         let e = store.append(draft(&format!("C{c}"))).await.unwrap();
@@ -489,4 +569,81 @@ fn group_commits_fsync_the_data_file_unless_told_not_to() {
         assert!(flushes >= 3, "{flushes}");
         assert_eq!(fsyncs, if fsync { flushes } else { 0 }, "fsync = {fsync}");
     }
+}
+
+/// 32 tasks race to move one token from `a` to their own key with a batch (check `a`, remove it,
+/// write `b<i>`): exactly one commits, and after a restart exactly one key holds the token,
+/// never both or neither.
+#[test]
+fn racing_batches_have_one_winner_and_never_half_apply() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..4u8 {
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let a = [b'a', round];
+        rt.block_on(async {
+            store
+                .put(Table::RefreshTokens, &a, b"token".to_vec())
+                .await
+                .unwrap();
+            let barrier = Arc::new(tokio::sync::Barrier::new(32));
+            let tasks: Vec<_> = (0..32u8)
+                .map(|i| {
+                    let s = Arc::clone(&store);
+                    let b = Arc::clone(&barrier);
+                    tokio::spawn(async move {
+                        b.wait().await;
+                        let batch = Batch::new()
+                            .swap(Table::RefreshTokens, a, Some(b"token"), None)
+                            .put(Table::Sessions, [b'b', round, i], b"token".to_vec());
+                        s.apply(batch).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut winners = 0;
+            for t in tasks {
+                if t.await.unwrap().committed() {
+                    winners += 1;
+                }
+            }
+            assert_eq!(winners, 1, "round {round}");
+        });
+        drop(store);
+        let reopened = SledStore::open(dir.path()).unwrap();
+        rt.block_on(async {
+            assert_eq!(reopened.get(Table::RefreshTokens, &a).await.unwrap(), None);
+            let moved = reopened
+                .scan_prefix(Table::Sessions, &[b'b', round], 100)
+                .await
+                .unwrap();
+            assert_eq!(moved.len(), 1, "round {round}: {moved:?}");
+        });
+    }
+}
+
+/// A refused batch writes nothing, even the writes listed before the failing check's table.
+#[test]
+fn a_refused_batch_writes_nothing() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    rt.block_on(async {
+        store.put(Table::Users, b"u", b"v1".to_vec()).await.unwrap();
+        let batch = Batch::new()
+            .put(Table::Emails, b"e", b"u".to_vec())
+            .put(Table::Users, b"u", b"v2".to_vec())
+            .check(Table::Users, b"u".to_vec(), Expect::Value(b"v0".to_vec()));
+        assert_eq!(
+            store.apply(batch).await.unwrap(),
+            Applied::Refused {
+                check: 0,
+                current: Some(b"v1".to_vec())
+            }
+        );
+        assert_eq!(store.get(Table::Emails, b"e").await.unwrap(), None);
+        assert_eq!(
+            store.get(Table::Users, b"u").await.unwrap(),
+            Some(b"v1".to_vec())
+        );
+    });
 }
