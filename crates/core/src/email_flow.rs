@@ -454,29 +454,35 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
     }
     if !user.email_verified {
         // First proof that this mailbox belongs to the account. Anything set up before it, by
-        // whoever signed up with the address, is not trusted: a password chosen then is cleared
-        // and the sessions opened then are revoked (account pre-hijacking). The record is
-        // changed by compare-and-swap, so a concurrent write cannot bring the password back.
+        // whoever signed up with the address, is not trusted (account pre-hijacking): a
+        // password chosen then is cleared, and the sessions, second factors, passkeys and API
+        // keys set up then go. All of it and the flag land in one atomic batch, so a crash or
+        // a failed write leaves the address unproven and the next proof evicts again.
         let now = ctx.now().unix_timestamp();
         let mut cleared = false;
-        user = update_user(store, &user.id, |u| {
-            if u.email_verified {
-                return false;
-            }
-            u.email_verified = true;
-            cleared = u.password_hash.take().is_some();
-            u.updated_at = now;
-            true
-        })
+        let (updated, planned) = crate::evict::change_user(
+            ctx,
+            &user.id,
+            |u| {
+                if u.email_verified {
+                    return Ok(false);
+                }
+                u.email_verified = true;
+                cleared = u.password_hash.take().is_some();
+                u.updated_at = now;
+                Ok(true)
+            },
+            |u| async move { crate::evict::eviction(ctx, &u.id, None, "email_verified").await },
+        )
         .await?
         .ok_or_else(refused)?;
-        let revoked = crate::sessions::revoke_all(ctx, &user.id, None, "email_verified").await?;
-        let mut factor_cleared = crate::mfa::remove_totp(ctx, &user.id).await?;
-        for pk in crate::passkeys::list(ctx, &user.id).await? {
-            let cred = crate::passkeys::credential_id_text(pk.passkey.cred_id());
-            factor_cleared |= crate::passkeys::remove(ctx, &user.id, &cred).await?;
-        }
+        user = updated;
+        let evicted = planned.evicted;
+        let factor_cleared = evicted.factors || evicted.api_keys > 0;
+        let revoked = evicted.sessions;
         ctx.audit.note("unverified_factor_cleared", factor_cleared);
+        ctx.audit
+            .note("unverified_api_keys_revoked", evicted.api_keys);
         if cleared || factor_cleared {
             crate::commands::totp::notify(
                 ctx,

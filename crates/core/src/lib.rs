@@ -19,6 +19,7 @@ pub mod crypto;
 mod dispatcher;
 pub mod email_flow;
 pub mod error;
+pub mod evict;
 pub mod housekeeping;
 pub mod internal_event;
 pub mod limits;
@@ -119,6 +120,17 @@ pub enum OpenError {
 impl App {
     /// Opens the data directory named in `config` and builds the app with every command.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<App>, OpenError> {
+        Self::open_layered(config, clock, |store| store).await
+    }
+
+    /// Like [`App::open`], with the store the commands use wrapped by `layer` (the event log
+    /// and the node's own records stay on the store underneath). Tests use it to inject
+    /// failures and hold reads at chosen points.
+    pub async fn open_layered(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Result<Arc<App>, OpenError> {
         config.validate().map_err(OpenError::Config)?;
         let node = node::Node::open_with(
             &config.data_dir,
@@ -146,7 +158,7 @@ impl App {
             config.hash_permits(),
         )
         .map_err(OpenError::Config)?;
-        let store: Arc<dyn Store> = node.store.clone();
+        let store: Arc<dyn Store> = layer(node.store.clone());
         let log: Arc<dyn EventLog> = node.store.clone();
         let events = internal_event::InternalEvents::new(
             Arc::clone(&log),

@@ -113,6 +113,17 @@ impl SessionCache {
             .cloned()
     }
 
+    /// Records that `sid` (of `user_id`) is revoked, after its revocation is committed.
+    pub(crate) fn mark_revoked(&self, sid: &str, user_id: &str) {
+        self.set(
+            sid,
+            Live {
+                user_id: user_id.to_owned(),
+                revoked: true,
+            },
+        );
+    }
+
     fn set(&self, sid: &str, live: Live) {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         if m.len() >= CACHE_LIMIT {

@@ -2,9 +2,11 @@
 //! directory, with a manual clock, driven through the dispatcher exactly as a transport would.
 
 use crate::{App, Config, ConnInfo, Dispatcher, ManualClock, Transport};
+use async_trait::async_trait;
 use portcullis_protocol::{Actor, ErrorCode, Event, Request, Response};
+use portcullis_store::{Applied, Batch, Cas, Store, StoreError, SyncTicket, Table};
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::macros::datetime;
 
@@ -18,6 +20,14 @@ pub struct Bench {
 impl Bench {
     /// A bench with fast password hashing and `tweak` applied to the configuration.
     pub async fn new(tweak: impl FnOnce(&mut Config)) -> Bench {
+        Self::layered(tweak, |s| s).await
+    }
+
+    /// A bench whose commands use the store through `layer` (see [`Faults`]).
+    pub async fn layered(
+        tweak: impl FnOnce(&mut Config),
+        layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: dir.path().join("data"),
@@ -27,7 +37,9 @@ impl Bench {
         };
         tweak(&mut config);
         let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
-        let app = App::open(config, Arc::new(clock.clone())).await.unwrap();
+        let app = App::open_layered(config, Arc::new(clock.clone()), layer)
+            .await
+            .unwrap();
         let dispatcher = Dispatcher::new(Arc::clone(&app));
         Bench {
             app,
@@ -148,5 +160,98 @@ pub fn unsealed_event() -> Event {
         summary: Default::default(),
         prev: String::new(),
         hash: String::new(),
+    }
+}
+
+/// A store that fails on command: once [`Faults::fail_next_write`] names a table, the next
+/// write touching it (a put, remove, compare-and-swap or batch) fails as a disk error would,
+/// writing nothing. Everything else passes through.
+pub struct Faults {
+    inner: Arc<dyn Store>,
+    armed: Mutex<Option<Table>>,
+}
+
+impl Faults {
+    pub fn wrap(inner: Arc<dyn Store>) -> Arc<Faults> {
+        Arc::new(Faults {
+            inner,
+            armed: Mutex::new(None),
+        })
+    }
+
+    /// Makes the next write touching `table` fail.
+    pub fn fail_next_write(&self, table: Table) {
+        *self.armed.lock().unwrap() = Some(table);
+    }
+
+    /// Whether the armed failure is still waiting.
+    pub fn armed(&self) -> bool {
+        self.armed.lock().unwrap().is_some()
+    }
+
+    fn trip(&self, tables: &[Table]) -> Result<(), StoreError> {
+        let mut armed = self.armed.lock().unwrap();
+        match *armed {
+            Some(t) if tables.contains(&t) => {
+                *armed = None;
+                Err(StoreError::Backend("injected write failure".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Faults {
+    async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(table, key).await
+    }
+
+    async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        self.trip(&[table])?;
+        self.inner.put(table, key, value).await
+    }
+
+    async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.trip(&[table])?;
+        self.inner.remove(table, key).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<Cas, StoreError> {
+        self.trip(&[table])?;
+        self.inner.compare_and_swap(table, key, expected, new).await
+    }
+
+    async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+        let written: Vec<Table> = batch.writes().iter().map(|w| w.table).collect();
+        self.trip(&written)?;
+        self.inner.apply(batch).await
+    }
+
+    async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.inner.scan_prefix(table, prefix, limit).await
+    }
+
+    fn sync(&self) -> SyncTicket {
+        self.inner.sync()
+    }
+
+    fn sync_state(&self) -> Option<SyncTicket> {
+        self.inner.sync_state()
+    }
+
+    fn close(&self) {
+        self.inner.close();
     }
 }

@@ -1,0 +1,376 @@
+//! Changes of an account that must land all at once with the records that depend on it: the
+//! first proof of an address (which evicts everything set up before it), a password change or a
+//! disable (which revoke sessions), account deletion.
+//!
+//! Each builds one [`Batch`] for [`portcullis_store::Store::apply`] that checks the user record
+//! is still the one it read (and every session it revokes, every factor it removes), so a crash
+//! or a concurrent writer leaves either the whole change or none of it. A refused batch means
+//! someone wrote in between: the change is planned again from fresh reads.
+
+use crate::accounts::UserRecord;
+use crate::apikeys::ApiKeyRecord;
+use crate::error::CommandError;
+use crate::sessions::SessionRecord;
+use crate::Ctx;
+use portcullis_store::{decode_record, encode_record, Applied, Batch, Expect, StoreError, Table};
+
+/// Attempts before a change that keeps meeting concurrent writers gives up (`UNAVAILABLE`).
+const ATTEMPTS: usize = 16;
+
+/// What an eviction removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    /// A password was cleared.
+    pub password: bool,
+    /// Sessions revoked.
+    pub sessions: u64,
+    /// A TOTP factor, recovery codes or passkeys were removed.
+    pub factors: bool,
+    /// API keys revoked (created by the account, or by keys it created).
+    pub api_keys: u64,
+}
+
+impl Evicted {
+    /// Whether anything that could sign in was removed.
+    pub fn anything(&self) -> bool {
+        self.password || self.sessions > 0 || self.factors || self.api_keys > 0
+    }
+}
+
+/// The writes that revoke sessions, and the ids they revoke.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    /// The checks and writes.
+    pub batch: Batch,
+    /// Sessions this batch revokes (not revoked before).
+    pub revoked: Vec<String>,
+}
+
+fn decode<R: portcullis_store::Record>(raw: &[u8]) -> Result<R, CommandError> {
+    decode_record(raw).map_err(|e| CommandError::from(StoreError::from(e)))
+}
+
+/// The writes revoking every session of `user_id` but `keep` (expired ones included: their last
+/// access token may still be within its lifetime), each checked against the record as read.
+pub async fn session_revocations(
+    ctx: &Ctx,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+) -> Result<Revocations, CommandError> {
+    let store = ctx.app.store.as_ref();
+    let now = ctx.now().unix_timestamp();
+    let prefix = format!("{user_id}/").into_bytes();
+    let mut out = Revocations::default();
+    for (k, _) in store
+        .scan_prefix(Table::UserSessions, &prefix, usize::MAX)
+        .await?
+    {
+        let sid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        if Some(sid.as_str()) == keep {
+            continue;
+        }
+        let mut batch = std::mem::take(&mut out.batch).remove(Table::UserSessions, k);
+        if let Some(raw) = store.get(Table::Sessions, sid.as_bytes()).await? {
+            let mut s: SessionRecord = decode(&raw)?;
+            if s.revoked_at.is_none() {
+                s.revoked_at = Some(now);
+                s.revoke_reason = Some(reason.to_owned());
+                batch = batch.swap(
+                    Table::Sessions,
+                    sid.as_bytes(),
+                    Some(&raw),
+                    Some(encode_record(&s)),
+                );
+                out.revoked.push(sid);
+            }
+        }
+        out.batch = batch;
+    }
+    Ok(out)
+}
+
+/// The writes removing every second factor and passkey of `user_id`: the TOTP factor, its
+/// recovery codes, every passkey and its entry in the credential index. Whether there was any.
+pub async fn factor_removals(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), CommandError> {
+    let store = ctx.app.store.as_ref();
+    let prefix = format!("{user_id}/").into_bytes();
+    let mut batch = Batch::new();
+    let mut any = false;
+    if let Some(raw) = store.get(Table::Totp, user_id.as_bytes()).await? {
+        batch = batch.swap(Table::Totp, user_id.as_bytes(), Some(&raw), None);
+        any = true;
+    }
+    for (k, _) in store
+        .scan_prefix(Table::RecoveryCodes, &prefix, usize::MAX)
+        .await?
+    {
+        batch = batch.remove(Table::RecoveryCodes, k);
+        any = true;
+    }
+    for (k, raw) in store
+        .scan_prefix(Table::Passkeys, &prefix, usize::MAX)
+        .await?
+    {
+        let cred = k[prefix.len()..].to_vec();
+        batch = batch.swap(Table::Passkeys, k, Some(&raw), None);
+        // The index entry goes only if it names this account.
+        if store.get(Table::PasskeyIndex, &cred).await?.as_deref() == Some(user_id.as_bytes()) {
+            batch = batch.swap(Table::PasskeyIndex, cred, Some(user_id.as_bytes()), None);
+        }
+        any = true;
+    }
+    Ok((batch, any))
+}
+
+/// The writes revoking every live API key created by `user_id`, or by a key such a key created.
+pub async fn api_key_revocations(ctx: &Ctx, user_id: &str) -> Result<(Batch, u64), CommandError> {
+    let now = ctx.now().unix_timestamp();
+    let keys = crate::apikeys::all(&ctx.app).await?;
+    let mut creators = vec![format!("user:{user_id}")];
+    let mut revoke: Vec<usize> = Vec::new();
+    // Keys made by keys the account made: follow the chain until nothing new is found.
+    loop {
+        let before = revoke.len();
+        for (i, (_, k)) in keys.iter().enumerate() {
+            if !revoke.contains(&i) && creators.contains(&k.created_by) {
+                revoke.push(i);
+                creators.push(format!("apikey:{}", k.id));
+            }
+        }
+        if revoke.len() == before {
+            break;
+        }
+    }
+    let mut batch = Batch::new();
+    let mut n = 0;
+    for i in revoke {
+        let Some((hash, rec)) = keys.get(i) else {
+            continue;
+        };
+        if rec.revoked_at.is_some() {
+            continue;
+        }
+        let raw = encode_record(rec);
+        let revoked = ApiKeyRecord {
+            revoked_at: Some(now),
+            ..rec.clone()
+        };
+        batch = batch.swap(
+            Table::ApiKeys,
+            hash.as_slice(),
+            Some(&raw),
+            Some(encode_record(&revoked)),
+        );
+        n += 1;
+    }
+    Ok((batch, n))
+}
+
+/// Reads a user record with its raw bytes (for the batch's check).
+async fn read_user(
+    ctx: &Ctx,
+    user_id: &str,
+) -> Result<Option<(Vec<u8>, UserRecord)>, CommandError> {
+    match ctx.app.store.get(Table::Users, user_id.as_bytes()).await? {
+        Some(raw) => {
+            let u = decode(&raw)?;
+            Ok(Some((raw, u)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Marks sessions revoked in the liveness cache, once their revocation is committed.
+fn forget_sessions(ctx: &Ctx, user_id: &str, sids: &[String]) {
+    for sid in sids {
+        ctx.app.session_cache.mark_revoked(sid, user_id);
+    }
+}
+
+/// Commits a change of the user record together with `writes`, all or nothing: `edit` changes
+/// the current record (returning `Ok(false)` when there is nothing to do, or an error to refuse),
+/// and `plan` gives the writes that must land with it, from fresh reads on every attempt.
+/// Returns the record as committed and what `plan` said it revokes, or `None` when there is no
+/// such user.
+pub async fn change_user<P>(
+    ctx: &Ctx,
+    user_id: &str,
+    mut edit: impl FnMut(&mut UserRecord) -> Result<bool, CommandError>,
+    mut plan: impl FnMut(UserRecord) -> P,
+) -> Result<Option<(UserRecord, Planned)>, CommandError>
+where
+    P: std::future::Future<Output = Result<Planned, CommandError>>,
+{
+    for _ in 0..ATTEMPTS {
+        let Some((raw, mut user)) = read_user(ctx, user_id).await? else {
+            return Ok(None);
+        };
+        if !edit(&mut user)? {
+            return Ok(Some((user, Planned::default())));
+        }
+        let planned = plan(user.clone()).await?;
+        let batch = Batch::new()
+            .swap(
+                Table::Users,
+                user_id.as_bytes(),
+                Some(&raw),
+                Some(encode_record(&user)),
+            )
+            .merge(planned.batch.clone());
+        match ctx.app.store.apply(batch).await? {
+            Applied::Committed => {
+                forget_sessions(ctx, user_id, &planned.revoked_sessions);
+                return Ok(Some((user, planned)));
+            }
+            Applied::Refused { .. } => continue,
+        }
+    }
+    Err(StoreError::Busy.into())
+}
+
+/// What must be written with a change of the user record.
+#[derive(Debug, Default, Clone)]
+pub struct Planned {
+    /// The writes (and their checks).
+    pub batch: Batch,
+    /// Sessions the writes revoke (the liveness cache learns of them once committed).
+    pub revoked_sessions: Vec<String>,
+    /// What the writes evict, for the event.
+    pub evicted: Evicted,
+}
+
+/// Everything set up on an account before its address was proven, to be removed with the
+/// proof: sessions (but `keep`), the password (`edit` clears it on the record), second factors,
+/// passkeys and API keys.
+pub async fn eviction(
+    ctx: &Ctx,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+) -> Result<Planned, CommandError> {
+    let sessions = session_revocations(ctx, user_id, keep, reason).await?;
+    let (factors, had_factors) = factor_removals(ctx, user_id).await?;
+    let (keys, api_keys) = api_key_revocations(ctx, user_id).await?;
+    Ok(Planned {
+        batch: sessions.batch.merge(factors).merge(keys),
+        evicted: Evicted {
+            password: false,
+            sessions: u64::try_from(sessions.revoked.len()).unwrap_or(u64::MAX),
+            factors: had_factors,
+            api_keys,
+        },
+        revoked_sessions: sessions.revoked,
+    })
+}
+
+/// The writes revoking sessions only (a password change, a disable).
+pub async fn revocation(
+    ctx: &Ctx,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+) -> Result<Planned, CommandError> {
+    let sessions = session_revocations(ctx, user_id, keep, reason).await?;
+    Ok(Planned {
+        batch: sessions.batch,
+        evicted: Evicted {
+            sessions: u64::try_from(sessions.revoked.len()).unwrap_or(u64::MAX),
+            ..Evicted::default()
+        },
+        revoked_sessions: sessions.revoked,
+    })
+}
+
+/// A check that the calling session is still live, for a batch that adds a way to sign in (a
+/// passkey, a TOTP factor, a password): if an eviction or revocation of the session commits
+/// first, the batch is refused, so nothing the session adds outlives it.
+pub async fn caller_session_check(ctx: &Ctx) -> Result<Batch, CommandError> {
+    let Ok(u) = ctx.user() else {
+        return Ok(Batch::new());
+    };
+    let ended = || CommandError::unauthenticated("the session has ended");
+    let raw = ctx
+        .app
+        .store
+        .get(Table::Sessions, u.session_id.as_bytes())
+        .await?
+        .ok_or_else(ended)?;
+    let s: SessionRecord = decode(&raw)?;
+    if s.revoked_at.is_some() {
+        return Err(ended());
+    }
+    Ok(Batch::new().check(Table::Sessions, u.session_id.as_bytes(), Expect::Value(raw)))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::{Bench, Faults};
+    use portcullis_protocol::ErrorCode;
+    use portcullis_store::Table;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    const EMAIL: &str = "owner@example.org";
+    const PW: &str = "squatter chose this passphrase";
+
+    async fn faulty_bench() -> (Bench, Arc<Faults>) {
+        let mut faults = None;
+        let b = Bench::layered(
+            |_| {},
+            |s| {
+                let f = Faults::wrap(s);
+                faults = Some(Arc::clone(&f));
+                f
+            },
+        )
+        .await;
+        (b, faults.unwrap())
+    }
+
+    /// Pre-hijacking: someone signs up with the owner's address and a password. The owner's
+    /// first proof fails half-way (the write that would revoke the squatter's session fails).
+    /// Nothing of the proof may stick, so the next proof still evicts the squatter. Before the
+    /// eviction was one batch, the first attempt marked the address verified and the second
+    /// evicted nothing.
+    #[tokio::test]
+    async fn a_failed_first_proof_changes_nothing_and_the_next_proof_still_evicts() {
+        let (b, faults) = faulty_bench().await;
+        let squatter = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = squatter["access_token"].as_str().unwrap();
+
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        faults.fail_next_write(Table::Sessions);
+        let r = b
+            .call(
+                "MAGIC.VERIFY",
+                json!({"token": b.link_token(1).await}),
+                None,
+            )
+            .await;
+        assert!(!r.ok, "{r:?}");
+        assert!(!faults.armed(), "the proof never tried to revoke a session");
+
+        b.advance(61);
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        b.ok(
+            "MAGIC.VERIFY",
+            json!({"token": b.link_token(2).await}),
+            None,
+        )
+        .await;
+        assert_eq!(
+            b.code("USER.ME", json!({}), Some(access)).await,
+            Some(ErrorCode::Unauthenticated),
+            "the squatter's session survived the owner's proof"
+        );
+        assert_eq!(
+            b.code("AUTH.LOGIN", json!({"email": EMAIL, "password": PW}), None)
+                .await,
+            Some(ErrorCode::InvalidCredentials),
+            "the squatter's password survived the owner's proof"
+        );
+    }
+}
