@@ -79,6 +79,54 @@ async fn bootstrap_once_then_administer_with_the_link_session() {
     assert_eq!(r.error_code(), Some(ErrorCode::Conflict));
 }
 
+/// Someone signs up with the operator's address before the bootstrap. Bootstrapping that
+/// address evicts whatever they set up (password, session), and only the mailbox's owner,
+/// through the bootstrap link, can administer. Before the fix the squatter's session created
+/// an API key with every scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_evicts_a_squatter_and_only_the_proven_mailbox_administers() {
+    let server = Server::start();
+    let mut c = server.client().await;
+    let squatter = signup(&mut c, "root@example.org", Some(PW)).await;
+    let boot: Value = server
+        .operator_client()
+        .await
+        .call_ok("ADMIN.BOOTSTRAP", json!({"email": "root@example.org"}))
+        .await
+        .unwrap();
+    assert_eq!(boot["user_id"], squatter.user_id.as_str());
+    let everything = json!({
+        "name": "backdoor",
+        "scopes": ["users:read", "users:write", "sessions:write", "log:read", "keys:write", "apikeys:write"],
+    });
+    let r = as_user(
+        &mut c,
+        &squatter.access_token,
+        "APIKEY.CREATE",
+        everything.clone(),
+    )
+    .await;
+    assert!(!r.ok, "the squatter's session administers: {r:?}");
+    let r = c
+        .call(
+            "AUTH.LOGIN",
+            json!({"email": "root@example.org", "password": PW}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::InvalidCredentials));
+
+    let link = boot["link"].as_str().unwrap();
+    let token = link.split("token=").nth(1).unwrap();
+    let s: Value = c
+        .call_ok("MAGIC.VERIFY", json!({"token": token}))
+        .await
+        .unwrap();
+    let admin = s["access_token"].as_str().unwrap();
+    let r = call(&mut c, admin, "APIKEY.CREATE", everything).await;
+    assert!(r.ok, "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_are_held_to_their_scopes() {
     let server = Server::start();

@@ -2,7 +2,7 @@
 
 use crate::error::CommandError;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{decode_record, encode_record, Cas, Record, Store, Table};
+use portcullis_store::{decode_record, encode_record, Applied, Batch, Record, Store, Table};
 use serde::{Deserialize, Serialize};
 
 /// Longest accepted address, in bytes (RFC 5321 path limit).
@@ -131,10 +131,13 @@ pub async fn find_by_email(
     store: &dyn Store,
     email: &Email,
 ) -> Result<Option<UserRecord>, CommandError> {
-    match store.get(Table::Emails, email.key.as_bytes()).await? {
-        Some(id) => get_user(store, &String::from_utf8_lossy(&id)).await,
-        None => Ok(None),
-    }
+    let Some(id) = store.get(Table::Emails, email.key.as_bytes()).await? else {
+        return Ok(None);
+    };
+    let user = get_user(store, &String::from_utf8_lossy(&id)).await?;
+    // The index entry counts only if the account still has this address: an entry left behind
+    // by an address change or a deletion never leads to the account.
+    Ok(user.filter(|u| u.email.eq_ignore_ascii_case(&email.key)))
 }
 
 /// Writes a user record.
@@ -160,33 +163,37 @@ pub async fn update_user(
     .await
 }
 
-/// Creates a user, claiming its address in the index with an insert-if-absent: of concurrent
-/// sign-ups with one address exactly one succeeds, the others get `CONFLICT`. The record is
-/// written first, so a crash in between leaves at worst an unreachable record, never an index
-/// entry without its account.
-pub async fn create_user(
-    store: &dyn Store,
-    user: &UserRecord,
-    email: &Email,
-) -> Result<(), CommandError> {
-    put_user(store, user).await?;
-    match store
-        .compare_and_swap(
+/// The writes that create `user` under `email`: the address is claimed in the index by an
+/// insert-if-absent (check 0) together with the record (check 1), in one batch.
+pub fn creation(user: &UserRecord, email: &Email) -> Batch {
+    Batch::new()
+        .swap(
             Table::Emails,
             email.key.as_bytes(),
             None,
             Some(user.id.clone().into_bytes()),
         )
-        .await?
-    {
-        Cas::Swapped => Ok(()),
-        Cas::Conflict { .. } => {
-            store.remove(Table::Users, user.id.as_bytes()).await?;
-            Err(CommandError::new(
-                ErrorCode::Conflict,
-                "an account with this email already exists",
-            ))
-        }
+        .swap(
+            Table::Users,
+            user.id.as_bytes(),
+            None,
+            Some(encode_record(user)),
+        )
+}
+
+/// Creates a user and claims its address in one atomic batch: of concurrent sign-ups with one
+/// address exactly one succeeds, the others get `CONFLICT`; a crash leaves both or neither.
+pub async fn create_user(
+    store: &dyn Store,
+    user: &UserRecord,
+    email: &Email,
+) -> Result<(), CommandError> {
+    match store.apply(creation(user, email)).await? {
+        Applied::Committed => Ok(()),
+        Applied::Refused { .. } => Err(CommandError::new(
+            ErrorCode::Conflict,
+            "an account with this email already exists",
+        )),
     }
 }
 

@@ -325,10 +325,11 @@ impl Dispatcher {
         };
         if let crate::Requirement::Admin(_) = spec.caller {
             // A user runs administrative commands only as a superadmin (read from the account,
-            // so a demotion takes effect at once), and after a recent or AAL2 sign-in.
+            // so a demotion takes effect at once) whose address is proven (an unproven address
+            // may be a squatter's), and after a recent or AAL2 sign-in.
             let admin = crate::accounts::get_user(self.app.store.as_ref(), &u.user_id)
                 .await?
-                .is_some_and(|a| a.superadmin && !a.disabled);
+                .is_some_and(|a| a.superadmin && !a.disabled && a.email_verified);
             if !admin {
                 return Err(CommandError::new(
                     ErrorCode::Forbidden,

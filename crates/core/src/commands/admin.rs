@@ -5,9 +5,7 @@
 //! key holding the command's scope. Every decision is logged with the operator's identity as
 //! the event's actor.
 
-use crate::accounts::{
-    create_user, find_by_email, get_user, normalize_email, update_user, Email, UserRecord,
-};
+use crate::accounts::{find_by_email, get_user, normalize_email, Email, UserRecord};
 use crate::apikeys::{self, ApiKeyRecord, PREFIX};
 use crate::caller::{RateClass, Requirement, Scope};
 use crate::clock::rfc3339_ms;
@@ -23,7 +21,7 @@ use portcullis_protocol::commands::admin::{
 };
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{encode_record, Cas, Table};
+use portcullis_store::{encode_record, Applied, Batch, Table};
 use time::OffsetDateTime;
 
 /// Registry entries.
@@ -130,49 +128,106 @@ async fn user(ctx: &Ctx, id: &str) -> Result<UserRecord, CommandError> {
 }
 
 /// Creates the first superadmin (passwordless) and a one-time sign-in link for it. Refuses
-/// (`CONFLICT`) once a superadmin exists: the claim is an insert-if-absent in the store.
+/// (`CONFLICT`) once a superadmin exists. The claim (an insert-if-absent of the marker) lands in
+/// one atomic batch with the account it names, so a racing sign-up or a crash never leaves a
+/// marker naming no account.
+///
+/// An existing account whose address was never proven may belong to whoever signed up with the
+/// address first: everything set up on it (password, sessions, factors, passkeys, API keys) is
+/// evicted in the same batch, and it cannot administer until the link proves the mailbox.
 pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, CommandError> {
     let email = normalize_email(email)?;
     let store = ctx.app.store.as_ref();
     let now = ctx.now().unix_timestamp();
-    let id = match find_by_email(store, &email).await? {
-        Some(u) => u.id,
-        None => random_id(ctx.app.rng.as_ref()),
-    };
-    if store
-        .compare_and_swap(
-            Table::Meta,
-            META_SUPERADMIN,
-            None,
-            Some(id.clone().into_bytes()),
-        )
-        .await?
-        != Cas::Swapped
-    {
-        return Err(CommandError::new(
-            ErrorCode::Conflict,
-            "an administrator already exists",
-        ));
+    let taken = || CommandError::new(ErrorCode::Conflict, "an administrator already exists");
+    let mut claimed = None;
+    for _ in 0..BOOTSTRAP_ATTEMPTS {
+        if store.get(Table::Meta, META_SUPERADMIN).await?.is_some() {
+            return Err(taken());
+        }
+        match find_by_email(store, &email).await? {
+            Some(existing) => {
+                let id = existing.id;
+                let claim_id = id.clone();
+                let done = crate::evict::change_user(
+                    ctx,
+                    &id,
+                    |u| {
+                        u.superadmin = true;
+                        if !u.email_verified {
+                            u.password_hash = None;
+                        }
+                        u.updated_at = now;
+                        Ok(true)
+                    },
+                    |u| {
+                        let claim_id = claim_id.clone();
+                        async move {
+                            // Re-read on every attempt: a concurrent bootstrap answers CONFLICT.
+                            if store.get(Table::Meta, META_SUPERADMIN).await?.is_some() {
+                                return Err(taken());
+                            }
+                            let mut planned = if u.email_verified {
+                                crate::evict::Planned::default()
+                            } else {
+                                crate::evict::eviction(ctx, &u.id, None, "admin_bootstrap").await?
+                            };
+                            planned.batch = std::mem::take(&mut planned.batch).swap(
+                                Table::Meta,
+                                META_SUPERADMIN,
+                                None,
+                                Some(claim_id.into_bytes()),
+                            );
+                            Ok(planned)
+                        }
+                    },
+                )
+                .await?;
+                if let Some((u, planned)) = done {
+                    let e = planned.evicted;
+                    ctx.audit.note("unverified_account_evicted", e.anything());
+                    ctx.audit.note("unverified_password_cleared", e.password);
+                    ctx.audit.note("unverified_sessions_revoked", e.sessions);
+                    ctx.audit.note("unverified_api_keys_revoked", e.api_keys);
+                    claimed = Some(u.id);
+                    break;
+                }
+                // The account vanished meanwhile: try again as a new one.
+            }
+            None => {
+                let u = UserRecord {
+                    id: random_id(ctx.app.rng.as_ref()),
+                    email: email.display.clone(),
+                    display_name: None,
+                    email_verified: false,
+                    password_hash: None,
+                    created_at: now,
+                    updated_at: now,
+                    disabled: false,
+                    superadmin: true,
+                };
+                let batch = Batch::new()
+                    .swap(
+                        Table::Meta,
+                        META_SUPERADMIN,
+                        None,
+                        Some(u.id.clone().into_bytes()),
+                    )
+                    .merge(crate::accounts::creation(&u, &email));
+                match store.apply(batch).await? {
+                    Applied::Committed => {
+                        ctx.audit.note("user.created", true);
+                        claimed = Some(u.id);
+                        break;
+                    }
+                    Applied::Refused { check: 0, .. } => return Err(taken()),
+                    // Someone signed up with the address meanwhile: promote that account.
+                    Applied::Refused { .. } => continue,
+                }
+            }
+        }
     }
-    let existing = update_user(store, &id, |u| {
-        u.superadmin = true;
-        true
-    })
-    .await?;
-    if existing.is_none() {
-        let u = UserRecord {
-            id: id.clone(),
-            email: email.display.clone(),
-            display_name: None,
-            email_verified: false,
-            password_hash: None,
-            created_at: now,
-            updated_at: now,
-            disabled: false,
-            superadmin: true,
-        };
-        create_user(store, &u, &email).await?;
-    }
+    let id = claimed.ok_or_else(|| CommandError::from(portcullis_store::StoreError::Busy))?;
     ctx.audit.subject(&id);
     ctx.audit.event("admin.bootstrapped");
     let (flow, link) = issue_link(ctx, &email, false).await?;
@@ -182,6 +237,9 @@ pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Com
         expires_in: u64::try_from(flow).unwrap_or(0),
     })
 }
+
+/// Rounds of [`bootstrap_admin`] against concurrent sign-ups before it gives up.
+const BOOTSTRAP_ATTEMPTS: usize = 8;
 
 async fn issue_link(
     ctx: &Ctx,
@@ -277,20 +335,29 @@ async fn user_list(ctx: Ctx, p: ListParams) -> Result<UserPage, CommandError> {
 
 async fn set_disabled(ctx: &Ctx, user_id: &str, disabled: bool) -> Result<Changed, CommandError> {
     user(ctx, user_id).await?;
-    update_user(ctx.app.store.as_ref(), user_id, |u| {
-        let change = u.disabled != disabled;
-        u.disabled = disabled;
-        change
-    })
-    .await?;
-    let sessions_revoked = if disabled {
-        revoke_all(ctx, user_id, None, "account_disabled").await?
-    } else {
-        0
-    };
+    // The flag and the revocation of every session land together: a crash in between cannot
+    // leave a disabled account with live sessions.
+    let (_, planned) = crate::evict::change_user(
+        ctx,
+        user_id,
+        |u| {
+            let change = u.disabled != disabled;
+            u.disabled = disabled;
+            Ok(change || disabled)
+        },
+        |_| async move {
+            if disabled {
+                crate::evict::revocation(ctx, user_id, None, "account_disabled").await
+            } else {
+                Ok(crate::evict::Planned::default())
+            }
+        },
+    )
+    .await?
+    .ok_or_else(not_found)?;
     Ok(Changed {
         user_id: user_id.to_owned(),
-        sessions_revoked,
+        sessions_revoked: planned.evicted.sessions,
     })
 }
 
@@ -326,25 +393,32 @@ async fn user_delete(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
 /// record. The event log keeps what happened. Returns how many sessions were revoked.
 pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandError> {
     let store = ctx.app.store.as_ref();
-    let sessions_revoked = revoke_all(ctx, &u.id, None, "account_deleted").await?;
-    // Deleting the bootstrapped administrator frees the bootstrap for a new one.
-    store
-        .compare_and_swap(Table::Meta, META_SUPERADMIN, Some(u.id.as_bytes()), None)
-        .await?;
-    crate::mfa::remove_totp(ctx, &u.id).await?;
-    for pk in crate::passkeys::list(ctx, &u.id).await? {
-        crate::passkeys::remove(
-            ctx,
-            &u.id,
-            &crate::passkeys::credential_id_text(pk.passkey.cred_id()),
-        )
-        .await?;
+    let key = u.email.to_ascii_lowercase().into_bytes();
+    for _ in 0..BOOTSTRAP_ATTEMPTS {
+        let Some(raw) = store.get(Table::Users, u.id.as_bytes()).await? else {
+            return Ok(0);
+        };
+        // Everything goes in one batch: the record, its address, its sessions, its factors and
+        // (for the bootstrapped administrator) the marker, which frees the bootstrap for a new
+        // one. A crash leaves the whole account or nothing, never a password-only remnant.
+        let planned = crate::evict::eviction(ctx, &u.id, None, "account_deleted").await?;
+        let mut batch = planned
+            .batch
+            .swap(Table::Users, u.id.as_bytes(), Some(&raw), None);
+        if store.get(Table::Emails, &key).await?.as_deref() == Some(u.id.as_bytes()) {
+            batch = batch.swap(Table::Emails, key.clone(), Some(u.id.as_bytes()), None);
+        }
+        if store.get(Table::Meta, META_SUPERADMIN).await?.as_deref() == Some(u.id.as_bytes()) {
+            batch = batch.swap(Table::Meta, META_SUPERADMIN, Some(u.id.as_bytes()), None);
+        }
+        if store.apply(batch).await?.committed() {
+            for sid in &planned.revoked_sessions {
+                ctx.app.session_cache.mark_revoked(sid, &u.id);
+            }
+            return Ok(planned.evicted.sessions);
+        }
     }
-    store
-        .remove(Table::Emails, u.email.to_ascii_lowercase().as_bytes())
-        .await?;
-    store.remove(Table::Users, u.id.as_bytes()).await?;
-    Ok(sessions_revoked)
+    Err(portcullis_store::StoreError::Busy.into())
 }
 
 /// `ADMIN.SESSION.REVOKE_ALL {user_id}` — `sessions:write`.
@@ -538,4 +612,46 @@ async fn keys_rotate(ctx: Ctx, _p: NoParams) -> Result<SigningKeys, CommandError
 /// `KEYS.LIST` — `keys:write`. Ids, creation times and states.
 async fn keys_list(ctx: Ctx, _p: NoParams) -> Result<SigningKeys, CommandError> {
     key_list(&ctx).await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::accounts::update_user;
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::json;
+
+    /// A superadmin whose address was never proven may be whoever signed up with it first: it
+    /// cannot administer (an account promoted before bootstrap evicted squatters is the case).
+    #[tokio::test]
+    async fn an_unproven_superadmin_cannot_administer() {
+        let b = Bench::new(|_| {}).await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "root@example.org", "password": "a long enough passphrase"}),
+                None,
+            )
+            .await;
+        let id = s["user_id"].as_str().unwrap();
+        let access = s["access_token"].as_str().unwrap();
+        update_user(b.app.store.as_ref(), id, |u| {
+            u.superadmin = true;
+            true
+        })
+        .await
+        .unwrap();
+        let create = json!({"name": "ci", "scopes": ["users:read", "apikeys:write"]});
+        assert_eq!(
+            b.code("APIKEY.CREATE", create.clone(), Some(access)).await,
+            Some(ErrorCode::Forbidden)
+        );
+        update_user(b.app.store.as_ref(), id, |u| {
+            u.email_verified = true;
+            true
+        })
+        .await
+        .unwrap();
+        b.ok("APIKEY.CREATE", create, Some(access)).await;
+    }
 }
