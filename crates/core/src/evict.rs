@@ -373,4 +373,87 @@ mod tests {
             "the squatter's password survived the owner's proof"
         );
     }
+
+    /// A bootstrap whose account write fails leaves no marker behind: the next one succeeds.
+    /// Before the marker and the account were one batch, the marker stayed, naming no account,
+    /// and every later bootstrap was refused.
+    #[tokio::test]
+    async fn a_bootstrap_that_fails_half_way_can_be_run_again() {
+        let (b, faults) = faulty_bench().await;
+        let op = b.operator_token();
+        faults.fail_next_write(Table::Users);
+        let r = b
+            .call("ADMIN.BOOTSTRAP", json!({"email": EMAIL}), Some(&op))
+            .await;
+        assert!(!r.ok, "{r:?}");
+        assert!(!faults.armed());
+        let boot = b
+            .ok("ADMIN.BOOTSTRAP", json!({"email": EMAIL}), Some(&op))
+            .await;
+        assert!(boot["link"].as_str().unwrap().contains("token="));
+    }
+
+    /// Deleting an account whose last write fails keeps the whole account, second factor
+    /// included. Before deletion was one batch, the factor went first and the account stayed,
+    /// signing in with its password alone.
+    #[tokio::test]
+    async fn a_deletion_that_fails_half_way_keeps_the_second_factor() {
+        let (b, faults) = faulty_bench().await;
+        let s = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        b.enrol_totp(access).await;
+        faults.fail_next_write(Table::Emails);
+        let r = b.call("USER.DELETE", json!({}), Some(access)).await;
+        assert!(!r.ok, "{r:?}");
+        assert!(!faults.armed());
+        assert_eq!(
+            b.code("AUTH.LOGIN", json!({"email": EMAIL, "password": PW}), None)
+                .await,
+            Some(ErrorCode::MfaRequired),
+            "the account lost its second factor but kept its password"
+        );
+    }
+
+    /// A password change whose revocation write fails changes nothing: never the new password
+    /// beside the old sessions.
+    #[tokio::test]
+    async fn a_password_change_that_fails_half_way_leaves_no_old_session_beside_the_new_password() {
+        let (b, faults) = faulty_bench().await;
+        let first = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let other = b
+            .ok("AUTH.LOGIN", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        faults.fail_next_write(Table::Sessions);
+        let new_pw = "an entirely different passphrase";
+        let r = b
+            .call(
+                "USER.SET_PASSWORD",
+                json!({"current_password": PW, "new_password": new_pw}),
+                first["access_token"].as_str(),
+            )
+            .await;
+        assert!(!r.ok, "{r:?}");
+        assert!(!faults.armed());
+        let new_works = b
+            .call(
+                "AUTH.LOGIN",
+                json!({"email": EMAIL, "password": new_pw}),
+                None,
+            )
+            .await
+            .ok;
+        let other_live = b
+            .call("USER.ME", json!({}), other["access_token"].as_str())
+            .await
+            .ok;
+        assert!(
+            !(new_works && other_live),
+            "the new password works and the other session is still live"
+        );
+        assert!(!new_works, "a failed change must not change the password");
+    }
 }

@@ -86,6 +86,48 @@ impl Bench {
         self.call(command, params, token).await.error_code()
     }
 
+    /// The TOTP code for `secret` at the bench's clock.
+    pub fn totp_code(&self, secret: &[u8]) -> String {
+        use crate::Clock;
+        let t = u64::try_from(self.clock.now().unix_timestamp()).unwrap();
+        crate::mfa::totp(secret, "p", "u")
+            .unwrap()
+            .generate(t)
+            .to_string()
+    }
+
+    /// Enrols an authenticator app for the session of `access`; returns its secret. The clock
+    /// moves on a step, so the next code is fresh.
+    pub async fn enrol_totp(&self, access: &str) -> Vec<u8> {
+        let e = self
+            .ok("TOTP.ENROLL", serde_json::json!({}), Some(access))
+            .await;
+        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let confirm = serde_json::json!({
+            "enrollment_id": e["enrollment_id"],
+            "code": self.totp_code(&secret),
+        });
+        self.ok("TOTP.CONFIRM", confirm, Some(access)).await;
+        self.advance(30);
+        secret
+    }
+
+    /// The operator token of the bench's data directory.
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(
+            self.app
+                .config
+                .data_dir
+                .join(crate::node::OPERATOR_TOKEN_FILE),
+        )
+        .unwrap()
+        .trim()
+        .to_owned()
+    }
+
     /// The text part of the `n`-th mail written to the outbox (1-based), waiting for delivery.
     /// A file the transport is still writing (no complete HTML part yet) is waited for too.
     pub async fn mail_text(&self, n: usize) -> String {

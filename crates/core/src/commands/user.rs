@@ -4,7 +4,6 @@ use crate::accounts::{check_display_name, get_user, update_user, UserRecord};
 use crate::caller::{RateClass, Requirement};
 use crate::clock::rfc3339_ms;
 use crate::passwords::check_policy;
-use crate::sessions::revoke_all;
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::commands::user::{
@@ -110,25 +109,42 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
     check_policy(&p.new_password)?;
     let new_hash = Some(ctx.app.passwords.hash(&p.new_password).await?);
     let now = ctx.now().unix_timestamp();
-    // Only over the password that was just checked: a change racing this one is refused.
-    let mut replaced = false;
-    update_user(ctx.app.store.as_ref(), &u.id, |cur| {
-        replaced = cur.password_hash == u.password_hash;
-        if replaced {
-            cur.password_hash = new_hash.clone();
-            cur.updated_at = now;
-        }
-        replaced
-    })
-    .await?;
-    if !replaced {
-        return Err(CommandError::new(
+    // Only over the password that was just checked: a change racing this one is refused. The
+    // new hash and the revocation of every other session land in one batch, which also checks
+    // that the calling session is still live: no crash leaves the old sessions alive beside
+    // the new password.
+    let keep = ctx.user()?.session_id.clone();
+    let changed = || {
+        CommandError::new(
             ErrorCode::Conflict,
             "the password changed meanwhile; try again",
-        ));
-    }
-    let keep = ctx.user()?.session_id.clone();
-    let sessions_revoked = revoke_all(&ctx, &u.id, Some(&keep), "password_changed").await?;
+        )
+    };
+    let (_, planned) = crate::evict::change_user(
+        &ctx,
+        &u.id,
+        |cur| {
+            if cur.password_hash != u.password_hash {
+                return Err(changed());
+            }
+            cur.password_hash = new_hash.clone();
+            cur.updated_at = now;
+            Ok(true)
+        },
+        |_| {
+            let (ctx, id, keep) = (&ctx, &u.id, &keep);
+            async move {
+                let mut planned =
+                    crate::evict::revocation(ctx, id, Some(keep), "password_changed").await?;
+                planned.batch = std::mem::take(&mut planned.batch)
+                    .merge(crate::evict::caller_session_check(ctx).await?);
+                Ok(planned)
+            }
+        },
+    )
+    .await?
+    .ok_or_else(|| CommandError::unauthenticated("the account no longer exists"))?;
+    let sessions_revoked = planned.evicted.sessions;
     ctx.audit.event("password.changed");
     ctx.audit.note("sessions_revoked", sessions_revoked);
     Ok(PasswordSet {
