@@ -13,14 +13,14 @@
 //! A flow whose address has no account (and no `create_user`) is a *phantom*: stored like the
 //! others, answered the same, but no mail goes out and it can never succeed.
 
-use crate::accounts::{create_user, find_by_email, update_user, Email, UserRecord};
+use crate::accounts::{create_user, find_by_email, Email, UserRecord};
 use crate::crypto::{random_id, sha256};
 use crate::error::CommandError;
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{decode_record, encode_record, Cas, Record, Table};
+use portcullis_store::{decode_record, encode_record, Batch, Cas, Record, Table};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -499,9 +499,10 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
     Ok(user)
 }
 
-/// Completes an address change: the new address is claimed in the index by insert-if-absent
-/// (`CONFLICT` if someone took it meanwhile), the account record moves to it (verified), and the
-/// old address is freed. The old address is told.
+/// Completes an address change in one atomic batch: the new address is claimed in the index by
+/// insert-if-absent (`CONFLICT` if someone took it meanwhile), the account record moves to it
+/// (verified), and the old address's entry is removed. A crash leaves the old address or the
+/// new one attached, never both. The old address is told.
 pub async fn complete_email_change(
     ctx: &Ctx,
     user_id: &str,
@@ -509,51 +510,58 @@ pub async fn complete_email_change(
 ) -> Result<UserRecord, CommandError> {
     let store = ctx.app.store.as_ref();
     let new_key = flow.email_key.as_bytes();
-    if store
-        .compare_and_swap(
-            Table::Emails,
-            new_key,
-            None,
-            Some(user_id.as_bytes().to_vec()),
-        )
-        .await?
-        != Cas::Swapped
-    {
-        return Err(CommandError::new(
+    let invalid = || CommandError::new(ErrorCode::InvalidCredentials, "this link is not valid");
+    let taken = || {
+        CommandError::new(
             ErrorCode::Conflict,
             "that address belongs to another account now",
-        ));
-    }
-    let now = ctx.now().unix_timestamp();
-    let mut old = String::new();
-    let mut disabled = false;
-    let updated = update_user(store, user_id, |u| {
-        disabled = u.disabled;
-        if disabled {
-            return false;
-        }
-        old = u.email.clone();
-        u.email = flow.email.clone();
-        u.email_verified = true;
-        u.updated_at = now;
-        true
-    })
-    .await;
-    let user = match updated {
-        Ok(Some(u)) if !disabled => u,
-        other => {
-            // The account is gone or disabled: give the new address back.
-            store.remove(Table::Emails, new_key).await?;
-            other?;
-            return Err(CommandError::new(
-                ErrorCode::InvalidCredentials,
-                "this link is not valid",
-            ));
-        }
+        )
     };
-    store
-        .remove(Table::Emails, old.to_ascii_lowercase().as_bytes())
-        .await?;
+    let now = ctx.now().unix_timestamp();
+    // The address the account had when the batch was planned (the edit runs on every attempt).
+    let old = std::sync::Mutex::new(String::new());
+    let (user, _) = crate::evict::change_user(
+        ctx,
+        user_id,
+        |u| {
+            if u.disabled {
+                return Err(invalid());
+            }
+            *old.lock().unwrap_or_else(|p| p.into_inner()) = u.email.clone();
+            u.email = flow.email.clone();
+            u.email_verified = true;
+            u.updated_at = now;
+            Ok(true)
+        },
+        |u| {
+            let old_key = old
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .to_ascii_lowercase()
+                .into_bytes();
+            async move {
+                if store.get(Table::Emails, new_key).await?.is_some() {
+                    return Err(taken());
+                }
+                let mut batch = Batch::new().swap(
+                    Table::Emails,
+                    new_key,
+                    None,
+                    Some(u.id.clone().into_bytes()),
+                );
+                if store.get(Table::Emails, &old_key).await?.as_deref() == Some(u.id.as_bytes()) {
+                    batch = batch.swap(Table::Emails, old_key, Some(u.id.as_bytes()), None);
+                }
+                Ok(crate::evict::Planned {
+                    batch,
+                    ..Default::default()
+                })
+            }
+        },
+    )
+    .await?
+    .ok_or_else(invalid)?;
+    let old = old.into_inner().unwrap_or_else(|p| p.into_inner());
     ctx.audit.subject(user_id);
     ctx.audit.event("email.changed");
     crate::commands::totp::notify_address(

@@ -456,4 +456,54 @@ mod tests {
         );
         assert!(!new_works, "a failed change must not change the password");
     }
+
+    /// An address change whose last write fails never leaves the old address attached beside
+    /// the new one, and an index entry left behind (by earlier versions) leads nowhere. Before
+    /// the change was one batch, the old address was removed last and, when that failed, still
+    /// signed in to the account.
+    #[tokio::test]
+    async fn an_address_change_never_leaves_the_old_address_attached() {
+        let (b, faults) = faulty_bench().await;
+        let s = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        let user_id = s["user_id"].as_str().unwrap();
+        let new = "moved@example.org";
+        b.ok("USER.CHANGE_EMAIL", json!({"new_email": new}), Some(access))
+            .await;
+        // The claim of the new address passes; the removal of the old one would fail.
+        faults.fail_write(Table::Emails, 2);
+        let r = b
+            .call(
+                "MAGIC.VERIFY",
+                json!({"token": b.link_token(1).await}),
+                None,
+            )
+            .await;
+        let old_login = b
+            .call("AUTH.LOGIN", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let new_login = b
+            .call("AUTH.LOGIN", json!({"email": new, "password": PW}), None)
+            .await;
+        assert!(
+            !(old_login.ok && new_login.ok),
+            "both addresses sign in (change answered {r:?}, old {old_login:?})"
+        );
+        assert!(r.ok && new_login.ok, "{r:?} {new_login:?} {old_login:?}");
+
+        // A stale entry for the old address (left by a crash in earlier versions) leads nowhere.
+        faults.disarm();
+        b.app
+            .store
+            .put(Table::Emails, EMAIL.as_bytes(), user_id.as_bytes().to_vec())
+            .await
+            .unwrap();
+        assert_eq!(
+            b.code("AUTH.LOGIN", json!({"email": EMAIL, "password": PW}), None)
+                .await,
+            Some(ErrorCode::InvalidCredentials)
+        );
+    }
 }

@@ -210,7 +210,8 @@ pub fn unsealed_event() -> Event {
 /// writing nothing. Everything else passes through.
 pub struct Faults {
     inner: Arc<dyn Store>,
-    armed: Mutex<Option<Table>>,
+    /// The table, and how many of its writes still pass before one fails.
+    armed: Mutex<Option<(Table, u32)>>,
 }
 
 impl Faults {
@@ -223,7 +224,17 @@ impl Faults {
 
     /// Makes the next write touching `table` fail.
     pub fn fail_next_write(&self, table: Table) {
-        *self.armed.lock().unwrap() = Some(table);
+        self.fail_write(table, 1);
+    }
+
+    /// Makes the `nth` write (1-based) from now touching `table` fail.
+    pub fn fail_write(&self, table: Table, nth: u32) {
+        *self.armed.lock().unwrap() = Some((table, nth - 1));
+    }
+
+    /// Cancels an armed failure.
+    pub fn disarm(&self) {
+        *self.armed.lock().unwrap() = None;
     }
 
     /// Whether the armed failure is still waiting.
@@ -234,9 +245,13 @@ impl Faults {
     fn trip(&self, tables: &[Table]) -> Result<(), StoreError> {
         let mut armed = self.armed.lock().unwrap();
         match *armed {
-            Some(t) if tables.contains(&t) => {
+            Some((t, 0)) if tables.contains(&t) => {
                 *armed = None;
                 Err(StoreError::Backend("injected write failure".into()))
+            }
+            Some((t, n)) if tables.contains(&t) => {
+                *armed = Some((t, n - 1));
+                Ok(())
             }
             _ => Ok(()),
         }
