@@ -14,7 +14,9 @@ use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{decode_record, encode_record, Cas, Consumed, Record, StoreError, Table};
+use portcullis_store::{
+    decode_record, encode_record, Applied, Batch, Cas, Consumed, Expect, Record, StoreError, Table,
+};
 use serde::{Deserialize, Serialize};
 use totp_rs::{Algorithm, Totp};
 use zeroize::Zeroizing;
@@ -148,25 +150,15 @@ pub fn unseal(ctx: &Ctx, aad: &[u8], sealed: &str) -> Result<Zeroizing<Vec<u8>>,
     })
 }
 
-/// Stores a confirmed factor for `user_id` with `secret`, counting `step` as used.
-pub async fn activate(
-    ctx: &Ctx,
-    user_id: &str,
-    secret: &[u8],
-    step: u64,
-) -> Result<(), CommandError> {
-    let rec = TotpRecord {
+/// The confirmed factor for `user_id` with `secret`, counting `step` as used, ready to store.
+pub fn confirmed_record(ctx: &Ctx, user_id: &str, secret: &[u8], step: u64) -> Vec<u8> {
+    encode_record(&TotpRecord {
         sealed_secret: seal(ctx, &aad_confirmed(user_id), secret),
         confirmed_at: ctx.now().unix_timestamp(),
         last_step: step,
         failures: 0,
         next_attempt_at: 0,
-    };
-    ctx.app
-        .store
-        .put(Table::Totp, user_id.as_bytes(), encode_record(&rec))
-        .await?;
-    Ok(())
+    })
 }
 
 /// Whether the user has a confirmed TOTP factor.
@@ -269,16 +261,28 @@ pub async fn verify_totp(ctx: &Ctx, user_id: &str, code: &Secret) -> Result<(), 
     Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
 }
 
-/// Removes the TOTP factor and every recovery code of a user.
+/// Removes the TOTP factor and every recovery code of a user, in one batch; whether there was
+/// a factor.
 pub async fn remove_totp(ctx: &Ctx, user_id: &str) -> Result<bool, CommandError> {
-    let had = ctx
-        .app
-        .store
-        .remove(Table::Totp, user_id.as_bytes())
-        .await?
-        .is_some();
-    clear_recovery_codes(ctx, user_id).await?;
-    Ok(had)
+    let store = ctx.app.store.as_ref();
+    let prefix = format!("{user_id}/").into_bytes();
+    for _ in 0..RECOVERY_ATTEMPTS {
+        let factor = store.get(Table::Totp, user_id.as_bytes()).await?;
+        let mut batch = match &factor {
+            Some(raw) => Batch::new().swap(Table::Totp, user_id.as_bytes(), Some(raw), None),
+            None => Batch::new().check(Table::Totp, user_id.as_bytes(), Expect::Absent),
+        };
+        for (k, _) in store
+            .scan_prefix(Table::RecoveryCodes, &prefix, usize::MAX)
+            .await?
+        {
+            batch = batch.remove(Table::RecoveryCodes, k);
+        }
+        if store.apply(batch).await?.committed() {
+            return Ok(factor.is_some());
+        }
+    }
+    Err(StoreError::Busy.into())
 }
 
 fn normalize_recovery(code: &str) -> String {
@@ -315,39 +319,65 @@ fn recovery_code(ctx: &Ctx) -> Zeroizing<String> {
     out
 }
 
-async fn clear_recovery_codes(ctx: &Ctx, user_id: &str) -> Result<(), CommandError> {
-    let store = ctx.app.store.as_ref();
+/// The writes that replace a user's recovery codes with a fresh set of ten, and the codes
+/// (shown once). Applied in one batch, no interleaving leaves two sets or a partial one.
+pub async fn recovery_code_writes(
+    ctx: &Ctx,
+    user_id: &str,
+) -> Result<(Batch, Vec<Secret>), CommandError> {
     let prefix = format!("{user_id}/").into_bytes();
-    for (k, _) in store
+    let mut batch = Batch::new();
+    for (k, _) in ctx
+        .app
+        .store
         .scan_prefix(Table::RecoveryCodes, &prefix, usize::MAX)
         .await?
     {
-        store.remove(Table::RecoveryCodes, &k).await?;
+        batch = batch.remove(Table::RecoveryCodes, k);
     }
-    Ok(())
-}
-
-/// Replaces a user's recovery codes with a fresh set of ten and returns them (shown once).
-pub async fn new_recovery_codes(ctx: &Ctx, user_id: &str) -> Result<Vec<Secret>, CommandError> {
-    clear_recovery_codes(ctx, user_id).await?;
     let rec = encode_record(&RecoveryRecord {
         created_at: ctx.now().unix_timestamp(),
     });
     let mut out = Vec::with_capacity(RECOVERY_CODES);
     for _ in 0..RECOVERY_CODES {
         let code = recovery_code(ctx);
-        ctx.app
-            .store
-            .put(
-                Table::RecoveryCodes,
-                &recovery_key(user_id, &code),
-                rec.clone(),
-            )
-            .await?;
+        batch = batch.put(
+            Table::RecoveryCodes,
+            recovery_key(user_id, &code),
+            rec.clone(),
+        );
         out.push(Secret::new(code.as_str()));
     }
-    Ok(out)
+    Ok((batch, out))
 }
+
+/// Replaces a user's recovery codes with a fresh set of ten and returns them (shown once). The
+/// old set goes and the new one arrives in one batch, which also checks that the factor they
+/// belong to is still there and the calling session still live.
+pub async fn new_recovery_codes(ctx: &Ctx, user_id: &str) -> Result<Vec<Secret>, CommandError> {
+    for _ in 0..RECOVERY_ATTEMPTS {
+        let (writes, codes) = recovery_code_writes(ctx, user_id).await?;
+        let batch = Batch::new()
+            .check(Table::Totp, user_id.as_bytes(), Expect::Present)
+            .merge(crate::evict::caller_session_check(ctx).await?)
+            .merge(writes);
+        match ctx.app.store.apply(batch).await? {
+            Applied::Committed => return Ok(codes),
+            Applied::Refused { check: 0, .. } => {
+                return Err(CommandError::new(
+                    ErrorCode::NotFound,
+                    "no authenticator app is enrolled",
+                ))
+            }
+            // The session record moved (a refresh) or a concurrent regeneration: plan again.
+            Applied::Refused { .. } => continue,
+        }
+    }
+    Err(StoreError::Busy.into())
+}
+
+/// Rounds of [`new_recovery_codes`] against concurrent writers before it gives up.
+const RECOVERY_ATTEMPTS: usize = 8;
 
 /// How many unused recovery codes a user has.
 pub async fn recovery_codes_left(ctx: &Ctx, user_id: &str) -> Result<u64, CommandError> {

@@ -212,6 +212,9 @@ pub struct Faults {
     inner: Arc<dyn Store>,
     /// The table, and how many of its writes still pass before one fails.
     armed: Mutex<Option<(Table, u32)>>,
+    /// Reads of this table wait until this many readers have arrived (or a second passes).
+    meet: Mutex<Option<(Table, usize, usize)>>,
+    met: tokio::sync::Notify,
 }
 
 impl Faults {
@@ -219,6 +222,8 @@ impl Faults {
         Arc::new(Faults {
             inner,
             armed: Mutex::new(None),
+            meet: Mutex::new(None),
+            met: tokio::sync::Notify::new(),
         })
     }
 
@@ -230,6 +235,31 @@ impl Faults {
     /// Makes the `nth` write (1-based) from now touching `table` fail.
     pub fn fail_write(&self, table: Table, nth: u32) {
         *self.armed.lock().unwrap() = Some((table, nth - 1));
+    }
+
+    /// Makes reads of `table` wait for each other until `parties` of them have read (at most a
+    /// second), so racing commands all read before any of them writes.
+    pub fn meet_on_read(&self, table: Table, parties: usize) {
+        *self.meet.lock().unwrap() = Some((table, parties, 0));
+    }
+
+    async fn rendezvous(&self, table: Table) {
+        let notified = self.met.notified();
+        {
+            let mut meet = self.meet.lock().unwrap();
+            match meet.as_mut() {
+                Some((t, parties, arrived)) if *t == table => {
+                    *arrived += 1;
+                    if *arrived >= *parties {
+                        *meet = None;
+                        self.met.notify_waiters();
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
     }
 
     /// Cancels an armed failure.
@@ -261,7 +291,10 @@ impl Faults {
 #[async_trait]
 impl Store for Faults {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(table, key).await
+        // Read first, then wait: every party has read before any of them goes on to write.
+        let value = self.inner.get(table, key).await;
+        self.rendezvous(table).await;
+        value
     }
 
     async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {

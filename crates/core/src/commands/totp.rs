@@ -6,8 +6,8 @@ use crate::clock::rfc3339_ms;
 use crate::crypto::random_id;
 use crate::mail::{Outgoing, Template, Vars};
 use crate::mfa::{
-    aad_enrolment, activate, has_totp, new_recovery_codes, remove_totp, seal, totp, unseal,
-    PendingEnrolment, ENROLMENT_S,
+    aad_enrolment, confirmed_record, has_totp, recovery_code_writes, remove_totp, seal, totp,
+    unseal, PendingEnrolment, ENROLMENT_S,
 };
 use crate::{CommandError, CommandSpec, Ctx};
 use base64::engine::general_purpose::STANDARD;
@@ -17,7 +17,7 @@ use portcullis_protocol::commands::totp::{
     self, ConfirmParams, Disabled, Enrollment, RecoveryCodes,
 };
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{decode_record, encode_record, StoreError, Table};
+use portcullis_store::{decode_record, encode_record, Applied, Batch, StoreError, Table};
 use serde_json::json;
 
 /// Registry entries.
@@ -139,29 +139,59 @@ async fn confirm(ctx: Ctx, p: ConfirmParams) -> Result<RecoveryCodes, CommandErr
             "the code is not valid",
         ));
     };
-    // Single use: of concurrent confirmations exactly one removes the enrolment.
-    if store
-        .consume(Table::TotpEnrollments, p.enrollment_id.as_bytes(), &raw)
-        .await?
-        == portcullis_store::Consumed::Lost
-    {
-        return Err(CommandError::new(
-            ErrorCode::AlreadyUsed,
-            "the enrolment has already been confirmed",
-        ));
+    // One batch: the enrolment is consumed (exactly one of concurrent confirmations of it
+    // wins), the factor is created only where there is none (exactly one of concurrent
+    // confirmations of different enrolments wins), the recovery codes are replaced, and the
+    // calling session must still be live (an eviction racing this cannot leave a squatter's
+    // factor behind).
+    let factor = confirmed_record(&ctx, &me.user_id, &secret, step);
+    let mut recovery_codes = None;
+    for _ in 0..CONFIRM_ATTEMPTS {
+        let (codes_batch, codes) = recovery_code_writes(&ctx, &me.user_id).await?;
+        let batch = Batch::new()
+            .swap(
+                Table::TotpEnrollments,
+                p.enrollment_id.as_bytes(),
+                Some(&raw),
+                None,
+            )
+            .swap(
+                Table::Totp,
+                me.user_id.as_bytes(),
+                None,
+                Some(factor.clone()),
+            )
+            .merge(crate::evict::caller_session_check(&ctx).await?)
+            .merge(codes_batch);
+        match store.apply(batch).await? {
+            Applied::Committed => {
+                recovery_codes = Some(codes);
+                break;
+            }
+            Applied::Refused { check: 0, .. } => {
+                return Err(CommandError::new(
+                    ErrorCode::AlreadyUsed,
+                    "the enrolment has already been confirmed",
+                ))
+            }
+            Applied::Refused { check: 1, .. } => {
+                return Err(CommandError::new(
+                    ErrorCode::Conflict,
+                    "an authenticator app is already enrolled",
+                ))
+            }
+            // The session record moved (a refresh) or the codes changed: plan again.
+            Applied::Refused { .. } => continue,
+        }
     }
-    if has_totp(&ctx, &me.user_id).await? {
-        return Err(CommandError::new(
-            ErrorCode::Conflict,
-            "an authenticator app is already enrolled",
-        ));
-    }
-    activate(&ctx, &me.user_id, &secret, step).await?;
-    let recovery_codes = new_recovery_codes(&ctx, &me.user_id).await?;
+    let recovery_codes = recovery_codes.ok_or_else(|| CommandError::from(StoreError::Busy))?;
     ctx.audit.event("totp.confirmed");
     ctx.audit.event("recovery.regenerated");
     Ok(RecoveryCodes { recovery_codes })
 }
+
+/// Rounds of `TOTP.CONFIRM` against concurrent writers before it gives up.
+const CONFIRM_ATTEMPTS: usize = 8;
 
 /// `TOTP.DISABLE` — user after step-up. Removes the factor and its recovery codes, logs
 /// `factor.removed` and tells the user by mail. `NOT_FOUND` when there is none.
@@ -234,4 +264,69 @@ pub async fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &st
             body,
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::{Bench, Faults};
+    use portcullis_protocol::ErrorCode;
+    use portcullis_store::Table;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    /// Two pending enrolments confirmed at once: exactly one becomes the factor, the other is
+    /// refused, and one set of ten recovery codes exists. Before the confirmation was one
+    /// batch, both read "no factor yet" and both succeeded, the second overwriting the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_confirmations_of_two_enrolments_have_one_winner() {
+        let mut faults = None;
+        let b = Bench::layered(
+            |_| {},
+            |s| {
+                let f = Faults::wrap(s);
+                faults = Some(Arc::clone(&f));
+                f
+            },
+        )
+        .await;
+        let faults = faults.unwrap();
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "two@example.org", "password": "a long enough passphrase"}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        let mut confirms = Vec::new();
+        for _ in 0..2 {
+            let e = b.ok("TOTP.ENROLL", json!({}), Some(access)).await;
+            let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
+                .unwrap()
+                .as_ref()
+                .to_vec();
+            let code = b.totp_code(&secret);
+            confirms.push(json!({"enrollment_id": e["enrollment_id"], "code": code}));
+        }
+        // Both confirmations read the factor table before either writes it.
+        faults.meet_on_read(Table::Totp, 2);
+        let (r1, r2) = tokio::join!(
+            b.call("TOTP.CONFIRM", confirms[0].clone(), Some(access)),
+            b.call("TOTP.CONFIRM", confirms[1].clone(), Some(access)),
+        );
+        let winners = [&r1, &r2].iter().filter(|r| r.ok).count();
+        assert_eq!(winners, 1, "{r1:?}\n{r2:?}");
+        let loser = if r1.ok { &r2 } else { &r1 };
+        assert_eq!(loser.error_code(), Some(ErrorCode::Conflict), "{loser:?}");
+        let prefix = format!("{}/", s["user_id"].as_str().unwrap());
+        let codes = b
+            .app
+            .store
+            .scan_prefix(Table::RecoveryCodes, prefix.as_bytes(), 100)
+            .await
+            .unwrap();
+        assert_eq!(codes.len(), 10);
+        let winner: &Value = if r1.ok { &r1.data } else { &r2.data };
+        assert_eq!(winner["recovery_codes"].as_array().unwrap().len(), 10);
+    }
 }
