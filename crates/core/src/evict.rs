@@ -506,4 +506,45 @@ mod tests {
             Some(ErrorCode::InvalidCredentials)
         );
     }
+
+    /// A squatter's session confirms an authenticator app while the owner's first proof
+    /// evicts it: the factor must not outlive the eviction. Before factor-adding batches
+    /// checked the calling session, the confirmation (already past the dispatcher's session
+    /// check) wrote the squatter's factor onto the owner's account after the eviction.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_factor_added_by_a_session_evicted_meanwhile_is_refused() {
+        let (b, faults) = faulty_bench().await;
+        let s = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        let user_id = s["user_id"].as_str().unwrap();
+        let e = b.ok("TOTP.ENROLL", json!({}), Some(access)).await;
+        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let confirm = json!({"enrollment_id": e["enrollment_id"], "code": b.totp_code(&secret)});
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        let token = b.link_token(1).await;
+
+        // The confirmation stops at its first read; the owner proves the address meanwhile.
+        faults.hold_next_read(Table::TotpEnrollments);
+        let owner = async {
+            faults.read_held().await;
+            b.ok("MAGIC.VERIFY", json!({"token": token}), None).await;
+            faults.release();
+        };
+        let (r, ()) = tokio::join!(b.call("TOTP.CONFIRM", confirm, Some(access)), owner);
+        assert!(!r.ok, "{r:?}");
+        assert_eq!(
+            b.app
+                .store
+                .get(Table::Totp, user_id.as_bytes())
+                .await
+                .unwrap(),
+            None,
+            "the squatter's factor outlived the eviction"
+        );
+    }
 }

@@ -16,7 +16,9 @@ use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{decode_record, encode_record, Cas, Record, StoreError, Table};
+use portcullis_store::{
+    decode_record, encode_record, Applied, Batch, Cas, Record, StoreError, Table,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use webauthn_rs::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
@@ -189,43 +191,71 @@ pub async fn put(ctx: &Ctx, user_id: &str, rec: &PasskeyRecord) -> Result<(), Co
 }
 
 /// Stores a newly registered passkey, claiming its credential id across all accounts
-/// (`CONFLICT` if another account already has it).
+/// (`CONFLICT` if another account already has it). The claim, the passkey and a check that the
+/// registering session is still live are one batch: a crash never leaves a claim without its
+/// passkey, and a passkey never outlives the eviction or revocation of the session that added
+/// it.
 pub async fn add(ctx: &Ctx, user_id: &str, rec: &PasskeyRecord) -> Result<(), CommandError> {
     let cred = credential_id_text(rec.passkey.cred_id());
-    match ctx
-        .app
-        .store
-        .compare_and_swap(
-            Table::PasskeyIndex,
-            cred.as_bytes(),
-            None,
-            Some(user_id.as_bytes().to_vec()),
-        )
-        .await?
-    {
-        Cas::Swapped => put(ctx, user_id, rec).await,
-        Cas::Conflict { .. } => Err(CommandError::new(
-            ErrorCode::Conflict,
-            "this passkey is already registered",
-        )),
+    for _ in 0..ADD_ATTEMPTS {
+        let batch = Batch::new()
+            .swap(
+                Table::PasskeyIndex,
+                cred.as_bytes(),
+                None,
+                Some(user_id.as_bytes().to_vec()),
+            )
+            .put(
+                Table::Passkeys,
+                passkey_key(user_id, &cred),
+                encode_record(rec),
+            )
+            .merge(crate::evict::caller_session_check(ctx).await?);
+        match ctx.app.store.apply(batch).await? {
+            Applied::Committed => return Ok(()),
+            Applied::Refused { check: 0, .. } => {
+                return Err(CommandError::new(
+                    ErrorCode::Conflict,
+                    "this passkey is already registered",
+                ))
+            }
+            // The session record moved (a refresh): check it again.
+            Applied::Refused { .. } => continue,
+        }
     }
+    Err(portcullis_store::StoreError::Busy.into())
 }
 
-/// Removes a passkey; whether it existed.
+/// Rounds of [`add`] against concurrent writers before it gives up.
+const ADD_ATTEMPTS: usize = 8;
+
+/// Removes a passkey and its claim in the credential index, in one batch; whether it existed.
 pub async fn remove(ctx: &Ctx, user_id: &str, cred: &str) -> Result<bool, CommandError> {
-    let existed = ctx
-        .app
-        .store
-        .remove(Table::Passkeys, &passkey_key(user_id, cred))
-        .await?
-        .is_some();
-    if existed {
-        ctx.app
-            .store
-            .remove(Table::PasskeyIndex, cred.as_bytes())
-            .await?;
+    let store = ctx.app.store.as_ref();
+    let key = passkey_key(user_id, cred);
+    for _ in 0..ADD_ATTEMPTS {
+        let Some(raw) = store.get(Table::Passkeys, &key).await? else {
+            return Ok(false);
+        };
+        let mut batch = Batch::new().swap(Table::Passkeys, key.clone(), Some(&raw), None);
+        if store
+            .get(Table::PasskeyIndex, cred.as_bytes())
+            .await?
+            .as_deref()
+            == Some(user_id.as_bytes())
+        {
+            batch = batch.swap(
+                Table::PasskeyIndex,
+                cred.as_bytes(),
+                Some(user_id.as_bytes()),
+                None,
+            );
+        }
+        if store.apply(batch).await?.committed() {
+            return Ok(true);
+        }
     }
-    Ok(existed)
+    Err(portcullis_store::StoreError::Busy.into())
 }
 
 /// Stores a ceremony and returns its id.

@@ -215,6 +215,10 @@ pub struct Faults {
     /// Reads of this table wait until this many readers have arrived (or a second passes).
     meet: Mutex<Option<(Table, usize, usize)>>,
     met: tokio::sync::Notify,
+    /// The next read of this table waits until [`Faults::release`].
+    held: Mutex<Option<Table>>,
+    reached: tokio::sync::Notify,
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 impl Faults {
@@ -224,6 +228,9 @@ impl Faults {
             armed: Mutex::new(None),
             meet: Mutex::new(None),
             met: tokio::sync::Notify::new(),
+            held: Mutex::new(None),
+            reached: tokio::sync::Notify::new(),
+            released: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -262,6 +269,38 @@ impl Faults {
         let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
     }
 
+    /// Holds the next read of `table` until [`Faults::release`].
+    pub fn hold_next_read(&self, table: Table) {
+        self.released.send_replace(false);
+        *self.held.lock().unwrap() = Some(table);
+    }
+
+    /// Waits until a held read has arrived.
+    pub async fn read_held(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held read go on.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    async fn hold(&self, table: Table) {
+        let hold = {
+            let mut held = self.held.lock().unwrap();
+            let hit = *held == Some(table);
+            if hit {
+                *held = None;
+            }
+            hit
+        };
+        if hold {
+            let mut released = self.released.subscribe();
+            self.reached.notify_one();
+            let _ = released.wait_for(|r| *r).await;
+        }
+    }
+
     /// Cancels an armed failure.
     pub fn disarm(&self) {
         *self.armed.lock().unwrap() = None;
@@ -291,6 +330,7 @@ impl Faults {
 #[async_trait]
 impl Store for Faults {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.hold(table).await;
         // Read first, then wait: every party has read before any of them goes on to write.
         let value = self.inner.get(table, key).await;
         self.rendezvous(table).await;
