@@ -336,7 +336,7 @@ async fn magic_link_and_code_through_the_outbox_end_to_end() {
     let first = account(&server, email).await;
 
     let (sent, link) = magic_link(&mut c, &mut inbox, json!({"email": email})).await;
-    assert_eq!(sent.data["expires_in"], 900);
+    assert_eq!(sent.data["expires_in"], 600);
     let mail = inbox.all().into_iter().find(|m| m.is_to(email)).unwrap();
     assert_eq!(mail.from, vec!["no-reply@localhost".to_owned()]);
     assert_eq!(mail.subject, "Your Portcullis sign-in link");

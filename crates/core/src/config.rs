@@ -194,7 +194,7 @@ impl Default for Config {
             smtp_password_file: None,
             templates_dir: None,
             default_locale: "en".into(),
-            magic_link_ttl_s: 15 * 60,
+            magic_link_ttl_s: 10 * 60,
             otp_ttl_s: 10 * 60,
             otp_max_attempts: 5,
             send_cooldown_s: 30,

@@ -11,7 +11,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{decode_record, encode_record, Cas, Record, Store, StoreError, Table};
+use portcullis_store::{
+    decode_record, encode_record, Applied, Batch, Record, Store, StoreError, Table,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -222,23 +224,23 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
     )
 }
 
-/// Issues a fresh refresh token for a session and stores its record.
-async fn new_refresh(ctx: &Ctx, sid: &str, now: i64) -> Result<Secret, CommandError> {
+/// A fresh refresh token for a session, with its store key and record (not yet stored).
+fn refresh_token_for(ctx: &Ctx, sid: &str, now: i64) -> (Secret, [u8; 32], Vec<u8>) {
     let token = random_token(ctx.app.rng.as_ref(), REFRESH_PREFIX);
     let rec = RefreshRecord {
         session_id: sid.to_owned(),
         issued_at: now,
         state: RefreshState::Active,
     };
-    ctx.app
-        .store
-        .put(
-            Table::RefreshTokens,
-            &sha256(token.as_bytes()),
-            encode_record(&rec),
-        )
-        .await?;
-    Ok(Secret::new(token.as_str()))
+    let key = sha256(token.as_bytes());
+    (Secret::new(token.as_str()), key, encode_record(&rec))
+}
+
+/// Issues a fresh refresh token for a session and stores its record.
+async fn new_refresh(ctx: &Ctx, sid: &str, now: i64) -> Result<Secret, CommandError> {
+    let (token, key, rec) = refresh_token_for(ctx, sid, now);
+    ctx.app.store.put(Table::RefreshTokens, &key, rec).await?;
+    Ok(token)
 }
 
 /// `scope` claim of a session that may only enrol a second factor.
@@ -323,6 +325,9 @@ fn invalid_refresh() -> CommandError {
     )
 }
 
+/// Rounds of [`refresh`] against concurrent writers of the same session.
+const REFRESH_ATTEMPTS: usize = 8;
+
 /// Exchanges a refresh token for a new pair.
 ///
 /// The old token is consumed by one compare-and-swap (`Active → Rotated`), durable before the
@@ -334,16 +339,21 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
     let store = app.store.as_ref();
     let hash = sha256(token.expose().as_bytes());
     let now = ctx.now().unix_timestamp();
-    // Two rounds at most: a lost race re-reads the record, which is then `Rotated`.
-    for _ in 0..2 {
+    // A lost race re-reads the records: the token is then `Rotated`, or the session moved on.
+    for _ in 0..REFRESH_ATTEMPTS {
         let Some(raw) = store.get(Table::RefreshTokens, &hash).await? else {
             ctx.audit.note("reason", "unknown_refresh_token");
             return Err(invalid_refresh());
         };
         let rec: RefreshRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
-        let Some(session) = get_session(store, &rec.session_id).await? else {
+        let Some(session_raw) = store
+            .get(Table::Sessions, rec.session_id.as_bytes())
+            .await?
+        else {
             return Err(invalid_refresh());
         };
+        let session: SessionRecord =
+            decode_record(&session_raw).map_err(|e| store_err(e.into()))?;
         ctx.audit.subject(&session.user_id);
         ctx.audit.session(&session.id);
         if session.revoked_at.is_some() {
@@ -368,7 +378,8 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
         }
         match rec.state {
             RefreshState::Active => {
-                let new_refresh_token = new_refresh(ctx, &session.id, now).await?;
+                let (new_refresh_token, new_key, new_rec) =
+                    refresh_token_for(ctx, &session.id, now);
                 let (access_token, expires_in) = access_token(ctx, &session, now);
                 let pair = SealedPair {
                     access_token: access_token.expose().to_owned(),
@@ -386,27 +397,35 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     },
                     ..rec
                 };
-                match store
-                    .compare_and_swap(
+                let touched = SessionRecord {
+                    last_used_at: now,
+                    ..session.clone()
+                };
+                // One batch: the old token turns `Rotated` (check 0: exactly one of concurrent
+                // uses wins), its successor is stored, and the session, as read and still not
+                // revoked, records the use. A crash leaves the old token active or the whole
+                // rotation, never a rotated token without its successor.
+                let batch = Batch::new()
+                    .swap(
                         Table::RefreshTokens,
-                        &hash,
+                        hash.as_slice(),
                         Some(&raw),
                         Some(encode_record(&rotated)),
                     )
-                    .await?
-                {
-                    Cas::Swapped => {
-                        let touched = update_session(store, &session.id, |s| {
-                            if s.revoked_at.is_some() {
-                                return Err(invalid_refresh());
-                            }
-                            s.last_used_at = now;
-                            Ok(true)
-                        })
-                        .await?;
-                        if touched.is_none() {
-                            return Err(invalid_refresh());
-                        }
+                    .swap(
+                        Table::RefreshTokens,
+                        new_key.as_slice(),
+                        None,
+                        Some(new_rec),
+                    )
+                    .swap(
+                        Table::Sessions,
+                        session.id.as_bytes(),
+                        Some(&session_raw),
+                        Some(encode_record(&touched)),
+                    );
+                match store.apply(batch).await? {
+                    Applied::Committed => {
                         ctx.audit.event("token.refreshed");
                         return Ok(SessionTokens {
                             user_id: session.user_id,
@@ -417,16 +436,9 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                             expires_in,
                         });
                     }
-                    Cas::Conflict { .. } => {
-                        // Someone else rotated it first: drop the pair we made, read theirs.
-                        store
-                            .remove(
-                                Table::RefreshTokens,
-                                &sha256(new_refresh_token.expose().as_bytes()),
-                            )
-                            .await?;
-                        continue;
-                    }
+                    // Someone rotated it first, or the session changed (revoked, refreshed
+                    // through another token, stepped up): read both again.
+                    Applied::Refused { .. } => continue,
                 }
             }
             RefreshState::Rotated { at, successor } => {

@@ -401,7 +401,7 @@ mod tests {
         b.ok("MAGIC.SEND", json!({"email": "a@example.org"}), None)
             .await;
         let token = b.link_token(1).await;
-        b.advance(15 * 60 - 1);
+        b.advance(10 * 60 - 1);
         assert!(
             super::landing(&b.app, &token).await.is_some(),
             "still live one second before expiry"
@@ -439,7 +439,7 @@ mod tests {
             .await;
         let token = b.link_token(1).await;
         b.ok("MAGIC.APPROVE", json!({"token": token}), None).await;
-        b.advance(15 * 60);
+        b.advance(10 * 60);
         let poll = json!({"flow_id": flow["flow_id"], "code_verifier": verifier});
         assert_eq!(
             b.code("MAGIC.POLL", poll, None).await,
