@@ -344,7 +344,7 @@ async fn magic_link_and_code_through_the_outbox_end_to_end() {
     assert_eq!(mail.part_types, ["text/plain", "text/html"]);
     for needle in [
         "Portcullis",
-        "expires in 15 minutes",
+        "expires in 10 minutes",
         "from 127.0.0.1",
         "If this wasn't you",
     ] {
