@@ -297,21 +297,31 @@ impl Tokens {
     ) -> Result<String, StoreError> {
         let _one_at_a_time = self.rotating.lock().await;
         let mut records = load_records(store).await?;
+        // One batch: every active key is replaced and the new one becomes active together, so a
+        // crash leaves the old key active or the rotation done, never no active key.
+        let mut batch = portcullis_store::Batch::new();
         for r in records.iter_mut().filter(|r| r.active) {
+            let before = encode_record(&*r);
             r.active = false;
             r.verify_until = Some(now + self.ttl_s);
-            store
-                .put(Table::SigningKeys, r.kid.as_bytes(), encode_record(&*r))
-                .await?;
+            batch = batch.swap(
+                Table::SigningKeys,
+                r.kid.as_bytes(),
+                Some(&before),
+                Some(encode_record(&*r)),
+            );
         }
         let fresh = new_key_record(sealer, rng, now);
-        store
-            .put(
-                Table::SigningKeys,
-                fresh.kid.as_bytes(),
-                encode_record(&fresh),
-            )
-            .await?;
+        batch = batch.swap(
+            Table::SigningKeys,
+            fresh.kid.as_bytes(),
+            None,
+            Some(encode_record(&fresh)),
+        );
+        if !store.apply(batch).await?.committed() {
+            // Rotations are serialised here; only another process could have changed the keys.
+            return Err(StoreError::Busy);
+        }
         let kid = fresh.kid.clone();
         records.push(fresh);
         let ring = build_ring(&records, sealer)?;
