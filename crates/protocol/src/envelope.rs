@@ -202,11 +202,18 @@ mod tests {
             .params(json!({"email": "a@example.com", "password": "hunter2-correct-horse"}))
             .token("tok-3f9a1c07b2e4d518");
         let shown = format!("{r:?} {r:#?}");
-        for secret in ["hunter2-correct-horse", "tok-3f9a1c07b2e4d518", "a@example.com"] {
+        for secret in [
+            "hunter2-correct-horse",
+            "tok-3f9a1c07b2e4d518",
+            "a@example.com",
+        ] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
         // What is not secret is still there to debug with.
-        assert!(shown.contains("AUTH.LOGIN") && shown.contains("req-1"), "{shown}");
+        assert!(
+            shown.contains("AUTH.LOGIN") && shown.contains("req-1"),
+            "{shown}"
+        );
         assert!(shown.contains("<redacted>"), "{shown}");
         // Absent params are shown as absent, not as redacted.
         let bare = format!("{:?}", Request::new("SYS.PING"));
