@@ -98,13 +98,49 @@ pub struct Config {
     /// Origins allowed to use passkeys (scheme, host and port of the pages that call WebAuthn).
     pub rp_origins: Vec<String>,
     /// When set, `GET /metrics` requires `Authorization: Bearer <this>`; open when unset.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<SecretSetting>,
     /// Automatic log retention: keep about this many of the newest events, archiving older ones
     /// to `log_archive_dir` before removing them. 0 (the default): the log is never shortened
     /// by the server itself.
     pub log_retain_events: u64,
     /// Where automatic retention writes its archives (required when `log_retain_events` is set).
     pub log_archive_dir: Option<PathBuf>,
+}
+
+/// A setting that is a secret (a bearer token): serialised as the plain string, but its `Debug`
+/// is redacted, so printing a [`Config`] cannot leak it. Read it through [`SecretSetting::expose`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretSetting(s.into())
+    }
+
+    /// The secret itself. Call sites of this are the places to audit.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for SecretSetting {
+    fn from(s: &str) -> Self {
+        SecretSetting::new(s)
+    }
+}
+
+impl From<String> for SecretSetting {
+    fn from(s: String) -> Self {
+        SecretSetting::new(s)
+    }
 }
 
 /// Per-client-address limits of each rate class: `N/s`, `N/min` or `N/h` (burst `N`).
@@ -313,4 +349,22 @@ pub fn is_language_tag(s: &str) -> bool {
         && s.len() <= 16
         && s.split('-')
             .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_never_shows_the_metrics_token() {
+        let c = Config {
+            metrics_token: Some("scrape-secret-7f3a9c".into()),
+            ..Config::default()
+        };
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("scrape-secret-7f3a9c"), "{shown}");
+        assert!(shown.contains("metrics_token"), "{shown}");
+        // Everything else is still shown.
+        assert!(shown.contains("max_frame_bytes: 65536"), "{shown}");
+    }
 }

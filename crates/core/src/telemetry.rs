@@ -296,7 +296,11 @@ pub fn command_label(registry: &Registry, command: Option<&str>) -> &'static str
 /// Whether a scrape presenting `bearer` may read the metrics: always when no `metrics_token`
 /// is configured, otherwise only with that token (compared in constant time).
 pub fn scrape_allowed(config: &Config, bearer: Option<&str>) -> bool {
-    let Some(expected) = config.metrics_token.as_deref() else {
+    let Some(expected) = config
+        .metrics_token
+        .as_ref()
+        .map(crate::config::SecretSetting::expose)
+    else {
         return true;
     };
     let Some(presented) = bearer else {
