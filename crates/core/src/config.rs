@@ -17,12 +17,20 @@ pub struct Config {
     pub http: SocketAddr,
     /// Longest accepted frame (TCP line or HTTP body), in bytes.
     pub max_frame_bytes: usize,
-    /// Most TCP connections served at once; more are answered `UNAVAILABLE` and closed.
+    /// Most connections served at once, on each transport; more are refused (`UNAVAILABLE`).
     pub max_connections: usize,
+    /// Most connections served at once from one client address (an IPv4 address or an IPv6
+    /// /64), on each transport; more are refused (`RATE_LIMITED`). Loopback is not exempt; HTTP
+    /// connections from `trusted_proxies` are.
+    pub max_connections_per_ip: usize,
     /// Seconds a TCP connection may sit with no partial request before it is closed.
     pub idle_timeout_s: u64,
-    /// Seconds a started request line may take to complete before the connection is closed.
+    /// Seconds a started request may take to arrive in full (a TCP line from its first byte, an
+    /// HTTP request body from the end of its headers) before the connection is closed.
     pub frame_timeout_s: u64,
+    /// Seconds an HTTP connection may take to deliver a request's headers, counted from when it
+    /// is ready for the next request (so also the longest a keep-alive connection may idle).
+    pub http_header_timeout_s: u64,
     /// How far (in events) a `LOG.TAIL` follower may fall behind before it is disconnected.
     pub tail_max_lag: u64,
     /// Seconds in-flight work gets to finish on shutdown.
@@ -204,8 +212,10 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 7421)),
             max_frame_bytes: portcullis_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 1024,
+            max_connections_per_ip: 64,
             idle_timeout_s: 300,
             frame_timeout_s: 10,
+            http_header_timeout_s: 30,
             tail_max_lag: 100_000,
             shutdown_grace_s: 10,
             issuer: "http://localhost:7421".into(),
@@ -266,8 +276,8 @@ impl Config {
         if !(16..=65536).contains(&self.store_cache_mb) {
             return Err("store_cache_mb must be between 16 and 65536".into());
         }
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("max_connections and max_connections_per_ip must be at least 1".into());
         }
         if self.log_retain_events != 0 {
             if self.log_retain_events < 100 {
@@ -280,8 +290,12 @@ impl Config {
                 );
             }
         }
-        if self.idle_timeout_s == 0 || self.frame_timeout_s == 0 {
-            return Err("idle_timeout_s and frame_timeout_s must be at least 1".into());
+        if self.idle_timeout_s == 0 || self.frame_timeout_s == 0 || self.http_header_timeout_s == 0
+        {
+            return Err(
+                "idle_timeout_s, frame_timeout_s and http_header_timeout_s must be at least 1"
+                    .into(),
+            );
         }
         if self.tail_max_lag == 0 {
             return Err("tail_max_lag must be at least 1".into());

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod http;
+mod limit;
 mod pages;
 pub mod tcp;
 
@@ -42,7 +43,7 @@ impl Server {
         let dispatcher = Dispatcher::new(Arc::clone(&app));
         let tasks = TaskTracker::new();
         tasks.spawn(tcp::serve(tcp, dispatcher.clone(), tasks.clone()));
-        tasks.spawn(http::serve(http, dispatcher));
+        tasks.spawn(http::serve(http, dispatcher, tasks.clone()));
         tasks.spawn(portcullis_core::housekeeping::run(
             Arc::clone(&app),
             Duration::from_secs(300),
