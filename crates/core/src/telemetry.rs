@@ -91,7 +91,7 @@ impl Metrics {
             describe_gauge!(TCP_CONNECTIONS, "Open TCP connections.");
             describe_counter!(
                 TCP_REFUSED,
-                "TCP connections refused at the connection cap."
+                "TCP connections refused at a connection cap (total or per client address)."
             );
             let open = gauge!(TCP_CONNECTIONS);
             open.set(0.0);
