@@ -35,7 +35,7 @@ pub const COMMANDS_TOTAL: &str = "portcullis_commands_total";
 pub const COMMAND_DURATION: &str = "portcullis_command_duration_seconds";
 /// Open TCP connections (gauge).
 pub const TCP_CONNECTIONS: &str = "portcullis_tcp_connections";
-/// TCP connections refused at the connection cap (counter).
+/// TCP connections refused at a connection cap, total or per address (counter).
 pub const TCP_REFUSED: &str = "portcullis_tcp_connections_refused_total";
 
 /// Upper bounds of the command-duration buckets, seconds.
