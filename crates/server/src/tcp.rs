@@ -283,22 +283,27 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        tokio::select! {
-            _ = &mut shutdown => return ReadEnd::Done,
-            _ = &mut timer => {
-                if tokio::time::Instant::now() < deadline {
-                    // Fired for an earlier deadline that activity has since moved.
-                    timer.as_mut().reset(deadline);
-                    continue;
+        // Wait for input until `deadline`. The deadline is computed once per wait: a timer that
+        // fires early (for a deadline that activity has since moved) is re-armed for the same
+        // deadline, never for one computed afresh, or the connection would never time out.
+        let read = loop {
+            tokio::select! {
+                _ = &mut shutdown => return ReadEnd::Done,
+                _ = &mut timer => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
+                    return ReadEnd::Done;
                 }
-                tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
-                return ReadEnd::Done;
+                r = rd.read_buf(&mut buf) => break r,
             }
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => eof = true,
-                Ok(_) => {}
-                Err(_) => return ReadEnd::Done,
-            },
+        };
+        match read {
+            Ok(0) => eof = true,
+            Ok(_) => {}
+            Err(_) => return ReadEnd::Done,
         }
     }
 }
