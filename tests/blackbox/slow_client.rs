@@ -415,3 +415,66 @@ async fn the_default_per_address_cap_refuses_a_65th_connection() {
         .unwrap_or_else(|e| panic!("not a JSON line ({e}): {:?}", String::from_utf8_lossy(&raw)));
     assert_eq!(v["error"]["code"], json!("RATE_LIMITED"), "{v}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slow readers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+    // A client that asks for far more than the socket buffers hold and never reads: once the
+    // server's writes make no progress for idle_timeout_s, it gives the connection up instead of
+    // holding it (and its queued answers) forever.
+    let server = Server::start_with(&["--idle-timeout-s", "1"]);
+    // 1,000 events to replay.
+    let mut c = server.client().await;
+    let infos: Vec<_> = (0..1000u64)
+        .map(|i| portcullis_protocol::Request::new("SYS.INFO").id(i))
+        .collect();
+    let answers = tokio::time::timeout(WAIT, c.pipeline(infos))
+        .await
+        .expect("requests answered in time")
+        .expect("SYS.INFO");
+    assert!(answers.iter().all(|r| r.ok));
+    // 100 full replays (~45 MB of answers, more than loopback buffers hold), written at once,
+    // from a client that then reads nothing.
+    const TAILS: usize = 100;
+    let token = server.operator_token();
+    let mut requests = Vec::new();
+    for i in 0..TAILS {
+        let line = json!({"id": i, "command": "LOG.TAIL", "params": {"from_seq": 1}, "token": token.expose()});
+        requests.extend_from_slice(line.to_string().as_bytes());
+        requests.push(b'\n');
+    }
+    let mut s = TcpStream::connect(server.tcp).await.expect("connect");
+    tokio::time::timeout(WAIT, s.write_all(&requests))
+        .await
+        .expect("requests written in time")
+        .expect("write");
+    // Not reading, until the server says it gave the connection up (bounded: 200 × 100 ms).
+    // Without that line within 20 s the test goes on and fails on the count below.
+    for _ in 0..200 {
+        if server
+            .stderr_text()
+            .contains("closing a connection whose client stopped reading")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Now read what was delivered before the server gave up: the stream ends before the last
+    // replay is complete.
+    let (raw, _) = read_to_close(&mut s, "a client that stopped reading").await;
+    let ends = raw
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .filter(|v| v["data"]["end"] == json!(true))
+        .count();
+    assert!(
+        ends < TAILS,
+        "every one of the {TAILS} replays was delivered ({} bytes): the connection was kept \
+         while its client read nothing",
+        raw.len()
+    );
+}

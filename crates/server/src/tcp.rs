@@ -111,17 +111,35 @@ struct Outbound {
     /// Replies handed to the writer task and not yet written. The reader writes an answer
     /// itself only while this is zero, so answers never overtake each other.
     queued: AtomicUsize,
+    /// How long one write (at most a few tens of KiB) may wait for the client to read before
+    /// the connection is given up (`idle_timeout_s`).
+    stall: Duration,
+    peer: SocketAddr,
 }
 
 impl Outbound {
-    /// Writes `out` (answers encoded by the reader) and empties it.
+    /// Writes `out` (answers encoded by the reader) and empties it. A client that reads nothing
+    /// for `stall` fails the write with `TimedOut`: it would otherwise hold the connection, its
+    /// queued answers and a follow stream forever.
     async fn write_direct(&self, out: &mut BytesMut) -> std::io::Result<()> {
         if out.is_empty() {
             return Ok(());
         }
-        self.wr.lock().await.write_all(out).await?;
-        out.clear();
-        Ok(())
+        let write = async {
+            self.wr.lock().await.write_all(out).await?;
+            out.clear();
+            Ok(())
+        };
+        match tokio::time::timeout(self.stall, write).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "closing a connection whose client stopped reading");
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                ))
+            }
+        }
     }
 }
 
@@ -132,6 +150,8 @@ pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatche
     let outbound = Arc::new(Outbound {
         wr: Mutex::new(wr),
         queued: AtomicUsize::new(0),
+        stall: Duration::from_secs(dispatcher.app().config.idle_timeout_s),
+        peer,
     });
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let closed = CancellationToken::new();
