@@ -478,3 +478,69 @@ async fn tcp_client_that_stops_reading_is_closed_after_the_idle_timeout() {
         raw.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_client_that_stops_reading_is_closed_after_the_idle_timeout() {
+    // The HTTP counterpart: pipelined requests for far more than the socket buffers hold, and
+    // no reading. The gateway's writes wait at most idle_timeout_s.
+    let server = Server::start_with(&["--idle-timeout-s", "1"]);
+    let mut c = server.client().await;
+    let infos: Vec<_> = (0..1000u64)
+        .map(|i| portcullis_protocol::Request::new("SYS.INFO").id(i))
+        .collect();
+    let answers = tokio::time::timeout(WAIT, c.pipeline(infos))
+        .await
+        .expect("requests answered in time")
+        .expect("SYS.INFO");
+    assert!(answers.iter().all(|r| r.ok));
+    const TAILS: usize = 100;
+    let token = server.operator_token();
+    let body = json!({"command": "LOG.TAIL", "params": {"from_seq": 1}}).to_string();
+    let mut requests = Vec::new();
+    for _ in 0..TAILS {
+        requests.extend_from_slice(
+            format!(
+                "POST /api/v1/execute HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                token.expose(),
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let s = TcpStream::connect(server.http).await.expect("connect");
+    let (mut rd, mut wr) = s.into_split();
+    // The server reads one request at a time, so the writes may block: write on the side.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&requests).await;
+        // Keep the write half open (a close would be an EOF).
+        std::future::pending::<()>().await;
+    });
+    // Not reading, until the server says it gave the connection up (bounded: 200 × 100 ms).
+    // Without that line within 20 s the test goes on and fails on the count below.
+    for _ in 0..200 {
+        if server
+            .stderr_text()
+            .contains("closing an HTTP connection whose client stopped reading")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(WAIT, rd.read_to_end(&mut raw)).await;
+    writer.abort();
+    // A reset at the end is fine; the connection must have ended.
+    let _ = read.expect("the connection did not end within 20 s");
+    let ends = raw
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l.trim_ascii()).ok())
+        .filter(|v| v["data"]["end"] == json!(true))
+        .count();
+    assert!(
+        ends < TAILS,
+        "every one of the {TAILS} replays was delivered ({} bytes): the connection was kept \
+         while its client read nothing",
+        raw.len()
+    );
+}

@@ -17,6 +17,7 @@
 //! `max_connections` 503 (`UNAVAILABLE`), before its request is read.
 
 use crate::limit::{ConnLimits, Refusal};
+use crate::stall::StallGuard;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -59,12 +60,14 @@ pub fn router(dispatcher: Dispatcher) -> Router {
 /// Each connection is admitted against `max_connections` and `max_connections_per_ip` (see
 /// [`crate::limit`]; connections from `trusted_proxies` count only towards the total) and
 /// must deliver each request's headers within `http_header_timeout_s`; the body's deadline is
-/// enforced in `execute`.
+/// enforced in `execute`. A write that waits `idle_timeout_s` for a client that does not read
+/// ends the connection ([`StallGuard`]).
 pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTracker) {
     let app = Arc::clone(dispatcher.app());
     let cfg = &app.config;
     let limits = ConnLimits::new(cfg.max_connections, cfg.max_connections_per_ip);
     let router = router(dispatcher);
+    let write_stall = Duration::from_secs(cfg.idle_timeout_s);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -106,7 +109,8 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
             let mut router = router.clone();
             async move { router.call(req).await }
         });
-        let conn = http1.serve_connection(TokioIo::new(sock), service);
+        let io = StallGuard::new(sock, peer, write_stall);
+        let conn = http1.serve_connection(TokioIo::new(io), service);
         let shutdown = app.shutdown.clone();
         tasks.spawn(async move {
             let _slot = slot;

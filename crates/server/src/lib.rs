@@ -12,6 +12,7 @@
 pub mod http;
 mod limit;
 mod pages;
+mod stall;
 pub mod tcp;
 
 use portcullis_core::{App, Dispatcher};
