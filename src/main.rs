@@ -130,7 +130,7 @@ serve_settings! {
     max_connections: usize = "PORTCULLIS_MAX_CONNECTIONS",
     /// Most connections served at once from one client address (IPv4 address or IPv6 /64).
     max_connections_per_ip: usize = "PORTCULLIS_MAX_CONNECTIONS_PER_IP",
-    /// Seconds an idle TCP connection is kept.
+    /// Seconds an idle TCP connection is kept (and a write waits for a client that does not read).
     idle_timeout_s: u64 = "PORTCULLIS_IDLE_TIMEOUT_S",
     /// Seconds a started request (TCP line, HTTP body) may take to arrive.
     frame_timeout_s: u64 = "PORTCULLIS_FRAME_TIMEOUT_S",

@@ -23,7 +23,8 @@ pub struct Config {
     /// /64), on each transport; more are refused (`RATE_LIMITED`). Loopback is not exempt; HTTP
     /// connections from `trusted_proxies` are.
     pub max_connections_per_ip: usize,
-    /// Seconds a TCP connection may sit with no partial request before it is closed.
+    /// Seconds a TCP connection may sit with no partial request before it is closed; also how
+    /// long a write may wait for a client (TCP or HTTP) that reads nothing.
     pub idle_timeout_s: u64,
     /// Seconds a started request may take to arrive in full (a TCP line from its first byte, an
     /// HTTP request body from the end of its headers) before the connection is closed.
