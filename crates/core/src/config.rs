@@ -382,4 +382,19 @@ mod tests {
         // Everything else is still shown.
         assert!(shown.contains("max_frame_bytes: 65536"), "{shown}");
     }
+
+    #[test]
+    fn connection_limits_and_timeouts_must_be_positive() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let zero_cap = Config {
+            max_connections_per_ip: 0,
+            ..Config::default()
+        };
+        assert!(zero_cap.validate().is_err());
+        let zero_header_timeout = Config {
+            http_header_timeout_s: 0,
+            ..Config::default()
+        };
+        assert!(zero_header_timeout.validate().is_err());
+    }
 }
