@@ -126,12 +126,16 @@ serve_settings! {
     http: SocketAddr = "PORTCULLIS_HTTP",
     /// Longest request line or HTTP body, in bytes.
     max_frame_bytes: usize = "PORTCULLIS_MAX_FRAME_BYTES",
-    /// Most TCP connections served at once.
+    /// Most connections served at once, on each transport.
     max_connections: usize = "PORTCULLIS_MAX_CONNECTIONS",
-    /// Seconds an idle TCP connection is kept.
+    /// Most connections served at once from one client address (IPv4 address or IPv6 /64).
+    max_connections_per_ip: usize = "PORTCULLIS_MAX_CONNECTIONS_PER_IP",
+    /// Seconds an idle TCP connection is kept (and a write waits for a client that does not read).
     idle_timeout_s: u64 = "PORTCULLIS_IDLE_TIMEOUT_S",
-    /// Seconds a started request line may take to arrive.
+    /// Seconds a started request (TCP line, HTTP body) may take to arrive.
     frame_timeout_s: u64 = "PORTCULLIS_FRAME_TIMEOUT_S",
+    /// Seconds an HTTP connection may take to send a request's headers (also its keep-alive idle limit).
+    http_header_timeout_s: u64 = "PORTCULLIS_HTTP_HEADER_TIMEOUT_S",
     /// Events a LOG.TAIL follower may lag before it is disconnected.
     tail_max_lag: u64 = "PORTCULLIS_TAIL_MAX_LAG",
     /// Seconds in-flight work gets to finish on shutdown.

@@ -16,5 +16,6 @@ mod log;
 mod mail;
 mod mfa;
 mod observability;
+mod slow_client;
 mod spec;
 mod transport;

@@ -863,6 +863,26 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_idle_after_requests_is_closed_after_the_idle_timeout() {
+    // Idleness counts from the last request, not only from the connection's start.
+    let server = Server::start_with(&["--idle-timeout-s", "1"]);
+    let mut s = TcpStream::connect(server.tcp).await.expect("connect");
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(&line(&json!({"id": i, "command": "SYS.PING"})))
+            .await
+            .expect("write");
+    }
+    let (_, got) = wait_for_close(&mut s, WAIT, "connection idle after three requests").await;
+    let text = String::from_utf8(got).expect("UTF-8 answers");
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "the three requests are answered before the close: {text:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_connection_outlives_the_idle_timeout() {
     let server = Server::start_with(&["--idle-timeout-s", "1"]);
     let mut c = server.client().await;

@@ -20,9 +20,9 @@ pub struct LocalServer {
     _dir: TempDir,
 }
 
-/// The configuration the bench's own server runs with: defaults, rate limits off, loopback
-/// ports picked by the kernel, and the longest access-token lifetime (so long runs need no
-/// token renewal).
+/// The configuration the bench's own server runs with: defaults, rate limits off, no
+/// per-address connection cap (all load comes from loopback), loopback ports picked by the
+/// kernel, and the longest access-token lifetime (so long runs need no token renewal).
 pub fn bench_config(data_dir: PathBuf) -> Config {
     let mut c = Config {
         data_dir,
@@ -32,6 +32,8 @@ pub fn bench_config(data_dir: PathBuf) -> Config {
         ..Config::default()
     };
     c.rate_limits.enabled = false;
+    // Every bench connection comes from loopback: only the total cap applies.
+    c.max_connections_per_ip = c.max_connections;
     c
 }
 

@@ -17,12 +17,21 @@ pub struct Config {
     pub http: SocketAddr,
     /// Longest accepted frame (TCP line or HTTP body), in bytes.
     pub max_frame_bytes: usize,
-    /// Most TCP connections served at once; more are answered `UNAVAILABLE` and closed.
+    /// Most connections served at once, on each transport; more are refused (`UNAVAILABLE`).
     pub max_connections: usize,
-    /// Seconds a TCP connection may sit with no partial request before it is closed.
+    /// Most connections served at once from one client address (an IPv4 address or an IPv6
+    /// /64), on each transport; more are refused (`RATE_LIMITED`). Loopback is not exempt; HTTP
+    /// connections from `trusted_proxies` are.
+    pub max_connections_per_ip: usize,
+    /// Seconds a TCP connection may sit with no partial request before it is closed; also how
+    /// long a write may wait for a client (TCP or HTTP) that reads nothing.
     pub idle_timeout_s: u64,
-    /// Seconds a started request line may take to complete before the connection is closed.
+    /// Seconds a started request may take to arrive in full (a TCP line from its first byte, an
+    /// HTTP request body from the end of its headers) before the connection is closed.
     pub frame_timeout_s: u64,
+    /// Seconds an HTTP connection may take to deliver a request's headers, counted from when it
+    /// is ready for the next request (so also the longest a keep-alive connection may idle).
+    pub http_header_timeout_s: u64,
     /// How far (in events) a `LOG.TAIL` follower may fall behind before it is disconnected.
     pub tail_max_lag: u64,
     /// Seconds in-flight work gets to finish on shutdown.
@@ -98,13 +107,49 @@ pub struct Config {
     /// Origins allowed to use passkeys (scheme, host and port of the pages that call WebAuthn).
     pub rp_origins: Vec<String>,
     /// When set, `GET /metrics` requires `Authorization: Bearer <this>`; open when unset.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<SecretSetting>,
     /// Automatic log retention: keep about this many of the newest events, archiving older ones
     /// to `log_archive_dir` before removing them. 0 (the default): the log is never shortened
     /// by the server itself.
     pub log_retain_events: u64,
     /// Where automatic retention writes its archives (required when `log_retain_events` is set).
     pub log_archive_dir: Option<PathBuf>,
+}
+
+/// A setting that is a secret (a bearer token): serialised as the plain string, but its `Debug`
+/// is redacted, so printing a [`Config`] cannot leak it. Read it through [`SecretSetting::expose`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretSetting(s.into())
+    }
+
+    /// The secret itself. Call sites of this are the places to audit.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<&str> for SecretSetting {
+    fn from(s: &str) -> Self {
+        SecretSetting::new(s)
+    }
+}
+
+impl From<String> for SecretSetting {
+    fn from(s: String) -> Self {
+        SecretSetting::new(s)
+    }
 }
 
 /// Per-client-address limits of each rate class: `N/s`, `N/min` or `N/h` (burst `N`).
@@ -168,8 +213,10 @@ impl Default for Config {
             http: SocketAddr::from(([127, 0, 0, 1], 7421)),
             max_frame_bytes: portcullis_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 1024,
+            max_connections_per_ip: 64,
             idle_timeout_s: 300,
             frame_timeout_s: 10,
+            http_header_timeout_s: 30,
             tail_max_lag: 100_000,
             shutdown_grace_s: 10,
             issuer: "http://localhost:7421".into(),
@@ -230,8 +277,8 @@ impl Config {
         if !(16..=65536).contains(&self.store_cache_mb) {
             return Err("store_cache_mb must be between 16 and 65536".into());
         }
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return Err("max_connections and max_connections_per_ip must be at least 1".into());
         }
         if self.log_retain_events != 0 {
             if self.log_retain_events < 100 {
@@ -244,8 +291,12 @@ impl Config {
                 );
             }
         }
-        if self.idle_timeout_s == 0 || self.frame_timeout_s == 0 {
-            return Err("idle_timeout_s and frame_timeout_s must be at least 1".into());
+        if self.idle_timeout_s == 0 || self.frame_timeout_s == 0 || self.http_header_timeout_s == 0
+        {
+            return Err(
+                "idle_timeout_s, frame_timeout_s and http_header_timeout_s must be at least 1"
+                    .into(),
+            );
         }
         if self.tail_max_lag == 0 {
             return Err("tail_max_lag must be at least 1".into());
@@ -313,4 +364,37 @@ pub fn is_language_tag(s: &str) -> bool {
         && s.len() <= 16
         && s.split('-')
             .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_never_shows_the_metrics_token() {
+        let c = Config {
+            metrics_token: Some("scrape-secret-7f3a9c".into()),
+            ..Config::default()
+        };
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("scrape-secret-7f3a9c"), "{shown}");
+        assert!(shown.contains("metrics_token"), "{shown}");
+        // Everything else is still shown.
+        assert!(shown.contains("max_frame_bytes: 65536"), "{shown}");
+    }
+
+    #[test]
+    fn connection_limits_and_timeouts_must_be_positive() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        let zero_cap = Config {
+            max_connections_per_ip: 0,
+            ..Config::default()
+        };
+        assert!(zero_cap.validate().is_err());
+        let zero_header_timeout = Config {
+            http_header_timeout_s: 0,
+            ..Config::default()
+        };
+        assert!(zero_header_timeout.validate().is_err());
+    }
 }

@@ -487,10 +487,80 @@ fn build_message(from: &Mailbox, mail: &Outgoing) -> Result<Message, String> {
         .map_err(|e| format!("building the message: {e}"))
 }
 
+/// Delivers one message. The error is a classification safe to log: the transports' own text
+/// is not used, because an SMTP server's reply quotes the recipient address.
 async fn deliver(transport: &Transport, msg: Message) -> Result<(), String> {
     match transport {
-        Transport::Outbox(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
-        Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| e.to_string()),
+        Transport::Outbox(t) => t.send(msg).await.map(|_| ()).map_err(|e| {
+            format!(
+                "writing to the outbox failed ({})",
+                io_kind(&e).unwrap_or("not an I/O error")
+            )
+        }),
+        Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| smtp_failure(&e)),
+    }
+}
+
+/// What kind of SMTP failure `e` is, with the reply code when there is one, and never the
+/// server's reply text.
+fn smtp_failure(e: &lettre::transport::smtp::Error) -> String {
+    let code = || {
+        e.status()
+            .map_or_else(|| "no code".to_owned(), |c| c.to_string())
+    };
+    if e.is_permanent() {
+        format!("SMTP permanent error ({})", code())
+    } else if e.is_transient() {
+        format!("SMTP transient error ({})", code())
+    } else if e.is_timeout() {
+        "SMTP timeout".to_owned()
+    } else if e.is_tls() {
+        "SMTP TLS error".to_owned()
+    } else if e.is_response() {
+        "SMTP reply could not be read".to_owned()
+    } else if e.is_client() {
+        "SMTP client error".to_owned()
+    } else if e.is_transport_shutdown() {
+        "SMTP transport shut down".to_owned()
+    } else {
+        format!(
+            "SMTP connection failed ({})",
+            io_kind(e).unwrap_or("not an I/O error")
+        )
+    }
+}
+
+/// The `std::io::ErrorKind` somewhere in `e`'s source chain, as a fixed string.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: error chains are short, and a cycle must not hang the worker.
+    for _ in 0..16 {
+        let err = cur?;
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io_kind_name(io.kind()));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn io_kind_name(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::NotFound => "not found",
+        K::PermissionDenied => "permission denied",
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::NotConnected => "not connected",
+        K::AddrNotAvailable => "address not available",
+        K::BrokenPipe => "broken pipe",
+        K::TimedOut => "timed out",
+        K::UnexpectedEof => "unexpected end of stream",
+        K::StorageFull => "storage full",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        _ => "other I/O error",
     }
 }
 
@@ -530,7 +600,8 @@ async fn worker(
                 }
                 Err((error, attempts)) => {
                     stats.failed.fetch_add(1, Ordering::Relaxed);
-                    // The error text comes from the transport and never contains the message.
+                    // `error` is a classification (see `deliver`): never the message, never
+                    // the server's reply, which may quote the recipient.
                     tracing::error!(flow = %mail.flow_id, kind, attempts, %error, "mail delivery failed");
                     events.mail_failed(kind, &mail.flow_id, "delivery", attempts);
                 }
@@ -697,5 +768,63 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("delivered messages are still queued");
+    }
+
+    /// A minimal SMTP server on loopback that refuses every recipient the way real servers do,
+    /// quoting the address in its reply.
+    async fn refusing_smtp_server() -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // Bounded: lettre makes one connection per attempt here.
+            for _ in 0..8 {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rd, mut wr) = sock.into_split();
+                let mut lines = BufReader::new(rd).lines();
+                if wr.write_all(b"220 test ESMTP\r\n").await.is_err() {
+                    continue;
+                }
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 test\r\n",
+                        "RCPT" => b"550 5.1.1 <victim.person@example.org>: Recipient address rejected: User unknown in local recipient table\r\n",
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    if wr.write_all(reply).await.is_err() || verb == "QUIT" {
+                        break;
+                    }
+                }
+            }
+        });
+        port
+    }
+
+    /// SMTP replies quote the recipient; what delivery reports (and the worker logs) must not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smtp_failures_are_described_without_the_recipient_address() {
+        let port = refusing_smtp_server().await;
+        let transport = Transport::Smtp(
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(port)
+                .timeout(Some(Duration::from_secs(10)))
+                .build(),
+        );
+        let from: Mailbox = "Portcullis <no-reply@localhost>".parse().unwrap();
+        let msg = build_message(&from, &message("victim.person@example.org", "f1")).unwrap();
+        let error = deliver(&transport, msg).await.unwrap_err();
+        assert!(
+            !error.contains("victim.person") && !error.contains('@'),
+            "the address reached the error text: {error}"
+        );
+        // Still useful to an operator: what kind of failure, and the reply code.
+        assert!(
+            error.contains("permanent") && error.contains("550"),
+            "{error}"
+        );
     }
 }

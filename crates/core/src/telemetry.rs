@@ -35,7 +35,7 @@ pub const COMMANDS_TOTAL: &str = "portcullis_commands_total";
 pub const COMMAND_DURATION: &str = "portcullis_command_duration_seconds";
 /// Open TCP connections (gauge).
 pub const TCP_CONNECTIONS: &str = "portcullis_tcp_connections";
-/// TCP connections refused at the connection cap (counter).
+/// TCP connections refused at a connection cap, total or per address (counter).
 pub const TCP_REFUSED: &str = "portcullis_tcp_connections_refused_total";
 
 /// Upper bounds of the command-duration buckets, seconds.
@@ -91,7 +91,7 @@ impl Metrics {
             describe_gauge!(TCP_CONNECTIONS, "Open TCP connections.");
             describe_counter!(
                 TCP_REFUSED,
-                "TCP connections refused at the connection cap."
+                "TCP connections refused at a connection cap (total or per client address)."
             );
             let open = gauge!(TCP_CONNECTIONS);
             open.set(0.0);
@@ -296,7 +296,11 @@ pub fn command_label(registry: &Registry, command: Option<&str>) -> &'static str
 /// Whether a scrape presenting `bearer` may read the metrics: always when no `metrics_token`
 /// is configured, otherwise only with that token (compared in constant time).
 pub fn scrape_allowed(config: &Config, bearer: Option<&str>) -> bool {
-    let Some(expected) = config.metrics_token.as_deref() else {
+    let Some(expected) = config
+        .metrics_token
+        .as_ref()
+        .map(crate::config::SecretSetting::expose)
+    else {
         return true;
     };
     let Some(presented) = bearer else {

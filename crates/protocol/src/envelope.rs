@@ -3,6 +3,7 @@
 use crate::{ErrorBody, ErrorCode, Secret};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use std::fmt;
 
 /// Longest string accepted as a request id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -49,7 +50,10 @@ impl<'de> Deserialize<'de> for RequestId {
 }
 
 /// One command invocation: a line on TCP, or the body of `POST /api/v1/execute`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Its `Debug` shows the id and the command but never the params (which may hold a password,
+/// a code or a token) nor the token.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Request {
     /// Correlation id echoed in the response.
@@ -64,6 +68,24 @@ pub struct Request {
     /// the `Authorization: Bearer` header instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        /// Stands for a value that is present but must not be shown.
+        struct Redacted;
+        impl fmt::Debug for Redacted {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("<redacted>")
+            }
+        }
+        f.debug_struct("Request")
+            .field("id", &self.id)
+            .field("command", &self.command)
+            .field("params", &self.params.as_ref().map(|_| Redacted))
+            .field("token", &self.token.as_ref().map(|_| Redacted))
+            .finish()
+    }
 }
 
 impl Request {
@@ -171,5 +193,30 @@ mod tests {
             .unwrap_or_else(|_| Request::new("fail"));
         assert_eq!(ok.command, "X");
         assert_eq!(ok.id, Some(RequestId::from(7)));
+    }
+
+    #[test]
+    fn request_debug_never_shows_params_or_token() {
+        let r = Request::new("AUTH.LOGIN")
+            .id("req-1")
+            .params(json!({"email": "a@example.com", "password": "hunter2-correct-horse"}))
+            .token("tok-3f9a1c07b2e4d518");
+        let shown = format!("{r:?} {r:#?}");
+        for secret in [
+            "hunter2-correct-horse",
+            "tok-3f9a1c07b2e4d518",
+            "a@example.com",
+        ] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        // What is not secret is still there to debug with.
+        assert!(
+            shown.contains("AUTH.LOGIN") && shown.contains("req-1"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+        // Absent params are shown as absent, not as redacted.
+        let bare = format!("{:?}", Request::new("SYS.PING"));
+        assert!(bare.contains("params: None"), "{bare}");
     }
 }

@@ -8,9 +8,16 @@
 //!
 //! Status codes: 200 for every handled outcome (including `ok: false`), 400 when the body
 //! cannot be read as a request (`BAD_REQUEST`), 413 when it is over the frame limit
-//! (`FRAME_TOO_LARGE`). `LOG.TAIL` answers `application/x-ndjson`, streaming the same lines as
-//! over TCP.
+//! (`FRAME_TOO_LARGE`), 408 when it does not arrive within `frame_timeout_s` (`BAD_REQUEST`,
+//! then the connection closes). `LOG.TAIL` answers `application/x-ndjson`, streaming the same
+//! lines as over TCP.
+//!
+//! Connections: headers must arrive within `http_header_timeout_s` (also the keep-alive idle
+//! limit); a connection over `max_connections_per_ip` gets 429 (`RATE_LIMITED`), over
+//! `max_connections` 503 (`UNAVAILABLE`), before its request is read.
 
+use crate::limit::{ConnLimits, Refusal};
+use crate::stall::StallGuard;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -18,12 +25,16 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::BytesMut;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use portcullis_core::{CommandError, ConnInfo, Dispatcher, Reply, Transport};
-use portcullis_protocol::{ErrorCode, Response, Secret};
+use portcullis_protocol::{ErrorBody, ErrorCode, Response, Secret};
 use std::net::SocketAddr;
-
-use std::time::Instant;
-use tokio::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
 
 /// The execute endpoint's path.
 pub const EXECUTE_PATH: &str = "/api/v1/execute";
@@ -45,15 +56,120 @@ pub fn router(dispatcher: Dispatcher) -> Router {
 }
 
 /// Serves the gateway until the app shuts down, then lets open requests finish.
-pub async fn serve(listener: TcpListener, dispatcher: Dispatcher) {
-    let shutdown = dispatcher.app().shutdown.clone();
-    let app = router(dispatcher).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-    {
-        tracing::error!(error = %e, "HTTP gateway stopped");
+///
+/// Each connection is admitted against `max_connections` and `max_connections_per_ip` (see
+/// [`crate::limit`]; connections from `trusted_proxies` count only towards the total) and
+/// must deliver each request's headers within `http_header_timeout_s`; the body's deadline is
+/// enforced in `execute`. A write that waits `idle_timeout_s` for a client that does not read
+/// ends the connection ([`StallGuard`]).
+pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTracker) {
+    let app = Arc::clone(dispatcher.app());
+    let cfg = &app.config;
+    let limits = ConnLimits::new(cfg.max_connections, cfg.max_connections_per_ip);
+    let router = router(dispatcher);
+    let write_stall = Duration::from_secs(cfg.idle_timeout_s);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(cfg.http_header_timeout_s));
+    loop {
+        let accepted = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (sock, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let proxy = cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+        let slot = match limits.admit(peer.ip(), proxy) {
+            Ok(slot) => slot,
+            Err(why) => {
+                match limits.refusal_slot() {
+                    Some(permit) => {
+                        tasks.spawn(async move {
+                            refuse(sock, peer, why).await;
+                            drop(permit);
+                        });
+                    }
+                    // Too many refusals in progress: close without a word.
+                    None => drop(sock),
+                }
+                continue;
+            }
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut router = router.clone();
+            async move { router.call(req).await }
+        });
+        let io = StallGuard::new(sock, peer, write_stall);
+        let conn = http1.serve_connection(TokioIo::new(io), service);
+        let shutdown = app.shutdown.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = shutdown.cancelled() => None,
+            };
+            let result = match done {
+                Some(r) => r,
+                None => {
+                    // Finish the request in progress, then close; an idle connection closes now.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                // Timeouts, resets and malformed requests: the client's business.
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
     }
+}
+
+/// Answers a connection that was not admitted with one response and closes it: 429 and a
+/// `RATE_LIMITED` envelope at the per-address cap, 503 and `UNAVAILABLE` at the total cap.
+async fn refuse(sock: TcpStream, peer: SocketAddr, why: Refusal) {
+    let (status, body) = match why {
+        Refusal::PerAddress => {
+            tracing::debug!(%peer, "per-address connection cap reached; refusing");
+            (
+                "429 Too Many Requests",
+                ErrorBody {
+                    retry_after_ms: Some(crate::tcp::REFUSED_RETRY_MS),
+                    ..ErrorBody::new(
+                        ErrorCode::RateLimited,
+                        "too many connections from your address; close one or retry later",
+                    )
+                },
+            )
+        }
+        Refusal::Total => {
+            tracing::warn!(%peer, "HTTP connection cap reached; refusing");
+            (
+                "503 Service Unavailable",
+                ErrorBody::new(ErrorCode::Unavailable, "too many connections; retry later"),
+            )
+        }
+    };
+    let Ok(json) = serde_json::to_vec(&Response::err(None, None, body)) else {
+        return;
+    };
+    let mut answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        json.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&json);
+    crate::limit::answer_and_close(sock, &answer).await;
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -135,7 +251,28 @@ async fn execute(
         user_agent,
     };
     let limit = dispatcher.app().config.max_frame_bytes;
-    let reply = match (axum::body::to_bytes(body, limit).await, bearer(&headers)) {
+    let frame_timeout = Duration::from_secs(dispatcher.app().config.frame_timeout_s);
+    // The whole body must arrive within the frame timeout, however it is trickled.
+    let Ok(body) = tokio::time::timeout(frame_timeout, axum::body::to_bytes(body, limit)).await
+    else {
+        let err = CommandError::bad_request(format!(
+            "the request body did not arrive within {} s",
+            frame_timeout.as_secs()
+        ));
+        let r = match dispatcher.unreadable(None, err, &conn, started).await {
+            Reply::Unary(pending) => pending.resolve().await,
+            // An unreadable request never streams.
+            Reply::Stream { .. } => return StatusCode::REQUEST_TIMEOUT.into_response(),
+        };
+        // The rest of the body is not read: the connection cannot carry another request.
+        return (
+            StatusCode::REQUEST_TIMEOUT,
+            [(header::CONNECTION, "close")],
+            axum::Json(r),
+        )
+            .into_response();
+    };
+    let reply = match (body, bearer(&headers)) {
         (Err(_), _) => {
             let err = CommandError::new(
                 ErrorCode::FrameTooLarge,

@@ -10,7 +10,9 @@
 #![warn(missing_docs)]
 
 pub mod http;
+mod limit;
 mod pages;
+mod stall;
 pub mod tcp;
 
 use portcullis_core::{App, Dispatcher};
@@ -42,7 +44,7 @@ impl Server {
         let dispatcher = Dispatcher::new(Arc::clone(&app));
         let tasks = TaskTracker::new();
         tasks.spawn(tcp::serve(tcp, dispatcher.clone(), tasks.clone()));
-        tasks.spawn(http::serve(http, dispatcher));
+        tasks.spawn(http::serve(http, dispatcher, tasks.clone()));
         tasks.spawn(portcullis_core::housekeeping::run(
             Arc::clone(&app),
             Duration::from_secs(300),

@@ -5,6 +5,7 @@
 //! reply's durability in order and writes it, flushing the socket only when no further answer
 //! is ready, so pipelined requests share one disk flush and one write.
 
+use crate::limit::{ConnLimits, Refusal};
 use bytes::BytesMut;
 use futures::FutureExt;
 use portcullis_core::{CommandError, ConnInfo, Dispatcher, Reply, Transport};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Mutex, Semaphore};
+use tokio::sync::{mpsc, Mutex};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,7 +32,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Accepts connections until shutdown.
 pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTracker) {
     let app = Arc::clone(dispatcher.app());
-    let slots = Arc::new(Semaphore::new(app.config.max_connections));
+    let limits = ConnLimits::new(
+        app.config.max_connections,
+        app.config.max_connections_per_ip,
+    );
     loop {
         let accepted = tokio::select! {
             _ = app.shutdown.cancelled() => break,
@@ -46,32 +50,58 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
                 continue;
             }
         };
-        match Arc::clone(&slots).try_acquire_owned() {
-            Ok(permit) => {
+        match limits.admit(peer.ip(), false) {
+            Ok(slot) => {
                 let d = dispatcher.clone();
                 let open = app.metrics.tcp_connection();
                 tasks.spawn(async move {
                     connection(sock, peer, d).await;
                     drop(open);
-                    drop(permit);
+                    drop(slot);
                 });
             }
-            Err(_) => {
-                tracing::warn!(%peer, "connection cap reached; refusing");
+            Err(why) => {
                 app.metrics.tcp_refused();
-                tasks.spawn(refuse(sock));
+                let body = match why {
+                    Refusal::Total => {
+                        tracing::warn!(%peer, "connection cap reached; refusing");
+                        ErrorBody::new(ErrorCode::Unavailable, "too many connections; retry later")
+                    }
+                    Refusal::PerAddress => {
+                        // Debug only: a client over its share can refuse itself very often.
+                        tracing::debug!(%peer, "per-address connection cap reached; refusing");
+                        ErrorBody {
+                            retry_after_ms: Some(REFUSED_RETRY_MS),
+                            ..ErrorBody::new(
+                                ErrorCode::RateLimited,
+                                "too many connections from your address; close one or retry later",
+                            )
+                        }
+                    }
+                };
+                match limits.refusal_slot() {
+                    Some(permit) => {
+                        tasks.spawn(async move {
+                            refuse(sock, body).await;
+                            drop(permit);
+                        });
+                    }
+                    // Too many refusals in progress: close without a word.
+                    None => drop(sock),
+                }
             }
         }
     }
 }
 
-async fn refuse(mut sock: TcpStream) {
-    let body = ErrorBody::new(ErrorCode::Unavailable, "too many connections; retry later");
+/// The `retry_after_ms` hint of a connection refused at the per-address cap.
+pub(crate) const REFUSED_RETRY_MS: u64 = 1000;
+
+async fn refuse(sock: TcpStream, body: ErrorBody) {
     let mut out = BytesMut::new();
     if encode_line(&Response::err(None, None, body), &mut out).is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), sock.write_all(&out)).await;
+        crate::limit::answer_and_close(sock, &out).await;
     }
-    let _ = sock.shutdown().await;
 }
 
 /// The write side of a connection, shared by its reader (answers that are ready at once, while
@@ -81,17 +111,35 @@ struct Outbound {
     /// Replies handed to the writer task and not yet written. The reader writes an answer
     /// itself only while this is zero, so answers never overtake each other.
     queued: AtomicUsize,
+    /// How long one write (at most a few tens of KiB) may wait for the client to read before
+    /// the connection is given up (`idle_timeout_s`).
+    stall: Duration,
+    peer: SocketAddr,
 }
 
 impl Outbound {
-    /// Writes `out` (answers encoded by the reader) and empties it.
+    /// Writes `out` (answers encoded by the reader) and empties it. A client that reads nothing
+    /// for `stall` fails the write with `TimedOut`: it would otherwise hold the connection, its
+    /// queued answers and a follow stream forever.
     async fn write_direct(&self, out: &mut BytesMut) -> std::io::Result<()> {
         if out.is_empty() {
             return Ok(());
         }
-        self.wr.lock().await.write_all(out).await?;
-        out.clear();
-        Ok(())
+        let write = async {
+            self.wr.lock().await.write_all(out).await?;
+            out.clear();
+            Ok(())
+        };
+        match tokio::time::timeout(self.stall, write).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "closing a connection whose client stopped reading");
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                ))
+            }
+        }
     }
 }
 
@@ -102,6 +150,8 @@ pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatche
     let outbound = Arc::new(Outbound {
         wr: Mutex::new(wr),
         queued: AtomicUsize::new(0),
+        stall: Duration::from_secs(dispatcher.app().config.idle_timeout_s),
+        peer,
     });
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let closed = CancellationToken::new();
@@ -253,22 +303,27 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_CHUNK);
         }
-        tokio::select! {
-            _ = &mut shutdown => return ReadEnd::Done,
-            _ = &mut timer => {
-                if tokio::time::Instant::now() < deadline {
-                    // Fired for an earlier deadline that activity has since moved.
-                    timer.as_mut().reset(deadline);
-                    continue;
+        // Wait for input until `deadline`. The deadline is computed once per wait: a timer that
+        // fires early (for a deadline that activity has since moved) is re-armed for the same
+        // deadline, never for one computed afresh, or the connection would never time out.
+        let read = loop {
+            tokio::select! {
+                _ = &mut shutdown => return ReadEnd::Done,
+                _ = &mut timer => {
+                    if tokio::time::Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
+                    return ReadEnd::Done;
                 }
-                tracing::debug!(%peer, partial = !buf.is_empty(), "closing idle connection");
-                return ReadEnd::Done;
+                r = rd.read_buf(&mut buf) => break r,
             }
-            r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => eof = true,
-                Ok(_) => {}
-                Err(_) => return ReadEnd::Done,
-            },
+        };
+        match read {
+            Ok(0) => eof = true,
+            Ok(_) => {}
+            Err(_) => return ReadEnd::Done,
         }
     }
 }
