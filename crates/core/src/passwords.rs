@@ -28,7 +28,15 @@ pub const MIN_LEN: usize = 8;
 /// Longest accepted password, in characters.
 pub const MAX_LEN: usize = 256;
 
+/// The bundled list of common passwords (see `data/update-common-passwords.sh` for its source).
 const COMMON: &str = include_str!("../data/common-passwords.txt");
+
+/// Shortest context word (product name, a part of the user's address or name) that a password
+/// may not contain; shorter ones (`bob`, `org`) would refuse too many good passwords.
+pub const CONTEXT_MIN_LEN: usize = 4;
+
+/// The product's own name, refused in passwords whatever `product_name` is configured to.
+const PRODUCT: &str = "portcullis";
 
 fn common() -> &'static HashSet<String> {
     static SET: OnceLock<HashSet<String>> = OnceLock::new();
@@ -42,18 +50,79 @@ fn common() -> &'static HashSet<String> {
     })
 }
 
-/// Checks a new password against the policy: 8–256 characters, not in the bundled list of
-/// common passwords. The message never repeats the password.
-pub fn check_policy(pw: &Secret) -> Result<(), CommandError> {
+/// How many passwords the bundled common-password list holds.
+pub fn common_password_count() -> usize {
+    common().len()
+}
+
+/// What a password must not contain besides the common list (ASVS 6.1.2 / 6.2.11): the words
+/// of the service and of the account it is for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyContext<'a> {
+    /// The configured product name (the built-in `portcullis` is always refused too).
+    pub product_name: &'a str,
+    /// The account's address.
+    pub email: Option<&'a str>,
+    /// The account's display name.
+    pub display_name: Option<&'a str>,
+}
+
+impl PolicyContext<'_> {
+    /// The context words, lower-cased, each at least [`CONTEXT_MIN_LEN`] characters: the
+    /// product name and its words; the address's local part and its words (split at anything
+    /// not a letter or digit: `jane.doe+x` gives `jane.doe+x`, `jane`, `doe`); each label of
+    /// its domain but the last (`mail.acme.com` gives `mail`, `acme`); the display name and its
+    /// words.
+    pub fn words(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut add_with_parts = |s: &str| {
+            let s = s.trim().to_lowercase();
+            out.extend(
+                s.split(|c: char| !c.is_alphanumeric())
+                    .map(str::to_owned)
+                    .chain([s.clone()]),
+            );
+        };
+        add_with_parts(PRODUCT);
+        add_with_parts(self.product_name);
+        if let Some(email) = self.email {
+            let (local, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+            add_with_parts(local);
+            let labels: Vec<&str> = domain.split('.').collect();
+            for label in labels.iter().take(labels.len().saturating_sub(1)) {
+                add_with_parts(label);
+            }
+        }
+        if let Some(name) = self.display_name {
+            add_with_parts(name);
+        }
+        out.retain(|w| w.chars().count() >= CONTEXT_MIN_LEN);
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// Checks a new password against the policy: 8–256 characters; not in the bundled list of
+/// common passwords; not containing (case-insensitively) any context word of `context` (see
+/// [`PolicyContext::words`]). The message never repeats the password nor says which word
+/// matched.
+pub fn check_policy(pw: &Secret, context: &PolicyContext<'_>) -> Result<(), CommandError> {
     let n = pw.expose().chars().count();
     if !(MIN_LEN..=MAX_LEN).contains(&n) {
         return Err(CommandError::invalid_params(format!(
             "the password must be {MIN_LEN} to {MAX_LEN} characters"
         )));
     }
-    if common().contains(&pw.expose().to_lowercase()) {
+    let lower = zeroize::Zeroizing::new(pw.expose().to_lowercase());
+    if common().contains(lower.as_str()) {
         return Err(CommandError::invalid_params(
             "this password is too common; choose another",
+        ));
+    }
+    if context.words().iter().any(|w| lower.contains(w.as_str())) {
+        return Err(CommandError::invalid_params(
+            "the password must not contain the service's name, your address or your name",
         ));
     }
     Ok(())
@@ -327,18 +396,101 @@ fn lower_priority() {
 mod tests {
     use super::*;
 
+    const NO_CONTEXT: PolicyContext<'static> = PolicyContext {
+        product_name: "",
+        email: None,
+        display_name: None,
+    };
+
     #[test]
     fn policy_refuses_short_long_and_common_passwords_without_echoing_them() {
         for bad in ["short", "Password123", "qwertyuiop", &"x".repeat(257)] {
-            let e = check_policy(&Secret::new(bad)).unwrap_err();
+            let e = check_policy(&Secret::new(bad), &NO_CONTEXT).unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidParams);
             assert!(!e.body().message.contains(bad), "{}", e.body().message);
         }
-        assert!(check_policy(&Secret::new("correct horse battery staple")).is_ok());
+        assert!(check_policy(&Secret::new("correct horse battery staple"), &NO_CONTEXT).is_ok());
         assert!(
-            check_policy(&Secret::new("ÄÖÜäöü€ß")).is_ok(),
+            check_policy(&Secret::new("ÄÖÜäöü€ß"), &NO_CONTEXT).is_ok(),
             "length counts characters"
         );
+    }
+
+    /// ASVS 6.2.4: the list holds thousands of entries from a maintained source, and every one
+    /// of them is refused, in any letter case.
+    #[test]
+    fn every_entry_of_the_common_password_list_is_refused() {
+        let entries: Vec<&str> = COMMON
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        assert!(entries.len() >= 3_000, "only {} entries", entries.len());
+        assert_eq!(common_password_count(), entries.len(), "no duplicates");
+        for pw in &entries {
+            let e = check_policy(&Secret::new(*pw), &NO_CONTEXT).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidParams, "{pw}");
+            let upper = pw.to_uppercase();
+            assert!(
+                check_policy(&Secret::new(upper.as_str()), &NO_CONTEXT).is_err(),
+                "{upper}"
+            );
+        }
+        // Samples from different ranks of the source list.
+        for sample in [
+            "12345678",
+            "password1",
+            "iloveyou",
+            "sunshine",
+            "football",
+            "trustno1",
+        ] {
+            assert!(entries.contains(&sample), "{sample}");
+        }
+    }
+
+    /// ASVS 6.1.2 / 6.2.11: the product name, the parts of the address and the display name are
+    /// refused as substrings, whatever their case; shorter parts are not.
+    #[test]
+    fn context_words_are_refused_in_passwords() {
+        let ctx = PolicyContext {
+            product_name: "Acme Login",
+            email: Some("Jane.Doe+work@mail.Wonderland.example.org"),
+            display_name: Some("Zaphod Beeblebrox"),
+        };
+        for bad in [
+            "myPortcullis2024!",
+            "acme login rocks",
+            "xxLOGINxxxxx",
+            "jane.doe+work 42",
+            "secretjane!!",
+            "doe is fine", // `doe` alone is shorter than CONTEXT_MIN_LEN: only with `work` below
+            "wonderland1234",
+            "example-universe",
+            "zaphod-was-here",
+            "BEEBLEBROX 9000",
+        ] {
+            let r = check_policy(&Secret::new(bad), &ctx);
+            if bad == "doe is fine" {
+                assert!(r.is_ok(), "short parts are allowed: {bad}");
+                continue;
+            }
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidParams, "{bad}");
+            assert!(!e.body().message.contains(bad));
+        }
+        for good in [
+            "correct horse battery staple",
+            "an org chart view",
+            "a doe and a fawn",
+        ] {
+            assert!(check_policy(&Secret::new(good), &ctx).is_ok(), "{good}");
+        }
+        assert!(
+            check_policy(&Secret::new("secretjane!!"), &NO_CONTEXT).is_ok(),
+            "without the context the same password passes"
+        );
+        assert!(check_policy(&Secret::new("portcullis-door"), &NO_CONTEXT).is_err());
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use crate::accounts::{
 use crate::caller::{RateClass, Requirement};
 use crate::crypto::{random_id, sha256};
 use crate::login::finish_first_factor;
-use crate::passwords::check_policy;
+use crate::passwords::{check_policy, PolicyContext};
 use crate::sessions::{refresh, revoke, start_session};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::auth::{
@@ -55,7 +55,12 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
     // taken, and no lock is held while hashing.
     let password_hash = match &p.password {
         Some(pw) => {
-            check_policy(pw)?;
+            let context = PolicyContext {
+                product_name: &ctx.app.config.product_name,
+                email: Some(&email.display),
+                display_name: display_name.as_deref(),
+            };
+            check_policy(pw, &context)?;
             Some(ctx.app.passwords.hash(pw).await?)
         }
         None => None,

@@ -3,7 +3,7 @@
 use crate::accounts::{check_display_name, get_user, update_user, UserRecord};
 use crate::caller::{RateClass, Requirement};
 use crate::clock::rfc3339_ms;
-use crate::passwords::check_policy;
+use crate::passwords::{check_policy, PolicyContext};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::commands::user::{
@@ -106,7 +106,12 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
             ));
         }
     }
-    check_policy(&p.new_password)?;
+    let context = PolicyContext {
+        product_name: &ctx.app.config.product_name,
+        email: Some(&u.email),
+        display_name: u.display_name.as_deref(),
+    };
+    check_policy(&p.new_password, &context)?;
     let new_hash = Some(ctx.app.passwords.hash(&p.new_password).await?);
     let now = ctx.now().unix_timestamp();
     // Only over the password that was just checked: a change racing this one is refused. The
@@ -268,6 +273,54 @@ mod tests {
         // The old address is told.
         let notice = b.mail_text(2).await;
         assert!(notice.contains("New@example.org"), "{notice}");
+    }
+
+    /// ASVS 6.1.2 / 6.2.11 at both places a password is chosen: sign-up and password change
+    /// refuse the product name, the address's parts and the display name.
+    #[tokio::test]
+    async fn sign_up_and_password_change_refuse_context_words() {
+        let b = Bench::new(|_| {}).await;
+        for (pw, name) in [
+            ("Zaphod1234!", None),
+            ("my-beeblebrox-pw", Some("Zaphod Beeblebrox")),
+            ("heartofgold-22", None),
+            ("portcullis!2026", None),
+        ] {
+            let r = b
+                .call(
+                    "AUTH.SIGNUP",
+                    json!({"email": "zaphod@heartofgold.example", "password": pw,
+                           "display_name": name}),
+                    None,
+                )
+                .await;
+            assert_eq!(r.error_code(), Some(ErrorCode::InvalidParams), "{pw}");
+        }
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "zaphod@heartofgold.example", "password": PW,
+                       "display_name": "Trillian Astra"}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        for bad in ["trillian-forever", "ASTRA astra 42", "ZAPHOD-new-pass"] {
+            let r = b
+                .call(
+                    "USER.SET_PASSWORD",
+                    json!({"current_password": PW, "new_password": bad}),
+                    Some(&access),
+                )
+                .await;
+            assert_eq!(r.error_code(), Some(ErrorCode::InvalidParams), "{bad}");
+        }
+        b.ok(
+            "USER.SET_PASSWORD",
+            json!({"current_password": PW, "new_password": "a wholly unrelated phrase"}),
+            Some(&access),
+        )
+        .await;
     }
 
     #[tokio::test]
