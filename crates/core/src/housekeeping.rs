@@ -38,9 +38,9 @@ async fn sweep_table<R: Record>(
 
 /// One sweep; returns how many records were removed.
 pub async fn sweep(app: &App) -> Result<u64, StoreError> {
-    app.limits.housekeeping();
-    let store = app.store.as_ref();
     let now = app.clock.now().unix_timestamp();
+    app.limits.housekeeping(now);
+    let store = app.store.as_ref();
     let mut removed = sweep_table::<FlowRecord>(store, Table::Flows, now, |f| f.expires_at).await?;
     removed += sweep_table::<MfaTicket>(store, Table::MfaTickets, now, |t| t.expires_at).await?;
     removed +=
