@@ -161,6 +161,8 @@ impl App {
             config.hash_permits(),
         )
         .map_err(OpenError::Config)?;
+        // Unknown addresses are checked at the cost of the median stored hash.
+        passwords.sample_stored(node.store.as_ref()).await?;
         let store: Arc<dyn Store> = layer(node.store.clone());
         let log: Arc<dyn EventLog> = node.store.clone();
         let events = internal_event::InternalEvents::new(

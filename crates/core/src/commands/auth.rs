@@ -149,6 +149,9 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
         .await?;
         if after.is_some_and(|u| u.password_hash == upgraded) {
             standing = upgraded;
+            if let Some(old) = &stored {
+                ctx.app.passwords.observe_replaced(old);
+            }
             ctx.audit.note("password.rehashed", true);
         }
     }
