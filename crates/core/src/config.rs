@@ -168,6 +168,9 @@ pub struct RateLimits {
     pub credential: String,
     /// Requests that send mail.
     pub send: String,
+    /// Wrong email codes (`OTP.VERIFY`) accepted per address in a rolling hour, across all its
+    /// codes; then `TOO_MANY_ATTEMPTS` until the oldest failure is an hour old.
+    pub otp_failures_per_address_per_hour: u32,
 }
 
 impl Default for RateLimits {
@@ -179,6 +182,7 @@ impl Default for RateLimits {
             account: "200/s".into(),
             credential: "120/min".into(),
             send: "30/min".into(),
+            otp_failures_per_address_per_hour: 10,
         }
     }
 }

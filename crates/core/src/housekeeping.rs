@@ -38,9 +38,9 @@ async fn sweep_table<R: Record>(
 
 /// One sweep; returns how many records were removed.
 pub async fn sweep(app: &App) -> Result<u64, StoreError> {
-    app.limits.housekeeping();
-    let store = app.store.as_ref();
     let now = app.clock.now().unix_timestamp();
+    app.limits.housekeeping(now);
+    let store = app.store.as_ref();
     let mut removed = sweep_table::<FlowRecord>(store, Table::Flows, now, |f| f.expires_at).await?;
     removed += sweep_table::<MfaTicket>(store, Table::MfaTickets, now, |t| t.expires_at).await?;
     removed +=
@@ -93,7 +93,7 @@ mod tests {
         b.ok("MAGIC.SEND", json!({"email": "a@example.org"}), None)
             .await;
         assert_eq!(count(&b, Table::Flows).await, 1);
-        b.advance(15 * 60 + super::KEEP_EXPIRED_S - 1);
+        b.advance(b.app.config.magic_link_ttl_s + super::KEEP_EXPIRED_S - 1);
         assert_eq!(super::sweep(&b.app).await.unwrap(), 0);
         b.advance(2);
         assert_eq!(

@@ -95,6 +95,9 @@ pub struct App {
     pub mailer: mail::Mailer,
     /// Key of the HMAC that stores email codes.
     pub code_key: zeroize::Zeroizing<[u8; 32]>,
+    /// Key of the HMAC that stores recovery codes (stored sealed; survives master-key
+    /// rotation).
+    pub recovery_code_key: zeroize::Zeroizing<[u8; 32]>,
     /// Rate limiters and failure delays.
     pub limits: limits::Limits,
     /// The WebAuthn relying party.
@@ -158,6 +161,8 @@ impl App {
             config.hash_permits(),
         )
         .map_err(OpenError::Config)?;
+        // Unknown addresses are checked at the cost of the median stored hash.
+        passwords.sample_stored(node.store.as_ref()).await?;
         let store: Arc<dyn Store> = layer(node.store.clone());
         let log: Arc<dyn EventLog> = node.store.clone();
         let events = internal_event::InternalEvents::new(
@@ -175,6 +180,8 @@ impl App {
         .await
         .map_err(OpenError::Config)?;
         let code_key = crypto::derive_key(&node.master_key, "email-code-mac");
+        let recovery_code_key =
+            mfa::load_or_create_recovery_key(node.store.as_ref(), &sealer, rng.as_ref()).await?;
         if node.operator_token_created {
             tracing::info!(
                 path = %config.data_dir.join(node::OPERATOR_TOKEN_FILE).display(),
@@ -201,6 +208,7 @@ impl App {
             mailer,
             events,
             code_key,
+            recovery_code_key,
             limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
             webauthn: passkeys::relying_party(&config).map_err(OpenError::Config)?,
             metrics: telemetry::Metrics::new(),

@@ -9,11 +9,14 @@
 //! start while `master.key.next` exists.
 //!
 //! Keys derived from the master key change too: email codes in flight stop verifying (ask for a
-//! new one), and decoy passkey ids change.
+//! new one), and decoy passkey ids change. The recovery-code key is not derived but stored
+//! sealed, and re-sealed here, so recovery codes keep working.
 
 use crate::crypto::Sealer;
 use crate::mail::{queue_aad, QueuedMail};
-use crate::mfa::{aad_confirmed, aad_enrolment, PendingEnrolment, TotpRecord};
+use crate::mfa::{
+    aad_confirmed, aad_enrolment, PendingEnrolment, TotpRecord, META_RECOVERY_KEY, RECOVERY_KEY_AAD,
+};
 use crate::node::{load_or_create_master_key, MasterKey, NodeError, MASTER_KEY_FILE};
 use crate::random::{OsRandom, SecureRandom};
 use crate::sessions::{successor_aad, RefreshRecord, RefreshState};
@@ -180,6 +183,16 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
         reseal(&old, &new, &rng, &queue_aad(k), &mut r.sealed)
     })
     .await?;
+    // The recovery-code key: sealed, not derived, so the stored codes stay valid.
+    if let Some(raw) = store.get(Table::Meta, META_RECOVERY_KEY).await? {
+        let mut sealed = String::from_utf8(raw)
+            .map_err(|_| NodeError::Invalid("the recovery-code key is corrupt".into()))?;
+        if reseal(&old, &new, &rng, RECOVERY_KEY_AAD, &mut sealed)? {
+            store
+                .put(Table::Meta, META_RECOVERY_KEY, sealed.into_bytes())
+                .await?;
+        }
+    }
     let report = RekeyReport {
         signing_keys,
         totp_secrets,

@@ -660,7 +660,7 @@ pub mod totp {
     /// `TOTP.CONFIRM` and `RECOVERY.REGENERATE` result. Shown once.
     #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct RecoveryCodes {
-        /// Ten single-use codes, `xxxxx-xxxxx-xxxxx-xxxx`.
+        /// Ten single-use codes, `xxxx-xxxx-xxxx-xxxx-xxxx-xxxx` (120 bits each).
         pub recovery_codes: Vec<Secret>,
     }
 

@@ -66,7 +66,7 @@ pub enum Table {
     Totp,
     /// Pending TOTP enrolments by enrolment id.
     TotpEnrollments,
-    /// Recovery codes: `user_id/sha256(code)`.
+    /// Recovery codes: `user_id/m:<HMAC of the code>` (codes issued before: `user_id/sha256(code)`).
     RecoveryCodes,
     /// Pending second-factor sign-ins by SHA-256 of the `mfa_token`.
     MfaTickets,

@@ -6,7 +6,7 @@ use crate::accounts::{
 use crate::caller::{RateClass, Requirement};
 use crate::crypto::{random_id, sha256};
 use crate::login::finish_first_factor;
-use crate::passwords::check_policy;
+use crate::passwords::{check_policy, PolicyContext};
 use crate::sessions::{refresh, revoke, start_session};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::auth::{
@@ -55,7 +55,12 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
     // taken, and no lock is held while hashing.
     let password_hash = match &p.password {
         Some(pw) => {
-            check_policy(pw)?;
+            let context = PolicyContext {
+                product_name: &ctx.app.config.product_name,
+                email: Some(&email.display),
+                display_name: display_name.as_deref(),
+            };
+            check_policy(pw, &context)?;
             Some(ctx.app.passwords.hash(pw).await?)
         }
         None => None,
@@ -92,9 +97,12 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
     // address cannot be an account, so it has none).
     let delay_key = email.as_ref().map(|e| format!("login:{}", e.key));
     let now = ctx.now().unix_timestamp();
-    if let Some(k) = &delay_key {
-        ctx.app.limits.check_failures(k, now)?;
-    }
+    // Reserve the attempt before any work: however many requests race, no more passwords are
+    // checked than the free failures allow (see `Limits::reserve_attempt`).
+    let attempt = match &delay_key {
+        Some(k) => Some(ctx.app.limits.reserve_attempt(k, now)?),
+        None => None,
+    };
     let user = match &email {
         Some(e) => {
             ctx.audit
@@ -115,14 +123,14 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
             ctx.audit.subject(&u.id);
         }
         ctx.audit.event("login.failed");
-        if let Some(k) = &delay_key {
-            let failures = ctx.app.limits.record_failure(k, now);
+        if let Some(a) = attempt {
+            let failures = a.failed(ctx.now().unix_timestamp());
             ctx.audit.note("consecutive_failures", u64::from(failures));
         }
         return Err(invalid());
     };
-    if let Some(k) = &delay_key {
-        ctx.app.limits.record_success(k);
+    if let Some(a) = attempt {
+        a.succeeded();
     }
     let store = ctx.app.store.as_ref();
     // The hash this sign-in stands on: the one verified, or its upgrade.
@@ -141,6 +149,9 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
         .await?;
         if after.is_some_and(|u| u.password_hash == upgraded) {
             standing = upgraded;
+            if let Some(old) = &stored {
+                ctx.app.passwords.observe_replaced(old);
+            }
             ctx.audit.note("password.rehashed", true);
         }
     }
@@ -177,4 +188,75 @@ async fn logout(ctx: Ctx, _p: NoParams) -> Result<LoggedOut, CommandError> {
         session_id: sid,
         revoked: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    /// Defect 2: 60 wrong passwords for one address at once. Each attempt is reserved before its
+    /// hash, so only the free failures (5) are ever checked; the rest are `RATE_LIMITED`
+    /// without any argon2 work. The bound allows the hashing threads' worth of slack.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn parallel_wrong_logins_are_checked_at_most_the_free_failures() {
+        let b = Arc::new(Bench::new(|_| {}).await);
+        b.ok(
+            "AUTH.SIGNUP",
+            json!({"email": "target@example.org", "password": "correct horse battery staple"}),
+            None,
+        )
+        .await;
+        let work_before = b.app.passwords.work_done();
+        let tasks: Vec<_> = (0..60)
+            .map(|i| {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move {
+                    b.call(
+                        "AUTH.LOGIN",
+                        json!({"email": "target@example.org", "password": format!("wrong guess {i}")}),
+                        None,
+                    )
+                    .await
+                    .error_code()
+                })
+            })
+            .collect();
+        let (mut checked, mut limited) = (0u64, 0u64);
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(ErrorCode::InvalidCredentials) => checked += 1,
+                Some(ErrorCode::RateLimited) => limited += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        let hashed = b.app.passwords.work_done() - work_before;
+        let bound = crate::limits::FREE_FAILURES as u64
+            + u64::try_from(b.app.config.hash_permits()).unwrap();
+        assert!(
+            checked <= bound,
+            "{checked} passwords checked (bound {bound})"
+        );
+        assert_eq!(checked, hashed, "every check, and only a check, hashes");
+        assert_eq!(checked + limited, 60);
+        assert_eq!(checked, crate::limits::FREE_FAILURES as u64);
+        // The owner, too, waits out the delay the guesses started.
+        let r = b
+            .call(
+                "AUTH.LOGIN",
+                json!({"email": "target@example.org", "password": "correct horse battery staple"}),
+                None,
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::RateLimited));
+        b.advance(3);
+        b.ok(
+            "AUTH.LOGIN",
+            json!({"email": "target@example.org", "password": "correct horse battery staple"}),
+            None,
+        )
+        .await;
+    }
 }

@@ -375,7 +375,7 @@ mod tests {
         assert!(e
             .recovery
             .iter()
-            .all(|c| c.len() == 22 && c.matches('-').count() == 3));
+            .all(|c| c.len() == 29 && c.matches('-').count() == 5));
         let d = mfa_token(&b, "rec@example.org").await;
         let code = e.recovery[3].to_uppercase();
         let v = b

@@ -5,6 +5,8 @@
 //! time. Every attempt is *reserved* (the flow's attempt counter is raised by compare-and-swap)
 //! before its code is compared, so however many requests race, at most `otp_max_attempts`
 //! guesses are ever evaluated against one code; after that even the right code is refused.
+//! Across codes, each address allows `rate_limits.otp_failures_per_address_per_hour` wrong codes
+//! in a rolling hour (reserved the same way, before the comparison, in [`crate::limits`]).
 
 use crate::accounts::normalize_email;
 use crate::caller::{RateClass, Requirement};
@@ -120,6 +122,8 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
     };
     let max = ctx.app.config.otp_max_attempts;
     ctx.audit.note("flow_id", p.flow_id.clone());
+    // The address's hourly cap on wrong codes, reserved once (kept across retries below).
+    let mut address_attempt = None;
     for _ in 0..32 {
         let Some(loaded) = load(&ctx, &p.flow_id)
             .await?
@@ -142,6 +146,21 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
                 "too many wrong codes; ask for a new one",
             ));
         }
+        if address_attempt.is_none() {
+            let now = ctx.now().unix_timestamp();
+            match ctx
+                .app
+                .limits
+                .reserve_code_attempt(&loaded.flow.email_key, now)
+            {
+                Ok(a) => address_attempt = Some(a),
+                Err(e) => {
+                    ctx.audit.event("otp.failed");
+                    ctx.audit.note("reason", "address_capped");
+                    return Err(e);
+                }
+            }
+        }
         // Reserve this attempt before looking at the code.
         let reserved = FlowRecord {
             attempts: loaded.flow.attempts + 1,
@@ -154,6 +173,9 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
         let expected = reserved.code_mac.clone().unwrap_or_default();
         let presented = code_mac(&ctx, &reserved.id, p.code.expose());
         if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            if let Some(a) = address_attempt.take() {
+                a.failed(ctx.now().unix_timestamp());
+            }
             ctx.audit.event("otp.failed");
             ctx.audit.note("attempt", u64::from(attempt));
             ctx.audit.note("max_attempts", u64::from(max));
@@ -161,6 +183,9 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
                 ctx.audit.event("otp.locked");
             }
             return Err(invalid(max - attempt));
+        }
+        if let Some(a) = address_attempt.take() {
+            a.succeeded();
         }
         let mut current = Loaded {
             raw: encode_record(&reserved),
@@ -258,5 +283,63 @@ mod clock_tests {
             )
             .await;
         assert_eq!(r["token_type"], "Bearer");
+    }
+
+    /// Defect 12: five tries per code, but across codes an address allows only
+    /// `otp_failures_per_address_per_hour` (default 10) wrong codes an hour; after them even
+    /// a new code's right value is refused until the oldest failure is an hour old.
+    #[tokio::test]
+    async fn wrong_codes_are_capped_per_address_across_codes() {
+        let b = Bench::new(|_| {}).await;
+        b.ok("AUTH.SIGNUP", json!({"email": "a@example.org"}), None)
+            .await;
+        for n in 1..=2 {
+            let flow = b
+                .ok("OTP.SEND", json!({"email": "a@example.org"}), None)
+                .await;
+            let right = b.otp_code(n).await;
+            let wrong = if right == "000000" {
+                "111111"
+            } else {
+                "000000"
+            };
+            for _ in 0..5 {
+                let r = b
+                    .call(
+                        "OTP.VERIFY",
+                        json!({"flow_id": flow["flow_id"], "code": wrong}),
+                        None,
+                    )
+                    .await;
+                assert_eq!(r.error_code(), Some(ErrorCode::InvalidCredentials));
+            }
+            b.advance(31);
+        }
+        let flow = b
+            .ok("OTP.SEND", json!({"email": "a@example.org"}), None)
+            .await;
+        let right = b.otp_code(3).await;
+        let r = b
+            .call(
+                "OTP.VERIFY",
+                json!({"flow_id": flow["flow_id"], "code": right}),
+                None,
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::TooManyAttempts));
+        let wait = r.error.unwrap().retry_after_ms.unwrap();
+        assert!((3_500_000..=3_600_000).contains(&wait), "{wait}");
+        // An hour after the first failures the address may try again (with a fresh code).
+        b.advance(3600);
+        let flow = b
+            .ok("OTP.SEND", json!({"email": "a@example.org"}), None)
+            .await;
+        let right = b.otp_code(4).await;
+        b.ok(
+            "OTP.VERIFY",
+            json!({"flow_id": flow["flow_id"], "code": right}),
+            None,
+        )
+        .await;
     }
 }

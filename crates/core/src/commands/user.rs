@@ -3,7 +3,7 @@
 use crate::accounts::{check_display_name, get_user, update_user, UserRecord};
 use crate::caller::{RateClass, Requirement};
 use crate::clock::rfc3339_ms;
-use crate::passwords::check_policy;
+use crate::passwords::{check_policy, PolicyContext};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::commands::user::{
@@ -106,7 +106,12 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
             ));
         }
     }
-    check_policy(&p.new_password)?;
+    let context = PolicyContext {
+        product_name: &ctx.app.config.product_name,
+        email: Some(&u.email),
+        display_name: u.display_name.as_deref(),
+    };
+    check_policy(&p.new_password, &context)?;
     let new_hash = Some(ctx.app.passwords.hash(&p.new_password).await?);
     let now = ctx.now().unix_timestamp();
     // Only over the password that was just checked: a change racing this one is refused. The
@@ -167,21 +172,13 @@ async fn delete(ctx: Ctx, _p: NoParams) -> Result<Deleted, CommandError> {
 
 /// `USER.CHANGE_EMAIL {new_email}` — user after step-up. Mails a confirmation link to the new
 /// address (send limits apply to it); the address changes only when that link is used
-/// (`MAGIC.VERIFY`), and the old address is then told. `CONFLICT` when the new address already
-/// has an account.
+/// (`MAGIC.VERIFY`), and the old address is then told. The send limits are applied first and an
+/// address that already has an account is answered exactly like a free one (no `CONFLICT`), so
+/// the command cannot test whether an address is taken; nothing is mailed to it and nothing is
+/// stored (the taken address's own pending links are not touched).
 async fn change_email(ctx: Ctx, p: ChangeEmailParams) -> Result<ChangeStarted, CommandError> {
     let u = load(&ctx).await?;
     let email = crate::accounts::normalize_email(&p.new_email)?;
-    let store = ctx.app.store.as_ref();
-    if crate::accounts::find_by_email(store, &email)
-        .await?
-        .is_some()
-    {
-        return Err(CommandError::new(
-            ErrorCode::Conflict,
-            "that address already has an account",
-        ));
-    }
     crate::email_flow::count_send(&ctx, &email).await?;
     let mut flow = crate::email_flow::new_flow(
         &ctx,
@@ -191,12 +188,19 @@ async fn change_email(ctx: Ctx, p: ChangeEmailParams) -> Result<ChangeStarted, C
         ctx.app.config.magic_link_ttl_s,
     )
     .await?;
-    flow.phantom = false;
-    flow.change_email_for = Some(u.id.clone());
-    crate::commands::magic::send_link(&ctx, &flow, &ctx.app.config.default_locale).await?;
-    crate::email_flow::save_new(&ctx, &flow).await?;
+    let store = ctx.app.store.as_ref();
+    let taken = crate::accounts::find_by_email(store, &email)
+        .await?
+        .is_some();
+    if !taken {
+        flow.phantom = false;
+        flow.change_email_for = Some(u.id.clone());
+        crate::commands::magic::send_link(&ctx, &flow, &ctx.app.config.default_locale).await?;
+        crate::email_flow::save_new(&ctx, &flow).await?;
+    }
     ctx.audit.event("email.change_requested");
     ctx.audit.note("flow_id", flow.id.clone());
+    ctx.audit.note("mailed", !taken);
     Ok(ChangeStarted {
         expires_in: u64::try_from(flow.expires_at - flow.created_at).unwrap_or(0),
         flow_id: flow.id,
@@ -224,14 +228,13 @@ mod tests {
         let access = s["access_token"].as_str().unwrap().to_owned();
         b.ok("AUTH.SIGNUP", json!({"email": "taken@example.org"}), None)
             .await;
-        let r = b
-            .call(
-                "USER.CHANGE_EMAIL",
-                json!({"new_email": "taken@example.org"}),
-                Some(&access),
-            )
-            .await;
-        assert_eq!(r.error_code(), Some(ErrorCode::Conflict));
+        b.ok(
+            "USER.CHANGE_EMAIL",
+            json!({"new_email": "taken@example.org"}),
+            Some(&access),
+        )
+        .await;
+        b.advance(31);
         b.ok(
             "USER.CHANGE_EMAIL",
             json!({"new_email": "New@Example.org"}),
@@ -268,6 +271,126 @@ mod tests {
         // The old address is told.
         let notice = b.mail_text(2).await;
         assert!(notice.contains("New@example.org"), "{notice}");
+    }
+
+    /// Defect 10: `USER.CHANGE_EMAIL` must not tell whether an address has an account. The send
+    /// limits apply first, and a taken address gets the same answer as a free one, with no mail
+    /// to it and its own pending sign-in link left valid.
+    #[tokio::test]
+    async fn changing_to_a_taken_address_answers_like_a_free_one_after_the_send_limits() {
+        let b = Bench::new(|_| {}).await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "me@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        b.ok("AUTH.SIGNUP", json!({"email": "taken@example.org"}), None)
+            .await;
+        // The owner of the taken address has a pending sign-in link (mail 1).
+        b.ok("MAGIC.SEND", json!({"email": "taken@example.org"}), None)
+            .await;
+        let owners_link = b.link_token(1).await;
+        b.advance(31);
+        let taken = b
+            .call(
+                "USER.CHANGE_EMAIL",
+                json!({"new_email": "taken@example.org"}),
+                Some(&access),
+            )
+            .await;
+        let free = b
+            .call(
+                "USER.CHANGE_EMAIL",
+                json!({"new_email": "free@example.org"}),
+                Some(&access),
+            )
+            .await;
+        assert!(taken.ok, "{taken:?}");
+        assert!(free.ok, "{free:?}");
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&taken.data), keys(&free.data));
+        assert_eq!(taken.data["expires_in"], free.data["expires_in"]);
+        // At once again: both refused by the send cooldown, not by the address being taken.
+        for addr in ["taken@example.org", "free@example.org"] {
+            let r = b
+                .call(
+                    "USER.CHANGE_EMAIL",
+                    json!({"new_email": addr}),
+                    Some(&access),
+                )
+                .await;
+            assert_eq!(r.error_code(), Some(ErrorCode::RateLimited), "{addr}");
+        }
+        // Only the free address got a mail; the mail queue is first in, first out, so once the
+        // free address's mail is out, one to the taken address (asked for before) would be too.
+        let to = |addr: &str| {
+            let outbox = b.app.config.data_dir.join("outbox");
+            std::fs::read_dir(&outbox)
+                .unwrap()
+                .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+                .filter(|m| m.lines().any(|l| l.starts_with("To:") && l.contains(addr)))
+                .count()
+        };
+        b.mail_text(2).await;
+        assert_eq!(to("free@example.org"), 1);
+        assert_eq!(to("taken@example.org"), 1, "only the owner's own link");
+        b.ok("MAGIC.VERIFY", json!({"token": owners_link}), None)
+            .await;
+    }
+
+    /// ASVS 6.1.2 / 6.2.11 at both places a password is chosen: sign-up and password change
+    /// refuse the product name, the address's parts and the display name.
+    #[tokio::test]
+    async fn sign_up_and_password_change_refuse_context_words() {
+        let b = Bench::new(|_| {}).await;
+        for (pw, name) in [
+            ("Zaphod1234!", None),
+            ("my-beeblebrox-pw", Some("Zaphod Beeblebrox")),
+            ("heartofgold-22", None),
+            ("portcullis!2026", None),
+        ] {
+            let r = b
+                .call(
+                    "AUTH.SIGNUP",
+                    json!({"email": "zaphod@heartofgold.example", "password": pw,
+                           "display_name": name}),
+                    None,
+                )
+                .await;
+            assert_eq!(r.error_code(), Some(ErrorCode::InvalidParams), "{pw}");
+        }
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "zaphod@heartofgold.example", "password": PW,
+                       "display_name": "Trillian Astra"}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        for bad in ["trillian-forever", "ASTRA astra 42", "ZAPHOD-new-pass"] {
+            let r = b
+                .call(
+                    "USER.SET_PASSWORD",
+                    json!({"current_password": PW, "new_password": bad}),
+                    Some(&access),
+                )
+                .await;
+            assert_eq!(r.error_code(), Some(ErrorCode::InvalidParams), "{bad}");
+        }
+        b.ok(
+            "USER.SET_PASSWORD",
+            json!({"current_password": PW, "new_password": "a wholly unrelated phrase"}),
+            Some(&access),
+        )
+        .await;
     }
 
     #[tokio::test]
