@@ -142,6 +142,8 @@ serve_settings! {
     shutdown_grace_s: u64 = "PORTCULLIS_SHUTDOWN_GRACE_S",
     /// `iss` of access tokens.
     issuer: String = "PORTCULLIS_ISSUER",
+    /// `aud` of access tokens (default `portcullis`).
+    audience: String = "PORTCULLIS_AUDIENCE",
     /// Access token lifetime, seconds.
     access_token_ttl_s: i64 = "PORTCULLIS_ACCESS_TOKEN_TTL_S",
     /// Sessions not refreshed for this long expire, seconds.

@@ -389,6 +389,7 @@ async fn forged_tokens_are_refused_and_real_ones_verify_with_an_independent_jose
     let parts: Vec<&str> = real.split('.').collect();
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
     assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt", "RFC 9068");
     let kid = header["kid"].as_str().unwrap().to_owned();
 
     let jwks = http(server.http, "GET", "/.well-known/jwks.json", &[], b"")
@@ -415,7 +416,8 @@ async fn forged_tokens_are_refused_and_real_ones_verify_with_an_independent_jose
     let dk = jsonwebtoken::DecodingKey::from_ed_components(x).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
     v.set_issuer(&["http://localhost:7421"]);
-    v.set_required_spec_claims(&["exp", "iss", "sub"]);
+    v.set_audience(&["portcullis"]);
+    v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
     let data = jsonwebtoken::decode::<Value>(&real, &dk, &v)
         .expect("jsonwebtoken verifies the access token");
     assert_eq!(data.claims["sub"], t.user_id.as_str());
@@ -502,6 +504,42 @@ async fn forged_tokens_are_refused_and_real_ones_verify_with_an_independent_jose
             .await
             .ok
     );
+}
+
+/// `aud` comes from `--audience` / `PORTCULLIS_AUDIENCE` / the `audience` key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_carry_the_configured_audience() {
+    for (flag, env, expected) in [
+        (
+            Some("https://api.example.com"),
+            None,
+            "https://api.example.com",
+        ),
+        (None, Some("orders-service"), "orders-service"),
+    ] {
+        let flags: Vec<&str> = flag.map(|a| vec!["--audience", a]).unwrap_or_default();
+        let envs: Vec<(&str, &str)> = env
+            .map(|a| vec![("PORTCULLIS_AUDIENCE", a)])
+            .unwrap_or_default();
+        let server = Server::start_env(&flags, &envs);
+        let mut c = server.client().await;
+        let t = signup(&mut c, "aud@example.org", Some(PASSWORD)).await;
+        let payload = t
+            .access_token
+            .expose()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["aud"], expected);
+        assert!(
+            as_user(&mut c, &t.access_token, "USER.ME", json!({}))
+                .await
+                .ok
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,9 @@ pub struct Config {
     pub shutdown_grace_s: u64,
     /// `iss` of access tokens.
     pub issuer: String,
+    /// `aud` of access tokens: the name resource servers check to know a token is meant for
+    /// them.
+    pub audience: String,
     /// Access token lifetime, seconds.
     pub access_token_ttl_s: i64,
     /// A session not refreshed for this long expires, seconds.
@@ -224,6 +227,7 @@ impl Default for Config {
             tail_max_lag: 100_000,
             shutdown_grace_s: 10,
             issuer: "http://localhost:7421".into(),
+            audience: "portcullis".into(),
             access_token_ttl_s: 15 * 60,
             refresh_idle_s: 7 * 24 * 3600,
             refresh_absolute_s: 30 * 24 * 3600,
@@ -307,6 +311,9 @@ impl Config {
         }
         if self.issuer.is_empty() {
             return Err("issuer must not be empty".into());
+        }
+        if self.audience.is_empty() || self.audience.chars().any(char::is_control) {
+            return Err("audience must be a non-empty string without control characters".into());
         }
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return Err("access_token_ttl_s must be between 60 and 86400".into());

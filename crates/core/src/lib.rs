@@ -151,6 +151,7 @@ impl App {
             rng.as_ref(),
             clock.as_ref(),
             config.issuer.clone(),
+            config.audience.clone(),
             config.access_token_ttl_s,
         )
         .await?;

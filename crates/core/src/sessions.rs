@@ -207,6 +207,7 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
     let tokens = &ctx.app.tokens;
     let claims = AccessClaims {
         iss: tokens.issuer().to_owned(),
+        aud: tokens.audience().to_owned(),
         sub: s.user_id.clone(),
         sid: s.id.clone(),
         aal: s.aal,

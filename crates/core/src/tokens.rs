@@ -1,11 +1,12 @@
 //! Access tokens: compact JWS (JWT) signed with Ed25519.
 //!
 //! The algorithm is pinned, never negotiated: a token verifies only if its header is exactly
-//! `{"alg":"EdDSA","kid":…,"typ":"JWT"}` with a `kid` of the key ring, its signature verifies
-//! strictly (`verify_strict`: no small-order keys, no malleable signatures) under that key, its
-//! issuer is ours, it has not expired, and it was not issued more than the allowed skew in the
-//! future. `alg: none`, HMAC "keyed with the public key", unknown `kid`s and anything else are
-//! refused before any claim is read.
+//! `{"alg":"EdDSA","kid":…,"typ":"at+jwt"}` (RFC 9068) with a `kid` of the key ring that still
+//! verifies, its signature verifies strictly (`verify_strict`: no small-order keys, no
+//! malleable signatures) under that key, its issuer and audience are ours, its lifetime
+//! (`exp - iat`) is at most the configured one, it has not expired, and it was not issued more
+//! than the allowed skew in the future. `alg: none`, HMAC "keyed with the public key", unknown
+//! `kid`s and anything else are refused before any claim is read.
 
 use crate::clock::Clock;
 use crate::crypto::{sha256, Sealer};
@@ -33,6 +34,8 @@ pub const MAX_FUTURE_SKEW_S: i64 = 60;
 pub struct AccessClaims {
     /// Issuer (the configured `issuer`).
     pub iss: String,
+    /// Audience (the configured `audience`).
+    pub aud: String,
     /// User id.
     pub sub: String,
     /// Session id.
@@ -76,6 +79,10 @@ pub enum TokenError {
     Signature,
     /// The issuer is not ours.
     Issuer,
+    /// The audience is not ours.
+    Audience,
+    /// `exp - iat` is longer than the configured access-token lifetime.
+    Lifetime,
     /// Expired.
     Expired,
     /// Issued too far in the future.
@@ -91,6 +98,8 @@ impl TokenError {
             TokenError::UnknownKey => "unknown_kid",
             TokenError::Signature => "bad_signature",
             TokenError::Issuer => "issuer",
+            TokenError::Audience => "audience",
+            TokenError::Lifetime => "lifetime",
             TokenError::Expired => "expired",
             TokenError::NotYetValid => "not_yet_valid",
         }
@@ -124,10 +133,18 @@ pub struct Tokens {
     ring: RwLock<Arc<Ring>>,
     /// Serialises rotations (each reads every key record and writes several).
     rotating: tokio::sync::Mutex<()>,
-    /// Claims of tokens whose signature verified, by SHA-256 of the token.
-    verified: RwLock<std::collections::HashMap<[u8; 32], AccessClaims>>,
+    /// Signing `kid` and claims of tokens whose signature verified, by SHA-256 of the token.
+    verified: RwLock<std::collections::HashMap<[u8; 32], (String, AccessClaims)>>,
     issuer: String,
+    audience: String,
     ttl_s: i64,
+}
+
+/// `typ` of access tokens (RFC 9068). `application/at+jwt` is accepted too, case-insensitively.
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+fn is_access_token_typ(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || typ.eq_ignore_ascii_case("application/at+jwt")
 }
 
 /// RFC 7638 thumbprint of an Ed25519 public key, the key's `kid`.
@@ -150,6 +167,7 @@ impl Tokens {
         rng: &dyn SecureRandom,
         clock: &dyn Clock,
         issuer: String,
+        audience: String,
         ttl_s: i64,
     ) -> Result<Tokens, StoreError> {
         let mut records = load_records(store).await?;
@@ -168,6 +186,7 @@ impl Tokens {
             rotating: tokio::sync::Mutex::new(()),
             verified: RwLock::new(std::collections::HashMap::new()),
             issuer,
+            audience,
             ttl_s,
         })
     }
@@ -186,11 +205,16 @@ impl Tokens {
         &self.issuer
     }
 
+    /// The audience.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
     /// Signs claims with the active key.
     pub fn sign(&self, claims: &AccessClaims) -> Zeroizing<String> {
         let ring = self.ring();
         let header = format!(
-            r#"{{"alg":"EdDSA","kid":"{}","typ":"JWT"}}"#,
+            r#"{{"alg":"EdDSA","kid":"{}","typ":"{ACCESS_TOKEN_TYP}"}}"#,
             ring.active_kid
         );
         let payload = serde_json::to_vec(claims).unwrap_or_default();
@@ -207,10 +231,11 @@ impl Tokens {
     /// Verifies a token and returns its claims.
     ///
     /// A token whose signature has verified once is remembered (by its SHA-256, in a bounded
-    /// cache), so later uses skip the Ed25519 verification; the time checks (`exp`, `iat`) run
-    /// on every use. Nothing else can change for a given token string: its key keeps verifying
-    /// at least until the token expires (a retired key verifies until now + the token
-    /// lifetime), and revocation is the session check's job, made on every command.
+    /// cache, with the `kid` that signed it), so later uses skip the Ed25519 verification. The
+    /// checks that can change with time or with the key ring run on every use, cached or not:
+    /// the signing key still verifies (not retired, not past its `verify_until`), the token's
+    /// lifetime is within the configured one, `exp`, and `iat`. Revocation is the session
+    /// check's job, made on every command.
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<AccessClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
@@ -222,10 +247,11 @@ impl Tokens {
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
             .cloned();
-        let claims = match cached {
+        let now_s = now.unix_timestamp();
+        let (kid, claims) = match cached {
             Some(c) => c,
             None => {
-                let c = self.verify_signature(token, now)?;
+                let c = self.verify_signature(token, now_s)?;
                 let mut cache = self.verified.write().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= VERIFIED_CACHE {
                     cache.clear();
@@ -234,7 +260,10 @@ impl Tokens {
                 c
             }
         };
-        let now_s = now.unix_timestamp();
+        self.key_still_verifies(&kid, now_s)?;
+        if claims.exp - claims.iat > self.ttl_s {
+            return Err(TokenError::Lifetime);
+        }
         if now_s >= claims.exp {
             return Err(TokenError::Expired);
         }
@@ -244,12 +273,27 @@ impl Tokens {
         Ok(claims)
     }
 
-    /// Everything but the time checks: shape, pinned algorithm, key ring, signature, issuer.
+    /// The verifying key `kid`, if the ring holds it and it has not retired by `now_s`.
+    fn key_still_verifies(&self, kid: &str, now_s: i64) -> Result<VerifyingKey, TokenError> {
+        let ring = self.ring();
+        let (_, key, verify_until) = ring
+            .verifiers
+            .iter()
+            .find(|(k, _, _)| k == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        if verify_until.is_some_and(|u| now_s > u) {
+            return Err(TokenError::UnknownKey);
+        }
+        Ok(*key)
+    }
+
+    /// Everything but the checks made on every use: shape, pinned algorithm and type, key ring,
+    /// signature, issuer, audience. Returns the signing `kid` with the claims.
     fn verify_signature(
         &self,
         token: &str,
-        now: OffsetDateTime,
-    ) -> Result<AccessClaims, TokenError> {
+        now_s: i64,
+    ) -> Result<(String, AccessClaims), TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -261,19 +305,10 @@ impl Tokens {
         if header.alg != "EdDSA" {
             return Err(TokenError::Algorithm);
         }
-        if header.typ.as_deref().is_some_and(|t| t != "JWT") {
+        if !header.typ.as_deref().is_some_and(is_access_token_typ) {
             return Err(TokenError::Malformed);
         }
-        let ring = self.ring();
-        let now_s = now.unix_timestamp();
-        let (_, key, verify_until) = ring
-            .verifiers
-            .iter()
-            .find(|(kid, _, _)| *kid == header.kid)
-            .ok_or(TokenError::UnknownKey)?;
-        if verify_until.is_some_and(|u| now_s > u) {
-            return Err(TokenError::UnknownKey);
-        }
+        let key = self.key_still_verifies(&header.kid, now_s)?;
         let sig_bytes: [u8; 64] = b64(s)?.try_into().map_err(|_| TokenError::Malformed)?;
         let signed = &token[..h.len() + 1 + p.len()];
         key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&sig_bytes))
@@ -283,7 +318,10 @@ impl Tokens {
         if claims.iss != self.issuer {
             return Err(TokenError::Issuer);
         }
-        Ok(claims)
+        if claims.aud != self.audience {
+            return Err(TokenError::Audience);
+        }
+        Ok((header.kid, claims))
     }
 
     /// Makes a new signing key active. The previous keys keep verifying the tokens they signed
@@ -451,6 +489,7 @@ mod tests {
             &OsRandom,
             clock,
             "https://issuer.test".into(),
+            "api.test".into(),
             900,
         )
         .await
@@ -460,6 +499,7 @@ mod tests {
     fn claims(now: i64) -> AccessClaims {
         AccessClaims {
             iss: "https://issuer.test".into(),
+            aud: "api.test".into(),
             sub: "u1".into(),
             sid: "s1".into(),
             aal: 1,
@@ -488,7 +528,7 @@ mod tests {
         let kid = t.ring().active_kid.clone();
 
         // alg: none, with and without a signature.
-        let none = b64(format!(r#"{{"alg":"none","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
+        let none = b64(format!(r#"{{"alg":"none","kid":"{kid}","typ":"at+jwt"}}"#).as_bytes());
         assert_eq!(
             t.verify(&format!("{none}.{}.", parts[1]), clock.now()),
             Err(TokenError::Algorithm)
@@ -498,13 +538,13 @@ mod tests {
             Err(TokenError::Algorithm)
         );
         // HS256 "keyed with the public key": refused on the header alone.
-        let hs = b64(format!(r#"{{"alg":"HS256","kid":"{kid}","typ":"JWT"}}"#).as_bytes());
+        let hs = b64(format!(r#"{{"alg":"HS256","kid":"{kid}","typ":"at+jwt"}}"#).as_bytes());
         assert_eq!(
             t.verify(&format!("{hs}.{}.{}", parts[1], parts[2]), clock.now()),
             Err(TokenError::Algorithm)
         );
         // Unknown kid.
-        let other = b64(br#"{"alg":"EdDSA","kid":"nope","typ":"JWT"}"#);
+        let other = b64(br#"{"alg":"EdDSA","kid":"nope","typ":"at+jwt"}"#);
         assert_eq!(
             t.verify(&format!("{other}.{}.{}", parts[1], parts[2]), clock.now()),
             Err(TokenError::UnknownKey)
@@ -521,7 +561,7 @@ mod tests {
         assert_eq!(t.verify(&forged, clock.now()), Err(TokenError::Signature));
         // Extra header members are refused.
         let extra =
-            b64(format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"JWT","jku":"x"}}"#).as_bytes());
+            b64(format!(r#"{{"alg":"EdDSA","kid":"{kid}","typ":"at+jwt","jku":"x"}}"#).as_bytes());
         assert_eq!(
             t.verify(&format!("{extra}.{}.{}", parts[1], parts[2]), clock.now()),
             Err(TokenError::Malformed)
@@ -554,6 +594,121 @@ mod tests {
         ] {
             assert!(t.verify(g, clock.now()).is_err(), "{g}");
         }
+    }
+
+    /// Signs `claims` with the active key under `header` (for tokens the server would not make).
+    fn sign_with_header(t: &Tokens, header: &str, claims: &AccessClaims) -> String {
+        let ring = t.ring();
+        let header = header.replace("KID", &ring.active_kid);
+        let input = format!(
+            "{}.{}",
+            b64(header.as_bytes()),
+            b64(&serde_json::to_vec(claims).unwrap())
+        );
+        let sig = ring.signer.sign(input.as_bytes());
+        format!("{input}.{}", b64(&sig.to_bytes()))
+    }
+
+    #[tokio::test]
+    async fn access_tokens_are_typed_at_jwt_and_carry_our_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
+        let t = tokens(dir.path(), &clock).await;
+        let now = clock.now().unix_timestamp();
+        let tok = t.sign(&claims(now));
+        let header: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(tok.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["typ"], "at+jwt");
+        let payload: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(tok.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(payload["aud"], "api.test");
+
+        // Correctly signed by our key, but not typed as an access token: refused.
+        for header in [
+            r#"{"alg":"EdDSA","kid":"KID","typ":"JWT"}"#,
+            r#"{"alg":"EdDSA","kid":"KID"}"#,
+            r#"{"alg":"EdDSA","kid":"KID","typ":null}"#,
+            r#"{"alg":"EdDSA","kid":"KID","typ":"id_token+jwt"}"#,
+        ] {
+            let other = sign_with_header(&t, header, &claims(now));
+            assert_eq!(
+                t.verify(&other, clock.now()),
+                Err(TokenError::Malformed),
+                "{header}"
+            );
+        }
+        let media = sign_with_header(
+            &t,
+            r#"{"alg":"EdDSA","kid":"KID","typ":"application/at+jwt"}"#,
+            &claims(now),
+        );
+        assert!(
+            t.verify(&media, clock.now()).is_ok(),
+            "RFC 9068 allows the media type"
+        );
+        // Signed by our key for another audience: refused.
+        let elsewhere = t.sign(&AccessClaims {
+            aud: "another-api".into(),
+            ..claims(now)
+        });
+        assert_eq!(t.verify(&elsewhere, clock.now()), Err(TokenError::Audience));
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_refused_once_its_key_retires() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
+        let store = SledStore::open(dir.path()).unwrap();
+        let sealer = Sealer::new(&MasterKey::from_bytes([1u8; 32]));
+        let t = Tokens::load_or_create(
+            &store,
+            &sealer,
+            &OsRandom,
+            &clock,
+            "https://issuer.test".into(),
+            "api.test".into(),
+            900,
+        )
+        .await
+        .unwrap();
+        let now = clock.now().unix_timestamp();
+        let tok = t.sign(&claims(now));
+        assert!(
+            t.verify(&tok, clock.now()).is_ok(),
+            "verified once: now cached"
+        );
+        // A rotation whose retirement time falls before the token's `exp` (as when the key
+        // ring is reloaded with an earlier `verify_until`): past it, the token is refused,
+        // cached or not.
+        t.rotate(&store, &sealer, &OsRandom, now - 600)
+            .await
+            .unwrap();
+        clock.advance(time::Duration::seconds(301));
+        assert_eq!(t.verify(&tok, clock.now()), Err(TokenError::UnknownKey));
+    }
+
+    #[tokio::test]
+    async fn a_token_living_longer_than_the_configured_lifetime_is_refused_cached_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(datetime!(2026-11-26 12:00 UTC));
+        let t = tokens(dir.path(), &clock).await;
+        let now = clock.now().unix_timestamp();
+        let exact = t.sign(&claims(now));
+        assert!(t.verify(&exact, clock.now()).is_ok(), "exp - iat = ttl");
+        let long = t.sign(&AccessClaims {
+            exp: now + 901,
+            ..claims(now)
+        });
+        assert_eq!(t.verify(&long, clock.now()), Err(TokenError::Lifetime));
+        assert_eq!(t.verify(&long, clock.now()), Err(TokenError::Lifetime));
     }
 
     #[tokio::test]
