@@ -93,17 +93,41 @@ impl Record for RefreshRecord {
     const VERSION: u8 = 1;
 }
 
-#[derive(Clone)]
+/// What the cache knows of one session. A session is never un-revoked, so entries are merged,
+/// never overwritten: a read that started before a revocation cannot undo it in the cache.
+#[derive(Clone, Debug, PartialEq)]
 struct Live {
     user_id: String,
     revoked: bool,
 }
 
-/// Which sessions are live, cached in memory in front of the store. Revocation goes through
-/// here, so it takes effect on the very next command.
+impl Live {
+    fn of(s: &SessionRecord) -> Live {
+        Live {
+            user_id: s.user_id.clone(),
+            revoked: s.revoked_at.is_some(),
+        }
+    }
+
+    fn merge(&mut self, other: &Live) {
+        self.revoked |= other.revoked;
+    }
+}
+
+#[derive(Default)]
+struct CacheMap {
+    entries: HashMap<String, Live>,
+    /// Counts the times the cache started over, so a read begun before a start-over does not
+    /// write back what it read (a revocation recorded meanwhile was forgotten with the rest).
+    epoch: u64,
+}
+
+/// Which sessions are live, cached in memory in front of the store. Every session enters it
+/// when it starts; revocations go through here, so they take effect on the very
+/// next command.
 #[derive(Default)]
 pub struct SessionCache {
-    map: RwLock<HashMap<String, Live>>,
+    map: RwLock<CacheMap>,
 }
 
 impl SessionCache {
@@ -111,13 +135,14 @@ impl SessionCache {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .entries
             .get(sid)
             .cloned()
     }
 
     /// Records that `sid` (of `user_id`) is revoked, after its revocation is committed.
     pub(crate) fn mark_revoked(&self, sid: &str, user_id: &str) {
-        self.set(
+        self.record(
             sid,
             Live {
                 user_id: user_id.to_owned(),
@@ -126,12 +151,47 @@ impl SessionCache {
         );
     }
 
-    fn set(&self, sid: &str, live: Live) {
+    fn epoch(&self) -> u64 {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Forgets every entry, as after a restart or when the cache starts over.
+    #[cfg(test)]
+    pub(crate) fn forget_all(&self) {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if m.len() >= CACHE_LIMIT {
-            m.clear();
+        m.entries.clear();
+        m.epoch += 1;
+    }
+
+    /// Records what a writer knows (a new session, a revocation), merged with any
+    /// entry already there, and returns the merged entry.
+    fn record(&self, sid: &str, live: Live) -> Live {
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        Self::merge_into(&mut m, sid, live)
+    }
+
+    /// Records what a read of the store found, unless the cache started over since
+    /// `epoch` (then the read is answered as read, uncached). Returns the merged entry: if a
+    /// revocation landed while the read was in flight, it wins.
+    fn record_read(&self, sid: &str, live: Live, epoch: u64) -> Live {
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if m.epoch != epoch {
+            return live;
         }
-        m.insert(sid.to_owned(), live);
+        Self::merge_into(&mut m, sid, live)
+    }
+
+    fn merge_into(m: &mut CacheMap, sid: &str, live: Live) -> Live {
+        if let Some(e) = m.entries.get_mut(sid) {
+            e.merge(&live);
+            return e.clone();
+        }
+        if m.entries.len() >= CACHE_LIMIT {
+            m.entries.clear();
+            m.epoch += 1;
+        }
+        m.entries.insert(sid.to_owned(), live.clone());
+        live
     }
 }
 
@@ -171,20 +231,17 @@ fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
     format!("{user_id}/{sid}").into_bytes()
 }
 
-/// Whether session `sid` of user `user_id` is live: cached, else read from the store.
+/// Whether session `sid` of user `user_id` is live: cached, else read from the store. A
+/// revocation recorded in the cache while the read was in flight wins over what the read found.
 pub async fn is_live(app: &App, sid: &str, user_id: &str) -> Result<bool, CommandError> {
     let live = match app.session_cache.get(sid) {
         Some(l) => l,
         None => {
+            let epoch = app.session_cache.epoch();
             let Some(s) = get_session(app.store.as_ref(), sid).await? else {
                 return Ok(false);
             };
-            let l = Live {
-                user_id: s.user_id.clone(),
-                revoked: s.revoked_at.is_some(),
-            };
-            app.session_cache.set(sid, l.clone());
-            l
+            app.session_cache.record_read(sid, Live::of(&s), epoch)
         }
     };
     Ok(!live.revoked && live.user_id == user_id)
@@ -299,6 +356,7 @@ async fn open_session(
         revoke_reason: None,
     };
     put_session(app.store.as_ref(), &s).await?;
+    app.session_cache.record(&s.id, Live::of(&s));
     app.store
         .put(Table::UserSessions, &index_key(&user.id, &s.id), Vec::new())
         .await?;
@@ -529,11 +587,11 @@ pub async fn revoke(ctx: &Ctx, sid: &str, reason: &str) -> Result<bool, CommandE
     app.store
         .remove(Table::UserSessions, &index_key(&s.user_id, sid))
         .await?;
-    app.session_cache.set(
+    app.session_cache.record(
         sid,
         Live {
-            user_id: s.user_id.clone(),
             revoked: true,
+            ..Live::of(&s)
         },
     );
     Ok(newly)
@@ -591,9 +649,149 @@ pub async fn revoke_all(
 mod tests {
     use crate::testkit::Bench;
     use portcullis_protocol::ErrorCode;
+    use portcullis_store::{Applied, Batch, Cas, Store, StoreError, SyncTicket, Table};
     use serde_json::json;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
 
     const PW: &str = "correct horse battery staple";
+
+    /// A store that counts reads of the sessions table and, when armed, holds the next one
+    /// after it has read (so what it returns is what the store held before any concurrent
+    /// write) until released.
+    struct HeldSessionReads {
+        inner: Arc<dyn Store>,
+        reads: AtomicU64,
+        armed: AtomicBool,
+        reached: Notify,
+        release: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for HeldSessionReads {
+        async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            let v = self.inner.get(table, key).await;
+            if table == Table::Sessions {
+                self.reads.fetch_add(1, Ordering::SeqCst);
+                if self.armed.swap(false, Ordering::SeqCst) {
+                    self.reached.notify_one();
+                    self.release.notified().await;
+                }
+            }
+            v
+        }
+        async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.put(table, key, value).await
+        }
+        async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.remove(table, key).await
+        }
+        async fn compare_and_swap(
+            &self,
+            table: Table,
+            key: &[u8],
+            expected: Option<&[u8]>,
+            new: Option<Vec<u8>>,
+        ) -> Result<Cas, StoreError> {
+            self.inner.compare_and_swap(table, key, expected, new).await
+        }
+        async fn scan_prefix(
+            &self,
+            table: Table,
+            prefix: &[u8],
+            limit: usize,
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+            self.inner.scan_prefix(table, prefix, limit).await
+        }
+        async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+            self.inner.apply(batch).await
+        }
+        fn sync(&self) -> SyncTicket {
+            self.inner.sync()
+        }
+        fn sync_state(&self) -> Option<SyncTicket> {
+            self.inner.sync_state()
+        }
+        fn close(&self) {
+            self.inner.close()
+        }
+    }
+
+    async fn held_bench() -> (Bench, Arc<HeldSessionReads>) {
+        let slot = Arc::new(std::sync::Mutex::new(None));
+        let b = Bench::with_store(
+            |_| {},
+            |inner| {
+                let held = Arc::new(HeldSessionReads {
+                    inner,
+                    reads: AtomicU64::new(0),
+                    armed: AtomicBool::new(false),
+                    reached: Notify::new(),
+                    release: Notify::new(),
+                });
+                *slot.lock().unwrap() = Some(Arc::clone(&held));
+                held
+            },
+        )
+        .await;
+        let held = slot.lock().unwrap().take().unwrap();
+        (b, held)
+    }
+
+    /// A liveness read that began before a logout must not put "live" back into the cache
+    /// after the logout has answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_read_racing_a_logout_never_revives_the_session() {
+        let (b, held) = held_bench().await;
+        let b = Arc::new(b);
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "race@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        // As after a restart, or when the cache has started over: the next check reads the store.
+        b.app.session_cache.forget_all();
+        held.armed.store(true, Ordering::SeqCst);
+        let me = {
+            let (b, access) = (Arc::clone(&b), access.clone());
+            tokio::spawn(async move { b.call("USER.ME", json!({}), Some(&access)).await })
+        };
+        held.reached.notified().await;
+        // The read has returned what the store held (live); now the session is revoked.
+        b.ok("AUTH.LOGOUT", json!({}), Some(&access)).await;
+        held.release.notify_one();
+        let raced = me.await.unwrap();
+        assert_eq!(
+            raced.error_code(),
+            Some(ErrorCode::Unauthenticated),
+            "a check completing after the logout answered sees it"
+        );
+        assert_eq!(
+            b.code("USER.ME", json!({}), Some(&access)).await,
+            Some(ErrorCode::Unauthenticated),
+            "the stale read did not put the session back"
+        );
+    }
+
+    /// A new session is cached when it starts: its first request reads no session record.
+    #[tokio::test]
+    async fn a_new_session_is_live_in_the_cache_from_its_first_request() {
+        let (b, held) = held_bench().await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "warm@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let before = held.reads.load(Ordering::SeqCst);
+        b.ok("USER.ME", json!({}), s["access_token"].as_str()).await;
+        assert_eq!(held.reads.load(Ordering::SeqCst), before);
+    }
 
     #[tokio::test]
     async fn access_tokens_expire_and_refresh_respects_grace_idle_and_absolute_limits() {

@@ -49,6 +49,30 @@ impl Bench {
         }
     }
 
+    /// A bench like [`Bench::new`] whose app talks to the store through `wrap` (a test double
+    /// that delays, counts or fails some operations).
+    pub async fn with_store(
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(Arc<dyn portcullis_store::Store>) -> Arc<dyn portcullis_store::Store>,
+    ) -> Bench {
+        let Bench {
+            mut app,
+            clock,
+            dispatcher,
+            _dir,
+        } = Bench::new(tweak).await;
+        drop(dispatcher);
+        let inner = Arc::get_mut(&mut app).expect("the bench holds the only reference");
+        inner.store = wrap(Arc::clone(&inner.store));
+        let dispatcher = Dispatcher::new(Arc::clone(&app));
+        Bench {
+            app,
+            clock,
+            dispatcher,
+            _dir,
+        }
+    }
+
     pub fn advance(&self, seconds: i64) {
         self.clock.advance(time::Duration::seconds(seconds));
     }
