@@ -17,6 +17,9 @@ pub struct UserCaller {
     pub auth_time: i64,
     /// The session may only enrol a second factor.
     pub enrolment_only: bool,
+    /// A step-up of the session has issued a newer access token since this one (the token's
+    /// `sgen` is older than the session's generation): it no longer passes the step-up gate.
+    pub superseded: bool,
 }
 
 /// The verified identity behind a request.

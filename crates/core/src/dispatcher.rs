@@ -347,6 +347,17 @@ impl Dispatcher {
             spec.caller,
             crate::Requirement::UserStepUp | crate::Requirement::Admin(_)
         ) {
+            if u.superseded {
+                // A step-up has issued a newer token for this session: this one, whatever its
+                // own `aal` and `auth_time`, no longer opens sensitive commands.
+                audit.event("step_up.required");
+                audit.note("reason", "token_superseded");
+                return Err(CommandError::new(
+                    ErrorCode::Forbidden,
+                    "a step-up replaced this access token; use the one it returned",
+                )
+                .with_details(serde_json::json!({"reason": "token_superseded"})));
+            }
             if u.aal == 0 {
                 // The session of a passwordless sign-up proved nothing, however recent.
                 return Err(CommandError::new(
@@ -402,10 +413,12 @@ impl Dispatcher {
             .tokens
             .verify(t, self.app.clock.now())
             .map_err(|e| refused(e.reason()))?;
-        if !sessions::is_live(&self.app, &claims.sid, &claims.sub).await? {
+        let Some(generation) =
+            sessions::live_generation(&self.app, &claims.sid, &claims.sub).await?
+        else {
             audit.session(&claims.sid);
             return Err(refused("session_revoked"));
-        }
+        };
         Ok(Caller::User(UserCaller {
             user_id: claims.sub,
             session_id: claims.sid,
@@ -413,6 +426,7 @@ impl Dispatcher {
             amr: claims.amr,
             auth_time: claims.auth_time,
             enrolment_only: claims.scope.as_deref() == Some(sessions::SCOPE_ENROLMENT),
+            superseded: claims.sgen < generation,
         }))
     }
 

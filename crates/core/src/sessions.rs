@@ -50,6 +50,10 @@ pub struct SessionRecord {
     /// Opened only so the user can enrol a second factor (policy `mfa_policy = "required"`).
     #[serde(default)]
     pub enrolment_only: bool,
+    /// Raised by every step-up. Access tokens carry the generation they were issued in
+    /// (`sgen`); one of an older generation no longer passes the step-up gate.
+    #[serde(default)]
+    pub generation: u64,
     /// Set when revoked (Unix seconds).
     pub revoked_at: Option<i64>,
     /// Why it was revoked.
@@ -93,12 +97,15 @@ impl Record for RefreshRecord {
     const VERSION: u8 = 1;
 }
 
-/// What the cache knows of one session. A session is never un-revoked, so entries are merged,
-/// never overwritten: a read that started before a revocation cannot undo it in the cache.
+/// What the cache knows of one session. Both facts only ever move one way (a session is never
+/// un-revoked, its generation never goes down), so entries are merged, never overwritten: a
+/// read that started before a revocation or a step-up cannot undo it in the cache.
 #[derive(Clone, Debug, PartialEq)]
 struct Live {
     user_id: String,
     revoked: bool,
+    /// The session's generation (see [`SessionRecord::generation`]).
+    generation: u64,
 }
 
 impl Live {
@@ -106,11 +113,13 @@ impl Live {
         Live {
             user_id: s.user_id.clone(),
             revoked: s.revoked_at.is_some(),
+            generation: s.generation,
         }
     }
 
     fn merge(&mut self, other: &Live) {
         self.revoked |= other.revoked;
+        self.generation = self.generation.max(other.generation);
     }
 }
 
@@ -123,7 +132,7 @@ struct CacheMap {
 }
 
 /// Which sessions are live, cached in memory in front of the store. Every session enters it
-/// when it starts; revocations go through here, so they take effect on the very
+/// when it starts; revocations and step-ups go through here, so they take effect on the very
 /// next command.
 #[derive(Default)]
 pub struct SessionCache {
@@ -147,6 +156,8 @@ impl SessionCache {
             Live {
                 user_id: user_id.to_owned(),
                 revoked: true,
+                // Merged by maximum: the generation already cached, if any, stays.
+                generation: 0,
             },
         );
     }
@@ -163,7 +174,7 @@ impl SessionCache {
         m.epoch += 1;
     }
 
-    /// Records what a writer knows (a new session, a revocation), merged with any
+    /// Records what a writer knows (a new session, a revocation, a step-up), merged with any
     /// entry already there, and returns the merged entry.
     fn record(&self, sid: &str, live: Live) -> Live {
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -231,20 +242,30 @@ fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
     format!("{user_id}/{sid}").into_bytes()
 }
 
-/// Whether session `sid` of user `user_id` is live: cached, else read from the store. A
-/// revocation recorded in the cache while the read was in flight wins over what the read found.
+/// Whether session `sid` of user `user_id` is live: cached, else read from the store.
 pub async fn is_live(app: &App, sid: &str, user_id: &str) -> Result<bool, CommandError> {
+    Ok(live_generation(app, sid, user_id).await?.is_some())
+}
+
+/// The generation of session `sid` if it is live for `user_id` (`None`: revoked, unknown, or
+/// another user's). Cached, else read from the store; a revocation recorded in the cache while
+/// the read was in flight wins over what the read found.
+pub async fn live_generation(
+    app: &App,
+    sid: &str,
+    user_id: &str,
+) -> Result<Option<u64>, CommandError> {
     let live = match app.session_cache.get(sid) {
         Some(l) => l,
         None => {
             let epoch = app.session_cache.epoch();
             let Some(s) = get_session(app.store.as_ref(), sid).await? else {
-                return Ok(false);
+                return Ok(None);
             };
             app.session_cache.record_read(sid, Live::of(&s), epoch)
         }
     };
-    Ok(!live.revoked && live.user_id == user_id)
+    Ok((!live.revoked && live.user_id == user_id).then_some(live.generation))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -271,6 +292,7 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
         amr: s.amr.clone(),
         auth_time: s.authenticated_at,
         scope: s.enrolment_only.then(|| SCOPE_ENROLMENT.to_owned()),
+        sgen: s.generation,
         iat: now,
         exp: now + tokens.ttl_s(),
         jti: random_id(ctx.app.rng.as_ref()),
@@ -352,6 +374,7 @@ async fn open_session(
         user_agent: ctx.user_agent.clone(),
         authenticated_at: now,
         enrolment_only,
+        generation: 0,
         revoked_at: None,
         revoke_reason: None,
     };
@@ -536,8 +559,9 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
 }
 
 /// Raises the calling session to AAL2 after a second factor (step-up): adds `amr` values,
-/// records the time, and returns a fresh access token (the refresh token stays the same; later
-/// refreshes carry the new assurance).
+/// records the time, starts a new generation of the session, and returns a fresh access token
+/// of that generation (the refresh token stays the same; later refreshes carry the new
+/// assurance). Access tokens issued before no longer pass the step-up gate.
 pub async fn elevate(
     ctx: &Ctx,
     sid: &str,
@@ -557,10 +581,13 @@ pub async fn elevate(
             }
         }
         s.authenticated_at = now;
+        s.generation += 1;
         Ok(true)
     })
     .await?
     .ok_or_else(ended)?;
+    // Tokens of the earlier generation stop passing the step-up gate from the next request on.
+    ctx.app.session_cache.record(&s.id, Live::of(&s));
     let (access, expires_in) = access_token(ctx, &s, now);
     Ok((s, access, expires_in))
 }

@@ -49,6 +49,8 @@ pub struct AccessClaims {
     /// `mfa_enrolment` for a session that may only enrol a second factor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// The session generation the token was issued in; a step-up starts a new one.
+    pub sgen: u64,
     /// Issued at (Unix seconds).
     pub iat: i64,
     /// Expires at (Unix seconds).
@@ -506,6 +508,7 @@ mod tests {
             amr: vec!["pwd".into()],
             auth_time: now,
             scope: None,
+            sgen: 0,
             iat: now,
             exp: now + 900,
             jti: "j1".into(),

@@ -591,6 +591,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_step_up_supersedes_the_earlier_access_token_for_sensitive_commands() {
+        let b = Bench::new(|_| {}).await;
+        // A password sign-in a moment ago: within the step-up window, so on its own this
+        // level-1 token would pass the gate.
+        let e = enrolled(&b, "super@example.org").await;
+        let up = b
+            .ok(
+                "MFA.VERIFY",
+                json!({"method": "totp", "code": code_at(&b, &e.secret, 0)}),
+                Some(&e.access),
+            )
+            .await;
+        assert_eq!(up["aal"], 2);
+        let aal2 = up["access_token"].as_str().unwrap().to_owned();
+        assert_ne!(aal2, e.access, "a new access token");
+        let r = b
+            .call("RECOVERY.REGENERATE", json!({}), Some(&e.access))
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Forbidden), "{r:?}");
+        assert_eq!(
+            r.error.unwrap().details.unwrap()["reason"],
+            "token_superseded"
+        );
+        // It still identifies the session for everyday commands until it expires.
+        let me = b.ok("USER.ME", json!({}), Some(&e.access)).await;
+        assert_eq!(me["aal"], 1);
+        b.ok("RECOVERY.REGENERATE", json!({}), Some(&aal2)).await;
+        // A second step-up supersedes the first level-2 token in turn.
+        b.advance(30);
+        let again = b
+            .ok(
+                "MFA.VERIFY",
+                json!({"method": "totp", "code": code_at(&b, &e.secret, 0)}),
+                Some(&aal2),
+            )
+            .await;
+        let r = b.call("RECOVERY.REGENERATE", json!({}), Some(&aal2)).await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Forbidden));
+        b.ok(
+            "RECOVERY.REGENERATE",
+            json!({}),
+            again["access_token"].as_str(),
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_required_policy_gives_users_without_a_factor_an_enrolment_only_session() {
         let b = Bench::new(|c| c.mfa_policy = crate::config::MfaPolicy::Required).await;
         let r = b
