@@ -21,9 +21,10 @@ pub fn specs() -> Vec<CommandSpec> {
             RateClass::Account,
             revoke_one,
         ),
+        // Signing every session out is sensitive (ASVS 7.5.2): it needs a recent proof.
         CommandSpec::new(
             session::REVOKE_ALL,
-            Requirement::User,
+            Requirement::UserStepUp,
             RateClass::Account,
             revoke_every,
         ),
@@ -69,7 +70,8 @@ async fn revoke_one(ctx: Ctx, p: RevokeParams) -> Result<Revoked, CommandError> 
     Ok(Revoked { revoked: n })
 }
 
-/// `SESSION.REVOKE_ALL` — user. Revokes all the caller's sessions, the current one too unless
+/// `SESSION.REVOKE_ALL` — user after step-up (AAL2, or a factor proven within
+/// `step_up_window_s`). Revokes all the caller's sessions, the current one too unless
 /// `keep_current`.
 async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandError> {
     let me = ctx.user()?.clone();
@@ -78,4 +80,67 @@ async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandEr
     ctx.audit.event("session.revoked");
     ctx.audit.note("revoked", n);
     Ok(Revoked { revoked: n })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::Bench;
+    use portcullis_protocol::ErrorCode;
+    use serde_json::{json, Value};
+
+    const PW: &str = "correct horse battery staple";
+
+    async fn login(b: &Bench, email: &str) -> Value {
+        b.ok("AUTH.LOGIN", json!({"email": email, "password": PW}), None)
+            .await
+    }
+
+    fn access(v: &Value) -> Option<&str> {
+        v["access_token"].as_str()
+    }
+
+    #[tokio::test]
+    async fn signing_out_everywhere_needs_a_recent_proof() {
+        let b = Bench::new(|_| {}).await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "all@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let other = login(&b, "all@example.org").await;
+        b.advance(11 * 60);
+        let r = b
+            .call(
+                "SESSION.REVOKE_ALL",
+                json!({"keep_current": true}),
+                access(&s),
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Forbidden));
+        assert_eq!(
+            r.error.unwrap().details.unwrap()["reason"],
+            "step_up_required"
+        );
+        assert!(
+            b.call("USER.ME", json!({}), access(&other)).await.ok,
+            "nothing revoked"
+        );
+        // Signing in again is the proof.
+        let fresh = login(&b, "all@example.org").await;
+        let r = b
+            .ok(
+                "SESSION.REVOKE_ALL",
+                json!({"keep_current": true}),
+                access(&fresh),
+            )
+            .await;
+        assert_eq!(r["revoked"], 2);
+        assert_eq!(
+            b.code("USER.ME", json!({}), access(&other)).await,
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert!(b.call("USER.ME", json!({}), access(&fresh)).await.ok);
+    }
 }
