@@ -101,6 +101,8 @@ pub struct Config {
     pub mfa_policy: MfaPolicy,
     /// Seconds after a sign-in or step-up during which sensitive commands need no step-up.
     pub step_up_window_s: i64,
+    /// Most live sessions one account may have; a sign-in beyond it revokes the oldest.
+    pub max_sessions_per_user: u32,
     /// Requests per client address for each rate class.
     pub rate_limits: RateLimits,
     /// Proxies whose `X-Forwarded-For` the HTTP gateway believes (addresses or CIDR ranges).
@@ -257,6 +259,7 @@ impl Default for Config {
             sends_per_client_per_hour: 20,
             mfa_policy: MfaPolicy::Optional,
             step_up_window_s: 10 * 60,
+            max_sessions_per_user: 100,
             rate_limits: RateLimits::default(),
             trusted_proxies: Vec::new(),
             rp_id: "localhost".into(),
@@ -314,6 +317,9 @@ impl Config {
         }
         if self.audience.is_empty() || self.audience.chars().any(char::is_control) {
             return Err("audience must be a non-empty string without control characters".into());
+        }
+        if !(1..=10_000).contains(&self.max_sessions_per_user) {
+            return Err("max_sessions_per_user must be between 1 and 10000".into());
         }
         if !(60..=24 * 3600).contains(&self.access_token_ttl_s) {
             return Err("access_token_ttl_s must be between 60 and 86400".into());

@@ -383,6 +383,7 @@ async fn open_session(
     app.store
         .put(Table::UserSessions, &index_key(&user.id, &s.id), Vec::new())
         .await?;
+    let evicted = enforce_session_limit(ctx, &user.id, &s.id).await?;
     let refresh_token = new_refresh(ctx, &s.id, now).await?;
     let (access_token, expires_in) = access_token(ctx, &s, now);
     ctx.audit.subject(&user.id);
@@ -390,6 +391,9 @@ async fn open_session(
     ctx.audit.event("session.created");
     ctx.audit.note("aal", u64::from(aal));
     ctx.audit.note("amr", s.amr.join(" "));
+    if evicted > 0 {
+        ctx.audit.note("sessions_evicted", evicted);
+    }
     Ok(SessionTokens {
         user_id: user.id.clone(),
         session_id: s.id,
@@ -398,6 +402,58 @@ async fn open_session(
         token_type: "Bearer".into(),
         expires_in,
     })
+}
+
+/// Keeps the account at `max_sessions_per_user` live sessions: when `new_sid` takes it over the
+/// cap, the oldest live sessions are revoked (reason `session_limit`). Returns how many were.
+/// Cheap in the common case: one scan of the account's index, whose entries are the sessions
+/// not revoked yet; records are read only when the index holds more than the cap.
+async fn enforce_session_limit(
+    ctx: &Ctx,
+    user_id: &str,
+    new_sid: &str,
+) -> Result<u64, CommandError> {
+    let cap = usize::try_from(ctx.app.config.max_sessions_per_user).unwrap_or(usize::MAX);
+    let store = ctx.app.store.as_ref();
+    let prefix = format!("{user_id}/").into_bytes();
+    let indexed = store
+        .scan_prefix(Table::UserSessions, &prefix, usize::MAX)
+        .await?;
+    if indexed.len() <= cap {
+        return Ok(0);
+    }
+    let now = ctx.now().unix_timestamp();
+    let mut others = Vec::new();
+    for (k, _) in indexed {
+        let sid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+        if sid == new_sid {
+            continue;
+        }
+        if let Some(s) = get_session(store, &sid).await? {
+            let expired = now >= s.absolute_expires_at
+                || now >= s.last_used_at + ctx.app.config.refresh_idle_s;
+            if s.revoked_at.is_none() && !expired {
+                others.push(s);
+            }
+        }
+    }
+    // The new session counts as one; the others keep the newest `cap - 1`.
+    let keep = cap.saturating_sub(1);
+    if others.len() <= keep {
+        return Ok(0);
+    }
+    others.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    let excess = others.len() - keep;
+    let mut n = 0;
+    for s in others.into_iter().take(excess) {
+        if revoke(ctx, &s.id, "session_limit").await? {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        tracing::info!(user = %user_id, revoked = n, "session limit reached; oldest sessions revoked");
+    }
+    Ok(n)
 }
 
 fn invalid_refresh() -> CommandError {

@@ -84,6 +84,7 @@ async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandEr
 
 #[cfg(test)]
 mod tests {
+    use crate::sessions::get_session;
     use crate::testkit::Bench;
     use portcullis_protocol::ErrorCode;
     use serde_json::{json, Value};
@@ -93,6 +94,17 @@ mod tests {
     async fn login(b: &Bench, email: &str) -> Value {
         b.ok("AUTH.LOGIN", json!({"email": email, "password": PW}), None)
             .await
+    }
+
+    async fn events(b: &Bench) -> Vec<portcullis_protocol::Event> {
+        b.app
+            .log
+            .read(1, u64::MAX, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event.unwrap())
+            .collect()
     }
 
     fn access(v: &Value) -> Option<&str> {
@@ -142,5 +154,65 @@ mod tests {
             Some(ErrorCode::Unauthenticated)
         );
         assert!(b.call("USER.ME", json!({}), access(&fresh)).await.ok);
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_beyond_the_session_cap_revokes_the_oldest_sessions() {
+        let b = Bench::new(|c| c.max_sessions_per_user = 3).await;
+        let first = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "cap@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let mut sessions = vec![first];
+        for _ in 0..3 {
+            b.advance(1);
+            sessions.push(login(&b, "cap@example.org").await);
+        }
+        // Another account is not affected by this one's cap.
+        let bystander = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "other@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            b.code("USER.ME", json!({}), access(&sessions[0])).await,
+            Some(ErrorCode::Unauthenticated),
+            "the oldest session was revoked by the fourth sign-in"
+        );
+        for s in &sessions[1..] {
+            assert!(b.call("USER.ME", json!({}), access(s)).await.ok);
+        }
+        assert!(b.call("USER.ME", json!({}), access(&bystander)).await.ok);
+        let oldest = get_session(
+            b.app.store.as_ref(),
+            sessions[0]["session_id"].as_str().unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(oldest.revoke_reason.as_deref(), Some("session_limit"));
+        let listed = b.ok("SESSION.LIST", json!({}), access(&sessions[3])).await;
+        assert_eq!(listed["sessions"].as_array().unwrap().len(), 3);
+        // The login that evicted records it in its event.
+        let evicting = events(&b)
+            .await
+            .into_iter()
+            .filter(|e| e.summary.get("sessions_evicted").is_some())
+            .collect::<Vec<_>>();
+        assert_eq!(evicting.len(), 1);
+        assert_eq!(evicting[0].summary["sessions_evicted"], 1);
+        // Two more sign-ins: the cap holds, oldest first.
+        b.advance(1);
+        sessions.push(login(&b, "cap@example.org").await);
+        assert_eq!(
+            b.code("USER.ME", json!({}), access(&sessions[1])).await,
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert!(b.call("USER.ME", json!({}), access(&sessions[2])).await.ok);
     }
 }
