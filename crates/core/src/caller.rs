@@ -78,6 +78,8 @@ pub enum Requirement {
     UserStepUp,
     /// Administration: the operator token, a superadmin user, or an API key holding the scope.
     Admin(Scope),
+    /// Administration no API key may do: the operator token or a superadmin user.
+    Superadmin,
 }
 
 /// API key scopes, named after command families.
@@ -134,6 +136,7 @@ impl Requirement {
             Requirement::Operator => "operator",
             Requirement::User => "user",
             Requirement::UserStepUp => "user_step_up",
+            Requirement::Superadmin => "superadmin",
             Requirement::Admin(scope) => match scope {
                 Scope::UsersRead => "admin:users:read",
                 Scope::UsersWrite => "admin:users:write",
@@ -157,6 +160,7 @@ impl Requirement {
                 Caller::ApiKey(k) => k.scopes.iter().any(|s| s == scope.as_str()),
                 Caller::Anonymous => false,
             },
+            Requirement::Superadmin => matches!(caller, Caller::Operator | Caller::User(_)),
         }
     }
 }

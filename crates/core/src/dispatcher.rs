@@ -323,7 +323,10 @@ impl Dispatcher {
         let Caller::User(u) = caller else {
             return Ok(());
         };
-        if let crate::Requirement::Admin(_) = spec.caller {
+        if matches!(
+            spec.caller,
+            crate::Requirement::Admin(_) | crate::Requirement::Superadmin
+        ) {
             // A user runs administrative commands only as a superadmin (read from the account,
             // so a demotion takes effect at once) whose address is proven (an unproven address
             // may be a squatter's), and after a recent or AAL2 sign-in.
@@ -345,7 +348,9 @@ impl Dispatcher {
         }
         if matches!(
             spec.caller,
-            crate::Requirement::UserStepUp | crate::Requirement::Admin(_)
+            crate::Requirement::UserStepUp
+                | crate::Requirement::Admin(_)
+                | crate::Requirement::Superadmin
         ) {
             if u.superseded {
                 // A step-up has issued a newer token for this session: this one, whatever its

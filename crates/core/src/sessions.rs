@@ -728,6 +728,39 @@ pub async fn revoke_all(
     Ok(n)
 }
 
+/// Index entries read per page by [`revoke_everyone`] (small in tests, so they cross pages).
+const REVOKE_PAGE: usize = if cfg!(test) { 4 } else { 1_000 };
+
+/// Revokes every session of every account (`reason` recorded on each). Walks the session index
+/// a page at a time; each entry leaves the index as its session is revoked (or, with no record
+/// behind it, as it is dropped), so every page makes progress and memory stays bounded however
+/// many sessions there are. Returns how many sessions this call revoked.
+pub async fn revoke_everyone(ctx: &Ctx, reason: &str) -> Result<u64, CommandError> {
+    let store = ctx.app.store.as_ref();
+    let mut n = 0;
+    loop {
+        let page = store
+            .scan_prefix(Table::UserSessions, b"", REVOKE_PAGE)
+            .await?;
+        if page.is_empty() {
+            return Ok(n);
+        }
+        for (k, _) in page {
+            let sid = k
+                .iter()
+                .position(|&b| b == b'/')
+                .map(|at| String::from_utf8_lossy(&k[at + 1..]).into_owned());
+            if let Some(sid) = sid {
+                if revoke(ctx, &sid, reason).await? {
+                    n += 1;
+                }
+            }
+            // Revocation removed it already; an entry naming no session goes too.
+            store.remove(Table::UserSessions, &k).await?;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::testkit::Bench;

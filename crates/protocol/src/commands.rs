@@ -855,6 +855,8 @@ pub mod admin {
     pub const USER_RECOVER: &str = "ADMIN.USER.RECOVER";
     /// `ADMIN.SESSION.REVOKE_ALL`
     pub const SESSION_REVOKE_ALL: &str = "ADMIN.SESSION.REVOKE_ALL";
+    /// `ADMIN.SESSION.REVOKE_EVERYONE`
+    pub const SESSION_REVOKE_EVERYONE: &str = "ADMIN.SESSION.REVOKE_EVERYONE";
     /// `APIKEY.CREATE`
     pub const APIKEY_CREATE: &str = "APIKEY.CREATE";
     /// `APIKEY.LIST`
@@ -960,6 +962,13 @@ pub mod admin {
         /// The account.
         pub user_id: String,
         /// Sessions revoked by this call.
+        pub sessions_revoked: u64,
+    }
+
+    /// `ADMIN.SESSION.REVOKE_EVERYONE` result.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct EveryoneRevoked {
+        /// Sessions revoked by this call, of every account.
         pub sessions_revoked: u64,
     }
 

@@ -1,9 +1,11 @@
-//! `SESSION.LIST`, `SESSION.REVOKE`, `SESSION.REVOKE_ALL`.
+//! `SESSION.LIST`, `SESSION.REVOKE`, `SESSION.REVOKE_ALL`, and the operator's
+//! `ADMIN.SESSION.REVOKE_EVERYONE`.
 
 use crate::caller::{RateClass, Requirement};
 use crate::clock::rfc3339_ms;
-use crate::sessions::{get_session, list_live, revoke, revoke_all};
+use crate::sessions::{get_session, list_live, revoke, revoke_all, revoke_everyone};
 use crate::{CommandError, CommandSpec, Ctx};
+use portcullis_protocol::commands::admin::{self, EveryoneRevoked};
 use portcullis_protocol::commands::session::{
     self, RevokeAllParams, RevokeParams, Revoked, SessionInfo, SessionList,
 };
@@ -27,6 +29,12 @@ pub fn specs() -> Vec<CommandSpec> {
             Requirement::UserStepUp,
             RateClass::Account,
             revoke_every,
+        ),
+        CommandSpec::new(
+            admin::SESSION_REVOKE_EVERYONE,
+            Requirement::Superadmin,
+            RateClass::Operator,
+            revoke_everyone_cmd,
         ),
     ]
 }
@@ -80,6 +88,22 @@ async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandEr
     ctx.audit.event("session.revoked");
     ctx.audit.note("revoked", n);
     Ok(Revoked { revoked: n })
+}
+
+/// `ADMIN.SESSION.REVOKE_EVERYONE` — the operator token, or a superadmin after step-up (no API
+/// key). Revokes every session of every account, the caller's own included (reason
+/// `admin_revoked_everyone`), for example after a signing key or the database may have leaked.
+/// The event records how many. Accounts, factors and keys are unchanged: everyone signs in
+/// again.
+async fn revoke_everyone_cmd(ctx: Ctx, _p: NoParams) -> Result<EveryoneRevoked, CommandError> {
+    let sessions_revoked = revoke_everyone(&ctx, "admin_revoked_everyone").await?;
+    ctx.audit.event("session.revoked_everyone");
+    ctx.audit.note("sessions_revoked", sessions_revoked);
+    tracing::warn!(
+        sessions_revoked,
+        "every session of every account was revoked"
+    );
+    Ok(EveryoneRevoked { sessions_revoked })
 }
 
 #[cfg(test)]
@@ -214,5 +238,88 @@ mod tests {
             Some(ErrorCode::Unauthenticated)
         );
         assert!(b.call("USER.ME", json!({}), access(&sessions[2])).await.ok);
+    }
+
+    #[tokio::test]
+    async fn the_operator_revokes_every_session_of_every_account_in_pages() {
+        let b = Bench::new(|_| {}).await;
+        let mut tokens = Vec::new();
+        for u in 0..3 {
+            let email = format!("u{u}@example.org");
+            tokens.push(
+                b.ok("AUTH.SIGNUP", json!({"email": email, "password": PW}), None)
+                    .await,
+            );
+            for _ in 0..5 {
+                tokens.push(login(&b, &email).await);
+            }
+        }
+        // One already revoked: not counted again.
+        b.ok("AUTH.LOGOUT", json!({}), access(&tokens[0])).await;
+        let operator = crate::node::read_operator_token(&b.app.config.data_dir).unwrap();
+        let operator = operator.expose();
+
+        // Not for plain users, nor for API keys, whatever their scopes.
+        assert_eq!(
+            b.code(
+                "ADMIN.SESSION.REVOKE_EVERYONE",
+                json!({}),
+                access(&tokens[1])
+            )
+            .await,
+            Some(ErrorCode::Forbidden)
+        );
+        let key = b
+            .ok(
+                "APIKEY.CREATE",
+                json!({"name": "ops", "scopes": ["sessions:write", "users:write"]}),
+                Some(operator),
+            )
+            .await;
+        assert_eq!(
+            b.code(
+                "ADMIN.SESSION.REVOKE_EVERYONE",
+                json!({}),
+                key["key"].as_str()
+            )
+            .await,
+            Some(ErrorCode::Forbidden)
+        );
+        assert!(b.call("USER.ME", json!({}), access(&tokens[1])).await.ok);
+
+        let r = b
+            .ok("ADMIN.SESSION.REVOKE_EVERYONE", json!({}), Some(operator))
+            .await;
+        assert_eq!(r["sessions_revoked"], 17);
+        for t in &tokens {
+            assert_eq!(
+                b.code("USER.ME", json!({}), access(t)).await,
+                Some(ErrorCode::Unauthenticated)
+            );
+            assert_eq!(
+                b.code(
+                    "AUTH.REFRESH",
+                    json!({"refresh_token": t["refresh_token"]}),
+                    None
+                )
+                .await,
+                Some(ErrorCode::InvalidCredentials)
+            );
+        }
+        let last = events(&b)
+            .await
+            .into_iter()
+            .rev()
+            .find(|e| e.command.as_deref() == Some("ADMIN.SESSION.REVOKE_EVERYONE"))
+            .unwrap();
+        assert_eq!(last.outcome, "ok");
+        assert_eq!(last.summary["sessions_revoked"], 17);
+        // Nothing is left to revoke; accounts still sign in.
+        let r = b
+            .ok("ADMIN.SESSION.REVOKE_EVERYONE", json!({}), Some(operator))
+            .await;
+        assert_eq!(r["sessions_revoked"], 0);
+        let again = login(&b, "u1@example.org").await;
+        assert!(b.call("USER.ME", json!({}), access(&again)).await.ok);
     }
 }
