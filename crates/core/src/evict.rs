@@ -547,4 +547,41 @@ mod tests {
             "the squatter's factor outlived the eviction"
         );
     }
+
+    /// A link sign-in that passed its disabled-check while an administrator disabled the
+    /// account must not leave a session behind. Before the session start was one batch
+    /// checking the account record, it did (its access token worked until expiry).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sign_in_racing_a_disable_leaves_no_session() {
+        let (b, faults) = faulty_bench().await;
+        let s = b.ok("AUTH.SIGNUP", json!({"email": EMAIL}), None).await;
+        let user_id = s["user_id"].as_str().unwrap().to_owned();
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        b.ok(
+            "MAGIC.VERIFY",
+            json!({"token": b.link_token(1).await}),
+            None,
+        )
+        .await;
+        b.advance(61);
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        let token = b.link_token(2).await;
+        let op = b.operator_token();
+        // The sign-in stops where it asks which second factors the account has, after its own
+        // disabled-check; the account is disabled meanwhile.
+        faults.hold_next_read(Table::Totp);
+        let admin = async {
+            faults.read_held().await;
+            b.ok("ADMIN.USER.DISABLE", json!({"user_id": user_id}), Some(&op))
+                .await;
+            faults.release();
+        };
+        let (r, ()) = tokio::join!(b.call("MAGIC.VERIFY", json!({"token": token}), None), admin);
+        if r.ok {
+            let access = r.data["access_token"].as_str().unwrap();
+            let me = b.call("USER.ME", json!({}), Some(access)).await;
+            assert!(!me.ok, "a session of the disabled account works: {me:?}");
+        }
+        assert!(!r.ok, "{r:?}");
+    }
 }

@@ -12,7 +12,7 @@ use base64::Engine;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::{
-    decode_record, encode_record, Applied, Batch, Record, Store, StoreError, Table,
+    decode_record, encode_record, Applied, Batch, Expect, Record, Store, StoreError, Table,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -221,13 +221,6 @@ pub async fn get_session(
     }
 }
 
-async fn put_session(store: &dyn Store, s: &SessionRecord) -> Result<(), CommandError> {
-    store
-        .put(Table::Sessions, s.id.as_bytes(), encode_record(s))
-        .await?;
-    Ok(())
-}
-
 /// Changes a session record atomically (see [`crate::accounts::update_user`]): a revocation
 /// racing a refresh or a step-up is never undone. `f` may refuse with an error.
 pub async fn update_session(
@@ -316,12 +309,8 @@ fn refresh_token_for(ctx: &Ctx, sid: &str, now: i64) -> (Secret, [u8; 32], Vec<u
     (Secret::new(token.as_str()), key, encode_record(&rec))
 }
 
-/// Issues a fresh refresh token for a session and stores its record.
-async fn new_refresh(ctx: &Ctx, sid: &str, now: i64) -> Result<Secret, CommandError> {
-    let (token, key, rec) = refresh_token_for(ctx, sid, now);
-    ctx.app.store.put(Table::RefreshTokens, &key, rec).await?;
-    Ok(token)
-}
+/// Rounds of a session start against concurrent changes of the account record.
+const OPEN_ATTEMPTS: usize = 8;
 
 /// `scope` claim of a session that may only enrol a second factor.
 pub const SCOPE_ENROLMENT: &str = "mfa_enrolment";
@@ -378,13 +367,49 @@ async fn open_session(
         revoked_at: None,
         revoke_reason: None,
     };
-    put_session(app.store.as_ref(), &s).await?;
+    let (refresh_token, refresh_key, refresh_rec) = refresh_token_for(ctx, &s.id, now);
+    // One batch: the session, its index entry and its refresh token, on the condition that the
+    // account is still as read here and usable. A disable (or deletion, or first proof of the
+    // address) that commits first refuses it, so no sign-in racing a disable leaves a session
+    // behind; a crash leaves all three or none.
+    let unusable =
+        || CommandError::new(ErrorCode::InvalidCredentials, "this account cannot sign in");
+    let mut started = false;
+    for _ in 0..OPEN_ATTEMPTS {
+        let raw = app
+            .store
+            .get(Table::Users, user.id.as_bytes())
+            .await?
+            .ok_or_else(unusable)?;
+        let current: UserRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
+        if current.disabled {
+            return Err(unusable());
+        }
+        let batch = Batch::new()
+            .check(Table::Users, user.id.as_bytes(), Expect::Value(raw))
+            .swap(
+                Table::Sessions,
+                s.id.as_bytes(),
+                None,
+                Some(encode_record(&s)),
+            )
+            .put(Table::UserSessions, index_key(&user.id, &s.id), Vec::new())
+            .swap(
+                Table::RefreshTokens,
+                refresh_key.as_slice(),
+                None,
+                Some(refresh_rec.clone()),
+            );
+        if app.store.apply(batch).await?.committed() {
+            started = true;
+            break;
+        }
+    }
+    if !started {
+        return Err(StoreError::Busy.into());
+    }
     app.session_cache.record(&s.id, Live::of(&s));
-    app.store
-        .put(Table::UserSessions, &index_key(&user.id, &s.id), Vec::new())
-        .await?;
     let evicted = enforce_session_limit(ctx, &user.id, &s.id).await?;
-    let refresh_token = new_refresh(ctx, &s.id, now).await?;
     let (access_token, expires_in) = access_token(ctx, &s, now);
     ctx.audit.subject(&user.id);
     ctx.audit.session(&s.id);
