@@ -371,9 +371,12 @@ impl Dispatcher {
                 )
                 .with_details(serde_json::json!({"reason": "proof_required"})));
             }
+            // A recent proof, whatever the level: an AAL2 session that is hours or days old
+            // proves nothing about who holds it now (ASVS 7.5.1). A step-up (MFA.VERIFY with
+            // the session's token) or a new sign-in renews it.
             let now = self.app.clock.now().unix_timestamp();
             let recent = now - u.auth_time <= self.app.config.step_up_window_s;
-            if u.aal < 2 && !recent {
+            if !recent {
                 audit.event("step_up.required");
                 return Err(CommandError::new(
                     ErrorCode::Forbidden,

@@ -405,8 +405,24 @@ mod tests {
             r.error.unwrap().details.unwrap()["reason"],
             "step_up_required"
         );
+        // An AAL2 session as old as this one needs the step-up too (ASVS 7.5.1).
+        let r = b
+            .call("RECOVERY.REGENERATE", json!({}), v["access_token"].as_str())
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Forbidden), "{r:?}");
+        let up = b
+            .ok(
+                "MFA.VERIFY",
+                json!({"method": "totp", "code": code_at(&b, &e.secret, 0)}),
+                v["access_token"].as_str(),
+            )
+            .await;
         let fresh = b
-            .ok("RECOVERY.REGENERATE", json!({}), v["access_token"].as_str())
+            .ok(
+                "RECOVERY.REGENERATE",
+                json!({}),
+                up["access_token"].as_str(),
+            )
             .await;
         let fresh: Vec<String> = fresh["recovery_codes"]
             .as_array()
@@ -468,12 +484,24 @@ mod tests {
             .ok("MFA.VERIFY", json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code_at(&b, &secret, 0)}), None)
             .await;
         assert_eq!(v["amr"], json!(["email", "otp", "mfa"]));
-        b.advance(11 * 60);
         assert!(
-            b.call("USER.SET_PASSWORD", set, v["access_token"].as_str())
+            b.call("USER.SET_PASSWORD", set.clone(), v["access_token"].as_str())
                 .await
                 .ok,
-            "AAL2 passes the gate"
+            "a fresh AAL2 sign-in passes the gate"
+        );
+        // An AAL2 sign-in older than the window does not (ASVS 7.5.1): it steps up again.
+        b.advance(11 * 60);
+        let r = b
+            .call(
+                "USER.SET_PASSWORD",
+                json!({"current_password": "another long passphrase", "new_password": "a third long passphrase"}),
+                v["access_token"].as_str(),
+            )
+            .await;
+        assert_eq!(
+            r.error.unwrap().details.unwrap()["reason"],
+            "step_up_required"
         );
     }
 

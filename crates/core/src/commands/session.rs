@@ -17,13 +17,15 @@ use time::OffsetDateTime;
 pub fn specs() -> Vec<CommandSpec> {
     vec![
         CommandSpec::new(session::LIST, Requirement::User, RateClass::Account, list).reads_only(),
+        // Ending sessions is sensitive (ASVS 7.5.2): a stolen session must not sign the owner
+        // out of theirs. One session or all of them needs a recent proof; signing out the
+        // calling session alone is AUTH.LOGOUT.
         CommandSpec::new(
             session::REVOKE,
-            Requirement::User,
+            Requirement::UserStepUp,
             RateClass::Account,
             revoke_one,
         ),
-        // Signing every session out is sensitive (ASVS 7.5.2): it needs a recent proof.
         CommandSpec::new(
             session::REVOKE_ALL,
             Requirement::UserStepUp,
@@ -159,6 +161,15 @@ mod tests {
             r.error.unwrap().details.unwrap()["reason"],
             "step_up_required"
         );
+        // Nor one session: a stolen session must not sign the owner out (ASVS 7.5.2).
+        let r = b
+            .call(
+                "SESSION.REVOKE",
+                json!({"session_id": other["session_id"]}),
+                access(&s),
+            )
+            .await;
+        assert_eq!(r.error_code(), Some(ErrorCode::Forbidden), "{r:?}");
         assert!(
             b.call("USER.ME", json!({}), access(&other)).await.ok,
             "nothing revoked"
