@@ -313,7 +313,8 @@ impl Dispatcher {
     }
 
     /// What a signed-in caller must additionally satisfy: an enrolment-only session runs only
-    /// commands that allow it; sensitive commands need a recent or AAL2 sign-in.
+    /// commands that allow it; sensitive commands need the session's current token and a proof
+    /// of a factor within `step_up_window_s`, at every assurance level (ASVS 7.5.1).
     async fn gate(
         &self,
         spec: &crate::CommandSpec,
@@ -329,7 +330,7 @@ impl Dispatcher {
         ) {
             // A user runs administrative commands only as a superadmin (read from the account,
             // so a demotion takes effect at once) whose address is proven (an unproven address
-            // may be a squatter's), and after a recent or AAL2 sign-in.
+            // may be a squatter's), and after a recent proof (below).
             let admin = crate::accounts::get_user(self.app.store.as_ref(), &u.user_id)
                 .await?
                 .is_some_and(|a| a.superadmin && !a.disabled && a.email_verified);

@@ -1,9 +1,9 @@
 //! Administration: `ADMIN.*` (accounts and sessions, emergency recovery, bootstrap),
 //! `APIKEY.*` (keys for application backends) and `KEYS.*` (token signing keys).
 //!
-//! Callers: the operator token, a superadmin user (recently signed in or at AAL2), or an API
-//! key holding the command's scope. Every decision is logged with the operator's identity as
-//! the event's actor.
+//! Callers: the operator token, a superadmin user (a sign-in or step-up within the step-up
+//! window, at any level), or an API key holding the command's scope. Every decision is logged
+//! with the operator's identity as the event's actor.
 
 use crate::accounts::{find_by_email, get_user, normalize_email, Email, UserRecord};
 use crate::apikeys::{self, ApiKeyRecord, PREFIX};

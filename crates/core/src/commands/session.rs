@@ -65,7 +65,8 @@ async fn list(ctx: Ctx, _p: NoParams) -> Result<SessionList, CommandError> {
     Ok(SessionList { sessions })
 }
 
-/// `SESSION.REVOKE` — user. Revokes one of the caller's sessions (`NOT_FOUND` for any other id).
+/// `SESSION.REVOKE` — user after step-up (ASVS 7.5.2). Revokes one of the caller's sessions
+/// (`NOT_FOUND` for any other id).
 async fn revoke_one(ctx: Ctx, p: RevokeParams) -> Result<Revoked, CommandError> {
     let me = ctx.user()?.clone();
     let owned = get_session(ctx.app.store.as_ref(), &p.session_id)

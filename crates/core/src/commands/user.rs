@@ -88,14 +88,28 @@ async fn update(ctx: Ctx, p: UpdateParams) -> Result<Me, CommandError> {
     me_of(&ctx, u)
 }
 
-/// `USER.SET_PASSWORD` — user after step-up (AAL2 or a sign-in within the step-up window), at
-/// AAL1 or more (`FORBIDDEN` for the unproven session of a
+/// `USER.SET_PASSWORD` — user after step-up (a sign-in or step-up within the step-up window, at
+/// any level), at AAL1 or more (`FORBIDDEN` for the unproven session of a
 /// passwordless sign-up). Needs `current_password` when the account has one
 /// (`INVALID_CREDENTIALS` if wrong). Revokes every other session.
 async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, CommandError> {
     let u = load(&ctx).await?;
+    // A forgotten password is reset by signing in without it (link, code or passkey, and the
+    // second factor when the account has one) and then setting a new one: a session whose
+    // proofs include no password may omit `current_password` (ASVS 6.4.3; the step-up gate
+    // has already required that proof to be recent). A given `current_password` is always
+    // checked.
+    let proved_without_password = !ctx
+        .user()?
+        .amr
+        .iter()
+        .any(|a| a == crate::commands::auth::AMR_PASSWORD);
     if let Some(stored) = u.password_hash.as_deref() {
         let Some(current) = &p.current_password else {
+            if proved_without_password {
+                ctx.audit.note("password.reset", true);
+                return set_new_password(ctx, p, u).await;
+            }
             return Err(CommandError::invalid_params("current_password is required"));
         };
         if !ctx.app.passwords.verify(current, Some(stored)).await?.ok {
@@ -106,6 +120,16 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
             ));
         }
     }
+    set_new_password(ctx, p, u).await
+}
+
+/// The second half of `USER.SET_PASSWORD`, once the caller may set a password: the policy, the
+/// hash, and one batch with the revocation of every other session.
+async fn set_new_password(
+    ctx: Ctx,
+    p: SetPasswordParams,
+    u: UserRecord,
+) -> Result<PasswordSet, CommandError> {
     let context = PolicyContext {
         product_name: &ctx.app.config.product_name,
         email: Some(&u.email),
@@ -445,6 +469,71 @@ mod tests {
                 .await
                 .ok,
             "the address is free again"
+        );
+    }
+
+    /// A forgotten password: the owner signs in by link (with the second factor when the
+    /// account has one) and sets a new password without the old one. A password session still
+    /// needs the current password. Before, no session could replace a forgotten password.
+    #[tokio::test]
+    async fn a_forgotten_password_is_reset_from_an_email_sign_in() {
+        let b = Bench::new(|_| {}).await;
+        let email = "forgot@example.org";
+        b.ok("AUTH.SIGNUP", json!({"email": email}), None).await;
+        b.ok("MAGIC.SEND", json!({"email": email}), None).await;
+        let first = b
+            .ok(
+                "MAGIC.VERIFY",
+                json!({"token": b.link_token(1).await}),
+                None,
+            )
+            .await;
+        b.ok(
+            "USER.SET_PASSWORD",
+            json!({"new_password": PW}),
+            first["access_token"].as_str(),
+        )
+        .await;
+        let by_password = b
+            .ok("AUTH.LOGIN", json!({"email": email, "password": PW}), None)
+            .await;
+        let new_pw = "a brand new passphrase";
+        assert_eq!(
+            b.code(
+                "USER.SET_PASSWORD",
+                json!({"new_password": new_pw}),
+                by_password["access_token"].as_str()
+            )
+            .await,
+            Some(ErrorCode::InvalidParams),
+            "a password session must give the current password"
+        );
+
+        b.advance(61);
+        b.ok("MAGIC.SEND", json!({"email": email}), None).await;
+        let by_link = b
+            .ok(
+                "MAGIC.VERIFY",
+                json!({"token": b.link_token(2).await}),
+                None,
+            )
+            .await;
+        b.ok(
+            "USER.SET_PASSWORD",
+            json!({"new_password": new_pw}),
+            by_link["access_token"].as_str(),
+        )
+        .await;
+        b.ok(
+            "AUTH.LOGIN",
+            json!({"email": email, "password": new_pw}),
+            None,
+        )
+        .await;
+        assert_eq!(
+            b.code("AUTH.LOGIN", json!({"email": email, "password": PW}), None)
+                .await,
+            Some(ErrorCode::InvalidCredentials)
         );
     }
 }
