@@ -305,28 +305,13 @@ pub async fn caller_session_check(ctx: &Ctx) -> Result<Batch, CommandError> {
 
 #[cfg(test)]
 mod tests {
-    use crate::testkit::{Bench, Faults};
+    use crate::testkit::Bench;
     use portcullis_protocol::ErrorCode;
     use portcullis_store::Table;
     use serde_json::json;
-    use std::sync::Arc;
 
     const EMAIL: &str = "owner@example.org";
     const PW: &str = "squatter chose this passphrase";
-
-    async fn faulty_bench() -> (Bench, Arc<Faults>) {
-        let mut faults = None;
-        let b = Bench::layered(
-            |_| {},
-            |s| {
-                let f = Faults::wrap(s);
-                faults = Some(Arc::clone(&f));
-                f
-            },
-        )
-        .await;
-        (b, faults.unwrap())
-    }
 
     /// Pre-hijacking: someone signs up with the owner's address and a password. The owner's
     /// first proof fails half-way (the write that would revoke the squatter's session fails).
@@ -335,7 +320,7 @@ mod tests {
     /// evicted nothing.
     #[tokio::test]
     async fn a_failed_first_proof_changes_nothing_and_the_next_proof_still_evicts() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let squatter = b
             .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
             .await;
@@ -379,7 +364,7 @@ mod tests {
     /// and every later bootstrap was refused.
     #[tokio::test]
     async fn a_bootstrap_that_fails_half_way_can_be_run_again() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let op = b.operator_token();
         faults.fail_next_write(Table::Users);
         let r = b
@@ -398,7 +383,7 @@ mod tests {
     /// signing in with its password alone.
     #[tokio::test]
     async fn a_deletion_that_fails_half_way_keeps_the_second_factor() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let s = b
             .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
             .await;
@@ -420,7 +405,7 @@ mod tests {
     /// beside the old sessions.
     #[tokio::test]
     async fn a_password_change_that_fails_half_way_leaves_no_old_session_beside_the_new_password() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let first = b
             .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
             .await;
@@ -463,7 +448,7 @@ mod tests {
     /// signed in to the account.
     #[tokio::test]
     async fn an_address_change_never_leaves_the_old_address_attached() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let s = b
             .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
             .await;
@@ -513,7 +498,7 @@ mod tests {
     /// check) wrote the squatter's factor onto the owner's account after the eviction.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_factor_added_by_a_session_evicted_meanwhile_is_refused() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let s = b
             .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
             .await;
@@ -553,7 +538,7 @@ mod tests {
     /// checking the account record, it did (its access token worked until expiry).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sign_in_racing_a_disable_leaves_no_session() {
-        let (b, faults) = faulty_bench().await;
+        let (b, faults) = Bench::faulty().await;
         let s = b.ok("AUTH.SIGNUP", json!({"email": EMAIL}), None).await;
         let user_id = s["user_id"].as_str().unwrap().to_owned();
         b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;

@@ -790,101 +790,17 @@ pub async fn revoke_everyone(ctx: &Ctx, reason: &str) -> Result<u64, CommandErro
 mod tests {
     use crate::testkit::Bench;
     use portcullis_protocol::ErrorCode;
-    use portcullis_store::{Applied, Batch, Cas, Store, StoreError, SyncTicket, Table};
+    use portcullis_store::Table;
     use serde_json::json;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
-    use tokio::sync::Notify;
 
     const PW: &str = "correct horse battery staple";
-
-    /// A store that counts reads of the sessions table and, when armed, holds the next one
-    /// after it has read (so what it returns is what the store held before any concurrent
-    /// write) until released.
-    struct HeldSessionReads {
-        inner: Arc<dyn Store>,
-        reads: AtomicU64,
-        armed: AtomicBool,
-        reached: Notify,
-        release: Notify,
-    }
-
-    #[async_trait::async_trait]
-    impl Store for HeldSessionReads {
-        async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            let v = self.inner.get(table, key).await;
-            if table == Table::Sessions {
-                self.reads.fetch_add(1, Ordering::SeqCst);
-                if self.armed.swap(false, Ordering::SeqCst) {
-                    self.reached.notify_one();
-                    self.release.notified().await;
-                }
-            }
-            v
-        }
-        async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-            self.inner.put(table, key, value).await
-        }
-        async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.remove(table, key).await
-        }
-        async fn compare_and_swap(
-            &self,
-            table: Table,
-            key: &[u8],
-            expected: Option<&[u8]>,
-            new: Option<Vec<u8>>,
-        ) -> Result<Cas, StoreError> {
-            self.inner.compare_and_swap(table, key, expected, new).await
-        }
-        async fn scan_prefix(
-            &self,
-            table: Table,
-            prefix: &[u8],
-            limit: usize,
-        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-            self.inner.scan_prefix(table, prefix, limit).await
-        }
-        async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
-            self.inner.apply(batch).await
-        }
-        fn sync(&self) -> SyncTicket {
-            self.inner.sync()
-        }
-        fn sync_state(&self) -> Option<SyncTicket> {
-            self.inner.sync_state()
-        }
-        fn close(&self) {
-            self.inner.close()
-        }
-    }
-
-    async fn held_bench() -> (Bench, Arc<HeldSessionReads>) {
-        let slot = Arc::new(std::sync::Mutex::new(None));
-        let b = Bench::with_store(
-            |_| {},
-            |inner| {
-                let held = Arc::new(HeldSessionReads {
-                    inner,
-                    reads: AtomicU64::new(0),
-                    armed: AtomicBool::new(false),
-                    reached: Notify::new(),
-                    release: Notify::new(),
-                });
-                *slot.lock().unwrap() = Some(Arc::clone(&held));
-                held
-            },
-        )
-        .await;
-        let held = slot.lock().unwrap().take().unwrap();
-        (b, held)
-    }
 
     /// A liveness read that began before a logout must not put "live" back into the cache
     /// after the logout has answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_session_read_racing_a_logout_never_revives_the_session() {
-        let (b, held) = held_bench().await;
+        let (b, held) = Bench::faulty().await;
         let b = Arc::new(b);
         let s = b
             .ok(
@@ -896,15 +812,15 @@ mod tests {
         let access = s["access_token"].as_str().unwrap().to_owned();
         // As after a restart, or when the cache has started over: the next check reads the store.
         b.app.session_cache.forget_all();
-        held.armed.store(true, Ordering::SeqCst);
+        held.hold_next_read(Table::Sessions);
         let me = {
             let (b, access) = (Arc::clone(&b), access.clone());
             tokio::spawn(async move { b.call("USER.ME", json!({}), Some(&access)).await })
         };
-        held.reached.notified().await;
+        held.read_held().await;
         // The read has returned what the store held (live); now the session is revoked.
         b.ok("AUTH.LOGOUT", json!({}), Some(&access)).await;
-        held.release.notify_one();
+        held.release();
         let raced = me.await.unwrap();
         assert_eq!(
             raced.error_code(),
@@ -921,7 +837,7 @@ mod tests {
     /// A new session is cached when it starts: its first request reads no session record.
     #[tokio::test]
     async fn a_new_session_is_live_in_the_cache_from_its_first_request() {
-        let (b, held) = held_bench().await;
+        let (b, held) = Bench::faulty().await;
         let s = b
             .ok(
                 "AUTH.SIGNUP",
@@ -929,9 +845,9 @@ mod tests {
                 None,
             )
             .await;
-        let before = held.reads.load(Ordering::SeqCst);
+        let before = held.reads(Table::Sessions);
         b.ok("USER.ME", json!({}), s["access_token"].as_str()).await;
-        assert_eq!(held.reads.load(Ordering::SeqCst), before);
+        assert_eq!(held.reads(Table::Sessions), before);
     }
 
     #[tokio::test]

@@ -49,28 +49,19 @@ impl Bench {
         }
     }
 
-    /// A bench like [`Bench::new`] whose app talks to the store through `wrap` (a test double
-    /// that delays, counts or fails some operations).
-    pub async fn with_store(
-        tweak: impl FnOnce(&mut Config),
-        wrap: impl FnOnce(Arc<dyn portcullis_store::Store>) -> Arc<dyn portcullis_store::Store>,
-    ) -> Bench {
-        let Bench {
-            mut app,
-            clock,
-            dispatcher,
-            _dir,
-        } = Bench::new(tweak).await;
-        drop(dispatcher);
-        let inner = Arc::get_mut(&mut app).expect("the bench holds the only reference");
-        inner.store = wrap(Arc::clone(&inner.store));
-        let dispatcher = Dispatcher::new(Arc::clone(&app));
-        Bench {
-            app,
-            clock,
-            dispatcher,
-            _dir,
-        }
+    /// A bench whose store is wrapped in [`Faults`], and the handle to arm them.
+    pub async fn faulty() -> (Bench, Arc<Faults>) {
+        let mut faults = None;
+        let b = Self::layered(
+            |_| {},
+            |s| {
+                let f = Faults::wrap(s);
+                faults = Some(Arc::clone(&f));
+                f
+            },
+        )
+        .await;
+        (b, faults.unwrap())
     }
 
     pub fn advance(&self, seconds: i64) {
@@ -243,6 +234,8 @@ pub struct Faults {
     held: Mutex<Option<Table>>,
     reached: tokio::sync::Notify,
     released: tokio::sync::watch::Sender<bool>,
+    /// Reads so far, per table (in [`Table::ALL`] order).
+    reads: [std::sync::atomic::AtomicU64; Table::ALL.len()],
 }
 
 impl Faults {
@@ -255,6 +248,7 @@ impl Faults {
             held: Mutex::new(None),
             reached: tokio::sync::Notify::new(),
             released: tokio::sync::watch::channel(false).0,
+            reads: Default::default(),
         })
     }
 
@@ -293,7 +287,15 @@ impl Faults {
         let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
     }
 
-    /// Holds the next read of `table` until [`Faults::release`].
+    /// Reads of `table` so far.
+    pub fn reads(&self, table: Table) -> u64 {
+        Table::ALL.iter().position(|t| *t == table).map_or(0, |i| {
+            self.reads[i].load(std::sync::atomic::Ordering::SeqCst)
+        })
+    }
+
+    /// Holds the next read of `table` until [`Faults::release`]: it has read, so what it
+    /// returns is what the store held before anything written while it waits.
     pub fn hold_next_read(&self, table: Table) {
         self.released.send_replace(false);
         *self.held.lock().unwrap() = Some(table);
@@ -354,9 +356,13 @@ impl Faults {
 #[async_trait]
 impl Store for Faults {
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.hold(table).await;
-        // Read first, then wait: every party has read before any of them goes on to write.
+        if let Some(i) = Table::ALL.iter().position(|t| *t == table) {
+            self.reads[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        // Read first, then wait: every party has read before any of them goes on to write,
+        // and a held read returns what was there before.
         let value = self.inner.get(table, key).await;
+        self.hold(table).await;
         self.rendezvous(table).await;
         value
     }

@@ -268,28 +268,17 @@ pub async fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &st
 
 #[cfg(test)]
 mod tests {
-    use crate::testkit::{Bench, Faults};
+    use crate::testkit::Bench;
     use portcullis_protocol::ErrorCode;
     use portcullis_store::Table;
     use serde_json::{json, Value};
-    use std::sync::Arc;
 
     /// Two pending enrolments confirmed at once: exactly one becomes the factor, the other is
     /// refused, and one set of ten recovery codes exists. Before the confirmation was one
     /// batch, both read "no factor yet" and both succeeded, the second overwriting the first.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_confirmations_of_two_enrolments_have_one_winner() {
-        let mut faults = None;
-        let b = Bench::layered(
-            |_| {},
-            |s| {
-                let f = Faults::wrap(s);
-                faults = Some(Arc::clone(&f));
-                f
-            },
-        )
-        .await;
-        let faults = faults.unwrap();
+        let (b, faults) = Bench::faulty().await;
         let s = b
             .ok(
                 "AUTH.SIGNUP",
