@@ -73,18 +73,8 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(cfg.http_header_timeout_s));
     loop {
-        let accepted = tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (sock, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((sock, peer)) = crate::accept(&app, &listener).await else {
+            break;
         };
         let proxy = cfg.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
         let slot = match limits.admit(peer.ip(), proxy) {

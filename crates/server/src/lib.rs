@@ -76,3 +76,24 @@ impl Server {
         drained
     }
 }
+
+/// The next connection on `listener`, or `None` once the server shuts down. A failed accept
+/// (out of file descriptors and the like) backs off instead of spinning.
+pub(crate) async fn accept(
+    app: &App,
+    listener: &TcpListener,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = app.shutdown.cancelled() => return None,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok(a) => return Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -37,18 +37,8 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
         app.config.max_connections_per_ip,
     );
     loop {
-        let accepted = tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (sock, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((sock, peer)) = crate::accept(&app, &listener).await else {
+            break;
         };
         match limits.admit(peer.ip(), false) {
             Ok(slot) => {
