@@ -33,6 +33,12 @@ pub struct UserRecord {
     /// May run every administrative command.
     #[serde(default)]
     pub superadmin: bool,
+    /// Bumped by every session start, in the same batch. A change planned from the list of the
+    /// account's sessions (the first proof's eviction, a disable, a password change) checks the
+    /// record, so a session started after the list was read refuses the change, which is then
+    /// planned again with that session in it.
+    #[serde(default)]
+    pub session_epoch: u64,
 }
 
 impl Record for UserRecord {

@@ -434,6 +434,7 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
                 updated_at: now,
                 disabled: false,
                 superadmin: false,
+                session_epoch: 0,
             };
             match create_user(store, &u, &email).await {
                 Ok(()) => {

@@ -569,4 +569,40 @@ mod tests {
         }
         assert!(!r.ok, "{r:?}");
     }
+
+    /// A password sign-in that starts its session after the owner's proof listed the
+    /// account's sessions, but before the proof commits: the proof must still revoke it.
+    /// Before a session start bumped the account's session epoch, the proof committed its
+    /// stale list and the squatter's new session outlived it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_started_while_the_first_proof_is_planned_is_evicted_too() {
+        let (b, faults) = Bench::faulty().await;
+        b.ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        let token = b.link_token(1).await;
+        // The proof stops after listing the sessions, where it reads the factors.
+        faults.hold_next_read(Table::Totp);
+        let squatter = async {
+            faults.read_held().await;
+            let r = b
+                .call("AUTH.LOGIN", json!({"email": EMAIL, "password": PW}), None)
+                .await;
+            faults.release();
+            r
+        };
+        let (owner, squatter) = tokio::join!(
+            b.call("MAGIC.VERIFY", json!({"token": token}), None),
+            squatter
+        );
+        assert!(owner.ok, "{owner:?}");
+        if squatter.ok {
+            let access = squatter.data["access_token"].as_str().unwrap();
+            assert_eq!(
+                b.code("USER.ME", json!({}), Some(access)).await,
+                Some(ErrorCode::Unauthenticated),
+                "the squatter's session outlived the owner's proof"
+            );
+        }
+    }
 }

@@ -12,7 +12,7 @@ use base64::Engine;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::{
-    decode_record, encode_record, Applied, Batch, Expect, Record, Store, StoreError, Table,
+    decode_record, encode_record, Applied, Batch, Record, Store, StoreError, Table,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -310,7 +310,7 @@ fn refresh_token_for(ctx: &Ctx, sid: &str, now: i64) -> (Secret, [u8; 32], Vec<u
 }
 
 /// Rounds of a session start against concurrent changes of the account record.
-const OPEN_ATTEMPTS: usize = 8;
+const OPEN_ATTEMPTS: usize = 32;
 
 /// `scope` claim of a session that may only enrol a second factor.
 pub const SCOPE_ENROLMENT: &str = "mfa_enrolment";
@@ -369,9 +369,11 @@ async fn open_session(
     };
     let (refresh_token, refresh_key, refresh_rec) = refresh_token_for(ctx, &s.id, now);
     // One batch: the session, its index entry and its refresh token, on the condition that the
-    // account is still as read here and usable. A disable (or deletion, or first proof of the
-    // address) that commits first refuses it, so no sign-in racing a disable leaves a session
-    // behind; a crash leaves all three or none.
+    // account is still as read here and usable, and a bump of the account's session epoch. A
+    // disable (or deletion, or first proof of the address) that commits first refuses it, so no
+    // sign-in racing a disable leaves a session behind; one that commits later finds the epoch
+    // moved and plans its revocations again, this session included; a crash leaves all of it
+    // or none.
     let unusable =
         || CommandError::new(ErrorCode::InvalidCredentials, "this account cannot sign in");
     let mut started = false;
@@ -381,12 +383,18 @@ async fn open_session(
             .get(Table::Users, user.id.as_bytes())
             .await?
             .ok_or_else(unusable)?;
-        let current: UserRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
+        let mut current: UserRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
         if current.disabled {
             return Err(unusable());
         }
+        current.session_epoch = current.session_epoch.wrapping_add(1);
         let batch = Batch::new()
-            .check(Table::Users, user.id.as_bytes(), Expect::Value(raw))
+            .swap(
+                Table::Users,
+                user.id.as_bytes(),
+                Some(&raw),
+                Some(encode_record(&current)),
+            )
             .swap(
                 Table::Sessions,
                 s.id.as_bytes(),

@@ -205,6 +205,7 @@ pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Com
                     updated_at: now,
                     disabled: false,
                     superadmin: true,
+                    session_epoch: 0,
                 };
                 let batch = Batch::new()
                     .swap(

@@ -76,6 +76,7 @@ async fn signup(ctx: Ctx, p: SignupParams) -> Result<SessionTokens, CommandError
         updated_at: now,
         disabled: false,
         superadmin: false,
+        session_epoch: 0,
     };
     ctx.audit
         .note("email_sha256", hex::encode(sha256(email.key.as_bytes())));
@@ -258,5 +259,49 @@ mod tests {
             None,
         )
         .await;
+    }
+
+    /// ASVS 6.2.8 and 6.2.9: a password is checked exactly as received (case, inner and
+    /// trailing spaces, non-ASCII all count; nothing is trimmed or truncated), and a long
+    /// passphrase of 64 characters and more is accepted whole.
+    #[tokio::test]
+    async fn passwords_are_checked_exactly_as_received_and_long_ones_are_accepted() {
+        let b = Bench::new(|_| {}).await;
+        let long = "Über Berge, durch Täler: zwölf Wörter bilden hier eine sehr lange Losung! ";
+        assert!(long.chars().count() >= 64);
+        b.ok(
+            "AUTH.SIGNUP",
+            json!({"email": "exact@example.org", "password": long}),
+            None,
+        )
+        .await;
+        let login = |pw: String| {
+            let b = &b;
+            async move {
+                b.call(
+                    "AUTH.LOGIN",
+                    json!({"email": "exact@example.org", "password": pw}),
+                    None,
+                )
+                .await
+            }
+        };
+        assert!(login(long.to_owned()).await.ok);
+        for near in [
+            long.trim_end().to_owned(),
+            long.to_lowercase(),
+            long.replace("  ", " ").replace(", ", ","),
+            long.chars().take(64).collect::<String>(),
+            long.replace('Ü', "U"),
+        ] {
+            assert_ne!(near, long);
+            assert_eq!(
+                login(near.clone()).await.error_code(),
+                Some(ErrorCode::InvalidCredentials),
+                "{near:?} signed in"
+            );
+            // Stay clear of the failure delay: this test is about what matches, not how often.
+            b.advance(16 * 60);
+        }
     }
 }
