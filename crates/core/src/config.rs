@@ -356,6 +356,10 @@ impl Config {
         {
             return Err("magic_link_ttl_s and otp_ttl_s must be between 60 and 86400".into());
         }
+        // A step-up is proof of who holds the session *now*: an hour at most.
+        if !(0..=3600).contains(&self.step_up_window_s) {
+            return Err("step_up_window_s must be between 0 and 3600".into());
+        }
         if self.otp_max_attempts == 0
             || self.sends_per_address_per_hour == 0
             || self.sends_per_client_per_hour == 0
@@ -413,5 +417,22 @@ mod tests {
             ..Config::default()
         };
         assert!(zero_header_timeout.validate().is_err());
+    }
+
+    #[test]
+    fn the_step_up_window_is_at_most_an_hour() {
+        for (w, ok) in [
+            (-1, false),
+            (0, true),
+            (600, true),
+            (3600, true),
+            (3601, false),
+        ] {
+            let c = Config {
+                step_up_window_s: w,
+                ..Config::default()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "{w}");
+        }
     }
 }
