@@ -282,9 +282,28 @@ pub async fn revocation(
     })
 }
 
-/// A check that the calling session is still live, for a batch that adds a way to sign in (a
-/// passkey, a TOTP factor, a password): if an eviction or revocation of the session commits
-/// first, the batch is refused, so nothing the session adds outlives it.
+/// The guard of a batch by which the calling session adds a way to sign in (a passkey, an
+/// authenticator app, recovery codes): the session must still be live (an eviction or
+/// revocation of it that commits first refuses the batch), and the account's session epoch is
+/// bumped (an eviction planned before this commits is refused and planned again, this factor
+/// included). Either way, nothing the session adds outlives an eviction.
+pub async fn caller_adds_factor(ctx: &Ctx) -> Result<Batch, CommandError> {
+    let check = caller_session_check(ctx).await?;
+    let user_id = &ctx.user()?.user_id;
+    let ended = || CommandError::unauthenticated("the account no longer exists");
+    let (raw, mut user) = read_user(ctx, user_id).await?.ok_or_else(ended)?;
+    user.session_epoch = user.session_epoch.wrapping_add(1);
+    Ok(check.swap(
+        Table::Users,
+        user_id.as_bytes(),
+        Some(&raw),
+        Some(encode_record(&user)),
+    ))
+}
+
+/// A check that the calling session is still live, for a batch that changes what the session
+/// may do (a password change): if an eviction or revocation of the session commits first, the
+/// batch is refused, so nothing the session sets outlives it.
 pub async fn caller_session_check(ctx: &Ctx) -> Result<Batch, CommandError> {
     let Ok(u) = ctx.user() else {
         return Ok(Batch::new());
@@ -604,5 +623,53 @@ mod tests {
                 "the squatter's session outlived the owner's proof"
             );
         }
+    }
+
+    /// A squatter's session confirms an authenticator app after the owner's proof has listed
+    /// the account's factors but before the proof commits: the proof must still remove it.
+    /// Before factor-adding batches bumped the account's session epoch, the proof committed its
+    /// stale list and the squatter's factor stayed on the owner's account.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_factor_added_while_the_first_proof_is_planned_is_evicted_too() {
+        let (b, faults) = Bench::faulty().await;
+        let s = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        let user_id = s["user_id"].as_str().unwrap();
+        let e = b.ok("TOTP.ENROLL", json!({}), Some(access)).await;
+        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+        let confirm = json!({"enrollment_id": e["enrollment_id"], "code": b.totp_code(&secret)});
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        let token = b.link_token(1).await;
+        // The proof stops once it has read the factors (there are none yet).
+        faults.hold_next_read(Table::Totp);
+        let squatter = async {
+            faults.read_held().await;
+            let r = b.call("TOTP.CONFIRM", confirm, Some(access)).await;
+            faults.release();
+            r
+        };
+        let (owner, confirmed) = tokio::join!(
+            b.call("MAGIC.VERIFY", json!({"token": token}), None),
+            squatter
+        );
+        assert!(owner.ok, "{owner:?}");
+        assert!(
+            confirmed.ok,
+            "the confirmation ran before the proof: {confirmed:?}"
+        );
+        assert_eq!(
+            b.app
+                .store
+                .get(Table::Totp, user_id.as_bytes())
+                .await
+                .unwrap(),
+            None,
+            "the squatter's factor outlived the owner's proof"
+        );
     }
 }

@@ -422,7 +422,7 @@ pub async fn new_recovery_codes(ctx: &Ctx, user_id: &str) -> Result<Vec<Secret>,
         let (writes, codes) = recovery_code_writes(ctx, user_id).await?;
         let batch = Batch::new()
             .check(Table::Totp, user_id.as_bytes(), Expect::Present)
-            .merge(crate::evict::caller_session_check(ctx).await?)
+            .merge(crate::evict::caller_adds_factor(ctx).await?)
             .merge(writes);
         match ctx.app.store.apply(batch).await? {
             Applied::Committed => return Ok(codes),

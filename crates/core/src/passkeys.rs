@@ -210,7 +210,7 @@ pub async fn add(ctx: &Ctx, user_id: &str, rec: &PasskeyRecord) -> Result<(), Co
                 passkey_key(user_id, &cred),
                 encode_record(rec),
             )
-            .merge(crate::evict::caller_session_check(ctx).await?);
+            .merge(crate::evict::caller_adds_factor(ctx).await?);
         match ctx.app.store.apply(batch).await? {
             Applied::Committed => return Ok(()),
             Applied::Refused { check: 0, .. } => {

@@ -161,7 +161,7 @@ async fn confirm(ctx: Ctx, p: ConfirmParams) -> Result<RecoveryCodes, CommandErr
                 None,
                 Some(factor.clone()),
             )
-            .merge(crate::evict::caller_session_check(&ctx).await?)
+            .merge(crate::evict::caller_adds_factor(&ctx).await?)
             .merge(codes_batch);
         match store.apply(batch).await? {
             Applied::Committed => {
