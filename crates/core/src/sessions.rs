@@ -12,7 +12,7 @@ use base64::Engine;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::{
-    decode_record, encode_record, Applied, Batch, Record, Store, StoreError, Table,
+    decode_record, encode_record, Batch, Cas, Record, Store, StoreError, Table,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -517,14 +517,9 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             return Err(invalid_refresh());
         };
         let rec: RefreshRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
-        let Some(session_raw) = store
-            .get(Table::Sessions, rec.session_id.as_bytes())
-            .await?
-        else {
+        let Some(session) = get_session(store, &rec.session_id).await? else {
             return Err(invalid_refresh());
         };
-        let session: SessionRecord =
-            decode_record(&session_raw).map_err(|e| store_err(e.into()))?;
         ctx.audit.subject(&session.user_id);
         ctx.audit.session(&session.id);
         if session.revoked_at.is_some() {
@@ -568,35 +563,37 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                     },
                     ..rec
                 };
-                let touched = SessionRecord {
-                    last_used_at: now,
-                    ..session.clone()
-                };
-                // One batch: the old token turns `Rotated` (check 0: exactly one of concurrent
-                // uses wins), its successor is stored, and the session, as read and still not
-                // revoked, records the use. A crash leaves the old token active or the whole
-                // rotation, never a rotated token without its successor.
-                let batch = Batch::new()
-                    .swap(
+                // Ordered single-key writes, not one batch: a sled transaction here halves the
+                // refresh throughput (docs/performance.md, "The atomic batch"), and the order
+                // gives the same guarantees. The successor is stored first; then the old token
+                // turns `Rotated` by one compare-and-swap, the commit point (exactly one of
+                // concurrent uses wins). sled recovers a prefix of its log, so a rotation that
+                // survives a crash has its successor; a crash before the swap leaves the old
+                // token active and an unreachable successor record. Both are durable before
+                // the answer (the dispatcher waits for the group commit).
+                store.put(Table::RefreshTokens, &new_key, new_rec).await?;
+                match store
+                    .compare_and_swap(
                         Table::RefreshTokens,
-                        hash.as_slice(),
+                        &hash,
                         Some(&raw),
                         Some(encode_record(&rotated)),
                     )
-                    .swap(
-                        Table::RefreshTokens,
-                        new_key.as_slice(),
-                        None,
-                        Some(new_rec),
-                    )
-                    .swap(
-                        Table::Sessions,
-                        session.id.as_bytes(),
-                        Some(&session_raw),
-                        Some(encode_record(&touched)),
-                    );
-                match store.apply(batch).await? {
-                    Applied::Committed => {
+                    .await?
+                {
+                    Cas::Swapped => {
+                        // A revocation that landed meanwhile wins: the pair is never handed out.
+                        let touched = update_session(store, &session.id, |s| {
+                            if s.revoked_at.is_some() {
+                                return Err(invalid_refresh());
+                            }
+                            s.last_used_at = now;
+                            Ok(true)
+                        })
+                        .await?;
+                        if touched.is_none() {
+                            return Err(invalid_refresh());
+                        }
                         ctx.audit.event("token.refreshed");
                         return Ok(SessionTokens {
                             user_id: session.user_id,
@@ -607,9 +604,11 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                             expires_in,
                         });
                     }
-                    // Someone rotated it first, or the session changed (revoked, refreshed
-                    // through another token, stepped up): read both again.
-                    Applied::Refused { .. } => continue,
+                    Cas::Conflict { .. } => {
+                        // Someone else rotated it first: drop the pair we made, read theirs.
+                        store.remove(Table::RefreshTokens, &new_key).await?;
+                        continue;
+                    }
                 }
             }
             RefreshState::Rotated { at, successor } => {

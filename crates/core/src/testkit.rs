@@ -14,6 +14,8 @@ pub struct Bench {
     pub app: Arc<App>,
     pub clock: ManualClock,
     pub dispatcher: Dispatcher,
+    /// Outbox files in the order the bench first saw them (see [`Bench::mail_text`]).
+    mails: Mutex<Vec<std::path::PathBuf>>,
     _dir: tempfile::TempDir,
 }
 
@@ -45,6 +47,7 @@ impl Bench {
             app,
             clock,
             dispatcher,
+            mails: Mutex::new(Vec::new()),
             _dir: dir,
         }
     }
@@ -148,13 +151,21 @@ impl Bench {
     pub async fn mail_text(&self, n: usize) -> String {
         let outbox = self.app.config.data_dir.join("outbox");
         for _ in 0..500 {
-            let mut files: Vec<_> = std::fs::read_dir(&outbox)
-                .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                .unwrap_or_default();
-            files.retain(|p| p.extension().is_some_and(|x| x == "eml"));
-            if files.len() >= n {
-                files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-                let raw = std::fs::read(&files[n - 1]).unwrap_or_default();
+            let file = {
+                // Order by first sight, then by modification time among files first seen
+                // together: two mails written within one tick of the file system's clock have
+                // the same time, and tests read each mail after the command that sent it.
+                let mut seen = self.mails.lock().unwrap();
+                let mut new: Vec<_> = std::fs::read_dir(&outbox)
+                    .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                new.retain(|p| p.extension().is_some_and(|x| x == "eml") && !seen.contains(p));
+                new.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+                seen.extend(new);
+                seen.get(n - 1).cloned()
+            };
+            if let Some(file) = file {
+                let raw = std::fs::read(&file).unwrap_or_default();
                 if let Some(text) = complete_text(&raw) {
                     return text;
                 }
