@@ -672,4 +672,38 @@ mod tests {
             "the squatter's factor outlived the owner's proof"
         );
     }
+
+    /// A disable whose revocation write fails changes nothing: never a disabled account with
+    /// a working session. Before the flag and the revocations were one batch, the flag stayed
+    /// and the sessions lived on.
+    #[tokio::test]
+    async fn a_disable_that_fails_half_way_leaves_no_working_session_of_a_disabled_account() {
+        let (b, faults) = Bench::faulty().await;
+        let s = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        let op = b.operator_token();
+        faults.fail_next_write(Table::Sessions);
+        let r = b
+            .call(
+                "ADMIN.USER.DISABLE",
+                json!({"user_id": s["user_id"]}),
+                Some(&op),
+            )
+            .await;
+        assert!(!r.ok, "{r:?}");
+        assert!(!faults.armed());
+        let disabled =
+            crate::accounts::get_user(b.app.store.as_ref(), s["user_id"].as_str().unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled;
+        let works = b.call("USER.ME", json!({}), Some(access)).await.ok;
+        assert!(
+            !(disabled && works),
+            "the account is disabled and its session still works"
+        );
+    }
 }
