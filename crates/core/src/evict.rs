@@ -332,6 +332,25 @@ mod tests {
     const EMAIL: &str = "owner@example.org";
     const PW: &str = "squatter chose this passphrase";
 
+    /// A squatter signed up with the owner's address and a password, with an authenticator app
+    /// pending confirmation, and the owner's link in the outbox: (the squatter's access token,
+    /// the account, the `TOTP.CONFIRM` params, the owner's link token).
+    async fn squatter_with_pending_totp(b: &Bench) -> (String, String, serde_json::Value, String) {
+        let s = b
+            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
+            .await;
+        let access = s["access_token"].as_str().unwrap().to_owned();
+        let (confirm, _) = b.pending_totp(&access).await;
+        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
+        let token = b.link_token(1).await;
+        (
+            access,
+            s["user_id"].as_str().unwrap().to_owned(),
+            confirm,
+            token,
+        )
+    }
+
     /// Pre-hijacking: someone signs up with the owner's address and a password. The owner's
     /// first proof fails half-way (the write that would revoke the squatter's session fails).
     /// Nothing of the proof may stick, so the next proof still evicts the squatter. Before the
@@ -518,19 +537,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_factor_added_by_a_session_evicted_meanwhile_is_refused() {
         let (b, faults) = Bench::faulty().await;
-        let s = b
-            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
-            .await;
-        let access = s["access_token"].as_str().unwrap();
-        let user_id = s["user_id"].as_str().unwrap();
-        let e = b.ok("TOTP.ENROLL", json!({}), Some(access)).await;
-        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        let confirm = json!({"enrollment_id": e["enrollment_id"], "code": b.totp_code(&secret)});
-        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
-        let token = b.link_token(1).await;
+        let (access, user_id, confirm, token) = squatter_with_pending_totp(&b).await;
+        let (access, user_id) = (access.as_str(), user_id.as_str());
 
         // The confirmation stops at its first read; the owner proves the address meanwhile.
         faults.hold_next_read(Table::TotpEnrollments);
@@ -632,19 +640,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_factor_added_while_the_first_proof_is_planned_is_evicted_too() {
         let (b, faults) = Bench::faulty().await;
-        let s = b
-            .ok("AUTH.SIGNUP", json!({"email": EMAIL, "password": PW}), None)
-            .await;
-        let access = s["access_token"].as_str().unwrap();
-        let user_id = s["user_id"].as_str().unwrap();
-        let e = b.ok("TOTP.ENROLL", json!({}), Some(access)).await;
-        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        let confirm = json!({"enrollment_id": e["enrollment_id"], "code": b.totp_code(&secret)});
-        b.ok("MAGIC.SEND", json!({"email": EMAIL}), None).await;
-        let token = b.link_token(1).await;
+        let (access, user_id, confirm, token) = squatter_with_pending_totp(&b).await;
+        let (access, user_id) = (access.as_str(), user_id.as_str());
         // The proof stops once it has read the factors (there are none yet).
         faults.hold_next_read(Table::Totp);
         let squatter = async {

@@ -114,9 +114,9 @@ impl Bench {
             .to_string()
     }
 
-    /// Enrols an authenticator app for the session of `access`; returns its secret. The clock
-    /// moves on a step, so the next code is fresh.
-    pub async fn enrol_totp(&self, access: &str) -> Vec<u8> {
+    /// Starts an authenticator-app enrolment for the session of `access`: the `TOTP.CONFIRM`
+    /// params with the current code, and the secret.
+    pub async fn pending_totp(&self, access: &str) -> (Value, Vec<u8>) {
         let e = self
             .ok("TOTP.ENROLL", serde_json::json!({}), Some(access))
             .await;
@@ -128,6 +128,13 @@ impl Bench {
             "enrollment_id": e["enrollment_id"],
             "code": self.totp_code(&secret),
         });
+        (confirm, secret)
+    }
+
+    /// Enrols an authenticator app for the session of `access`; returns its secret. The clock
+    /// moves on a step, so the next code is fresh.
+    pub async fn enrol_totp(&self, access: &str) -> Vec<u8> {
+        let (confirm, secret) = self.pending_totp(access).await;
         self.ok("TOTP.CONFIRM", confirm, Some(access)).await;
         self.advance(30);
         secret

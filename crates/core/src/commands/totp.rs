@@ -289,13 +289,7 @@ mod tests {
         let access = s["access_token"].as_str().unwrap();
         let mut confirms = Vec::new();
         for _ in 0..2 {
-            let e = b.ok("TOTP.ENROLL", json!({}), Some(access)).await;
-            let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
-                .unwrap()
-                .as_ref()
-                .to_vec();
-            let code = b.totp_code(&secret);
-            confirms.push(json!({"enrollment_id": e["enrollment_id"], "code": code}));
+            confirms.push(b.pending_totp(access).await.0);
         }
         // Both confirmations read the factor table before either writes it.
         faults.meet_on_read(Table::Totp, 2);
