@@ -425,17 +425,7 @@ async fn tcp_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     // A client that asks for far more than the socket buffers hold and never reads: once the
     // server's writes make no progress for idle_timeout_s, it gives the connection up instead of
     // holding it (and its queued answers) forever.
-    let server = Server::start_with(&["--idle-timeout-s", "1"]);
-    // 1,000 events to replay.
-    let mut c = server.client().await;
-    let infos: Vec<_> = (0..1000u64)
-        .map(|i| portcullis_protocol::Request::new("SYS.INFO").id(i))
-        .collect();
-    let answers = tokio::time::timeout(WAIT, c.pipeline(infos))
-        .await
-        .expect("requests answered in time")
-        .expect("SYS.INFO");
-    assert!(answers.iter().all(|r| r.ok));
+    let server = server_with_events_to_replay().await;
     // 100 full replays (~45 MB of answers, more than loopback buffers hold), written at once,
     // from a client that then reads nothing.
     const TAILS: usize = 100;
@@ -451,26 +441,13 @@ async fn tcp_client_that_stops_reading_is_closed_after_the_idle_timeout() {
         .await
         .expect("requests written in time")
         .expect("write");
-    // Not reading, until the server says it gave the connection up (bounded: 200 × 100 ms).
-    // Without that line within 20 s the test goes on and fails on the count below.
-    for _ in 0..200 {
-        if server
-            .stderr_text()
-            .contains("closing a connection whose client stopped reading")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Not reading, until the server says it gave the connection up (or 20 s have passed: the
+    // test then goes on and fails on the count below).
+    wait_for_server_line(&server, "closing a connection whose client stopped reading").await;
     // Now read what was delivered before the server gave up: the stream ends before the last
     // replay is complete.
     let (raw, _) = read_to_close(&mut s, "a client that stopped reading").await;
-    let ends = raw
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .filter(|v| v["data"]["end"] == json!(true))
-        .count();
+    let ends = replays_completed(&raw);
     assert!(
         ends < TAILS,
         "every one of the {TAILS} replays was delivered ({} bytes): the connection was kept \
@@ -483,16 +460,7 @@ async fn tcp_client_that_stops_reading_is_closed_after_the_idle_timeout() {
 async fn http_client_that_stops_reading_is_closed_after_the_idle_timeout() {
     // The HTTP counterpart: pipelined requests for far more than the socket buffers hold, and
     // no reading. The gateway's writes wait at most idle_timeout_s.
-    let server = Server::start_with(&["--idle-timeout-s", "1"]);
-    let mut c = server.client().await;
-    let infos: Vec<_> = (0..1000u64)
-        .map(|i| portcullis_protocol::Request::new("SYS.INFO").id(i))
-        .collect();
-    let answers = tokio::time::timeout(WAIT, c.pipeline(infos))
-        .await
-        .expect("requests answered in time")
-        .expect("SYS.INFO");
-    assert!(answers.iter().all(|r| r.ok));
+    let server = server_with_events_to_replay().await;
     const TAILS: usize = 100;
     let token = server.operator_token();
     let body = json!({"command": "LOG.TAIL", "params": {"from_seq": 1}}).to_string();
@@ -516,31 +484,56 @@ async fn http_client_that_stops_reading_is_closed_after_the_idle_timeout() {
         // Keep the write half open (a close would be an EOF).
         std::future::pending::<()>().await;
     });
-    // Not reading, until the server says it gave the connection up (bounded: 200 × 100 ms).
-    // Without that line within 20 s the test goes on and fails on the count below.
-    for _ in 0..200 {
-        if server
-            .stderr_text()
-            .contains("closing an HTTP connection whose client stopped reading")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Not reading, until the server says it gave the connection up (or 20 s have passed: the
+    // test then goes on and fails on the count below).
+    wait_for_server_line(
+        &server,
+        "closing an HTTP connection whose client stopped reading",
+    )
+    .await;
     let mut raw = Vec::new();
     let read = tokio::time::timeout(WAIT, rd.read_to_end(&mut raw)).await;
     writer.abort();
     // A reset at the end is fine; the connection must have ended.
     let _ = read.expect("the connection did not end within 20 s");
-    let ends = raw
-        .split(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<Value>(l.trim_ascii()).ok())
-        .filter(|v| v["data"]["end"] == json!(true))
-        .count();
+    let ends = replays_completed(&raw);
     assert!(
         ends < TAILS,
         "every one of the {TAILS} replays was delivered ({} bytes): the connection was kept \
          while its client read nothing",
         raw.len()
     );
+}
+
+/// A server with an idle timeout of 1 s and 1,000 events in its log to replay.
+async fn server_with_events_to_replay() -> Server {
+    let server = Server::start_with(&["--idle-timeout-s", "1"]);
+    let mut c = server.client().await;
+    let infos: Vec<_> = (0..1000u64)
+        .map(|i| portcullis_protocol::Request::new("SYS.INFO").id(i))
+        .collect();
+    let answers = tokio::time::timeout(WAIT, c.pipeline(infos))
+        .await
+        .expect("requests answered in time")
+        .expect("SYS.INFO");
+    assert!(answers.iter().all(|r| r.ok));
+    server
+}
+
+/// Waits (at most 200 × 100 ms) until the server's log holds `needle`.
+async fn wait_for_server_line(server: &Server, needle: &str) {
+    for _ in 0..200 {
+        if server.stderr_text().contains(needle) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many `LOG.TAIL` replays in `raw` (NDJSON lines or HTTP bodies) reached their end line.
+fn replays_completed(raw: &[u8]) -> usize {
+    raw.split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l.trim_ascii()).ok())
+        .filter(|v| v["data"]["end"] == json!(true))
+        .count()
 }
