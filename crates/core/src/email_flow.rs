@@ -473,7 +473,7 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
                 u.updated_at = now;
                 Ok(true)
             },
-            |u| async move { crate::evict::eviction(ctx, &u.id, None, "email_verified").await },
+            |_, u| async move { crate::evict::eviction(ctx, &u.id, None, "email_verified").await },
         )
         .await?
         .ok_or_else(refused)?;
@@ -519,8 +519,8 @@ pub async fn complete_email_change(
         )
     };
     let now = ctx.now().unix_timestamp();
-    // The address the account had when the batch was planned (the edit runs on every attempt).
-    let old = std::sync::Mutex::new(String::new());
+    // The address the account had when the change committed (the plan runs on every attempt).
+    let mut old = String::new();
     let (user, _) = crate::evict::change_user(
         ctx,
         user_id,
@@ -528,31 +528,29 @@ pub async fn complete_email_change(
             if u.disabled {
                 return Err(invalid());
             }
-            *old.lock().unwrap_or_else(|p| p.into_inner()) = u.email.clone();
             u.email = flow.email.clone();
             u.email_verified = true;
             u.updated_at = now;
             Ok(true)
         },
-        |u| {
-            let old_key = old
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .to_ascii_lowercase()
-                .into_bytes();
+        |before, _| {
+            old.clone_from(&before.email);
             async move {
                 if store.get(Table::Emails, new_key).await?.is_some() {
                     return Err(taken());
                 }
-                let mut batch = Batch::new().swap(
-                    Table::Emails,
-                    new_key,
-                    None,
-                    Some(u.id.clone().into_bytes()),
-                );
-                if store.get(Table::Emails, &old_key).await?.as_deref() == Some(u.id.as_bytes()) {
-                    batch = batch.swap(Table::Emails, old_key, Some(u.id.as_bytes()), None);
-                }
+                let old_key = before.email.to_ascii_lowercase();
+                let batch = Batch::new()
+                    .swap(
+                        Table::Emails,
+                        new_key,
+                        None,
+                        Some(before.id.clone().into_bytes()),
+                    )
+                    .merge(
+                        crate::evict::release_claim(ctx, Table::Emails, old_key, &before.id)
+                            .await?,
+                    );
                 Ok(crate::evict::Planned {
                     batch,
                     ..Default::default()
@@ -562,7 +560,6 @@ pub async fn complete_email_change(
     )
     .await?
     .ok_or_else(invalid)?;
-    let old = old.into_inner().unwrap_or_else(|p| p.into_inner());
     ctx.audit.subject(user_id);
     ctx.audit.event("email.changed");
     crate::commands::totp::notify_address(

@@ -15,13 +15,12 @@ use crate::Ctx;
 use portcullis_store::{decode_record, encode_record, Applied, Batch, Expect, StoreError, Table};
 
 /// Attempts before a change that keeps meeting concurrent writers gives up (`UNAVAILABLE`).
-const ATTEMPTS: usize = 16;
+pub(crate) const ATTEMPTS: usize = 16;
 
-/// What an eviction removed.
+/// What an eviction removed besides the password (which the edit of the record clears, and
+/// knows about).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Evicted {
-    /// A password was cleared.
-    pub password: bool,
     /// Sessions revoked.
     pub sessions: u64,
     /// A TOTP factor, recovery codes or passkeys were removed.
@@ -33,17 +32,8 @@ pub struct Evicted {
 impl Evicted {
     /// Whether anything that could sign in was removed.
     pub fn anything(&self) -> bool {
-        self.password || self.sessions > 0 || self.factors || self.api_keys > 0
+        self.sessions > 0 || self.factors || self.api_keys > 0
     }
-}
-
-/// The writes that revoke sessions, and the ids they revoke.
-#[derive(Debug, Default)]
-pub struct Revocations {
-    /// The checks and writes.
-    pub batch: Batch,
-    /// Sessions this batch revokes (not revoked before).
-    pub revoked: Vec<String>,
 }
 
 fn decode<R: portcullis_store::Record>(raw: &[u8]) -> Result<R, CommandError> {
@@ -51,17 +41,19 @@ fn decode<R: portcullis_store::Record>(raw: &[u8]) -> Result<R, CommandError> {
 }
 
 /// The writes revoking every session of `user_id` but `keep` (expired ones included: their last
-/// access token may still be within its lifetime), each checked against the record as read.
-pub async fn session_revocations(
+/// access token may still be within its lifetime), each checked against the record as read: a
+/// password change, a disable, and part of every eviction.
+pub async fn revocation(
     ctx: &Ctx,
     user_id: &str,
     keep: Option<&str>,
     reason: &str,
-) -> Result<Revocations, CommandError> {
+) -> Result<Planned, CommandError> {
     let store = ctx.app.store.as_ref();
     let now = ctx.now().unix_timestamp();
     let prefix = format!("{user_id}/").into_bytes();
-    let mut out = Revocations::default();
+    let mut batch = Batch::new();
+    let mut revoked = Vec::new();
     for (k, _) in store
         .scan_prefix(Table::UserSessions, &prefix, usize::MAX)
         .await?
@@ -70,7 +62,7 @@ pub async fn session_revocations(
         if Some(sid.as_str()) == keep {
             continue;
         }
-        let mut batch = std::mem::take(&mut out.batch).remove(Table::UserSessions, k);
+        batch = batch.remove(Table::UserSessions, k);
         if let Some(raw) = store.get(Table::Sessions, sid.as_bytes()).await? {
             let mut s: SessionRecord = decode(&raw)?;
             if s.revoked_at.is_none() {
@@ -82,12 +74,18 @@ pub async fn session_revocations(
                     Some(&raw),
                     Some(encode_record(&s)),
                 );
-                out.revoked.push(sid);
+                revoked.push(sid);
             }
         }
-        out.batch = batch;
     }
-    Ok(out)
+    Ok(Planned {
+        batch,
+        evicted: Evicted {
+            sessions: u64::try_from(revoked.len()).unwrap_or(u64::MAX),
+            ..Evicted::default()
+        },
+        revoked_sessions: revoked,
+    })
 }
 
 /// The writes removing every second factor and passkey of `user_id`: the TOTP factor, its
@@ -101,23 +99,17 @@ pub async fn factor_removals(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), 
         batch = batch.swap(Table::Totp, user_id.as_bytes(), Some(&raw), None);
         any = true;
     }
-    for (k, _) in store
-        .scan_prefix(Table::RecoveryCodes, &prefix, usize::MAX)
-        .await?
-    {
-        batch = batch.remove(Table::RecoveryCodes, k);
-        any = true;
-    }
+    let (codes, had_codes) = crate::mfa::recovery_code_removals(ctx, user_id).await?;
+    batch = batch.merge(codes);
+    any |= had_codes;
     for (k, raw) in store
         .scan_prefix(Table::Passkeys, &prefix, usize::MAX)
         .await?
     {
         let cred = k[prefix.len()..].to_vec();
-        batch = batch.swap(Table::Passkeys, k, Some(&raw), None);
-        // The index entry goes only if it names this account.
-        if store.get(Table::PasskeyIndex, &cred).await?.as_deref() == Some(user_id.as_bytes()) {
-            batch = batch.swap(Table::PasskeyIndex, cred, Some(user_id.as_bytes()), None);
-        }
+        batch = batch
+            .swap(Table::Passkeys, k, Some(&raw), None)
+            .merge(release_claim(ctx, Table::PasskeyIndex, cred, user_id).await?);
         any = true;
     }
     Ok((batch, any))
@@ -167,8 +159,38 @@ pub async fn api_key_revocations(ctx: &Ctx, user_id: &str) -> Result<(Batch, u64
     Ok((batch, n))
 }
 
+/// The removal of `key` from `table` (an index entry or a marker) if it still names `owner`,
+/// checked in the batch; nothing if it names someone else or is gone.
+pub async fn release_claim(
+    ctx: &Ctx,
+    table: Table,
+    key: impl Into<Vec<u8>>,
+    owner: &str,
+) -> Result<Batch, CommandError> {
+    let key = key.into();
+    let names_owner = ctx.app.store.get(table, &key).await?.as_deref() == Some(owner.as_bytes());
+    Ok(if names_owner {
+        Batch::new().swap(table, key, Some(owner.as_bytes()), None)
+    } else {
+        Batch::new()
+    })
+}
+
+/// The swap of the user record `raw` (decoded as `user`) to the same record with its session
+/// epoch bumped (see [`UserRecord::session_epoch`]): in the batch of every session start and
+/// every added factor.
+pub fn bump_session_epoch(raw: &[u8], mut user: UserRecord) -> Batch {
+    user.session_epoch = user.session_epoch.wrapping_add(1);
+    Batch::new().swap(
+        Table::Users,
+        user.id.as_bytes(),
+        Some(raw),
+        Some(encode_record(&user)),
+    )
+}
+
 /// Reads a user record with its raw bytes (for the batch's check).
-async fn read_user(
+pub async fn read_user(
     ctx: &Ctx,
     user_id: &str,
 ) -> Result<Option<(Vec<u8>, UserRecord)>, CommandError> {
@@ -188,28 +210,29 @@ fn forget_sessions(ctx: &Ctx, user_id: &str, sids: &[String]) {
     }
 }
 
-/// Commits a change of the user record together with `writes`, all or nothing: `edit` changes
-/// the current record (returning `Ok(false)` when there is nothing to do, or an error to refuse),
-/// and `plan` gives the writes that must land with it, from fresh reads on every attempt.
-/// Returns the record as committed and what `plan` said it revokes, or `None` when there is no
-/// such user.
+/// Commits a change of the user record together with other writes, all or nothing: `edit`
+/// changes the current record (returning `Ok(false)` when there is nothing to do, or an error to
+/// refuse), and `plan` gives the writes that must land with it, from the record before and
+/// after the edit and fresh reads, on every attempt. Returns the record as committed and what
+/// `plan` said it revokes and evicts (its batch spent), or `None` when there is no such user.
 pub async fn change_user<P>(
     ctx: &Ctx,
     user_id: &str,
     mut edit: impl FnMut(&mut UserRecord) -> Result<bool, CommandError>,
-    mut plan: impl FnMut(UserRecord) -> P,
+    mut plan: impl FnMut(UserRecord, UserRecord) -> P,
 ) -> Result<Option<(UserRecord, Planned)>, CommandError>
 where
     P: std::future::Future<Output = Result<Planned, CommandError>>,
 {
     for _ in 0..ATTEMPTS {
-        let Some((raw, mut user)) = read_user(ctx, user_id).await? else {
+        let Some((raw, before)) = read_user(ctx, user_id).await? else {
             return Ok(None);
         };
+        let mut user = before.clone();
         if !edit(&mut user)? {
             return Ok(Some((user, Planned::default())));
         }
-        let planned = plan(user.clone()).await?;
+        let mut planned = plan(before, user.clone()).await?;
         let batch = Batch::new()
             .swap(
                 Table::Users,
@@ -217,7 +240,7 @@ where
                 Some(&raw),
                 Some(encode_record(&user)),
             )
-            .merge(planned.batch.clone());
+            .merge(std::mem::take(&mut planned.batch));
         match ctx.app.store.apply(batch).await? {
             Applied::Committed => {
                 forget_sessions(ctx, user_id, &planned.revoked_sessions);
@@ -230,7 +253,7 @@ where
 }
 
 /// What must be written with a change of the user record.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Planned {
     /// The writes (and their checks).
     pub batch: Batch,
@@ -249,37 +272,13 @@ pub async fn eviction(
     keep: Option<&str>,
     reason: &str,
 ) -> Result<Planned, CommandError> {
-    let sessions = session_revocations(ctx, user_id, keep, reason).await?;
+    let mut planned = revocation(ctx, user_id, keep, reason).await?;
     let (factors, had_factors) = factor_removals(ctx, user_id).await?;
     let (keys, api_keys) = api_key_revocations(ctx, user_id).await?;
-    Ok(Planned {
-        batch: sessions.batch.merge(factors).merge(keys),
-        evicted: Evicted {
-            password: false,
-            sessions: u64::try_from(sessions.revoked.len()).unwrap_or(u64::MAX),
-            factors: had_factors,
-            api_keys,
-        },
-        revoked_sessions: sessions.revoked,
-    })
-}
-
-/// The writes revoking sessions only (a password change, a disable).
-pub async fn revocation(
-    ctx: &Ctx,
-    user_id: &str,
-    keep: Option<&str>,
-    reason: &str,
-) -> Result<Planned, CommandError> {
-    let sessions = session_revocations(ctx, user_id, keep, reason).await?;
-    Ok(Planned {
-        batch: sessions.batch,
-        evicted: Evicted {
-            sessions: u64::try_from(sessions.revoked.len()).unwrap_or(u64::MAX),
-            ..Evicted::default()
-        },
-        revoked_sessions: sessions.revoked,
-    })
+    planned.batch = planned.batch.merge(factors).merge(keys);
+    planned.evicted.factors = had_factors;
+    planned.evicted.api_keys = api_keys;
+    Ok(planned)
 }
 
 /// The guard of a batch by which the calling session adds a way to sign in (a passkey, an
@@ -291,14 +290,8 @@ pub async fn caller_adds_factor(ctx: &Ctx) -> Result<Batch, CommandError> {
     let check = caller_session_check(ctx).await?;
     let user_id = &ctx.user()?.user_id;
     let ended = || CommandError::unauthenticated("the account no longer exists");
-    let (raw, mut user) = read_user(ctx, user_id).await?.ok_or_else(ended)?;
-    user.session_epoch = user.session_epoch.wrapping_add(1);
-    Ok(check.swap(
-        Table::Users,
-        user_id.as_bytes(),
-        Some(&raw),
-        Some(encode_record(&user)),
-    ))
+    let (raw, user) = read_user(ctx, user_id).await?.ok_or_else(ended)?;
+    Ok(check.merge(bump_session_epoch(&raw, user)))
 }
 
 /// A check that the calling session is still live, for a batch that changes what the session

@@ -265,20 +265,14 @@ pub async fn verify_totp(ctx: &Ctx, user_id: &str, code: &Secret) -> Result<(), 
 /// a factor.
 pub async fn remove_totp(ctx: &Ctx, user_id: &str) -> Result<bool, CommandError> {
     let store = ctx.app.store.as_ref();
-    let prefix = format!("{user_id}/").into_bytes();
     for _ in 0..RECOVERY_ATTEMPTS {
         let factor = store.get(Table::Totp, user_id.as_bytes()).await?;
-        let mut batch = match &factor {
+        let batch = match &factor {
             Some(raw) => Batch::new().swap(Table::Totp, user_id.as_bytes(), Some(raw), None),
             None => Batch::new().check(Table::Totp, user_id.as_bytes(), Expect::Absent),
         };
-        for (k, _) in store
-            .scan_prefix(Table::RecoveryCodes, &prefix, usize::MAX)
-            .await?
-        {
-            batch = batch.remove(Table::RecoveryCodes, k);
-        }
-        if store.apply(batch).await?.committed() {
+        let (codes, _) = recovery_code_removals(ctx, user_id).await?;
+        if store.apply(batch.merge(codes)).await?.committed() {
             return Ok(factor.is_some());
         }
     }
@@ -382,14 +376,14 @@ fn recovery_code(ctx: &Ctx) -> Zeroizing<String> {
     out
 }
 
-/// The writes that replace a user's recovery codes with a fresh set of ten, and the codes
-/// (shown once). Applied in one batch, no interleaving leaves two sets or a partial one.
-pub async fn recovery_code_writes(
+/// The writes removing every recovery code of a user, and whether there was any.
+pub async fn recovery_code_removals(
     ctx: &Ctx,
     user_id: &str,
-) -> Result<(Batch, Vec<Secret>), CommandError> {
+) -> Result<(Batch, bool), CommandError> {
     let prefix = format!("{user_id}/").into_bytes();
     let mut batch = Batch::new();
+    let mut any = false;
     for (k, _) in ctx
         .app
         .store
@@ -397,7 +391,18 @@ pub async fn recovery_code_writes(
         .await?
     {
         batch = batch.remove(Table::RecoveryCodes, k);
+        any = true;
     }
+    Ok((batch, any))
+}
+
+/// The writes that replace a user's recovery codes with a fresh set of ten, and the codes
+/// (shown once). Applied in one batch, no interleaving leaves two sets or a partial one.
+pub async fn recovery_code_writes(
+    ctx: &Ctx,
+    user_id: &str,
+) -> Result<(Batch, Vec<Secret>), CommandError> {
+    let (mut batch, _) = recovery_code_removals(ctx, user_id).await?;
     let rec = encode_record(&RecoveryRecord {
         created_at: ctx.now().unix_timestamp(),
     });
@@ -664,21 +669,8 @@ mod recovery_tests {
             .ok("AUTH.SIGNUP", json!({"email": email, "password": PW}), None)
             .await;
         let access = s["access_token"].as_str().unwrap().to_owned();
-        let e = b.ok("TOTP.ENROLL", json!({}), Some(&access)).await;
-        let secret = totp_rs::Secret::try_from_base32(e["secret"].as_str().unwrap())
-            .unwrap()
-            .as_ref()
-            .to_vec();
-        use crate::Clock;
-        let t = u64::try_from(b.clock.now().unix_timestamp()).unwrap();
-        let code = totp(&secret, "p", "u").unwrap().generate(t).to_string();
-        let c = b
-            .ok(
-                "TOTP.CONFIRM",
-                json!({"enrollment_id": e["enrollment_id"], "code": code}),
-                Some(&access),
-            )
-            .await;
+        let (confirm, _) = b.pending_totp(&access).await;
+        let c = b.ok("TOTP.CONFIRM", confirm, Some(&access)).await;
         let codes = c["recovery_codes"]
             .as_array()
             .unwrap()

@@ -237,20 +237,12 @@ pub async fn remove(ctx: &Ctx, user_id: &str, cred: &str) -> Result<bool, Comman
         let Some(raw) = store.get(Table::Passkeys, &key).await? else {
             return Ok(false);
         };
-        let mut batch = Batch::new().swap(Table::Passkeys, key.clone(), Some(&raw), None);
-        if store
-            .get(Table::PasskeyIndex, cred.as_bytes())
-            .await?
-            .as_deref()
-            == Some(user_id.as_bytes())
-        {
-            batch = batch.swap(
-                Table::PasskeyIndex,
-                cred.as_bytes(),
-                Some(user_id.as_bytes()),
-                None,
+        let batch = Batch::new()
+            .swap(Table::Passkeys, key.clone(), Some(&raw), None)
+            .merge(
+                crate::evict::release_claim(ctx, Table::PasskeyIndex, cred.as_bytes(), user_id)
+                    .await?,
             );
-        }
         if store.apply(batch).await?.committed() {
             return Ok(true);
         }

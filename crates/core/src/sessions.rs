@@ -11,9 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{
-    decode_record, encode_record, Batch, Cas, Record, Store, StoreError, Table,
-};
+use portcullis_store::{decode_record, encode_record, Cas, Record, Store, StoreError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -62,6 +60,19 @@ pub struct SessionRecord {
 
 impl Record for SessionRecord {
     const VERSION: u8 = 1;
+}
+
+impl SessionRecord {
+    /// Whether the session is past its absolute limit, or idle for `idle_s` (no refresh), at
+    /// `now`. Its last access token may still be within its own lifetime.
+    pub fn expired_at(&self, now: i64, idle_s: i64) -> bool {
+        now >= self.absolute_expires_at || now >= self.last_used_at + idle_s
+    }
+
+    /// Whether the session is neither revoked nor expired at `now`.
+    pub fn live_at(&self, now: i64, idle_s: i64) -> bool {
+        self.revoked_at.is_none() && !self.expired_at(now, idle_s)
+    }
 }
 
 /// The state of one refresh token. Transitions: `Active → Rotated` (by exactly one compare-and-
@@ -235,11 +246,6 @@ fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
     format!("{user_id}/{sid}").into_bytes()
 }
 
-/// Whether session `sid` of user `user_id` is live: cached, else read from the store.
-pub async fn is_live(app: &App, sid: &str, user_id: &str) -> Result<bool, CommandError> {
-    Ok(live_generation(app, sid, user_id).await?.is_some())
-}
-
 /// The generation of session `sid` if it is live for `user_id` (`None`: revoked, unknown, or
 /// another user's). Cached, else read from the store; a revocation recorded in the cache while
 /// the read was in flight wins over what the read found.
@@ -378,23 +384,13 @@ async fn open_session(
         || CommandError::new(ErrorCode::InvalidCredentials, "this account cannot sign in");
     let mut started = false;
     for _ in 0..OPEN_ATTEMPTS {
-        let raw = app
-            .store
-            .get(Table::Users, user.id.as_bytes())
+        let (raw, current) = crate::evict::read_user(ctx, &user.id)
             .await?
             .ok_or_else(unusable)?;
-        let mut current: UserRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
         if current.disabled {
             return Err(unusable());
         }
-        current.session_epoch = current.session_epoch.wrapping_add(1);
-        let batch = Batch::new()
-            .swap(
-                Table::Users,
-                user.id.as_bytes(),
-                Some(&raw),
-                Some(encode_record(&current)),
-            )
+        let batch = crate::evict::bump_session_epoch(&raw, current)
             .swap(
                 Table::Sessions,
                 s.id.as_bytes(),
@@ -463,9 +459,7 @@ async fn enforce_session_limit(
             continue;
         }
         if let Some(s) = get_session(store, &sid).await? {
-            let expired = now >= s.absolute_expires_at
-                || now >= s.last_used_at + ctx.app.config.refresh_idle_s;
-            if s.revoked_at.is_none() && !expired {
+            if s.live_at(now, ctx.app.config.refresh_idle_s) {
                 others.push(s);
             }
         }
@@ -533,9 +527,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             ctx.audit.note("reason", "account_unusable");
             return Err(invalid_refresh());
         }
-        if now >= session.absolute_expires_at
-            || now >= session.last_used_at + app.config.refresh_idle_s
-        {
+        if session.expired_at(now, app.config.refresh_idle_s) {
             ctx.audit.note("reason", "session_expired");
             return Err(CommandError::new(
                 ErrorCode::Expired,
@@ -724,9 +716,7 @@ pub async fn list_live(ctx: &Ctx, user_id: &str) -> Result<Vec<SessionRecord>, C
     {
         let sid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
         if let Some(s) = get_session(store, &sid).await? {
-            let expired = now >= s.absolute_expires_at
-                || now >= s.last_used_at + ctx.app.config.refresh_idle_s;
-            if s.revoked_at.is_none() && !expired {
+            if s.live_at(now, ctx.app.config.refresh_idle_s) {
                 out.push(s);
             }
         }

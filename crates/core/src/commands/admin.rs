@@ -149,18 +149,17 @@ pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Com
             Some(existing) => {
                 let id = existing.id;
                 let claim_id = id.clone();
+                let mut cleared = false;
                 let done = crate::evict::change_user(
                     ctx,
                     &id,
                     |u| {
                         u.superadmin = true;
-                        if !u.email_verified {
-                            u.password_hash = None;
-                        }
+                        cleared = !u.email_verified && u.password_hash.take().is_some();
                         u.updated_at = now;
                         Ok(true)
                     },
-                    |u| {
+                    |_, u| {
                         let claim_id = claim_id.clone();
                         async move {
                             // Re-read on every attempt: a concurrent bootstrap answers CONFLICT.
@@ -185,8 +184,9 @@ pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Com
                 .await?;
                 if let Some((u, planned)) = done {
                     let e = planned.evicted;
-                    ctx.audit.note("unverified_account_evicted", e.anything());
-                    ctx.audit.note("unverified_password_cleared", e.password);
+                    ctx.audit
+                        .note("unverified_account_evicted", cleared || e.anything());
+                    ctx.audit.note("unverified_password_cleared", cleared);
                     ctx.audit.note("unverified_sessions_revoked", e.sessions);
                     ctx.audit.note("unverified_api_keys_revoked", e.api_keys);
                     claimed = Some(u.id);
@@ -346,7 +346,7 @@ async fn set_disabled(ctx: &Ctx, user_id: &str, disabled: bool) -> Result<Change
             u.disabled = disabled;
             Ok(change || disabled)
         },
-        |_| async move {
+        |_, _| async move {
             if disabled {
                 crate::evict::revocation(ctx, user_id, None, "account_disabled").await
             } else {
@@ -395,7 +395,7 @@ async fn user_delete(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
 pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandError> {
     let store = ctx.app.store.as_ref();
     let key = u.email.to_ascii_lowercase().into_bytes();
-    for _ in 0..BOOTSTRAP_ATTEMPTS {
+    for _ in 0..crate::evict::ATTEMPTS {
         let Some(raw) = store.get(Table::Users, u.id.as_bytes()).await? else {
             return Ok(0);
         };
@@ -403,15 +403,11 @@ pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandErr
         // (for the bootstrapped administrator) the marker, which frees the bootstrap for a new
         // one. A crash leaves the whole account or nothing, never a password-only remnant.
         let planned = crate::evict::eviction(ctx, &u.id, None, "account_deleted").await?;
-        let mut batch = planned
+        let batch = planned
             .batch
-            .swap(Table::Users, u.id.as_bytes(), Some(&raw), None);
-        if store.get(Table::Emails, &key).await?.as_deref() == Some(u.id.as_bytes()) {
-            batch = batch.swap(Table::Emails, key.clone(), Some(u.id.as_bytes()), None);
-        }
-        if store.get(Table::Meta, META_SUPERADMIN).await?.as_deref() == Some(u.id.as_bytes()) {
-            batch = batch.swap(Table::Meta, META_SUPERADMIN, Some(u.id.as_bytes()), None);
-        }
+            .swap(Table::Users, u.id.as_bytes(), Some(&raw), None)
+            .merge(crate::evict::release_claim(ctx, Table::Emails, key.clone(), &u.id).await?)
+            .merge(crate::evict::release_claim(ctx, Table::Meta, META_SUPERADMIN, &u.id).await?);
         if store.apply(batch).await?.committed() {
             for sid in &planned.revoked_sessions {
                 ctx.app.session_cache.mark_revoked(sid, &u.id);

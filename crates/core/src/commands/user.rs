@@ -105,31 +105,20 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
         .iter()
         .any(|a| a == crate::commands::auth::AMR_PASSWORD);
     if let Some(stored) = u.password_hash.as_deref() {
-        let Some(current) = &p.current_password else {
-            if proved_without_password {
-                ctx.audit.note("password.reset", true);
-                return set_new_password(ctx, p, u).await;
+        match &p.current_password {
+            Some(current) => {
+                if !ctx.app.passwords.verify(current, Some(stored)).await?.ok {
+                    ctx.audit.event("password.change_refused");
+                    return Err(CommandError::new(
+                        ErrorCode::InvalidCredentials,
+                        "the current password is wrong",
+                    ));
+                }
             }
-            return Err(CommandError::invalid_params("current_password is required"));
-        };
-        if !ctx.app.passwords.verify(current, Some(stored)).await?.ok {
-            ctx.audit.event("password.change_refused");
-            return Err(CommandError::new(
-                ErrorCode::InvalidCredentials,
-                "the current password is wrong",
-            ));
+            None if proved_without_password => ctx.audit.note("password.reset", true),
+            None => return Err(CommandError::invalid_params("current_password is required")),
         }
     }
-    set_new_password(ctx, p, u).await
-}
-
-/// The second half of `USER.SET_PASSWORD`, once the caller may set a password: the policy, the
-/// hash, and one batch with the revocation of every other session.
-async fn set_new_password(
-    ctx: Ctx,
-    p: SetPasswordParams,
-    u: UserRecord,
-) -> Result<PasswordSet, CommandError> {
     let context = PolicyContext {
         product_name: &ctx.app.config.product_name,
         email: Some(&u.email),
@@ -160,7 +149,7 @@ async fn set_new_password(
             cur.updated_at = now;
             Ok(true)
         },
-        |_| {
+        |_, _| {
             let (ctx, id, keep) = (&ctx, &u.id, &keep);
             async move {
                 let mut planned =
