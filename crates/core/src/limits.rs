@@ -74,6 +74,13 @@ struct CodeEntry {
 }
 
 impl CodeEntry {
+    /// Drops the failures that left the window; whether the entry still matters (a failure
+    /// in the window or an attempt in flight).
+    fn still_counts(&mut self, now: i64) -> bool {
+        self.expire(now);
+        self.in_flight > 0 || !self.failures.is_empty()
+    }
+
     fn expire(&mut self, now: i64) {
         while self
             .failures
@@ -286,10 +293,7 @@ impl Limits {
         }
         let mut map = self.code_failures.lock().unwrap_or_else(|p| p.into_inner());
         if !map.contains_key(key) && map.len() >= FAILURE_TABLE_LIMIT {
-            map.retain(|_, e| {
-                e.expire(now);
-                e.in_flight > 0 || !e.failures.is_empty()
-            });
+            map.retain(|_, e| e.still_counts(now));
             if map.len() >= FAILURE_TABLE_LIMIT {
                 self.count_refusal(None);
                 tracing::warn!("the email-code failure table is full; refusing new addresses");
@@ -368,10 +372,7 @@ impl Limits {
         self.code_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, e| {
-                e.expire(now);
-                e.in_flight > 0 || !e.failures.is_empty()
-            });
+            .retain(|_, e| e.still_counts(now));
         for l in self.per_class.values() {
             l.retain_recent();
             l.shrink_to_fit();

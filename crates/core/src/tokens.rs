@@ -250,8 +250,12 @@ impl Tokens {
             .get(&digest)
             .cloned();
         let now_s = now.unix_timestamp();
-        let (kid, claims) = match cached {
-            Some(c) => c,
+        let claims = match cached {
+            Some((kid, claims)) => {
+                // A cache hit skipped the signature check, not the key's retirement.
+                self.key_still_verifies(&kid, now_s)?;
+                claims
+            }
             None => {
                 let c = self.verify_signature(token, now_s)?;
                 let mut cache = self.verified.write().unwrap_or_else(|p| p.into_inner());
@@ -259,10 +263,9 @@ impl Tokens {
                     cache.clear();
                 }
                 cache.insert(digest, c.clone());
-                c
+                c.1
             }
         };
-        self.key_still_verifies(&kid, now_s)?;
         if claims.exp - claims.iat > self.ttl_s {
             return Err(TokenError::Lifetime);
         }
