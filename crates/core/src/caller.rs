@@ -73,8 +73,8 @@ pub enum Requirement {
     Operator,
     /// A signed-in user (access token of a live session).
     User,
-    /// A signed-in user at AAL2, or who proved a factor within the step-up window (sensitive
-    /// commands). Otherwise `FORBIDDEN` with `details.reason = "step_up_required"`.
+    /// A signed-in user who proved a factor within the step-up window, at any assurance level
+    /// (sensitive commands). Otherwise `FORBIDDEN` with `details.reason = "step_up_required"`.
     UserStepUp,
     /// Administration: the operator token, a superadmin user, or an API key holding the scope.
     Admin(Scope),

@@ -81,8 +81,8 @@ async fn revoke_one(ctx: Ctx, p: RevokeParams) -> Result<Revoked, CommandError> 
     Ok(Revoked { revoked: n })
 }
 
-/// `SESSION.REVOKE_ALL` — user after step-up (AAL2, or a factor proven within
-/// `step_up_window_s`). Revokes all the caller's sessions, the current one too unless
+/// `SESSION.REVOKE_ALL` — user after step-up (a factor proven within `step_up_window_s`, at
+/// any level). Revokes all the caller's sessions, the current one too unless
 /// `keep_current`.
 async fn revoke_every(ctx: Ctx, p: RevokeAllParams) -> Result<Revoked, CommandError> {
     let me = ctx.user()?.clone();
