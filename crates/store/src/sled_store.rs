@@ -180,7 +180,7 @@ const LOCK_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3)
 /// Opens the database. sled releases its file lock only when its background flusher thread
 /// has noticed the previous handle is gone, so a reopen in the same process (a restart in tests
 /// or tools) retries briefly on a busy lock; another process holding it still fails after that.
-fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
+pub(crate) fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db, sled::Error> {
     let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
     loop {
         match sled::Config::new()

@@ -464,7 +464,8 @@ fn pruning_keeps_a_verifiable_chain_from_its_checkpoint() {
         store.close();
         drop(store);
         {
-            let db = sled::open(dir.path().join("db")).unwrap();
+            // The store just closed: wait for its lock like a reopen does.
+            let db = crate::sled_store::open_db(&dir.path().join("db"), 1 << 20).unwrap();
             db.open_tree("log_meta")
                 .unwrap()
                 .insert("checkpoint", serde_json::to_vec(&forged).unwrap())
@@ -501,7 +502,8 @@ fn an_interrupted_prune_is_finished_at_open() {
     });
     {
         // The state a crash leaves: the checkpoint written, no event removed yet.
-        let db = sled::open(dir.path().join("db")).unwrap();
+        // The store just closed: wait for its lock like a reopen does.
+        let db = crate::sled_store::open_db(&dir.path().join("db"), 1 << 20).unwrap();
         let checkpoint = serde_json::json!({"seq": 6, "hash": hash6});
         db.open_tree("log_meta")
             .unwrap()
