@@ -359,7 +359,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             if !data_dir.join("db").exists() {
                 bail!("{} holds no Portcullis database", data_dir.display());
             }
-            let r = portcullis_core::rekey::rotate_master_key(&data_dir)
+            let r = portcullis_core::ops::rekey::rotate_master_key(&data_dir)
                 .await
                 .with_context(|| {
                     format!(
@@ -373,7 +373,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                 r.totp_secrets,
                 r.refresh_successors,
                 r.queued_mails,
-                data_dir.join(portcullis_core::rekey::PREVIOUS_KEY_FILE).display()
+                data_dir.join(portcullis_core::ops::rekey::PREVIOUS_KEY_FILE).display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -420,7 +420,7 @@ impl Remote {
     fn token(&self, fallback_dir: &Path) -> Option<Secret> {
         match &self.token {
             Some(t) => Some(Secret::new(t.clone())),
-            None => portcullis_core::node::read_operator_token(fallback_dir),
+            None => portcullis_core::infra::node::read_operator_token(fallback_dir),
         }
     }
 
@@ -616,7 +616,7 @@ async fn bootstrap(a: BootstrapArgs) -> Result<ExitCode> {
                     )
                 })?;
             // Through the dispatcher, as the operator, so the bootstrap is audited like any command.
-            let token = portcullis_core::node::read_operator_token(dir)
+            let token = portcullis_core::infra::node::read_operator_token(dir)
                 .context("no operator.token in the data directory")?;
             let d = portcullis_core::Dispatcher::new(Arc::clone(&app));
             let conn = portcullis_core::ConnInfo {

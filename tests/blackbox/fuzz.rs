@@ -9,7 +9,7 @@
 
 use crate::harness::{all_events, http, Server};
 use portcullis_client::{Client, ClientError};
-use portcullis_core::config::RateLimits;
+use portcullis_core::base::config::RateLimits;
 use portcullis_core::{App, Config, ConnInfo, Dispatcher, Reply, SystemClock, Transport};
 use portcullis_protocol::codec::FrameError;
 use portcullis_protocol::{ErrorCode, Request, DEFAULT_MAX_FRAME_BYTES};

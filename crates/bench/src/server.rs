@@ -66,7 +66,8 @@ impl LocalServer {
 
     /// The operator token of its data directory.
     pub fn operator_token(&self) -> Option<String> {
-        portcullis_core::node::read_operator_token(&self.data_dir).map(|s| s.expose().to_owned())
+        portcullis_core::infra::node::read_operator_token(&self.data_dir)
+            .map(|s| s.expose().to_owned())
     }
 }
 

@@ -626,7 +626,7 @@ mod tests {
     /// words of their addresses.
     #[test]
     fn bench_passwords_pass_the_policy_for_bench_addresses() {
-        use portcullis_core::passwords::{check_policy, PolicyContext};
+        use portcullis_core::identity::passwords::{check_policy, PolicyContext};
         for run in ["1a2b3c4d", "00000000", "ffffffff", "deadbeef"] {
             let email = format!("bench-{run}-c3-17@example.com");
             let pw = bench_password(run);

@@ -8,48 +8,32 @@
 
 #![warn(missing_docs)]
 
-pub mod accounts;
-pub mod apikeys;
-pub mod audit;
-pub mod caller;
-pub mod clock;
-pub mod commands;
-pub mod config;
-pub mod crypto;
-mod dispatcher;
-pub mod email_flow;
-pub mod error;
-pub mod evict;
-pub mod housekeeping;
-pub mod internal_event;
-pub mod limits;
-pub mod login;
-pub mod mail;
-pub mod mfa;
-pub mod node;
-pub mod passkeys;
-pub mod passwords;
-pub mod random;
-pub mod registry;
-pub mod rekey;
-pub mod retention;
-pub mod sessions;
-pub mod tail;
-pub mod telemetry;
-pub mod tokens;
+pub mod account;
+pub mod admin;
+pub mod base;
+pub mod dispatch;
+pub mod factors;
+pub mod identity;
+pub mod infra;
+pub mod ops;
+pub mod signin;
 
 #[cfg(test)]
 mod testkit;
 
-pub use audit::Audit;
-pub use caller::{Caller, RateClass, Requirement, Scope};
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::Config;
-pub use dispatcher::{ConnInfo, Dispatcher, Pending, Reply, Transport};
-pub use error::CommandError;
-pub use random::{OsRandom, SecureRandom};
-pub use registry::{CommandSpec, Registry};
+pub use base::audit::Audit;
+pub use base::caller::{Caller, RateClass, Requirement, Scope};
+pub use base::clock::{Clock, ManualClock, SystemClock};
+pub use base::config::Config;
+pub use base::error::CommandError;
+pub use base::random::{OsRandom, SecureRandom};
+pub use dispatch::dispatcher::{ConnInfo, Dispatcher, Pending, Reply, Transport};
+pub use infra::registry::{CommandSpec, Registry};
 
+use base::{caller, crypto};
+use factors::{passkey, totp};
+use identity::{passwords, sessions, tokens};
+use infra::{internal_event, limits, mail, node, telemetry};
 use portcullis_store::{EventLog, Store};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,7 +166,7 @@ impl App {
         .map_err(OpenError::Config)?;
         let code_key = crypto::derive_key(&node.master_key, "email-code-mac");
         let recovery_code_key =
-            mfa::load_or_create_recovery_key(node.store.as_ref(), &sealer, rng.as_ref()).await?;
+            totp::load_or_create_recovery_key(node.store.as_ref(), &sealer, rng.as_ref()).await?;
         if node.operator_token_created {
             tracing::info!(
                 path = %config.data_dir.join(node::OPERATOR_TOKEN_FILE).display(),
@@ -200,7 +184,7 @@ impl App {
             started: Instant::now(),
             operator_token_hash: node.operator_token_hash,
             shutdown: CancellationToken::new(),
-            registry: commands::registry(),
+            registry: dispatch::registry(),
             tokens,
             passwords,
             sealer,
@@ -211,7 +195,7 @@ impl App {
             code_key,
             recovery_code_key,
             limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
-            webauthn: passkeys::relying_party(&config).map_err(OpenError::Config)?,
+            webauthn: passkey::relying_party(&config).map_err(OpenError::Config)?,
             metrics: telemetry::Metrics::new(),
             config,
         }))

@@ -108,7 +108,7 @@ impl Bench {
     pub fn totp_code(&self, secret: &[u8]) -> String {
         use crate::Clock;
         let t = u64::try_from(self.clock.now().unix_timestamp()).unwrap();
-        crate::mfa::totp(secret, "p", "u")
+        crate::factors::totp::totp(secret, "p", "u")
             .unwrap()
             .generate(t)
             .to_string()
@@ -146,7 +146,7 @@ impl Bench {
             self.app
                 .config
                 .data_dir
-                .join(crate::node::OPERATOR_TOKEN_FILE),
+                .join(crate::infra::node::OPERATOR_TOKEN_FILE),
         )
         .unwrap()
         .trim()

@@ -182,7 +182,7 @@ async fn jwks(State(dispatcher): State<Dispatcher>) -> HttpResponse {
 async fn metrics(State(dispatcher): State<Dispatcher>, headers: HeaderMap) -> HttpResponse {
     let app = dispatcher.app();
     let presented = bearer(&headers).ok().flatten();
-    if !portcullis_core::telemetry::scrape_allowed(
+    if !portcullis_core::infra::telemetry::scrape_allowed(
         &app.config,
         presented.as_ref().map(Secret::expose),
     ) {
@@ -326,7 +326,7 @@ fn envelope(r: Response) -> HttpResponse {
     (status, axum::Json(r)).into_response()
 }
 
-fn ndjson(stream: portcullis_core::tail::TailStream) -> HttpResponse {
+fn ndjson(stream: portcullis_core::infra::tail::TailStream) -> HttpResponse {
     let lines = futures::stream::unfold(stream, |mut s| async move {
         let mut out = BytesMut::new();
         let line = match s.next_into(&mut out).await? {

@@ -45,15 +45,17 @@ impl Server {
         let tasks = TaskTracker::new();
         tasks.spawn(tcp::serve(tcp, dispatcher.clone(), tasks.clone()));
         tasks.spawn(http::serve(http, dispatcher, tasks.clone()));
-        tasks.spawn(portcullis_core::housekeeping::run(
+        tasks.spawn(portcullis_core::ops::housekeeping::run(
             Arc::clone(&app),
             Duration::from_secs(300),
         ));
-        tasks.spawn(portcullis_core::retention::run(
+        tasks.spawn(portcullis_core::ops::retention::run(
             Arc::clone(&app),
             Duration::from_secs(300),
         ));
-        tasks.spawn(portcullis_core::telemetry::run_upkeep(Arc::clone(&app)));
+        tasks.spawn(portcullis_core::infra::telemetry::run_upkeep(Arc::clone(
+            &app,
+        )));
         tracing::info!(%tcp_addr, %http_addr, "listening");
         Ok(Server {
             tcp_addr,

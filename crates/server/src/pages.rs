@@ -3,8 +3,8 @@
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use portcullis_core::commands::magic::landing;
-use portcullis_core::mail::escape_html;
+use portcullis_core::infra::mail::escape_html;
+use portcullis_core::signin::magic::landing;
 use portcullis_core::Dispatcher;
 use serde::Deserialize;
 
@@ -86,7 +86,7 @@ pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQue
                 &info
                     .requested_agent
                     .as_deref()
-                    .map(portcullis_core::mail::sanitize_client_text)
+                    .map(portcullis_core::infra::mail::sanitize_client_text)
                     .unwrap_or_else(|| "unknown client".into()),
             ),
         );

@@ -1,0 +1,4 @@
+//! What a signed-in user does with their own account and sessions.
+
+pub mod session;
+pub mod user;

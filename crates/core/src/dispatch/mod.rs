@@ -1,0 +1,23 @@
+//! The top layer: the one dispatcher every transport calls, and the one list of every command
+//! this build serves (each handler module exposes `specs()`, the registry entries of its
+//! commands).
+
+pub mod dispatcher;
+
+use crate::{account, admin, factors, ops, signin, Registry};
+
+/// The registry of every command this build serves.
+pub fn registry() -> Registry {
+    Registry::default()
+        .with(ops::sys::specs())
+        .with(ops::log::specs())
+        .with(signin::auth::specs())
+        .with(account::user::specs())
+        .with(account::session::specs())
+        .with(signin::magic::specs())
+        .with(signin::otp::specs())
+        .with(factors::totp::commands::specs())
+        .with(signin::mfa::specs())
+        .with(factors::passkey::commands::specs())
+        .with(admin::specs())
+}

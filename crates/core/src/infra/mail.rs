@@ -1,0 +1,832 @@
+//! Outgoing mail: templates and a bounded, retrying, durable delivery queue over lettre.
+//!
+//! Commands never wait for delivery: they enqueue and answer. Enqueueing stores the message,
+//! sealed with the master key (it holds a sign-in link or code), in the `mail_queue` table, so
+//! the command's durable answer covers it; the record goes once the message is delivered or
+//! given up on, and a server that starts finds what a crash left and delivers it (at least once:
+//! a crash between delivery and removal sends it again). A worker delivers with retries and
+//! backoff; a message that cannot be delivered (or cannot be queued) is recorded as a
+//! `mail.failed` event, without its contents. Messages go to `.eml` files in the outbox
+//! directory (default) or to an SMTP server.
+
+use crate::base::clock::rfc3339_ms;
+use crate::base::config::{Config, SmtpTls};
+use crate::base::crypto::Sealer;
+use crate::base::random::SecureRandom;
+use crate::infra::internal_event::InternalEvents;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use portcullis_store::{decode_record, encode_record, Record, Store, Table};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use zeroize::Zeroizing;
+
+/// Messages waiting for delivery before new ones are refused.
+pub const QUEUE_CAPACITY: usize = 1024;
+/// Deliveries in flight at once.
+const PARALLEL: usize = 4;
+/// Attempts per message.
+const ATTEMPTS: u32 = 4;
+
+/// Which template a message uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Template {
+    /// A magic link.
+    MagicLink,
+    /// A one-time code.
+    Otp,
+    /// A notice about a change to the account's security (factor removed, recovery code used).
+    SecurityNotice,
+}
+
+impl Template {
+    fn name(self) -> &'static str {
+        match self {
+            Template::MagicLink => "magic_link",
+            Template::Otp => "otp",
+            Template::SecurityNotice => "security_notice",
+        }
+    }
+
+    fn embedded(self, part: &str) -> Option<&'static str> {
+        Some(match (self, part) {
+            (Template::MagicLink, "subject") => {
+                include_str!("../../templates/en/magic_link.subject")
+            }
+            (Template::MagicLink, "txt") => include_str!("../../templates/en/magic_link.txt"),
+            (Template::MagicLink, "html") => include_str!("../../templates/en/magic_link.html"),
+            (Template::Otp, "subject") => include_str!("../../templates/en/otp.subject"),
+            (Template::Otp, "txt") => include_str!("../../templates/en/otp.txt"),
+            (Template::Otp, "html") => include_str!("../../templates/en/otp.html"),
+            (Template::SecurityNotice, "subject") => {
+                include_str!("../../templates/en/security_notice.subject")
+            }
+            (Template::SecurityNotice, "txt") => {
+                include_str!("../../templates/en/security_notice.txt")
+            }
+            (Template::SecurityNotice, "html") => {
+                include_str!("../../templates/en/security_notice.html")
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Values a template may use as `{{name}}`. Holds the link or code, so it has no `Debug`.
+pub struct Vars {
+    /// (name, value) pairs.
+    pub pairs: Vec<(&'static str, Zeroizing<String>)>,
+}
+
+impl Vars {
+    /// Empty.
+    pub fn new() -> Self {
+        Vars { pairs: Vec::new() }
+    }
+
+    /// Adds a value.
+    pub fn set(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.pairs.push((name, Zeroizing::new(value.into())));
+        self
+    }
+}
+
+impl Default for Vars {
+    fn default() -> Self {
+        Vars::new()
+    }
+}
+
+/// Escapes text for HTML element content and double- or single-quoted attributes.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Renders `{{name}}` placeholders; unknown names are left as they are.
+fn render(template: &str, vars: &Vars, html: bool) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(template.to_owned());
+    for (name, value) in &vars.pairs {
+        // A value never introduces a placeholder of its own (client-supplied text such as a
+        // user agent must not pull the link or the code into another spot).
+        let plain = value.replace("{{", "{ {");
+        let v = if html { escape_html(&plain) } else { plain };
+        *out = out.replace(&format!("{{{{{name}}}}}"), &v);
+    }
+    out
+}
+
+/// Client-supplied text for a mail or page: printable, one line, at most 120 characters.
+pub fn sanitize_client_text(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(120).collect()
+}
+
+/// Loads templates: `<templates_dir>/<locale>/<name>.<part>` when the operator provides one,
+/// else the embedded English text.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    dir: Option<PathBuf>,
+}
+
+impl Templates {
+    /// Templates overridable from `dir`.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Templates { dir }
+    }
+
+    fn part(&self, t: Template, locale: &str, part: &str) -> String {
+        if let Some(dir) = &self.dir {
+            for loc in [locale, "en"] {
+                let p = dir.join(loc).join(format!("{}.{part}", t.name()));
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    return text;
+                }
+            }
+        }
+        t.embedded(part).unwrap_or_default().to_owned()
+    }
+
+    /// Subject, text and HTML bodies.
+    pub fn render(&self, t: Template, locale: &str, vars: &Vars) -> Rendered {
+        Rendered {
+            subject: Zeroizing::new(
+                render(&self.part(t, locale, "subject"), vars, false)
+                    .trim()
+                    .to_owned(),
+            ),
+            text: render(&self.part(t, locale, "txt"), vars, false),
+            html: render(&self.part(t, locale, "html"), vars, true),
+        }
+    }
+}
+
+/// A rendered message. Carries a link or a code: no `Debug`.
+pub struct Rendered {
+    /// Subject line.
+    pub subject: Zeroizing<String>,
+    /// Plain text body.
+    pub text: Zeroizing<String>,
+    /// HTML body.
+    pub html: Zeroizing<String>,
+}
+
+/// One message to deliver.
+pub struct Outgoing {
+    /// Recipient address.
+    pub to: String,
+    /// What kind of message (for events).
+    pub kind: Template,
+    /// The flow it belongs to (for events).
+    pub flow_id: String,
+    /// Contents.
+    pub body: Rendered,
+}
+
+enum Transport {
+    Outbox(AsyncFileTransport<Tokio1Executor>),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+/// Counters of the mail queue.
+#[derive(Debug, Default)]
+pub struct MailStats {
+    /// Messages waiting or in flight.
+    pub depth: AtomicU64,
+    /// Messages delivered.
+    pub sent: AtomicU64,
+    /// Messages given up on (after retries, or refused by a full queue).
+    pub failed: AtomicU64,
+}
+
+/// A queued message as stored: its contents sealed with the master key.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct QueuedMail {
+    /// Sealed JSON of the message (base64url).
+    pub sealed: String,
+}
+
+impl Record for QueuedMail {
+    const VERSION: u8 = 1;
+}
+
+/// The plain form of a queued message, inside the seal (written from borrowed parts).
+#[derive(Serialize)]
+struct QueuedParts<'a> {
+    to: &'a str,
+    kind: Template,
+    flow_id: &'a str,
+    subject: &'a str,
+    text: &'a str,
+    html: &'a str,
+}
+
+/// [`QueuedParts`] read back.
+#[derive(Deserialize)]
+struct QueuedPlain {
+    to: String,
+    kind: Template,
+    flow_id: String,
+    subject: String,
+    text: String,
+    html: String,
+}
+
+/// AAD of a queued message's seal: its queue key.
+pub(crate) fn queue_aad(key: &[u8]) -> Vec<u8> {
+    format!("mail-queue:{}", hex::encode(key)).into_bytes()
+}
+
+/// What the worker gets: the message and its queue key.
+type Job = (Vec<u8>, Outgoing);
+
+/// The durable parts of the queue.
+#[derive(Clone)]
+struct Durable {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    rng: Arc<dyn SecureRandom>,
+}
+
+impl Durable {
+    /// A new queue key: milliseconds since the epoch, then random bytes, so a scan is FIFO.
+    fn key(&self) -> Vec<u8> {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut key = ms.to_be_bytes().to_vec();
+        let mut random = [0u8; 8];
+        self.rng.fill(&mut random);
+        key.extend_from_slice(&random);
+        key
+    }
+
+    async fn store(&self, key: &[u8], mail: &Outgoing) -> Result<(), String> {
+        let parts = QueuedParts {
+            to: &mail.to,
+            kind: mail.kind,
+            flow_id: &mail.flow_id,
+            subject: &mail.body.subject,
+            text: &mail.body.text,
+            html: &mail.body.html,
+        };
+        let json = Zeroizing::new(serde_json::to_vec(&parts).map_err(|e| e.to_string())?);
+        let sealed = self.sealer.seal(self.rng.as_ref(), &queue_aad(key), &json);
+        let record = QueuedMail {
+            sealed: URL_SAFE_NO_PAD.encode(sealed),
+        };
+        self.store
+            .put(Table::MailQueue, key, encode_record(&record))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn open(&self, key: &[u8], stored: &[u8]) -> Result<Outgoing, String> {
+        let record: QueuedMail = decode_record(stored).map_err(|e| e.to_string())?;
+        let sealed = URL_SAFE_NO_PAD
+            .decode(&record.sealed)
+            .map_err(|_| "not base64url".to_owned())?;
+        let json = self
+            .sealer
+            .open(&queue_aad(key), &sealed)
+            .map_err(|e| e.to_string())?;
+        // No serde message here: it could quote the contents.
+        let p: QueuedPlain = serde_json::from_slice(&json)
+            .map_err(|_| "the unsealed message does not decode".to_owned())?;
+        Ok(Outgoing {
+            to: p.to,
+            kind: p.kind,
+            flow_id: p.flow_id,
+            body: Rendered {
+                subject: Zeroizing::new(p.subject),
+                text: Zeroizing::new(p.text),
+                html: Zeroizing::new(p.html),
+            },
+        })
+    }
+
+    async fn remove(&self, key: &[u8]) {
+        if let Err(e) = self.store.remove(Table::MailQueue, key).await {
+            tracing::error!(error = %e, "a delivered message stays queued; it may be sent again");
+        }
+    }
+}
+
+/// The delivery queue.
+pub struct Mailer {
+    tx: mpsc::Sender<Job>,
+    /// Counters.
+    pub stats: Arc<MailStats>,
+    events: InternalEvents,
+    durable: Durable,
+}
+
+impl Mailer {
+    /// Starts the delivery worker, and hands it the messages a previous run left queued (read
+    /// before this returns, so they are never confused with messages queued from now on).
+    pub async fn start(
+        config: &Config,
+        events: InternalEvents,
+        store: Arc<dyn Store>,
+        sealer: Arc<Sealer>,
+        rng: Arc<dyn SecureRandom>,
+    ) -> Result<Mailer, String> {
+        let transport = build_transport(config)?;
+        let from: Mailbox = config
+            .mail_from
+            .parse()
+            .map_err(|e| format!("mail_from {:?}: {e}", config.mail_from))?;
+        let durable = Durable { store, sealer, rng };
+        let left = durable
+            .store
+            .scan_prefix(Table::MailQueue, b"", usize::MAX)
+            .await
+            .map_err(|e| format!("reading the mail queue: {e}"))?;
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let stats = Arc::new(MailStats::default());
+        tokio::spawn(worker(
+            rx,
+            Arc::new(transport),
+            from,
+            Arc::clone(&stats),
+            events.clone(),
+            durable.clone(),
+        ));
+        if !left.is_empty() {
+            tracing::info!(
+                messages = left.len(),
+                "delivering mail queued before the restart"
+            );
+            tokio::spawn(requeue(
+                left,
+                tx.clone(),
+                Arc::clone(&stats),
+                durable.clone(),
+            ));
+        }
+        Ok(Mailer {
+            tx,
+            stats,
+            events,
+            durable,
+        })
+    }
+
+    /// Queues a message: stores it (durable with the command's answer) and hands it to the
+    /// worker; never waits for delivery. A full queue drops it and records `mail.failed`.
+    pub async fn enqueue(&self, mail: Outgoing) {
+        let Ok(slot) = self.tx.try_reserve() else {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(flow = %mail.flow_id, "mail queue full; message dropped");
+            self.events
+                .mail_failed(mail.kind.name(), &mail.flow_id, "queue_full", 0);
+            return;
+        };
+        self.stats.depth.fetch_add(1, Ordering::Relaxed);
+        let key = self.durable.key();
+        if let Err(e) = self.durable.store(&key, &mail).await {
+            tracing::error!(flow = %mail.flow_id, error = %e, "mail could not be stored; delivering it without a durable copy");
+        }
+        slot.send((key, mail));
+    }
+}
+
+/// Hands the messages found at start to the worker, oldest first. One that cannot be opened
+/// (the master key was replaced outside `rotate-master-key`) is dropped with an error line.
+async fn requeue(
+    left: Vec<(Vec<u8>, Vec<u8>)>,
+    tx: mpsc::Sender<Job>,
+    stats: Arc<MailStats>,
+    durable: Durable,
+) {
+    for (key, stored) in left {
+        match durable.open(&key, &stored) {
+            Ok(mail) => {
+                stats.depth.fetch_add(1, Ordering::Relaxed);
+                if tx.send((key, mail)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a queued message cannot be opened; dropped");
+                durable.remove(&key).await;
+            }
+        }
+    }
+}
+
+fn build_transport(config: &Config) -> Result<Transport, String> {
+    let Some(host) = config.smtp_host.as_deref().filter(|h| !h.is_empty()) else {
+        let dir = config.data_dir.join("outbox");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        return Ok(Transport::Outbox(
+            AsyncFileTransport::<Tokio1Executor>::new(dir),
+        ));
+    };
+    let builder = match config.smtp_tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+            .map_err(|e| format!("smtp: {e}"))?,
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| format!("smtp: {e}"))?
+        }
+    };
+    let mut builder = builder.timeout(Some(Duration::from_secs(15)));
+    if let Some(port) = config.smtp_port {
+        builder = builder.port(port);
+    }
+    if let Some(user) = &config.smtp_username {
+        let password = smtp_password(config)?;
+        builder = builder.credentials(Credentials::new(user.clone(), password.to_string()));
+    }
+    Ok(Transport::Smtp(builder.build()))
+}
+
+/// The SMTP password: `PORTCULLIS_SMTP_PASSWORD`, else the file `smtp_password_file`.
+fn smtp_password(config: &Config) -> Result<Zeroizing<String>, String> {
+    if let Ok(p) = std::env::var("PORTCULLIS_SMTP_PASSWORD") {
+        return Ok(Zeroizing::new(p));
+    }
+    match &config.smtp_password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_owned()))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Err("smtp_username is set but no password: set PORTCULLIS_SMTP_PASSWORD or smtp_password_file".into()),
+    }
+}
+
+fn build_message(from: &Mailbox, mail: &Outgoing) -> Result<Message, String> {
+    let to: Mailbox = mail
+        .to
+        .parse()
+        .map_err(|_| "recipient address".to_owned())?;
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(mail.body.subject.as_str())
+        .message_id(None)
+        .multipart(MultiPart::alternative_plain_html(
+            mail.body.text.to_string(),
+            mail.body.html.to_string(),
+        ))
+        .map_err(|e| format!("building the message: {e}"))
+}
+
+/// Delivers one message. The error is a classification safe to log: the transports' own text
+/// is not used, because an SMTP server's reply quotes the recipient address.
+async fn deliver(transport: &Transport, msg: Message) -> Result<(), String> {
+    match transport {
+        Transport::Outbox(t) => t.send(msg).await.map(|_| ()).map_err(|e| {
+            format!(
+                "writing to the outbox failed ({})",
+                io_kind(&e).unwrap_or("not an I/O error")
+            )
+        }),
+        Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| smtp_failure(&e)),
+    }
+}
+
+/// What kind of SMTP failure `e` is, with the reply code when there is one, and never the
+/// server's reply text.
+fn smtp_failure(e: &lettre::transport::smtp::Error) -> String {
+    let code = || {
+        e.status()
+            .map_or_else(|| "no code".to_owned(), |c| c.to_string())
+    };
+    if e.is_permanent() {
+        format!("SMTP permanent error ({})", code())
+    } else if e.is_transient() {
+        format!("SMTP transient error ({})", code())
+    } else if e.is_timeout() {
+        "SMTP timeout".to_owned()
+    } else if e.is_tls() {
+        "SMTP TLS error".to_owned()
+    } else if e.is_response() {
+        "SMTP reply could not be read".to_owned()
+    } else if e.is_client() {
+        "SMTP client error".to_owned()
+    } else if e.is_transport_shutdown() {
+        "SMTP transport shut down".to_owned()
+    } else {
+        format!(
+            "SMTP connection failed ({})",
+            io_kind(e).unwrap_or("not an I/O error")
+        )
+    }
+}
+
+/// The `std::io::ErrorKind` somewhere in `e`'s source chain, as a fixed string.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // Bounded: error chains are short, and a cycle must not hang the worker.
+    for _ in 0..16 {
+        let err = cur?;
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io_kind_name(io.kind()));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn io_kind_name(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind as K;
+    match kind {
+        K::NotFound => "not found",
+        K::PermissionDenied => "permission denied",
+        K::ConnectionRefused => "connection refused",
+        K::ConnectionReset => "connection reset",
+        K::ConnectionAborted => "connection aborted",
+        K::NotConnected => "not connected",
+        K::AddrNotAvailable => "address not available",
+        K::BrokenPipe => "broken pipe",
+        K::TimedOut => "timed out",
+        K::UnexpectedEof => "unexpected end of stream",
+        K::StorageFull => "storage full",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        _ => "other I/O error",
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::Receiver<Job>,
+    transport: Arc<Transport>,
+    from: Mailbox,
+    stats: Arc<MailStats>,
+    events: InternalEvents,
+    durable: Durable,
+) {
+    let slots = Arc::new(Semaphore::new(PARALLEL));
+    while let Some((key, mail)) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let (transport, from, stats, events, durable) = (
+            Arc::clone(&transport),
+            from.clone(),
+            Arc::clone(&stats),
+            events.clone(),
+            durable.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let kind = mail.kind.name();
+            let result = match build_message(&from, &mail) {
+                Ok(msg) => retry(&transport, msg).await,
+                Err(e) => Err((e, 0)),
+            };
+            durable.remove(&key).await;
+            stats.depth.fetch_sub(1, Ordering::Relaxed);
+            match result {
+                Ok(attempts) => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(flow = %mail.flow_id, kind, attempts, "mail delivered");
+                }
+                Err((error, attempts)) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    // `error` is a classification (see `deliver`): never the message, never
+                    // the server's reply, which may quote the recipient.
+                    tracing::error!(flow = %mail.flow_id, kind, attempts, %error, "mail delivery failed");
+                    events.mail_failed(kind, &mail.flow_id, "delivery", attempts);
+                }
+            }
+        });
+    }
+}
+
+/// Tries up to [`ATTEMPTS`] times with growing pauses (0.5 s, 2 s, 8 s).
+async fn retry(transport: &Transport, msg: Message) -> Result<u32, (String, u32)> {
+    let mut pause = Duration::from_millis(500);
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match deliver(transport, msg.clone()).await {
+            Ok(()) => return Ok(attempt),
+            Err(e) => last = e,
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause *= 4;
+        }
+    }
+    Err((last, ATTEMPTS))
+}
+
+/// Human form of the request time in mails.
+pub fn mail_time(t: time::OffsetDateTime) -> String {
+    rfc3339_ms(t)
+}
+
+/// Where `.eml` files go by default.
+pub fn outbox_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("outbox")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_fills_escapes_and_falls_back_to_english() {
+        let t = Templates::new(None);
+        let vars = Vars::new()
+            .set("product", "Acme <Auth>")
+            .set("email", "a@example.org")
+            .set("link", "http://localhost:7421/auth/magic?token=abc&x=1")
+            .set("expires_minutes", "15")
+            .set("time", "now")
+            .set("client", "127.0.0.1")
+            .set("agent", "curl");
+        let r = t.render(Template::MagicLink, "fr", &vars);
+        assert_eq!(r.subject.as_str(), "Your Acme <Auth> sign-in link");
+        assert!(r.text.contains("token=abc&x=1"));
+        assert!(r.html.contains("token=abc&amp;x=1"));
+        assert!(r.html.contains("Acme &lt;Auth&gt;"));
+        assert!(r.text.contains("If this wasn't you"));
+        assert!(!r.text.contains("{{"), "{}", r.text.as_str());
+    }
+
+    #[test]
+    fn operator_templates_override_the_embedded_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("de")).unwrap();
+        std::fs::write(dir.path().join("de/otp.subject"), "Ihr Code: {{code}}").unwrap();
+        let t = Templates::new(Some(dir.path().to_owned()));
+        let r = t.render(
+            Template::Otp,
+            "de",
+            &Vars::new().set("code", "123456").set("product", "P"),
+        );
+        assert_eq!(r.subject.as_str(), "Ihr Code: 123456");
+        assert!(
+            r.text.contains("123456"),
+            "the text part falls back to English"
+        );
+    }
+
+    fn message(to: &str, flow: &str) -> Outgoing {
+        let vars = Vars::new()
+            .set("product", "Acme")
+            .set("email", to)
+            .set(
+                "link",
+                format!("http://localhost:7421/auth/magic?token=secret-{flow}"),
+            )
+            .set("expires_minutes", "15")
+            .set("time", "now")
+            .set("client", "127.0.0.1")
+            .set("agent", "curl");
+        Outgoing {
+            to: to.into(),
+            kind: Template::MagicLink,
+            flow_id: flow.into(),
+            body: Templates::new(None).render(Template::MagicLink, "en", &vars),
+        }
+    }
+
+    async fn queued(b: &crate::testkit::Bench) -> Vec<(Vec<u8>, Vec<u8>)> {
+        b.app
+            .store
+            .scan_prefix(Table::MailQueue, b"", usize::MAX)
+            .await
+            .unwrap()
+    }
+
+    /// A queued message is stored sealed until it is delivered, then removed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_is_stored_sealed_until_delivered() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        b.app.mailer.enqueue(message("a@example.org", "f1")).await;
+        assert!(b.mail_text(1).await.contains("token=secret-f1"));
+        for _ in 0..200 {
+            if queued(&b).await.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the delivered message is still queued");
+    }
+
+    /// What a crash leaves queued is delivered by the next start, and the record never holds
+    /// the link in the clear.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_left_queued_are_delivered_at_the_next_start() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        let durable = &b.app.mailer.durable;
+        for flow in ["f1", "f2"] {
+            let key = durable.key();
+            durable
+                .store(&key, &message(&format!("{flow}@example.org"), flow))
+                .await
+                .unwrap();
+        }
+        let left = queued(&b).await;
+        assert_eq!(left.len(), 2);
+        for (_, v) in &left {
+            let raw = String::from_utf8_lossy(v);
+            assert!(
+                !raw.contains("secret-") && !raw.contains("example.org"),
+                "{raw}"
+            );
+        }
+        // A second start on the same store: what the crashed run left.
+        let restarted = Mailer::start(
+            &b.app.config,
+            b.app.mailer.events.clone(),
+            Arc::clone(&b.app.store),
+            Arc::clone(&durable.sealer),
+            Arc::clone(&durable.rng),
+        )
+        .await
+        .unwrap();
+        // Delivered in parallel: in either order.
+        let both = format!("{}\n{}", b.mail_text(1).await, b.mail_text(2).await);
+        assert!(
+            both.contains("token=secret-f1") && both.contains("token=secret-f2"),
+            "{both}"
+        );
+        for _ in 0..200 {
+            if queued(&b).await.is_empty() {
+                assert_eq!(restarted.stats.sent.load(Ordering::Relaxed), 2);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("delivered messages are still queued");
+    }
+
+    /// A minimal SMTP server on loopback that refuses every recipient the way real servers do,
+    /// quoting the address in its reply.
+    async fn refusing_smtp_server() -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // Bounded: lettre makes one connection per attempt here.
+            for _ in 0..8 {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (rd, mut wr) = sock.into_split();
+                let mut lines = BufReader::new(rd).lines();
+                if wr.write_all(b"220 test ESMTP\r\n").await.is_err() {
+                    continue;
+                }
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let reply: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 test\r\n",
+                        "RCPT" => b"550 5.1.1 <victim.person@example.org>: Recipient address rejected: User unknown in local recipient table\r\n",
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    if wr.write_all(reply).await.is_err() || verb == "QUIT" {
+                        break;
+                    }
+                }
+            }
+        });
+        port
+    }
+
+    /// SMTP replies quote the recipient; what delivery reports (and the worker logs) must not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smtp_failures_are_described_without_the_recipient_address() {
+        let port = refusing_smtp_server().await;
+        let transport = Transport::Smtp(
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(port)
+                .timeout(Some(Duration::from_secs(10)))
+                .build(),
+        );
+        let from: Mailbox = "Portcullis <no-reply@localhost>".parse().unwrap();
+        let msg = build_message(&from, &message("victim.person@example.org", "f1")).unwrap();
+        let error = deliver(&transport, msg).await.unwrap_err();
+        assert!(
+            !error.contains("victim.person") && !error.contains('@'),
+            "the address reached the error text: {error}"
+        );
+        // Still useful to an operator: what kind of failure, and the reply code.
+        assert!(
+            error.contains("permanent") && error.contains("550"),
+            "{error}"
+        );
+    }
+}

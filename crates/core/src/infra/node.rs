@@ -1,0 +1,248 @@
+//! The data directory: the database, the master key and the operator token.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use portcullis_protocol::Secret;
+use portcullis_store::{SledStore, Store, StoreError, StoreOptions, Table};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// File name of the master key inside the data directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// File name of the operator token inside the data directory.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+/// Prefix of operator tokens.
+pub const OPERATOR_TOKEN_PREFIX: &str = "pco_";
+
+const META_NODE_ID: &[u8] = b"node_id";
+const META_OPERATOR_TOKEN: &[u8] = b"operator_token_sha256";
+
+/// A failure to prepare the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// File system trouble.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file has the wrong content.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// 32 bytes of key material, wiped on drop, never printed.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl MasterKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        MasterKey(Zeroizing::new(b))
+    }
+
+    /// The key bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// What was found or created in the data directory.
+pub struct Node {
+    /// The open database.
+    pub store: std::sync::Arc<SledStore>,
+    /// Stable id of this data directory.
+    pub node_id: String,
+    /// Encrypts secrets at rest.
+    pub master_key: MasterKey,
+    /// SHA-256 of the operator token.
+    pub operator_token_hash: [u8; 32],
+    /// Set when this start created the operator token file.
+    pub operator_token_created: bool,
+}
+
+/// Creates a file readable only by its owner and writes `contents` to it. Fails if it exists.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(contents).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn random<const N: usize>() -> Zeroizing<[u8; N]> {
+    let mut b = Zeroizing::new([0u8; N]);
+    rand::rngs::OsRng.fill_bytes(b.as_mut());
+    b
+}
+
+/// Loads the master key, creating it (mode 0600) on first start.
+pub fn load_or_create_master_key(dir: &Path) -> Result<MasterKey, NodeError> {
+    let path = dir.join(MASTER_KEY_FILE);
+    if !path.exists() {
+        let key = random::<32>();
+        let text = Zeroizing::new(format!("{}\n", URL_SAFE_NO_PAD.encode(key.as_ref())));
+        write_private(&path, text.as_bytes())?;
+        return Ok(MasterKey(key));
+    }
+    let mode = fs::metadata(&path)
+        .map_err(io_err(&path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "master key file is readable by others; chmod 600 it");
+    }
+    let text = Zeroizing::new(fs::read_to_string(&path).map_err(io_err(&path))?);
+    let bytes = Zeroizing::new(
+        URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| NodeError::Invalid(format!("{}: not base64url", path.display())))?,
+    );
+    let key: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| NodeError::Invalid(format!("{}: not 32 bytes", path.display())))?;
+    Ok(MasterKey(Zeroizing::new(key)))
+}
+
+/// SHA-256 of a presented operator token.
+pub fn operator_token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Reads the operator token from a data directory, for local CLI use.
+pub fn read_operator_token(dir: &Path) -> Option<Secret> {
+    fs::read_to_string(dir.join(OPERATOR_TOKEN_FILE))
+        .ok()
+        .map(|s| Secret::new(s.trim()))
+}
+
+impl Node {
+    /// Opens the data directory, creating what is missing: the directory (0700), the master key,
+    /// the database, the node id and the operator token.
+    pub async fn open(dir: &Path) -> Result<Node, NodeError> {
+        Self::open_with(dir, StoreOptions::default()).await
+    }
+
+    /// Like [`Node::open`], with the store opened with `options` (page cache, fsync).
+    pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Node, NodeError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        if dir.join(crate::ops::rekey::NEXT_KEY_FILE).exists() {
+            return Err(NodeError::Invalid(format!(
+                "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {}` again to finish it",
+                dir.display()
+            )));
+        }
+        let master_key = load_or_create_master_key(dir)?;
+        let store = std::sync::Arc::new(SledStore::open_with(dir, options)?);
+
+        let node_id = match store.get(Table::Meta, META_NODE_ID).await? {
+            Some(v) => String::from_utf8(v)
+                .map_err(|_| NodeError::Invalid("node id is not UTF-8".into()))?,
+            None => {
+                let id = hex::encode(random::<8>().as_ref());
+                store
+                    .put(Table::Meta, META_NODE_ID, id.clone().into_bytes())
+                    .await?;
+                id
+            }
+        };
+
+        let (operator_token_hash, operator_token_created) =
+            match store.get(Table::Meta, META_OPERATOR_TOKEN).await? {
+                Some(v) => (
+                    v.as_slice()
+                        .try_into()
+                        .map_err(|_| NodeError::Invalid("operator token hash is corrupt".into()))?,
+                    false,
+                ),
+                None => {
+                    let token = Zeroizing::new(format!(
+                        "{OPERATOR_TOKEN_PREFIX}{}",
+                        URL_SAFE_NO_PAD.encode(random::<32>().as_ref())
+                    ));
+                    let path = dir.join(OPERATOR_TOKEN_FILE);
+                    // A stale file from an older database would not match: replace it.
+                    let _ = fs::remove_file(&path);
+                    write_private(&path, format!("{}\n", token.as_str()).as_bytes())?;
+                    let hash = operator_token_hash(&token);
+                    store
+                        .put(Table::Meta, META_OPERATOR_TOKEN, hash.to_vec())
+                        .await?;
+                    (hash, true)
+                }
+            };
+        store.sync().await?;
+        Ok(Node {
+            store,
+            node_id,
+            master_key,
+            operator_token_hash,
+            operator_token_created,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_start_creates_private_files_and_later_starts_reuse_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        let (id, key, hash) = {
+            let n = Node::open(&d).await.unwrap();
+            assert!(n.operator_token_created);
+            (
+                n.node_id.clone(),
+                *n.master_key.expose(),
+                n.operator_token_hash,
+            )
+        };
+        for f in [MASTER_KEY_FILE, OPERATOR_TOKEN_FILE] {
+            let mode = fs::metadata(d.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}");
+        }
+        let token = read_operator_token(&d).unwrap();
+        assert!(token.expose().starts_with(OPERATOR_TOKEN_PREFIX));
+        assert_eq!(operator_token_hash(token.expose()), hash);
+        let n = Node::open(&d).await.unwrap();
+        assert!(!n.operator_token_created);
+        assert_eq!(
+            (
+                n.node_id.clone(),
+                *n.master_key.expose(),
+                n.operator_token_hash
+            ),
+            (id, key, hash)
+        );
+        assert_eq!(format!("{:?}", n.master_key), "MasterKey(<redacted>)");
+    }
+}

@@ -1,0 +1,110 @@
+//! Periodic clean-up: idle limiter state, and single-use records well past their expiry (so the
+//! store does not grow forever). Expired records are refused on use whether or not they have
+//! been swept; sweeping only reclaims space.
+
+use crate::factors::email::FlowRecord;
+use crate::factors::totp::{MfaTicket, PendingEnrolment};
+use crate::App;
+use portcullis_store::{decode_record, Record, Store, StoreError, Table};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long expired records are kept before they are swept (for investigations), seconds.
+pub const KEEP_EXPIRED_S: i64 = 24 * 3600;
+/// Records examined per table per sweep.
+const BATCH: usize = 10_000;
+
+async fn sweep_table<R: Record>(
+    store: &dyn Store,
+    table: Table,
+    now: i64,
+    expires: impl Fn(&R) -> i64,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for (k, v) in store.scan_prefix(table, b"", BATCH).await? {
+        let stale = match decode_record::<R>(&v) {
+            Ok(r) => expires(&r) + KEEP_EXPIRED_S < now,
+            Err(_) => false,
+        };
+        if stale
+            && store.compare_and_swap(table, &k, Some(&v), None).await?
+                == portcullis_store::Cas::Swapped
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// One sweep; returns how many records were removed.
+pub async fn sweep(app: &App) -> Result<u64, StoreError> {
+    let now = app.clock.now().unix_timestamp();
+    app.limits.housekeeping(now);
+    let store = app.store.as_ref();
+    let mut removed = sweep_table::<FlowRecord>(store, Table::Flows, now, |f| f.expires_at).await?;
+    removed += sweep_table::<MfaTicket>(store, Table::MfaTickets, now, |t| t.expires_at).await?;
+    removed +=
+        sweep_table::<PendingEnrolment>(store, Table::TotpEnrollments, now, |e| e.expires_at)
+            .await?;
+    removed += sweep_table::<crate::factors::passkey::CeremonyRecord>(
+        store,
+        Table::Ceremonies,
+        now,
+        |c| c.expires_at,
+    )
+    .await?;
+    // Link tokens whose flow is gone.
+    for (k, flow_id) in store.scan_prefix(Table::MagicLinks, b"", BATCH).await? {
+        if store.get(Table::Flows, &flow_id).await?.is_none() {
+            store.remove(Table::MagicLinks, &k).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs [`sweep`] every `every` until the app shuts down.
+pub async fn run(app: Arc<App>, every: Duration) {
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match sweep(&app).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "housekeeping"),
+            Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::Bench;
+    use portcullis_store::Table;
+    use serde_json::json;
+
+    async fn count(b: &Bench, t: Table) -> usize {
+        b.app.store.scan_prefix(t, b"", 100).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn expired_flows_and_their_links_are_swept_a_day_after_expiry() {
+        let b = Bench::new(|_| {}).await;
+        b.ok("AUTH.SIGNUP", json!({"email": "a@example.org"}), None)
+            .await;
+        b.ok("MAGIC.SEND", json!({"email": "a@example.org"}), None)
+            .await;
+        assert_eq!(count(&b, Table::Flows).await, 1);
+        b.advance(b.app.config.magic_link_ttl_s + super::KEEP_EXPIRED_S - 1);
+        assert_eq!(super::sweep(&b.app).await.unwrap(), 0);
+        b.advance(2);
+        assert_eq!(
+            super::sweep(&b.app).await.unwrap(),
+            2,
+            "the flow and its link"
+        );
+        assert_eq!(count(&b, Table::Flows).await, 0);
+        assert_eq!(count(&b, Table::MagicLinks).await, 0);
+    }
+}
