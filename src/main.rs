@@ -177,7 +177,7 @@ impl ServeArgs {
             None => Config::default(),
         };
         self.overlay(&mut c);
-        c.validate().map_err(anyhow::Error::msg)?;
+        portcullis_core::check_config(&c).map_err(anyhow::Error::msg)?;
         Ok(c)
     }
 }
@@ -373,7 +373,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                 r.totp_secrets,
                 r.refresh_successors,
                 r.queued_mails,
-                data_dir.join(portcullis_core::ops::rekey::PREVIOUS_KEY_FILE).display()
+                data_dir.join(portcullis_core::infra::node::PREVIOUS_KEY_FILE).display()
             );
             Ok(ExitCode::SUCCESS)
         }

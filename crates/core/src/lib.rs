@@ -90,6 +90,15 @@ pub struct App {
     pub metrics: telemetry::Metrics,
 }
 
+/// Checks a configuration completely: its plain values ([`Config::validate`]) and what is built
+/// from them (the rate limiters, the WebAuthn relying party), as [`App::open`] would.
+pub fn check_config(config: &Config) -> Result<(), String> {
+    config.validate()?;
+    limits::Limits::new(&config.rate_limits)?;
+    passkey::relying_party(config)?;
+    Ok(())
+}
+
 /// A failure to start the app.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -118,7 +127,7 @@ impl App {
         clock: Arc<dyn Clock>,
         layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> Result<Arc<App>, OpenError> {
-        config.validate().map_err(OpenError::Config)?;
+        check_config(&config).map_err(OpenError::Config)?;
         let node = node::Node::open_with(
             &config.data_dir,
             portcullis_store::StoreOptions {

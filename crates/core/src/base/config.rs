@@ -366,8 +366,6 @@ impl Config {
         {
             return Err("otp_max_attempts and the hourly send limits must be at least 1".into());
         }
-        crate::infra::limits::Limits::new(&self.rate_limits)?;
-        crate::factors::passkey::relying_party(self)?;
         if !is_language_tag(&self.default_locale) {
             return Err("default_locale must be a language tag such as en or pt-BR".into());
         }

@@ -2,13 +2,38 @@
 //! authenticated encryption of secrets at rest with the master key.
 
 use crate::base::random::SecureRandom;
-use crate::infra::node::MasterKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+/// 32 bytes of key material, wiped on drop, never printed.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+impl MasterKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        MasterKey(Zeroizing::new(b))
+    }
+
+    /// A key from bytes already held for wiping.
+    pub fn from_zeroizing(b: Zeroizing<[u8; 32]>) -> Self {
+        MasterKey(b)
+    }
+
+    /// The key bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
 
 /// A 256-bit key for one purpose, derived from the master key with HKDF-SHA-256, so no two
 /// purposes ever share key material.

@@ -480,8 +480,8 @@ fn build_ring(records: &[KeyRecord], sealer: &Sealer) -> Result<Ring, StoreError
 mod tests {
     use super::*;
     use crate::base::clock::ManualClock;
+    use crate::base::crypto::MasterKey;
     use crate::base::random::OsRandom;
-    use crate::infra::node::MasterKey;
     use portcullis_store::SledStore;
     use time::macros::datetime;
 

@@ -1,5 +1,6 @@
 //! The data directory: the database, the master key and the operator token.
 
+use crate::base::crypto::MasterKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::Secret;
@@ -14,6 +15,11 @@ use zeroize::Zeroizing;
 
 /// File name of the master key inside the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
+/// The file holding the new master key while a rotation is under way (`ops::rekey`); a server
+/// refuses to start while it exists.
+pub const NEXT_KEY_FILE: &str = "master.key.next";
+/// The previous master key, kept after a rotation.
+pub const PREVIOUS_KEY_FILE: &str = "master.key.previous";
 /// File name of the operator token inside the data directory.
 pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
 /// Prefix of operator tokens.
@@ -45,27 +51,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io {
         path: path.to_owned(),
         source,
-    }
-}
-
-/// 32 bytes of key material, wiped on drop, never printed.
-pub struct MasterKey(Zeroizing<[u8; 32]>);
-
-impl MasterKey {
-    /// A key from raw bytes.
-    pub fn from_bytes(b: [u8; 32]) -> Self {
-        MasterKey(Zeroizing::new(b))
-    }
-
-    /// The key bytes.
-    pub fn expose(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(<redacted>)")
     }
 }
 
@@ -108,7 +93,7 @@ pub fn load_or_create_master_key(dir: &Path) -> Result<MasterKey, NodeError> {
         let key = random::<32>();
         let text = Zeroizing::new(format!("{}\n", URL_SAFE_NO_PAD.encode(key.as_ref())));
         write_private(&path, text.as_bytes())?;
-        return Ok(MasterKey(key));
+        return Ok(MasterKey::from_zeroizing(key));
     }
     let mode = fs::metadata(&path)
         .map_err(io_err(&path))?
@@ -127,7 +112,7 @@ pub fn load_or_create_master_key(dir: &Path) -> Result<MasterKey, NodeError> {
         .as_slice()
         .try_into()
         .map_err(|_| NodeError::Invalid(format!("{}: not 32 bytes", path.display())))?;
-    Ok(MasterKey(Zeroizing::new(key)))
+    Ok(MasterKey::from_zeroizing(Zeroizing::new(key)))
 }
 
 /// SHA-256 of a presented operator token.
@@ -153,7 +138,7 @@ impl Node {
     pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Node, NodeError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        if dir.join(crate::ops::rekey::NEXT_KEY_FILE).exists() {
+        if dir.join(NEXT_KEY_FILE).exists() {
             return Err(NodeError::Invalid(format!(
                 "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {}` again to finish it",
                 dir.display()

@@ -12,6 +12,7 @@
 //! new one), and decoy passkey ids change. The recovery-code key is not derived but stored
 //! sealed, and re-sealed here, so recovery codes keep working.
 
+use crate::base::crypto::MasterKey;
 use crate::base::crypto::Sealer;
 use crate::base::random::{OsRandom, SecureRandom};
 use crate::factors::totp::{
@@ -20,7 +21,9 @@ use crate::factors::totp::{
 use crate::identity::sessions::{successor_aad, RefreshRecord, RefreshState};
 use crate::identity::tokens::{aad, KeyRecord};
 use crate::infra::mail::{queue_aad, QueuedMail};
-use crate::infra::node::{load_or_create_master_key, MasterKey, NodeError, MASTER_KEY_FILE};
+use crate::infra::node::{
+    load_or_create_master_key, NodeError, MASTER_KEY_FILE, NEXT_KEY_FILE, PREVIOUS_KEY_FILE,
+};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_store::{decode_record, encode_record, SledStore, Store, StoreError, Table};
@@ -30,11 +33,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use zeroize::Zeroizing;
-
-/// The file holding the new key while a rotation is under way.
-pub const NEXT_KEY_FILE: &str = "master.key.next";
-/// The previous key, kept after a rotation.
-pub const PREVIOUS_KEY_FILE: &str = "master.key.previous";
 
 /// How many sealed values were re-sealed, per kind.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
