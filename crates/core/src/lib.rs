@@ -31,7 +31,7 @@ pub use dispatch::dispatcher::{ConnInfo, Dispatcher, Pending, Reply, Transport};
 pub use infra::registry::{CommandSpec, Registry};
 
 use base::{caller, crypto};
-use factors::{passkey, totp};
+use factors::{passkey, recovery};
 use identity::{passwords, sessions, tokens};
 use infra::{internal_event, limits, mail, node, telemetry};
 use portcullis_store::{EventLog, Store};
@@ -175,7 +175,8 @@ impl App {
         .map_err(OpenError::Config)?;
         let code_key = crypto::derive_key(&node.master_key, "email-code-mac");
         let recovery_code_key =
-            totp::load_or_create_recovery_key(node.store.as_ref(), &sealer, rng.as_ref()).await?;
+            recovery::load_or_create_recovery_key(node.store.as_ref(), &sealer, rng.as_ref())
+                .await?;
         if node.operator_token_created {
             tracing::info!(
                 path = %config.data_dir.join(node::OPERATOR_TOKEN_FILE).display(),

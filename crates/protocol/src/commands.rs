@@ -682,6 +682,33 @@ pub mod mfa {
     /// `RECOVERY.REGENERATE`
     pub const REGENERATE: &str = "RECOVERY.REGENERATE";
 
+    /// A second-factor method: what `MFA.VERIFY` is answered with, and what `MFA_REQUIRED`'s
+    /// `details.methods` lists. Closed: the server matches it exhaustively.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Method {
+        /// A code from an authenticator app.
+        Totp,
+        /// One of the account's single-use recovery codes.
+        RecoveryCode,
+        /// A passkey assertion (`ceremony_id` and `credential`).
+        Passkey,
+    }
+
+    impl Method {
+        /// Every method, in the order `details.methods` lists them.
+        pub const ALL: [Method; 3] = [Method::Totp, Method::RecoveryCode, Method::Passkey];
+
+        /// The wire name.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                Method::Totp => "totp",
+                Method::RecoveryCode => "recovery_code",
+                Method::Passkey => "passkey",
+            }
+        }
+    }
+
     /// `MFA.VERIFY` params: with `mfa_token` it completes a sign-in; without it, with a bearer
     /// token, it steps the current session up to AAL2.
     #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -690,8 +717,8 @@ pub mod mfa {
         /// From the `MFA_REQUIRED` error's details.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub mfa_token: Option<Secret>,
-        /// `totp`, `recovery_code` or `passkey`.
-        pub method: String,
+        /// Which second factor answers.
+        pub method: Method,
         /// The code (`totp`, `recovery_code`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub code: Option<Secret>,

@@ -155,7 +155,7 @@ pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Com
                     &id,
                     |u| {
                         u.superadmin = true;
-                        cleared = !u.email_verified && u.password_hash.take().is_some();
+                        cleared = !u.email_verified && crate::factors::forget_all(u);
                         u.updated_at = now;
                         Ok(true)
                     },
@@ -169,13 +169,8 @@ pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Com
                             let mut planned = if u.email_verified {
                                 crate::identity::evict::Planned::default()
                             } else {
-                                crate::identity::evict::eviction(
-                                    ctx,
-                                    &u.id,
-                                    None,
-                                    "admin_bootstrap",
-                                )
-                                .await?
+                                crate::factors::eviction(ctx, &u.id, None, "admin_bootstrap")
+                                    .await?
                             };
                             planned.batch = std::mem::take(&mut planned.batch).swap(
                                 Table::Meta,
@@ -284,7 +279,7 @@ async fn view(ctx: &Ctx, u: &UserRecord) -> Result<AdminUser, CommandError> {
         disabled: u.disabled,
         superadmin: u.superadmin,
         has_password: u.password_hash.is_some(),
-        has_totp: crate::factors::totp::has_totp(ctx, &u.id).await?,
+        has_totp: crate::factors::enrolled(ctx, u, crate::factors::Factor::Totp).await?,
         passkeys: u64::try_from(crate::factors::passkey::list(ctx, &u.id).await?.len())
             .unwrap_or(0),
         sessions: u64::try_from(list_live(ctx, &u.id).await?.len()).unwrap_or(0),
@@ -409,7 +404,7 @@ pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandErr
         // Everything goes in one batch: the record, its address, its sessions, its factors and
         // (for the bootstrapped administrator) the marker, which frees the bootstrap for a new
         // one. A crash leaves the whole account or nothing, never a password-only remnant.
-        let planned = crate::identity::evict::eviction(ctx, &u.id, None, "account_deleted").await?;
+        let planned = crate::factors::eviction(ctx, &u.id, None, "account_deleted").await?;
         let batch = planned
             .batch
             .swap(Table::Users, u.id.as_bytes(), Some(&raw), None)

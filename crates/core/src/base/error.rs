@@ -85,7 +85,12 @@ impl From<portcullis_store::StoreError> for CommandError {
 /// Rewrites a serde error message so it names fields and expected types but never echoes a
 /// value the client sent (which could be a password or a code in the wrong place).
 pub fn sanitize_serde_message(msg: &str) -> String {
-    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+    for prefix in [
+        "invalid type: ",
+        "invalid value: ",
+        "invalid length ",
+        "unknown variant ",
+    ] {
         if let Some(rest) = msg.strip_prefix(prefix) {
             let kind = prefix.trim_end_matches([':', ' ']);
             return match rest.find(", expected ") {
@@ -110,6 +115,12 @@ mod tests {
         assert_eq!(
             sanitize_serde_message("invalid value: integer `123456`, expected a string"),
             "invalid value, expected a string"
+        );
+        assert_eq!(
+            sanitize_serde_message(
+                "unknown variant `123456`, expected one of `totp`, `recovery_code`, `passkey`"
+            ),
+            "unknown variant, expected one of `totp`, `recovery_code`, `passkey`"
         );
         assert_eq!(
             sanitize_serde_message("unknown field `x`, expected `a` or `b`"),

@@ -23,7 +23,8 @@ pub(crate) const ATTEMPTS: usize = 16;
 pub struct Evicted {
     /// Sessions revoked.
     pub sessions: u64,
-    /// A TOTP factor, recovery codes or passkeys were removed.
+    /// A factor held in its own table (an authenticator app, recovery codes, passkeys) was
+    /// removed.
     pub factors: bool,
     /// API keys revoked (created by the account, or by keys it created).
     pub api_keys: u64,
@@ -86,33 +87,6 @@ pub async fn revocation(
         },
         revoked_sessions: revoked,
     })
-}
-
-/// The writes removing every second factor and passkey of `user_id`: the TOTP factor, its
-/// recovery codes, every passkey and its entry in the credential index. Whether there was any.
-pub async fn factor_removals(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), CommandError> {
-    let store = ctx.app.store.as_ref();
-    let prefix = format!("{user_id}/").into_bytes();
-    let mut batch = Batch::new();
-    let mut any = false;
-    if let Some(raw) = store.get(Table::Totp, user_id.as_bytes()).await? {
-        batch = batch.swap(Table::Totp, user_id.as_bytes(), Some(&raw), None);
-        any = true;
-    }
-    let (codes, had_codes) = crate::factors::totp::recovery_code_removals(ctx, user_id).await?;
-    batch = batch.merge(codes);
-    any |= had_codes;
-    for (k, raw) in store
-        .scan_prefix(Table::Passkeys, &prefix, usize::MAX)
-        .await?
-    {
-        let cred = k[prefix.len()..].to_vec();
-        batch = batch
-            .swap(Table::Passkeys, k, Some(&raw), None)
-            .merge(release_claim(ctx, Table::PasskeyIndex, cred, user_id).await?);
-        any = true;
-    }
-    Ok((batch, any))
 }
 
 /// The writes revoking every live API key created by `user_id`, or by a key such a key created.
@@ -261,24 +235,6 @@ pub struct Planned {
     pub revoked_sessions: Vec<String>,
     /// What the writes evict, for the event.
     pub evicted: Evicted,
-}
-
-/// Everything set up on an account before its address was proven, to be removed with the
-/// proof: sessions (but `keep`), the password (`edit` clears it on the record), second factors,
-/// passkeys and API keys.
-pub async fn eviction(
-    ctx: &Ctx,
-    user_id: &str,
-    keep: Option<&str>,
-    reason: &str,
-) -> Result<Planned, CommandError> {
-    let mut planned = revocation(ctx, user_id, keep, reason).await?;
-    let (factors, had_factors) = factor_removals(ctx, user_id).await?;
-    let (keys, api_keys) = api_key_revocations(ctx, user_id).await?;
-    planned.batch = planned.batch.merge(factors).merge(keys);
-    planned.evicted.factors = had_factors;
-    planned.evicted.api_keys = api_keys;
-    Ok(planned)
 }
 
 /// The guard of a batch by which the calling session adds a way to sign in (a passkey, an

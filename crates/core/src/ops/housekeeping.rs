@@ -3,7 +3,8 @@
 //! been swept; sweeping only reclaims space.
 
 use crate::factors::email::FlowRecord;
-use crate::factors::totp::{MfaTicket, PendingEnrolment};
+use crate::factors::totp::PendingEnrolment;
+use crate::signin::ticket::MfaTicket;
 use crate::App;
 use portcullis_store::{decode_record, Record, Store, StoreError, Table};
 use std::sync::Arc;

@@ -15,9 +15,8 @@
 use crate::base::crypto::MasterKey;
 use crate::base::crypto::Sealer;
 use crate::base::random::{OsRandom, SecureRandom};
-use crate::factors::totp::{
-    aad_confirmed, aad_enrolment, PendingEnrolment, TotpRecord, META_RECOVERY_KEY, RECOVERY_KEY_AAD,
-};
+use crate::factors::recovery::{META_RECOVERY_KEY, RECOVERY_KEY_AAD};
+use crate::factors::totp::{aad_confirmed, aad_enrolment, PendingEnrolment, TotpRecord};
 use crate::identity::sessions::{successor_aad, RefreshRecord, RefreshState};
 use crate::identity::tokens::{aad, KeyRecord};
 use crate::infra::mail::{queue_aad, QueuedMail};

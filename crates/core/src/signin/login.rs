@@ -15,9 +15,10 @@
 
 use crate::base::config::MfaPolicy;
 use crate::base::error::CommandError;
-use crate::factors::totp::{issue_ticket, methods, MFA_TICKET_S};
+use crate::factors::methods;
 use crate::identity::accounts::UserRecord;
 use crate::identity::sessions::{start_enrolment_session, start_session};
+use crate::signin::ticket::{issue_ticket, MFA_TICKET_S};
 use crate::Ctx;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::ErrorCode;
@@ -32,7 +33,7 @@ pub enum LoginState {
         /// Continues the sign-in.
         mfa_token: portcullis_protocol::Secret,
         /// What it may be completed with.
-        methods: Vec<&'static str>,
+        methods: Vec<portcullis_protocol::commands::mfa::Method>,
     },
     /// Policy requires a second factor and the user has none: a session that may only enrol.
     EnrolmentOnly(SessionTokens),
@@ -44,7 +45,7 @@ pub async fn next_state(
     user: &UserRecord,
     amr: Vec<String>,
 ) -> Result<LoginState, CommandError> {
-    let available = methods(ctx, &user.id).await?;
+    let available = methods(ctx, user).await?;
     if !available.is_empty() {
         let mfa_token = issue_ticket(ctx, &user.id, &amr).await?;
         return Ok(LoginState::MfaRequired {

@@ -3,15 +3,15 @@
 
 use crate::base::caller::{RateClass, Requirement};
 use crate::factors::passkey;
+use crate::factors::recovery::{new_recovery_codes, use_recovery_code, AMR_RECOVERY};
 use crate::factors::totp::commands::notify;
-use crate::factors::totp::{
-    consume_ticket, new_recovery_codes, ticket, use_recovery_code, verify_totp, AMR_MFA, AMR_OTP,
-    AMR_RECOVERY,
-};
+use crate::factors::totp::{verify_totp, AMR_OTP};
+use crate::factors::AMR_MFA;
 use crate::identity::accounts::get_user;
 use crate::identity::sessions::{elevate, start_session};
+use crate::signin::ticket::{consume_ticket, ticket};
 use crate::{CommandError, CommandSpec, Ctx};
-use portcullis_protocol::commands::mfa::{self, Verified, VerifyParams};
+use portcullis_protocol::commands::mfa::{self, Method, Verified, VerifyParams};
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::commands::totp::RecoveryCodes;
 use portcullis_protocol::ErrorCode;
@@ -49,12 +49,12 @@ async fn second_factor(
     ticket: Option<&str>,
 ) -> Result<Vec<String>, CommandError> {
     let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    match p.method.as_str() {
-        "totp" => {
+    match p.method {
+        Method::Totp => {
             verify_totp(ctx, user_id, code(p)?).await?;
             Ok(owned(&[AMR_OTP, AMR_MFA]))
         }
-        "recovery_code" => {
+        Method::RecoveryCode => {
             let left = use_recovery_code(ctx, user_id, code(p)?).await?;
             notify(
                 ctx,
@@ -65,7 +65,7 @@ async fn second_factor(
             .await?;
             Ok(owned(&[AMR_RECOVERY, AMR_MFA]))
         }
-        "passkey" => {
+        Method::Passkey => {
             let (Some(ceremony_id), Some(credential)) = (&p.ceremony_id, &p.credential) else {
                 return Err(CommandError::invalid_params(
                     "ceremony_id and credential are required for passkey",
@@ -96,9 +96,6 @@ async fn second_factor(
             }
             Ok(amr)
         }
-        _ => Err(CommandError::invalid_params(
-            "method must be totp, recovery_code or passkey",
-        )),
     }
 }
 
@@ -292,6 +289,32 @@ mod tests {
             32,
             "160 bits in base32"
         );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_method_is_invalid_params_and_its_value_is_not_echoed() {
+        let b = Bench::new(|_| {}).await;
+        let e = enrolled(&b, "method@example.org").await;
+        let d = mfa_token(&b, "method@example.org").await;
+        for method in [json!("271828"), json!("password"), json!(7)] {
+            let r = b
+                .call(
+                    "MFA.VERIFY",
+                    json!({"mfa_token": d["mfa_token"], "method": method, "code": code_at(&b, &e.secret, 0)}),
+                    None,
+                )
+                .await;
+            assert_eq!(r.error_code(), Some(ErrorCode::InvalidParams), "{method}");
+            let message = r.error.map(|e| e.message).unwrap_or_default();
+            assert!(!message.contains("271828"), "{message}");
+        }
+        // The ticket is still good: a refused method used nothing up.
+        b.ok(
+            "MFA.VERIFY",
+            json!({"mfa_token": d["mfa_token"], "method": "totp", "code": code_at(&b, &e.secret, 0)}),
+            None,
+        )
+        .await;
     }
 
     #[tokio::test]

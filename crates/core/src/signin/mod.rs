@@ -6,3 +6,4 @@ pub mod login;
 pub mod magic;
 pub mod mfa;
 pub mod otp;
+pub mod ticket;

@@ -469,12 +469,12 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
                     return Ok(false);
                 }
                 u.email_verified = true;
-                cleared = u.password_hash.take().is_some();
+                cleared = crate::factors::forget_all(u);
                 u.updated_at = now;
                 Ok(true)
             },
             |_, u| async move {
-                crate::identity::evict::eviction(ctx, &u.id, None, "email_verified").await
+                crate::factors::eviction(ctx, &u.id, None, "email_verified").await
             },
         )
         .await?

@@ -9,9 +9,9 @@ use super::{
 use crate::base::caller::{RateClass, Requirement};
 use crate::base::clock::rfc3339_ms;
 use crate::factors::totp::commands::notify;
-use crate::factors::totp::ticket;
 use crate::identity::accounts::{find_by_email, get_user, normalize_email};
 use crate::identity::sessions::start_session;
+use crate::signin::ticket::ticket;
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::commands::passkey::{

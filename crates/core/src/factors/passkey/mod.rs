@@ -257,6 +257,27 @@ pub async fn remove(ctx: &Ctx, user_id: &str, cred: &str) -> Result<bool, Comman
     Err(portcullis_store::StoreError::Busy.into())
 }
 
+/// The removal of every passkey of `user_id` with its claim in the credential index, each
+/// checked against the record as read, and whether there was any.
+pub async fn removals(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), CommandError> {
+    let prefix = format!("{user_id}/").into_bytes();
+    let mut batch = Batch::new();
+    let mut any = false;
+    for (k, raw) in ctx
+        .app
+        .store
+        .scan_prefix(Table::Passkeys, &prefix, usize::MAX)
+        .await?
+    {
+        let cred = k[prefix.len()..].to_vec();
+        batch = batch.swap(Table::Passkeys, k, Some(&raw), None).merge(
+            crate::identity::evict::release_claim(ctx, Table::PasskeyIndex, cred, user_id).await?,
+        );
+        any = true;
+    }
+    Ok((batch, any))
+}
+
 /// Stores a ceremony and returns its id.
 pub async fn begin(ctx: &Ctx, kind: CeremonyKind) -> Result<String, CommandError> {
     let id = random_id(ctx.app.rng.as_ref());

@@ -3,10 +3,11 @@
 use crate::base::caller::{RateClass, Requirement};
 use crate::base::clock::rfc3339_ms;
 use crate::base::crypto::random_id;
+use crate::factors::recovery::recovery_code_writes;
 use crate::factors::totp::{
-    aad_enrolment, confirmed_record, has_totp, recovery_code_writes, remove_totp, seal, totp,
-    unseal, PendingEnrolment, ENROLMENT_S,
+    aad_enrolment, confirmed_record, has_totp, seal, totp, unseal, PendingEnrolment, ENROLMENT_S,
 };
+use crate::factors::Factor;
 use crate::identity::accounts::get_user;
 use crate::infra::mail::{Outgoing, Template, Vars};
 use crate::{CommandError, CommandSpec, Ctx};
@@ -197,7 +198,10 @@ const CONFIRM_ATTEMPTS: usize = 8;
 /// `factor.removed` and tells the user by mail. `NOT_FOUND` when there is none.
 async fn disable(ctx: Ctx, _p: NoParams) -> Result<Disabled, CommandError> {
     let me = ctx.user()?.clone();
-    if !remove_totp(&ctx, &me.user_id).await? {
+    if !crate::factors::remove(&ctx, &me.user_id, &[Factor::Totp, Factor::RecoveryCodes])
+        .await?
+        .contains(&Factor::Totp)
+    {
         return Err(CommandError::new(
             ErrorCode::NotFound,
             "no authenticator app is enrolled",
