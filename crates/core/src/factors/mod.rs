@@ -111,9 +111,11 @@ pub async fn removal(
 
 /// Clears every factor held on the account record; whether there was any.
 pub fn forget_all(user: &mut UserRecord) -> bool {
-    Factor::ALL
-        .into_iter()
-        .fold(false, |any, f| forget(user, f) || any)
+    let mut any = false;
+    for f in Factor::ALL {
+        any |= forget(user, f);
+    }
+    any
 }
 
 /// The writes removing every factor held in its own tables, and whether there was any.
