@@ -3,8 +3,8 @@
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use portcullis_core::factors::email::link::landing;
 use portcullis_core::infra::mail::escape_html;
-use portcullis_core::signin::magic::landing;
 use portcullis_core::Dispatcher;
 use serde::Deserialize;
 

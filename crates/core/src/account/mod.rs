@@ -1,4 +1,5 @@
 //! What a signed-in user does with their own account and sessions.
 
+pub mod deletion;
 pub mod session;
 pub mod user;

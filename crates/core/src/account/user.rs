@@ -103,7 +103,7 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
         .user()?
         .amr
         .iter()
-        .any(|a| a == crate::signin::auth::AMR_PASSWORD);
+        .any(|a| a == crate::identity::passwords::AMR_PASSWORD);
     if let Some(stored) = u.password_hash.as_deref() {
         match &p.current_password {
             Some(current) => {
@@ -176,7 +176,7 @@ async fn set_password(ctx: Ctx, p: SetPasswordParams) -> Result<PasswordSet, Com
 /// factors and passkeys are removed, the address is freed. The event log keeps the record.
 async fn delete(ctx: Ctx, _p: NoParams) -> Result<Deleted, CommandError> {
     let u = load(&ctx).await?;
-    crate::admin::delete_account(&ctx, &u).await?;
+    crate::account::deletion::delete_account(&ctx, &u).await?;
     ctx.audit.event("user.deleted");
     Ok(Deleted {
         user_id: u.id,
@@ -209,7 +209,7 @@ async fn change_email(ctx: Ctx, p: ChangeEmailParams) -> Result<ChangeStarted, C
     if !taken {
         flow.phantom = false;
         flow.change_email_for = Some(u.id.clone());
-        crate::signin::magic::send_link(&ctx, &flow, &ctx.app.config.default_locale).await?;
+        crate::factors::email::link::send_link(&ctx, &flow, &ctx.app.config.default_locale).await?;
         crate::factors::email::save_new(&ctx, &flow).await?;
     }
     ctx.audit.event("email.change_requested");

@@ -5,14 +5,17 @@
 //! window, at any level), or an API key holding the command's scope. Every decision is logged
 //! with the operator's identity as the event's actor.
 
+use crate::account::deletion::delete_account;
 use crate::base::caller::{RateClass, Requirement, Scope};
 use crate::base::clock::rfc3339_ms;
 use crate::base::crypto::{random_id, random_token};
+use crate::factors::email::link::send_link;
 use crate::factors::email::{new_flow, FlowKind};
-use crate::identity::accounts::{find_by_email, get_user, normalize_email, Email, UserRecord};
+use crate::identity::accounts::{
+    find_by_email, get_user, normalize_email, Email, UserRecord, META_SUPERADMIN,
+};
 use crate::identity::apikeys::{self, ApiKeyRecord, PREFIX};
 use crate::identity::sessions::{list_live, revoke_all};
-use crate::signin::magic::send_link;
 use crate::{Caller, CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::admin::{
     self, AdminUser, ApiKeyCreateParams, ApiKeyInfo, ApiKeyList, ApiKeyRef, BootstrapParams,
@@ -109,8 +112,6 @@ pub fn specs() -> Vec<CommandSpec> {
     ]
 }
 
-const META_SUPERADMIN: &[u8] = b"superadmin";
-
 fn time_of(unix: i64) -> String {
     rfc3339_ms(OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH))
 }
@@ -135,7 +136,7 @@ async fn user(ctx: &Ctx, id: &str) -> Result<UserRecord, CommandError> {
 /// An existing account whose address was never proven may belong to whoever signed up with the
 /// address first: everything set up on it (password, sessions, factors, passkeys, API keys) is
 /// evicted in the same batch, and it cannot administer until the link proves the mailbox.
-pub async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, CommandError> {
+async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, CommandError> {
     let email = normalize_email(email)?;
     let store = ctx.app.store.as_ref();
     let now = ctx.now().unix_timestamp();
@@ -390,40 +391,6 @@ async fn user_delete(ctx: Ctx, p: UserRef) -> Result<Changed, CommandError> {
         user_id: u.id,
         sessions_revoked,
     })
-}
-
-/// Removes an account: revokes every session, removes its factors, passkeys, address and
-/// record. The event log keeps what happened. Returns how many sessions were revoked.
-pub async fn delete_account(ctx: &Ctx, u: &UserRecord) -> Result<u64, CommandError> {
-    let store = ctx.app.store.as_ref();
-    let key = u.email.to_ascii_lowercase().into_bytes();
-    for _ in 0..crate::identity::evict::ATTEMPTS {
-        let Some(raw) = store.get(Table::Users, u.id.as_bytes()).await? else {
-            return Ok(0);
-        };
-        // Everything goes in one batch: the record, its address, its sessions, its factors and
-        // (for the bootstrapped administrator) the marker, which frees the bootstrap for a new
-        // one. A crash leaves the whole account or nothing, never a password-only remnant.
-        let planned = crate::factors::eviction(ctx, &u.id, None, "account_deleted").await?;
-        let batch = planned
-            .batch
-            .swap(Table::Users, u.id.as_bytes(), Some(&raw), None)
-            .merge(
-                crate::identity::evict::release_claim(ctx, Table::Emails, key.clone(), &u.id)
-                    .await?,
-            )
-            .merge(
-                crate::identity::evict::release_claim(ctx, Table::Meta, META_SUPERADMIN, &u.id)
-                    .await?,
-            );
-        if store.apply(batch).await?.committed() {
-            for sid in &planned.revoked_sessions {
-                ctx.app.session_cache.mark_revoked(sid, &u.id);
-            }
-            return Ok(planned.evicted.sessions);
-        }
-    }
-    Err(portcullis_store::StoreError::Busy.into())
 }
 
 /// `ADMIN.SESSION.REVOKE_ALL {user_id}` — `sessions:write`.

@@ -19,5 +19,6 @@ pub fn registry() -> Registry {
         .with(factors::totp::commands::specs())
         .with(signin::mfa::specs())
         .with(factors::passkey::commands::specs())
+        .with(signin::passkey::specs())
         .with(admin::specs())
 }

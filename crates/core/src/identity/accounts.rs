@@ -1,9 +1,13 @@
 //! Accounts: the user record, email normalisation, and the email index.
 
 use crate::base::error::CommandError;
+use crate::Ctx;
 use portcullis_protocol::ErrorCode;
 use portcullis_store::{decode_record, encode_record, Applied, Batch, Record, Store, Table};
 use serde::{Deserialize, Serialize};
+
+/// Where the bootstrapped superadmin is recorded in `Meta` (its id).
+pub const META_SUPERADMIN: &[u8] = b"superadmin";
 
 /// Longest accepted address, in bytes (RFC 5321 path limit).
 pub const MAX_EMAIL_LEN: usize = 254;
@@ -201,6 +205,20 @@ pub async fn create_user(
             "an account with this email already exists",
         )),
     }
+}
+
+/// Mails the account owner a security notice (queued; never blocks).
+pub async fn notify(
+    ctx: &Ctx,
+    user_id: &str,
+    headline: &str,
+    details: &str,
+) -> Result<(), CommandError> {
+    let Some(user) = get_user(ctx.app.store.as_ref(), user_id).await? else {
+        return Ok(());
+    };
+    crate::infra::notice::notify_address(ctx, &user.email, headline, details).await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use tokio::sync::{oneshot, Semaphore};
 use zeroize::Zeroize;
 
+/// RFC 8176 `amr` of a password sign-in.
+pub const AMR_PASSWORD: &str = "pwd";
+
 /// Niceness of the hashing threads (Linux; 0 is the default, 19 the lowest priority).
 pub const HASH_NICE: i64 = 10;
 

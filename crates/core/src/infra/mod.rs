@@ -6,6 +6,7 @@ pub mod internal_event;
 pub mod limits;
 pub mod mail;
 pub mod node;
+pub mod notice;
 pub mod registry;
 pub mod tail;
 pub mod telemetry;

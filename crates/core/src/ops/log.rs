@@ -15,7 +15,7 @@ use portcullis_protocol::{Actor, ErrorCode, Event};
 use portcullis_store::{verify_events, StoreError};
 
 /// Most events one `LOG.QUERY` call examines; it returns `next_seq` to continue.
-pub const QUERY_SCAN_BUDGET: u64 = 100_000;
+const QUERY_SCAN_BUDGET: u64 = 100_000;
 const PAGE: usize = 1024;
 
 /// Registry entries.

@@ -5,6 +5,7 @@ use crate::base::crypto::{random_id, sha256};
 use crate::identity::accounts::{
     check_display_name, create_user, find_by_email, normalize_email, update_user, UserRecord,
 };
+use crate::identity::passwords::AMR_PASSWORD;
 use crate::identity::passwords::{check_policy, PolicyContext};
 use crate::identity::sessions::{refresh, revoke, start_session};
 use crate::signin::login::finish_first_factor;
@@ -40,9 +41,6 @@ pub fn specs() -> Vec<CommandSpec> {
             .enrolment_allowed(),
     ]
 }
-
-/// RFC 8176 `amr` of a password sign-in.
-pub const AMR_PASSWORD: &str = "pwd";
 
 /// `AUTH.SIGNUP` — anyone. Creates the account (`CONFLICT` if the address is taken) and signs
 /// it in. With a password: `amr ["pwd"]`, AAL1. Without: a passwordless account, whose first

@@ -7,24 +7,22 @@
 //! the asking device then collects with `MAGIC.POLL`.
 
 use crate::base::caller::{RateClass, Requirement};
-use crate::base::crypto::{random_token, sha256};
+use crate::base::crypto::sha256;
+use crate::factors::email::link::send_link;
 use crate::factors::email::{
     account_for, check_challenge, check_flow_id, check_redirect, count_send, is_superseded, load,
-    new_flow, save_new, swap, unusable, verifier_matches, FlowKind, FlowRecord, FlowState, Loaded,
+    locale, new_flow, save_new, swap, unusable, verifier_matches, FlowKind, FlowRecord, FlowState,
+    Loaded, AMR_EMAIL,
 };
 use crate::identity::accounts::normalize_email;
-use crate::infra::mail::{mail_time, Outgoing, Template, Vars};
 use crate::signin::login::finish_first_factor;
-use crate::{App, CommandError, CommandSpec, Ctx};
+use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::magic::{
     self, ApproveParams, Approved, FlowStarted, PollParams, PollResult, SendParams, Verified,
     VerifyParams,
 };
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::Table;
-
-/// RFC 8176-style `amr` of a sign-in proven by the mailbox.
-pub const AMR_EMAIL: &str = "email";
 
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
@@ -45,41 +43,6 @@ pub fn specs() -> Vec<CommandSpec> {
         // Polling is frequent, and proven by a verifier nobody can guess.
         CommandSpec::new(magic::POLL, Requirement::Anyone, RateClass::Account, poll),
     ]
-}
-
-/// Checks a locale tag (`en`, `pt-BR`), defaulting to the server's.
-pub fn locale(ctx: &Ctx, requested: Option<String>) -> Result<String, CommandError> {
-    let l = requested.unwrap_or_else(|| ctx.app.config.default_locale.clone());
-    if crate::base::config::is_language_tag(&l) {
-        Ok(l)
-    } else {
-        Err(CommandError::invalid_params(
-            "locale must be a language tag such as en or pt-BR",
-        ))
-    }
-}
-
-/// Template values every mail shares: product, address, expiry, who asked.
-pub fn common_vars(ctx: &Ctx, flow: &FlowRecord) -> Vars {
-    let minutes = (flow.expires_at - flow.created_at) / 60;
-    Vars::new()
-        .set("product", ctx.app.config.product_name.clone())
-        .set("email", flow.email.clone())
-        .set("expires_minutes", minutes.to_string())
-        .set("time", mail_time(ctx.now()))
-        .set(
-            "client",
-            flow.client
-                .clone()
-                .unwrap_or_else(|| "an unknown address".into()),
-        )
-        .set(
-            "agent",
-            flow.user_agent
-                .as_deref()
-                .map(crate::infra::mail::sanitize_client_text)
-                .unwrap_or_else(|| "unknown client".into()),
-        )
 }
 
 fn expires_in(flow: &FlowRecord) -> u64 {
@@ -126,37 +89,6 @@ async fn send(ctx: Ctx, p: SendParams) -> Result<FlowStarted, CommandError> {
         expires_in: expires_in(&flow),
         flow_id: flow.id,
     })
-}
-
-/// Creates the link token of `flow` (stored only as SHA-256), queues its mail, and returns the
-/// link.
-pub async fn send_link(ctx: &Ctx, flow: &FlowRecord, locale: &str) -> Result<Secret, CommandError> {
-    let token = random_token(ctx.app.rng.as_ref(), "");
-    ctx.app
-        .store
-        .put(
-            Table::MagicLinks,
-            &sha256(token.as_bytes()),
-            flow.id.clone().into_bytes(),
-        )
-        .await?;
-    let link = format!(
-        "{}/auth/magic?token={}",
-        ctx.app.config.public_url.trim_end_matches('/'),
-        token.as_str()
-    );
-    let vars = common_vars(ctx, flow).set("link", link.clone());
-    let body = ctx.app.templates.render(Template::MagicLink, locale, &vars);
-    ctx.app
-        .mailer
-        .enqueue(Outgoing {
-            to: flow.email.clone(),
-            kind: Template::MagicLink,
-            flow_id: flow.id.clone(),
-            body,
-        })
-        .await;
-    Ok(Secret::new(link))
 }
 
 fn invalid_link() -> CommandError {
@@ -341,53 +273,6 @@ async fn poll(ctx: Ctx, p: PollParams) -> Result<PollResult, CommandError> {
     }
 }
 
-/// What the landing page shows about a link, read without consuming anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Landing {
-    /// The address the link signs in.
-    pub email: String,
-    /// Whether the link needs the asking device's verifier.
-    pub device_bound: bool,
-    /// Where the browser goes afterwards.
-    pub redirect_url: Option<String>,
-    /// Who asked.
-    pub requested_from: Option<String>,
-    /// With which client.
-    pub requested_agent: Option<String>,
-    /// Unix seconds.
-    pub expires_at: i64,
-}
-
-/// Looks a link up for the landing page. `None` when it is unknown, used, expired or superseded.
-pub async fn landing(app: &App, token: &str) -> Option<Landing> {
-    let store = app.store.as_ref();
-    let flow_id = store
-        .get(Table::MagicLinks, &sha256(token.as_bytes()))
-        .await
-        .ok()??;
-    let raw = store.get(Table::Flows, &flow_id).await.ok()??;
-    let flow: FlowRecord = portcullis_store::decode_record(&raw).ok()?;
-    let latest = store
-        .get(
-            Table::LatestFlows,
-            &FlowKind::Magic.latest_key(&flow.email_key),
-        )
-        .await
-        .ok()?;
-    let now = app.clock.now().unix_timestamp();
-    let live = flow.state == FlowState::Pending
-        && now < flow.expires_at
-        && latest.as_deref() == Some(flow.id.as_bytes());
-    live.then(|| Landing {
-        email: flow.email,
-        device_bound: flow.code_challenge.is_some(),
-        redirect_url: flow.redirect_url,
-        requested_from: flow.client,
-        requested_agent: flow.user_agent,
-        expires_at: flow.expires_at,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use crate::testkit::Bench;
@@ -404,11 +289,15 @@ mod tests {
         let token = b.link_token(1).await;
         b.advance(10 * 60 - 1);
         assert!(
-            super::landing(&b.app, &token).await.is_some(),
+            crate::factors::email::link::landing(&b.app, &token)
+                .await
+                .is_some(),
             "still live one second before expiry"
         );
         b.advance(1);
-        assert!(super::landing(&b.app, &token).await.is_none());
+        assert!(crate::factors::email::link::landing(&b.app, &token)
+            .await
+            .is_none());
         assert_eq!(
             b.code("MAGIC.VERIFY", json!({"token": token}), None).await,
             Some(ErrorCode::Expired)

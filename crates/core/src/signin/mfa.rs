@@ -4,10 +4,10 @@
 use crate::base::caller::{RateClass, Requirement};
 use crate::factors::passkey;
 use crate::factors::recovery::{new_recovery_codes, use_recovery_code, AMR_RECOVERY};
-use crate::factors::totp::commands::notify;
 use crate::factors::totp::{verify_totp, AMR_OTP};
 use crate::factors::AMR_MFA;
 use crate::identity::accounts::get_user;
+use crate::identity::accounts::notify;
 use crate::identity::sessions::{elevate, start_session};
 use crate::signin::ticket::{consume_ticket, ticket};
 use crate::{CommandError, CommandSpec, Ctx};

@@ -6,4 +6,5 @@ pub mod login;
 pub mod magic;
 pub mod mfa;
 pub mod otp;
+pub mod passkey;
 pub mod ticket;

@@ -15,10 +15,10 @@ use crate::factors::email::{
     account_for, check_flow_id, count_send, is_superseded, load, new_flow, save_new, swap,
     unusable, FlowKind, FlowRecord, FlowState, Loaded,
 };
+use crate::factors::email::{common_vars, locale, AMR_EMAIL};
 use crate::identity::accounts::normalize_email;
 use crate::infra::mail::{Outgoing, Template};
 use crate::signin::login::finish_first_factor;
-use crate::signin::magic::{common_vars, locale, AMR_EMAIL};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::commands::otp::{self, CodeSent, SendParams, VerifyParams};
@@ -43,7 +43,7 @@ pub fn specs() -> Vec<CommandSpec> {
 
 /// Six digits, uniform: rejection sampling keeps 4,294,000,000 of the 2^32 values, a multiple
 /// of 10^6.
-pub fn six_digits(rng: &dyn SecureRandom) -> Zeroizing<String> {
+fn six_digits(rng: &dyn SecureRandom) -> Zeroizing<String> {
     loop {
         let mut b = [0u8; 4];
         rng.fill(&mut b);

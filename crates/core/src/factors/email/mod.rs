@@ -13,9 +13,12 @@
 //! A flow whose address has no account (and no `create_user`) is a *phantom*: stored like the
 //! others, answered the same, but no mail goes out and it can never succeed.
 
+pub mod link;
+
 use crate::base::crypto::{random_id, sha256};
 use crate::base::error::CommandError;
 use crate::identity::accounts::{create_user, find_by_email, Email, UserRecord};
+use crate::infra::mail::{mail_time, Vars};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -487,7 +490,7 @@ pub async fn account_for(ctx: &Ctx, flow: &FlowRecord) -> Result<UserRecord, Com
         ctx.audit
             .note("unverified_api_keys_revoked", evicted.api_keys);
         if cleared || factor_cleared {
-            crate::factors::totp::commands::notify(
+            crate::identity::accounts::notify(
                 ctx,
                 &user.id,
                 "Your address was confirmed",
@@ -569,7 +572,7 @@ pub async fn complete_email_change(
     .ok_or_else(invalid)?;
     ctx.audit.subject(user_id);
     ctx.audit.event("email.changed");
-    crate::factors::totp::commands::notify_address(
+    crate::infra::notice::notify_address(
         ctx,
         &old,
         "Your sign-in address was changed",
@@ -577,4 +580,42 @@ pub async fn complete_email_change(
     )
     .await;
     Ok(user)
+}
+
+/// RFC 8176-style `amr` of a sign-in proven by the mailbox.
+pub const AMR_EMAIL: &str = "email";
+
+/// Checks a locale tag (`en`, `pt-BR`), defaulting to the server's.
+pub fn locale(ctx: &Ctx, requested: Option<String>) -> Result<String, CommandError> {
+    let l = requested.unwrap_or_else(|| ctx.app.config.default_locale.clone());
+    if crate::base::config::is_language_tag(&l) {
+        Ok(l)
+    } else {
+        Err(CommandError::invalid_params(
+            "locale must be a language tag such as en or pt-BR",
+        ))
+    }
+}
+
+/// Template values every mail shares: product, address, expiry, who asked.
+pub fn common_vars(ctx: &Ctx, flow: &FlowRecord) -> Vars {
+    let minutes = (flow.expires_at - flow.created_at) / 60;
+    Vars::new()
+        .set("product", ctx.app.config.product_name.clone())
+        .set("email", flow.email.clone())
+        .set("expires_minutes", minutes.to_string())
+        .set("time", mail_time(ctx.now()))
+        .set(
+            "client",
+            flow.client
+                .clone()
+                .unwrap_or_else(|| "an unknown address".into()),
+        )
+        .set(
+            "agent",
+            flow.user_agent
+                .as_deref()
+                .map(crate::infra::mail::sanitize_client_text)
+                .unwrap_or_else(|| "unknown client".into()),
+        )
 }

@@ -278,6 +278,15 @@ pub async fn removals(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), Command
     Ok((batch, any))
 }
 
+/// The answer to a ceremony's begin: its id, the options for the browser, its lifetime.
+pub fn ceremony(id: String, options: Value) -> portcullis_protocol::commands::passkey::Ceremony {
+    portcullis_protocol::commands::passkey::Ceremony {
+        ceremony_id: id,
+        options,
+        expires_in: u64::try_from(CEREMONY_S).unwrap_or(0),
+    }
+}
+
 /// Stores a ceremony and returns its id.
 pub async fn begin(ctx: &Ctx, kind: CeremonyKind) -> Result<String, CommandError> {
     let id = random_id(ctx.app.rng.as_ref());

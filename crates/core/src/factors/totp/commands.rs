@@ -1,7 +1,6 @@
 //! `TOTP.ENROLL`, `TOTP.CONFIRM`, `TOTP.DISABLE`: an authenticator app as second factor.
 
 use crate::base::caller::{RateClass, Requirement};
-use crate::base::clock::rfc3339_ms;
 use crate::base::crypto::random_id;
 use crate::factors::recovery::recovery_code_writes;
 use crate::factors::totp::{
@@ -9,7 +8,6 @@ use crate::factors::totp::{
 };
 use crate::factors::Factor;
 use crate::identity::accounts::get_user;
-use crate::infra::mail::{Outgoing, Template, Vars};
 use crate::{CommandError, CommandSpec, Ctx};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -209,7 +207,7 @@ async fn disable(ctx: Ctx, _p: NoParams) -> Result<Disabled, CommandError> {
     }
     ctx.audit.event("factor.removed");
     ctx.audit.note("factor", "totp");
-    notify(
+    crate::identity::accounts::notify(
         &ctx,
         &me.user_id,
         "An authenticator app was removed",
@@ -217,57 +215,6 @@ async fn disable(ctx: Ctx, _p: NoParams) -> Result<Disabled, CommandError> {
     )
     .await?;
     Ok(Disabled { disabled: true })
-}
-
-/// Mails the account owner a security notice (queued; never blocks).
-pub async fn notify(
-    ctx: &Ctx,
-    user_id: &str,
-    headline: &str,
-    details: &str,
-) -> Result<(), CommandError> {
-    let Some(user) = get_user(ctx.app.store.as_ref(), user_id).await? else {
-        return Ok(());
-    };
-    notify_address(ctx, &user.email, headline, details).await;
-    Ok(())
-}
-
-/// Mails a security notice to an address (queued; never blocks).
-pub async fn notify_address(ctx: &Ctx, email: &str, headline: &str, details: &str) {
-    let vars = Vars::new()
-        .set("product", ctx.app.config.product_name.clone())
-        .set("email", email)
-        .set("headline", headline)
-        .set("details", details)
-        .set("time", rfc3339_ms(ctx.now()))
-        .set(
-            "client",
-            ctx.client
-                .map(|a| a.ip().to_string())
-                .unwrap_or_else(|| "an unknown address".into()),
-        )
-        .set(
-            "agent",
-            ctx.user_agent
-                .as_deref()
-                .map(crate::infra::mail::sanitize_client_text)
-                .unwrap_or_else(|| "unknown client".into()),
-        );
-    let body = ctx.app.templates.render(
-        Template::SecurityNotice,
-        &ctx.app.config.default_locale,
-        &vars,
-    );
-    ctx.app
-        .mailer
-        .enqueue(Outgoing {
-            to: email.to_owned(),
-            kind: Template::SecurityNotice,
-            flow_id: String::new(),
-            body,
-        })
-        .await;
 }
 
 #[cfg(test)]
