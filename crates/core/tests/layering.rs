@@ -1,0 +1,333 @@
+//! The core's layering, checked from its source: every `crate::` (and `super::`) path in
+//! non-test code is an import edge from one module (a file) to another, and
+//!
+//! - no edge points up a layer (`base` → `infra` → `identity` → `factors` → `signin` →
+//!   `account` | `admin` | `ops` → `dispatch`; the crate root, which composes `App`, is exempt);
+//! - no module but `dispatch` imports a handler module (a file that registers commands with
+//!   `fn specs`), and a handler module makes nothing public but `specs`;
+//! - the modules import one another without a circle.
+//!
+//! `docs/architecture.md` explains the layers; this test keeps them from rotting.
+
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Layers, bottom first. A module may import its own layer and those below.
+const LAYERS: &[&[&str]] = &[
+    &["base"],
+    &["infra"],
+    &["identity"],
+    &["factors"],
+    &["signin"],
+    &["account", "admin", "ops"],
+    &["dispatch"],
+];
+
+/// Root-level modules outside the layering (test support).
+const EXEMPT: &[&str] = &["testkit"];
+
+struct Module {
+    /// Source without its `#[cfg(test)]` tail and without comments.
+    code: String,
+}
+
+fn src_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every module of the crate by path (`factors::totp::commands`), `crate` for the root.
+fn modules() -> BTreeMap<String, Module> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).expect("read src") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let root = src_dir();
+    let mut files = Vec::new();
+    walk(&root, &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(&root).expect("under src");
+            let mut segs: Vec<String> = rel
+                .iter()
+                .map(|s| s.to_string_lossy().trim_end_matches(".rs").to_owned())
+                .collect();
+            if matches!(segs.last().map(String::as_str), Some("mod" | "lib")) {
+                segs.pop();
+            }
+            let path = if segs.is_empty() {
+                "crate".to_owned()
+            } else {
+                segs.join("::")
+            };
+            let text = fs::read_to_string(&f).expect("read module");
+            (
+                path,
+                Module {
+                    code: production_code(&text),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The text before the first `#[cfg(test)]`, with `//` comments removed.
+fn production_code(text: &str) -> String {
+    let cut = text.find("#[cfg(test)]").unwrap_or(text.len());
+    text[..cut]
+        .lines()
+        .map(|l| match l.find("//") {
+            Some(i) if !l[..i].contains('"') => &l[..i],
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The paths named after each `crate::` / `super::` in `code`, brace groups expanded, as
+/// absolute segment lists.
+fn paths(module: &str, code: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let bytes = code.as_bytes();
+    for anchor in ["crate::", "super::"] {
+        let mut from = 0;
+        while let Some(i) = code[from..].find(anchor) {
+            let at = from + i;
+            from = at + anchor.len();
+            let preceded = at > 0 && {
+                let c = bytes[at - 1];
+                c.is_ascii_alphanumeric() || c == b'_' || c == b':'
+            };
+            if preceded {
+                continue;
+            }
+            // `super` is the parent of the module, whatever file holds it.
+            let base: Vec<String> = if anchor == "crate::" || module == "crate" {
+                Vec::new()
+            } else {
+                let mut segs: Vec<String> = module.split("::").map(str::to_owned).collect();
+                segs.pop();
+                segs
+            };
+            expand(&code[from..], base, &mut out);
+        }
+    }
+    out
+}
+
+/// Reads one path (or brace group) at the start of `rest`, prefixed by `base`.
+fn expand(rest: &str, base: Vec<String>, out: &mut Vec<Vec<String>>) {
+    let rest = rest.trim_start();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut depth = 1;
+        let mut end = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let group = &inner[..end];
+        let mut depth = 0;
+        let mut start = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    expand(&group[start..i], base.clone(), out);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        expand(&group[start..], base, out);
+        return;
+    }
+    let ident_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let ident = &rest[..ident_end];
+    if ident.is_empty() {
+        out.push(base);
+        return;
+    }
+    let mut segs = base;
+    if ident != "self" {
+        segs.push(ident.to_owned());
+    }
+    let after = &rest[ident_end..];
+    match after.strip_prefix("::") {
+        Some(next) => expand(next, segs, out),
+        None => out.push(segs),
+    }
+}
+
+/// The module a path lands in: its longest prefix that names a module file.
+fn target(mods: &BTreeMap<String, Module>, segs: &[String]) -> String {
+    (1..=segs.len())
+        .rev()
+        .map(|n| segs[..n].join("::"))
+        .find(|p| mods.contains_key(p))
+        .unwrap_or_else(|| "crate".to_owned())
+}
+
+fn layer(module: &str) -> Option<usize> {
+    let top = module.split("::").next()?;
+    LAYERS.iter().position(|l| l.contains(&top))
+}
+
+fn is_handler(m: &Module) -> bool {
+    m.code.contains("fn specs(")
+}
+
+/// Every import edge between modules (the root excluded on both ends).
+fn edges(mods: &BTreeMap<String, Module>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, m) in mods {
+        if name == "crate" || EXEMPT.contains(&name.as_str()) {
+            continue;
+        }
+        let out = g.entry(name.clone()).or_default();
+        for p in paths(name, &m.code) {
+            let t = target(mods, &p);
+            if t != *name && t != "crate" {
+                out.insert(t);
+            }
+        }
+    }
+    g
+}
+
+#[test]
+fn every_module_has_a_layer() {
+    let mods = modules();
+    let lost: Vec<_> = mods
+        .keys()
+        .filter(|m| *m != "crate" && !EXEMPT.contains(&m.as_str()) && layer(m).is_none())
+        .collect();
+    assert!(lost.is_empty(), "modules outside every layer: {lost:?}");
+}
+
+#[test]
+fn no_import_points_up_a_layer() {
+    let mods = modules();
+    let mut up = Vec::new();
+    for (from, to) in edges(&mods) {
+        for t in to {
+            if let (Some(a), Some(b)) = (layer(&from), layer(&t)) {
+                if b > a {
+                    up.push(format!("{from} -> {t}"));
+                }
+            }
+        }
+    }
+    assert!(
+        up.is_empty(),
+        "imports pointing up a layer:\n{}",
+        up.join("\n")
+    );
+}
+
+#[test]
+fn only_the_dispatcher_imports_handlers_and_handlers_export_only_their_specs() {
+    let mods = modules();
+    let mut wrong = Vec::new();
+    for (from, to) in edges(&mods) {
+        for t in to {
+            if is_handler(&mods[&t]) && !from.starts_with("dispatch") {
+                wrong.push(format!("{from} imports the handler module {t}"));
+            }
+        }
+    }
+    for (name, m) in &mods {
+        if !is_handler(m) {
+            continue;
+        }
+        for line in m.code.lines() {
+            let l = line.trim_start();
+            let public = l.starts_with("pub ") || l.starts_with("pub(");
+            let allowed = l.starts_with("pub fn specs(") || l.starts_with("pub mod ");
+            if public && !allowed {
+                wrong.push(format!("{name} exports `{}`", l.trim_end()));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn modules_import_one_another_without_a_circle() {
+    let g = edges(&modules());
+    // Depth-first search for a back edge; report the circle it closes.
+    fn visit(
+        n: &str,
+        g: &BTreeMap<String, BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        circles: &mut Vec<String>,
+    ) {
+        if done.contains(n) {
+            return;
+        }
+        if let Some(i) = stack.iter().position(|s| s == n) {
+            let mut c = stack[i..].to_vec();
+            c.push(n.to_owned());
+            circles.push(c.join(" -> "));
+            return;
+        }
+        stack.push(n.to_owned());
+        for t in g.get(n).into_iter().flatten() {
+            visit(t, g, stack, done, circles);
+        }
+        stack.pop();
+        done.insert(n.to_owned());
+    }
+    let mut done = BTreeSet::new();
+    let mut circles = Vec::new();
+    for n in g.keys() {
+        visit(n, &g, &mut Vec::new(), &mut done, &mut circles);
+    }
+    assert!(
+        circles.is_empty(),
+        "import circles:\n{}",
+        circles.join("\n")
+    );
+}
+
+/// The checks above are only as good as the path reader: it must see grouped, nested,
+/// relative and inline paths.
+#[test]
+fn the_path_reader_sees_every_form_of_import() {
+    let code = "use crate::{a::b, c::{d, e::F}};\nuse super::g;\nfn x() { crate::h::i(); }";
+    let got: BTreeSet<String> = paths("factors::totp::commands", code)
+        .into_iter()
+        .map(|p| p.join("::"))
+        .collect();
+    let want: BTreeSet<String> = ["a::b", "c::d", "c::e::F", "factors::totp::g", "h::i"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(got, want);
+    let got: Vec<String> = paths("factors::totp", "use super::passkey::X;")
+        .into_iter()
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(got, ["factors::passkey::X"]);
+}
