@@ -7,6 +7,7 @@ pub mod limits;
 pub mod mail;
 pub mod node;
 pub mod notice;
+pub mod records;
 pub mod registry;
 pub mod tail;
 pub mod telemetry;

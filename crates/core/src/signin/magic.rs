@@ -112,9 +112,9 @@ async fn usable_flow(ctx: &Ctx, token: &Secret) -> Result<Loaded, CommandError> 
     let loaded = load(ctx, &String::from_utf8_lossy(&flow_id))
         .await?
         .ok_or_else(|| rejected(ctx, "unknown", invalid_link()))?;
-    ctx.audit.note("flow_id", loaded.flow.id.clone());
-    let superseded = is_superseded(ctx, &loaded.flow).await?;
-    if let Some((err, reason)) = unusable(ctx, &loaded.flow, superseded) {
+    ctx.audit.note("flow_id", loaded.record.id.clone());
+    let superseded = is_superseded(ctx, &loaded.record).await?;
+    if let Some((err, reason)) = unusable(ctx, &loaded.record, superseded) {
         return Err(rejected(ctx, reason, err));
     }
     Ok(loaded)
@@ -128,7 +128,7 @@ async fn transition(
 ) -> Result<FlowRecord, CommandError> {
     let next = FlowRecord {
         state,
-        ..loaded.flow.clone()
+        ..loaded.record.clone()
     };
     if swap(ctx, loaded, &next).await? {
         Ok(next)
@@ -147,7 +147,7 @@ async fn transition(
 /// (`INVALID_CREDENTIALS` otherwise, and the link stays usable).
 async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
     let loaded = usable_flow(&ctx, &p.token).await?;
-    if let Some(challenge) = &loaded.flow.code_challenge {
+    if let Some(challenge) = &loaded.record.code_challenge {
         let ok = p
             .code_verifier
             .as_ref()
@@ -197,7 +197,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
 /// device-bound (it signs in directly with `MAGIC.VERIFY`).
 async fn approve(ctx: Ctx, p: ApproveParams) -> Result<Approved, CommandError> {
     let loaded = usable_flow(&ctx, &p.token).await?;
-    if loaded.flow.code_challenge.is_none() {
+    if loaded.record.code_challenge.is_none() {
         return Err(CommandError::invalid_params(
             "this link is not bound to a device; sign in with MAGIC.VERIFY",
         ));
@@ -224,7 +224,7 @@ async fn poll(ctx: Ctx, p: PollParams) -> Result<PollResult, CommandError> {
     let Some(loaded) = load(&ctx, &p.flow_id).await? else {
         return Err(rejected(&ctx, "unknown", invalid()));
     };
-    let flow = &loaded.flow;
+    let flow = &loaded.record;
     ctx.audit.note("flow_id", flow.id.clone());
     let bound = flow
         .code_challenge

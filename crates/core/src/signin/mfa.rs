@@ -106,7 +106,7 @@ async fn second_factor(
 async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
     if let Some(token) = &p.mfa_token {
         let live = ticket(&ctx, token).await?;
-        let user_id = live.ticket.user_id.clone();
+        let user_id = live.ticket().user_id.clone();
         ctx.audit.subject(&user_id);
         let added = second_factor(&ctx, &user_id, &p, Some(&hex::encode(live.key()))).await?;
         consume_ticket(&ctx, &live).await?;
@@ -116,7 +116,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
             .ok_or_else(|| {
                 CommandError::new(ErrorCode::InvalidCredentials, "the account cannot sign in")
             })?;
-        let mut amr = live.ticket.first_amr.clone();
+        let mut amr = live.ticket().first_amr.clone();
         amr.extend(added);
         let t = start_session(&ctx, &user, 2, amr.clone()).await?;
         ctx.audit.event("mfa.verified");

@@ -12,8 +12,8 @@ use crate::base::caller::{RateClass, Requirement};
 use crate::base::crypto::{hmac_sha256, sha256};
 use crate::base::random::SecureRandom;
 use crate::factors::email::{
-    account_for, check_flow_id, count_send, is_superseded, load, new_flow, save_new, swap,
-    unusable, FlowKind, FlowRecord, FlowState, Loaded,
+    account_for, advance, check_flow_id, count_send, is_superseded, load, new_flow, save_new, swap,
+    unusable, FlowKind, FlowRecord, FlowState,
 };
 use crate::factors::email::{common_vars, locale, AMR_EMAIL};
 use crate::identity::accounts::normalize_email;
@@ -23,7 +23,6 @@ use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::commands::otp::{self, CodeSent, SendParams, VerifyParams};
 use portcullis_protocol::ErrorCode;
-use portcullis_store::encode_record;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -127,19 +126,19 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
     for _ in 0..32 {
         let Some(loaded) = load(&ctx, &p.flow_id)
             .await?
-            .filter(|l| l.flow.kind == FlowKind::Otp)
+            .filter(|l| l.record.kind == FlowKind::Otp)
         else {
             ctx.audit.event("otp.failed");
             ctx.audit.note("reason", "unknown_flow");
             return Err(invalid(0));
         };
-        let superseded = is_superseded(&ctx, &loaded.flow).await?;
-        if let Some((err, reason)) = unusable(&ctx, &loaded.flow, superseded) {
+        let superseded = is_superseded(&ctx, &loaded.record).await?;
+        if let Some((err, reason)) = unusable(&ctx, &loaded.record, superseded) {
             ctx.audit.event("otp.failed");
             ctx.audit.note("reason", reason);
             return Err(err);
         }
-        if loaded.flow.attempts >= max {
+        if loaded.record.attempts >= max {
             ctx.audit.event("otp.locked");
             return Err(CommandError::new(
                 ErrorCode::TooManyAttempts,
@@ -151,7 +150,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
             match ctx
                 .app
                 .limits
-                .reserve_code_attempt(&loaded.flow.email_key, now)
+                .reserve_code_attempt(&loaded.record.email_key, now)
             {
                 Ok(a) => address_attempt = Some(a),
                 Err(e) => {
@@ -163,12 +162,13 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
         }
         // Reserve this attempt before looking at the code.
         let reserved = FlowRecord {
-            attempts: loaded.flow.attempts + 1,
-            ..loaded.flow.clone()
+            attempts: loaded.record.attempts + 1,
+            ..loaded.record.clone()
         };
-        if !swap(&ctx, &loaded, &reserved).await? {
+        let Some(mut current) = advance(&ctx, &loaded, reserved).await? else {
             continue;
-        }
+        };
+        let reserved = &current.record;
         let attempt = reserved.attempts;
         let expected = reserved.code_mac.clone().unwrap_or_default();
         let presented = code_mac(&ctx, &reserved.id, p.code.expose());
@@ -187,10 +187,6 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
         if let Some(a) = address_attempt.take() {
             a.succeeded();
         }
-        let mut current = Loaded {
-            raw: encode_record(&reserved),
-            flow: reserved,
-        };
         // The code is right. Consume the flow; concurrent attempts may still bump its counter
         // meanwhile, so retry against the newest record while it is pending.
         let consumed = loop {
@@ -198,13 +194,13 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
                 state: FlowState::Consumed {
                     at: ctx.now().unix_timestamp(),
                 },
-                ..current.flow.clone()
+                ..current.record.clone()
             };
             if swap(&ctx, &current, &consumed).await? {
                 break consumed;
             }
             match load(&ctx, &p.flow_id).await? {
-                Some(l) if l.flow.state == FlowState::Pending => current = l,
+                Some(l) if l.record.state == FlowState::Pending => current = l,
                 _ => {
                     // Another request with the same right code won.
                     ctx.audit.event("otp.failed");

@@ -41,7 +41,7 @@ async fn login_begin(ctx: Ctx, p: LoginBeginParams) -> Result<Ceremony, CommandE
     let wa = &ctx.app.webauthn;
     if let Some(token) = &p.mfa_token {
         let live = ticket(&ctx, token).await?;
-        let user_id = live.ticket.user_id.clone();
+        let user_id = live.ticket().user_id.clone();
         let creds: Vec<_> = passkeys::list(&ctx, &user_id)
             .await?
             .into_iter()

@@ -4,9 +4,10 @@
 
 use crate::base::crypto::{random_token, sha256};
 use crate::base::error::CommandError;
+use crate::infra::records::{Records, Stored};
 use crate::Ctx;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{decode_record, encode_record, Cas, Record, StoreError, Table};
+use portcullis_store::{Record, Table};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of `mfa_token`s.
@@ -31,9 +32,8 @@ impl Record for MfaTicket {
     const VERSION: u8 = 1;
 }
 
-fn store_err(e: portcullis_store::RecordError) -> CommandError {
-    CommandError::from(StoreError::from(e))
-}
+/// Tickets by SHA-256 of the `mfa_token`.
+const TICKETS: Records<MfaTicket> = Records::new(Table::MfaTickets);
 
 /// Opens a ticket for the second factor of a sign-in and returns its `mfa_token`.
 pub async fn issue_ticket(
@@ -48,26 +48,24 @@ pub async fn issue_ticket(
         expires_at: ctx.now().unix_timestamp() + MFA_TICKET_S,
         used: false,
     };
-    ctx.app
-        .store
-        .put(
-            Table::MfaTickets,
-            &sha256(token.as_bytes()),
-            encode_record(&ticket),
-        )
+    TICKETS
+        .put(ctx.app.store.as_ref(), &sha256(token.as_bytes()), &ticket)
         .await?;
     Ok(Secret::new(token.as_str()))
 }
 
 /// A live ticket and its stored bytes.
 pub struct LiveTicket {
-    /// The ticket.
-    pub ticket: MfaTicket,
-    raw: Vec<u8>,
+    stored: Stored<MfaTicket>,
     key: [u8; 32],
 }
 
 impl LiveTicket {
+    /// The ticket.
+    pub fn ticket(&self) -> &MfaTicket {
+        &self.stored.record
+    }
+
     /// SHA-256 of the `mfa_token` (the ticket's store key).
     pub fn key(&self) -> &[u8; 32] {
         &self.key
@@ -77,15 +75,13 @@ impl LiveTicket {
 /// Looks up a ticket: `INVALID_CREDENTIALS` if unknown, `EXPIRED`, `ALREADY_USED`.
 pub async fn ticket(ctx: &Ctx, token: &Secret) -> Result<LiveTicket, CommandError> {
     let key = sha256(token.expose().as_bytes());
-    let raw = ctx
-        .app
-        .store
-        .get(Table::MfaTickets, &key)
+    let stored = TICKETS
+        .read(ctx.app.store.as_ref(), &key)
         .await?
         .ok_or_else(|| {
             CommandError::new(ErrorCode::InvalidCredentials, "the mfa_token is not valid")
         })?;
-    let ticket: MfaTicket = decode_record(&raw).map_err(store_err)?;
+    let ticket = &stored.record;
     if ticket.used {
         return Err(CommandError::new(
             ErrorCode::AlreadyUsed,
@@ -98,30 +94,29 @@ pub async fn ticket(ctx: &Ctx, token: &Secret) -> Result<LiveTicket, CommandErro
             "the sign-in took too long; start again",
         ));
     }
-    Ok(LiveTicket { ticket, raw, key })
+    Ok(LiveTicket { stored, key })
 }
 
 /// Marks a ticket used (compare-and-swap; the loser of a race gets `ALREADY_USED`).
 pub async fn consume_ticket(ctx: &Ctx, live: &LiveTicket) -> Result<(), CommandError> {
     let used = MfaTicket {
         used: true,
-        ..live.ticket.clone()
+        ..live.stored.record.clone()
     };
-    match ctx
-        .app
-        .store
-        .compare_and_swap(
-            Table::MfaTickets,
+    if TICKETS
+        .swap(
+            ctx.app.store.as_ref(),
             &live.key,
-            Some(&live.raw),
-            Some(encode_record(&used)),
+            Some(&live.stored),
+            Some(&used),
         )
         .await?
     {
-        Cas::Swapped => Ok(()),
-        Cas::Conflict { .. } => Err(CommandError::new(
+        Ok(())
+    } else {
+        Err(CommandError::new(
             ErrorCode::AlreadyUsed,
             "this sign-in has already been completed",
-        )),
+        ))
     }
 }

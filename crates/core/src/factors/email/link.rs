@@ -64,8 +64,7 @@ pub async fn landing(app: &App, token: &str) -> Option<Landing> {
         .get(Table::MagicLinks, &sha256(token.as_bytes()))
         .await
         .ok()??;
-    let raw = store.get(Table::Flows, &flow_id).await.ok()??;
-    let flow: FlowRecord = portcullis_store::decode_record(&raw).ok()?;
+    let flow = super::FLOWS.get(store, &flow_id).await.ok()??;
     let latest = store
         .get(
             Table::LatestFlows,

@@ -19,11 +19,12 @@ use crate::base::crypto::{random_id, sha256};
 use crate::base::error::CommandError;
 use crate::identity::accounts::{create_user, find_by_email, Email, UserRecord};
 use crate::infra::mail::{mail_time, Vars};
+use crate::infra::records::{Edit, Records, Stored};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{decode_record, encode_record, Batch, Cas, Record, Table};
+use portcullis_store::{Batch, Record, Table};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -119,30 +120,25 @@ impl Record for FlowRecord {
     const VERSION: u8 = 1;
 }
 
+/// Flows by flow id.
+const FLOWS: Records<FlowRecord> = Records::new(Table::Flows);
+/// Send counters by `addr:<email>` / `client:<ip>`.
+const COUNTERS: Records<SendCounter> = Records::new(Table::SendCounters);
+
 /// A stored flow and the exact bytes read, for compare-and-swap.
-pub struct Loaded {
-    /// The record.
-    pub flow: FlowRecord,
-    /// Its bytes as read.
-    pub raw: Vec<u8>,
-}
+pub type Loaded = Stored<FlowRecord>;
 
 /// Loads a flow.
 pub async fn load(ctx: &Ctx, flow_id: &str) -> Result<Option<Loaded>, CommandError> {
-    let Some(raw) = ctx.app.store.get(Table::Flows, flow_id.as_bytes()).await? else {
-        return Ok(None);
-    };
-    let flow = decode_record(&raw)
-        .map_err(|e| CommandError::from(portcullis_store::StoreError::from(e)))?;
-    Ok(Some(Loaded { flow, raw }))
+    Ok(FLOWS
+        .read(ctx.app.store.as_ref(), flow_id.as_bytes())
+        .await?)
 }
 
 /// Stores a new flow and makes it the newest of its kind for its address.
 pub async fn save_new(ctx: &Ctx, flow: &FlowRecord) -> Result<(), CommandError> {
     let store = ctx.app.store.as_ref();
-    store
-        .put(Table::Flows, flow.id.as_bytes(), encode_record(flow))
-        .await?;
+    FLOWS.put(store, flow.id.as_bytes(), flow).await?;
     store
         .put(
             Table::LatestFlows,
@@ -155,17 +151,23 @@ pub async fn save_new(ctx: &Ctx, flow: &FlowRecord) -> Result<(), CommandError> 
 
 /// Replaces `loaded` with `next` if nobody changed it meanwhile. `Ok(false)`: someone did.
 pub async fn swap(ctx: &Ctx, loaded: &Loaded, next: &FlowRecord) -> Result<bool, CommandError> {
-    let r = ctx
-        .app
-        .store
-        .compare_and_swap(
-            Table::Flows,
-            loaded.flow.id.as_bytes(),
-            Some(&loaded.raw),
-            Some(encode_record(next)),
-        )
-        .await?;
-    Ok(r == Cas::Swapped)
+    let key = loaded.record.id.as_bytes();
+    Ok(FLOWS
+        .swap(ctx.app.store.as_ref(), key, Some(loaded), Some(next))
+        .await?)
+}
+
+/// Replaces `loaded` with `next` if nobody changed it meanwhile: `next` as stored, or `None`
+/// when someone did.
+pub async fn advance(
+    ctx: &Ctx,
+    loaded: &Loaded,
+    next: FlowRecord,
+) -> Result<Option<Loaded>, CommandError> {
+    let key = loaded.record.id.clone();
+    Ok(FLOWS
+        .advance(ctx.app.store.as_ref(), key.as_bytes(), loaded, next)
+        .await?)
 }
 
 /// Why a flow cannot be used now.
@@ -262,7 +264,7 @@ pub async fn new_flow(
     })
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct SendCounter {
     window_start: i64,
     count: u32,
@@ -278,49 +280,33 @@ const HOUR: i64 = 3600;
 /// Counts one send against `key` if the limits allow it: at most `per_hour` per hour and, when
 /// `cooldown_s > 0`, one per `cooldown_s`. Otherwise `RATE_LIMITED` with `retry_after_ms`.
 async fn count(ctx: &Ctx, key: &str, per_hour: u32, cooldown_s: i64) -> Result<(), CommandError> {
-    let store = ctx.app.store.as_ref();
     let now = ctx.now().unix_timestamp();
-    for _ in 0..16 {
-        let raw = store.get(Table::SendCounters, key.as_bytes()).await?;
-        let mut c: SendCounter = match &raw {
-            Some(r) => decode_record(r).unwrap_or_default(),
-            None => SendCounter::default(),
-        };
-        if now - c.window_start >= HOUR {
-            c.window_start = now;
-            c.count = 0;
-        }
-        let wait = if c.last_at > 0 && now - c.last_at < cooldown_s {
-            Some(cooldown_s - (now - c.last_at))
-        } else if c.count >= per_hour {
-            Some(HOUR - (now - c.window_start))
-        } else {
-            None
-        };
-        if let Some(w) = wait {
-            let ms = u64::try_from(w.max(1)).unwrap_or(1) * 1000;
-            return Err(CommandError::new(
-                ErrorCode::RateLimited,
-                "too many messages requested; wait before asking again",
-            )
-            .with_retry_after_ms(ms));
-        }
-        c.count += 1;
-        c.last_at = now;
-        if store
-            .compare_and_swap(
-                Table::SendCounters,
-                key.as_bytes(),
-                raw.as_deref(),
-                Some(encode_record(&c)),
-            )
-            .await?
-            == Cas::Swapped
-        {
-            return Ok(());
-        }
-    }
-    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+    COUNTERS
+        .edit_or_default(ctx.app.store.as_ref(), key.as_bytes(), |c| {
+            if now - c.window_start >= HOUR {
+                c.window_start = now;
+                c.count = 0;
+            }
+            let wait = if c.last_at > 0 && now - c.last_at < cooldown_s {
+                Some(cooldown_s - (now - c.last_at))
+            } else if c.count >= per_hour {
+                Some(HOUR - (now - c.window_start))
+            } else {
+                None
+            };
+            if let Some(w) = wait {
+                let ms = u64::try_from(w.max(1)).unwrap_or(1) * 1000;
+                return Err(CommandError::new(
+                    ErrorCode::RateLimited,
+                    "too many messages requested; wait before asking again",
+                )
+                .with_retry_after_ms(ms));
+            }
+            c.count += 1;
+            c.last_at = now;
+            Ok(Edit::Write(()))
+        })
+        .await
 }
 
 /// Applies the send limits of a mail to `email` requested by this client, the same whether or

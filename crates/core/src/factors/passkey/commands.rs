@@ -190,18 +190,14 @@ async fn list(ctx: Ctx, _p: NoParams) -> Result<PasskeyList, CommandError> {
 async fn rename(ctx: Ctx, p: RenameParams) -> Result<PasskeyInfo, CommandError> {
     let me = ctx.user()?.clone();
     let name = check_name(Some(p.name))?;
-    let key = format!("{}/{}", me.user_id, p.credential_id).into_bytes();
-    let rec = portcullis_store::update_record(
-        ctx.app.store.as_ref(),
-        portcullis_store::Table::Passkeys,
-        &key,
-        |r: &mut PasskeyRecord| {
+    let key = super::passkey_key(&me.user_id, &p.credential_id);
+    let rec = super::PASSKEYS
+        .update(ctx.app.store.as_ref(), &key, |r: &mut PasskeyRecord| {
             r.name = name.clone();
             Ok::<_, CommandError>(true)
-        },
-    )
-    .await?
-    .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "no such passkey"))?;
+        })
+        .await?
+        .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "no such passkey"))?;
     Ok(info(&rec))
 }
 

@@ -14,13 +14,12 @@ pub mod commands;
 use crate::base::config::Config;
 use crate::base::crypto::{hmac_sha256, random_id};
 use crate::base::error::CommandError;
+use crate::infra::records::Records;
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{
-    decode_record, encode_record, Applied, Batch, Cas, Record, StoreError, Table,
-};
+use portcullis_store::{Applied, Batch, Record, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use webauthn_rs::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
@@ -119,9 +118,10 @@ impl Record for CeremonyRecord {
     const VERSION: u8 = 1;
 }
 
-fn store_err(e: portcullis_store::RecordError) -> CommandError {
-    CommandError::from(StoreError::from(e))
-}
+/// Passkeys by `user_id/credential_id`.
+const PASSKEYS: Records<PasskeyRecord> = Records::new(Table::Passkeys);
+/// Ceremonies by ceremony id.
+const CEREMONIES: Records<CeremonyRecord> = Records::new(Table::Ceremonies);
 
 /// The WebAuthn user handle of an account: its 128-bit id.
 pub fn user_handle(user_id: &str) -> Result<Uuid, CommandError> {
@@ -148,15 +148,12 @@ fn passkey_key(user_id: &str, cred: &str) -> Vec<u8> {
 /// A user's passkeys with their store keys.
 pub async fn list(ctx: &Ctx, user_id: &str) -> Result<Vec<PasskeyRecord>, CommandError> {
     let prefix = format!("{user_id}/").into_bytes();
-    let mut out = Vec::new();
-    for (_, v) in ctx
-        .app
-        .store
-        .scan_prefix(Table::Passkeys, &prefix, usize::MAX)
+    let mut out: Vec<PasskeyRecord> = PASSKEYS
+        .scan(ctx.app.store.as_ref(), &prefix, usize::MAX)
         .await?
-    {
-        out.push(decode_record::<PasskeyRecord>(&v).map_err(store_err)?);
-    }
+        .into_iter()
+        .map(|(_, s)| s.record)
+        .collect();
     out.sort_by_key(|p| p.created_at);
     Ok(out)
 }
@@ -167,27 +164,16 @@ pub async fn get(
     user_id: &str,
     cred: &str,
 ) -> Result<Option<PasskeyRecord>, CommandError> {
-    match ctx
-        .app
-        .store
-        .get(Table::Passkeys, &passkey_key(user_id, cred))
-        .await?
-    {
-        Some(v) => Ok(Some(decode_record(&v).map_err(store_err)?)),
-        None => Ok(None),
-    }
+    Ok(PASSKEYS
+        .get(ctx.app.store.as_ref(), &passkey_key(user_id, cred))
+        .await?)
 }
 
 /// Writes a passkey.
 pub async fn put(ctx: &Ctx, user_id: &str, rec: &PasskeyRecord) -> Result<(), CommandError> {
     let cred = credential_id_text(rec.passkey.cred_id());
-    ctx.app
-        .store
-        .put(
-            Table::Passkeys,
-            &passkey_key(user_id, &cred),
-            encode_record(rec),
-        )
+    PASSKEYS
+        .put(ctx.app.store.as_ref(), &passkey_key(user_id, &cred), rec)
         .await?;
     Ok(())
 }
@@ -207,11 +193,7 @@ pub async fn add(ctx: &Ctx, user_id: &str, rec: &PasskeyRecord) -> Result<(), Co
                 None,
                 Some(user_id.as_bytes().to_vec()),
             )
-            .put(
-                Table::Passkeys,
-                passkey_key(user_id, &cred),
-                encode_record(rec),
-            )
+            .merge(PASSKEYS.writing(passkey_key(user_id, &cred), rec))
             .merge(crate::identity::evict::caller_adds_factor(ctx).await?);
         match ctx.app.store.apply(batch).await? {
             Applied::Committed => return Ok(()),
@@ -236,20 +218,18 @@ pub async fn remove(ctx: &Ctx, user_id: &str, cred: &str) -> Result<bool, Comman
     let store = ctx.app.store.as_ref();
     let key = passkey_key(user_id, cred);
     for _ in 0..ADD_ATTEMPTS {
-        let Some(raw) = store.get(Table::Passkeys, &key).await? else {
+        let Some(old) = PASSKEYS.read(store, &key).await? else {
             return Ok(false);
         };
-        let batch = Batch::new()
-            .swap(Table::Passkeys, key.clone(), Some(&raw), None)
-            .merge(
-                crate::identity::evict::release_claim(
-                    ctx,
-                    Table::PasskeyIndex,
-                    cred.as_bytes(),
-                    user_id,
-                )
-                .await?,
-            );
+        let batch = PASSKEYS.replacing(key.clone(), &old, None).merge(
+            crate::identity::evict::release_claim(
+                ctx,
+                Table::PasskeyIndex,
+                cred.as_bytes(),
+                user_id,
+            )
+            .await?,
+        );
         if store.apply(batch).await?.committed() {
             return Ok(true);
         }
@@ -295,9 +275,8 @@ pub async fn begin(ctx: &Ctx, kind: CeremonyKind) -> Result<String, CommandError
         expires_at: ctx.now().unix_timestamp() + CEREMONY_S,
         used: false,
     };
-    ctx.app
-        .store
-        .put(Table::Ceremonies, id.as_bytes(), encode_record(&rec))
+    CEREMONIES
+        .put(ctx.app.store.as_ref(), id.as_bytes(), &rec)
         .await?;
     Ok(id)
 }
@@ -305,11 +284,11 @@ pub async fn begin(ctx: &Ctx, kind: CeremonyKind) -> Result<String, CommandError
 /// Consumes a ceremony: `INVALID_CREDENTIALS` unknown, `ALREADY_USED`, `EXPIRED`.
 pub async fn take(ctx: &Ctx, id: &str) -> Result<CeremonyKind, CommandError> {
     let store = ctx.app.store.as_ref();
-    let raw = store
-        .get(Table::Ceremonies, id.as_bytes())
+    let stored = CEREMONIES
+        .read(store, id.as_bytes())
         .await?
         .ok_or_else(|| CommandError::new(ErrorCode::InvalidCredentials, "unknown ceremony"))?;
-    let rec: CeremonyRecord = decode_record(&raw).map_err(store_err)?;
+    let rec = &stored.record;
     if rec.used {
         ctx.audit.note("reason", "ceremony_replayed");
         return Err(CommandError::new(
@@ -328,20 +307,16 @@ pub async fn take(ctx: &Ctx, id: &str) -> Result<CeremonyKind, CommandError> {
         used: true,
         ..rec.clone()
     };
-    match store
-        .compare_and_swap(
-            Table::Ceremonies,
-            id.as_bytes(),
-            Some(&raw),
-            Some(encode_record(&used)),
-        )
+    if CEREMONIES
+        .swap(store, id.as_bytes(), Some(&stored), Some(&used))
         .await?
     {
-        Cas::Swapped => Ok(rec.kind),
-        Cas::Conflict { .. } => Err(CommandError::new(
+        Ok(used.kind)
+    } else {
+        Err(CommandError::new(
             ErrorCode::AlreadyUsed,
             "this ceremony has already been finished",
-        )),
+        ))
     }
 }
 
@@ -389,8 +364,8 @@ pub async fn after_assertion(
         )
     };
     let now = ctx.now().unix_timestamp();
-    let rec =
-        portcullis_store::update_record(store, Table::Passkeys, &key, |cur: &mut PasskeyRecord| {
+    let rec = PASSKEYS
+        .update(store, &key, |cur: &mut PasskeyRecord| {
             cur.passkey.update_credential(res);
             if res.backup_state() != cur.backup_state {
                 ctx.audit.event("passkey.backup_state_changed");

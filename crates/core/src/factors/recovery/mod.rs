@@ -4,13 +4,12 @@
 
 use crate::base::crypto::{hmac_sha256, sha256};
 use crate::base::error::CommandError;
+use crate::infra::records::Records;
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{
-    encode_record, Applied, Batch, Consumed, Expect, Record, StoreError, Table,
-};
+use portcullis_store::{Applied, Batch, Consumed, Record, StoreError, Table};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -29,6 +28,10 @@ pub struct RecoveryRecord {
 impl Record for RecoveryRecord {
     const VERSION: u8 = 1;
 }
+
+/// Recovery codes by `user_id/` and the code's HMAC (or, for codes issued before they were
+/// keyed, its SHA-256).
+const CODES: Records<RecoveryRecord> = Records::new(Table::RecoveryCodes);
 
 fn normalize_recovery(code: &str) -> String {
     code.chars()
@@ -154,17 +157,16 @@ pub async fn recovery_code_writes(
     user_id: &str,
 ) -> Result<(Batch, Vec<Secret>), CommandError> {
     let (mut batch, _) = recovery_code_removals(ctx, user_id).await?;
-    let rec = encode_record(&RecoveryRecord {
+    let rec = RecoveryRecord {
         created_at: ctx.now().unix_timestamp(),
-    });
+    };
     let mut out = Vec::with_capacity(RECOVERY_CODES);
     for _ in 0..RECOVERY_CODES {
         let code = recovery_code(ctx);
-        batch = batch.put(
-            Table::RecoveryCodes,
+        batch = batch.merge(CODES.writing(
             recovery_key(&ctx.app.recovery_code_key, user_id, &code),
-            rec.clone(),
-        );
+            &rec,
+        ));
         out.push(Secret::new(code.as_str()));
     }
     Ok((batch, out))
@@ -177,7 +179,7 @@ pub async fn new_recovery_codes(ctx: &Ctx, user_id: &str) -> Result<Vec<Secret>,
     for _ in 0..RECOVERY_ATTEMPTS {
         let (writes, codes) = recovery_code_writes(ctx, user_id).await?;
         let batch = Batch::new()
-            .check(Table::Totp, user_id.as_bytes(), Expect::Present)
+            .merge(crate::factors::totp::held(user_id))
             .merge(crate::identity::evict::caller_adds_factor(ctx).await?)
             .merge(writes);
         match ctx.app.store.apply(batch).await? {
@@ -282,7 +284,7 @@ mod tests {
 mod flow_tests {
     use super::*;
     use crate::testkit::Bench;
-    use portcullis_store::Store as _;
+    use portcullis_store::{encode_record, Store as _};
     use serde_json::json;
 
     const PW: &str = "correct horse battery staple";

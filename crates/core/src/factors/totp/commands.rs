@@ -4,7 +4,8 @@ use crate::base::caller::{RateClass, Requirement};
 use crate::base::crypto::random_id;
 use crate::factors::recovery::recovery_code_writes;
 use crate::factors::totp::{
-    aad_enrolment, confirmed_record, has_totp, seal, totp, unseal, PendingEnrolment, ENROLMENT_S,
+    aad_enrolment, confirmation, has_totp, seal, totp, unseal, PendingEnrolment, ENROLMENT_S,
+    PENDING,
 };
 use crate::factors::Factor;
 use crate::identity::accounts::get_user;
@@ -16,7 +17,7 @@ use portcullis_protocol::commands::totp::{
     self, ConfirmParams, Disabled, Enrollment, RecoveryCodes,
 };
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{decode_record, encode_record, Applied, Batch, StoreError, Table};
+use portcullis_store::{Applied, StoreError};
 use serde_json::json;
 
 /// Registry entries.
@@ -83,13 +84,8 @@ async fn enroll(ctx: Ctx, _p: NoParams) -> Result<Enrollment, CommandError> {
         sealed_secret: seal(&ctx, &aad_enrolment(&id), secret.as_ref()),
         expires_at: ctx.now().unix_timestamp() + ENROLMENT_S,
     };
-    ctx.app
-        .store
-        .put(
-            Table::TotpEnrollments,
-            id.as_bytes(),
-            encode_record(&pending),
-        )
+    PENDING
+        .put(ctx.app.store.as_ref(), id.as_bytes(), &pending)
         .await?;
     ctx.audit.event("totp.enrolled");
     Ok(Enrollment {
@@ -109,12 +105,11 @@ async fn confirm(ctx: Ctx, p: ConfirmParams) -> Result<RecoveryCodes, CommandErr
     let me = ctx.user()?.clone();
     let store = ctx.app.store.as_ref();
     let not_found = || CommandError::new(ErrorCode::NotFound, "no such enrolment");
-    let raw = store
-        .get(Table::TotpEnrollments, p.enrollment_id.as_bytes())
+    let stored = PENDING
+        .read(store, p.enrollment_id.as_bytes())
         .await?
         .ok_or_else(not_found)?;
-    let pending: PendingEnrolment =
-        decode_record(&raw).map_err(|e| CommandError::from(StoreError::from(e)))?;
+    let pending = &stored.record;
     if pending.user_id != me.user_id {
         return Err(not_found());
     }
@@ -143,23 +138,12 @@ async fn confirm(ctx: Ctx, p: ConfirmParams) -> Result<RecoveryCodes, CommandErr
     // confirmations of different enrolments wins), the recovery codes are replaced, and the
     // calling session must still be live (an eviction racing this cannot leave a squatter's
     // factor behind).
-    let factor = confirmed_record(&ctx, &me.user_id, &secret, step);
     let mut recovery_codes = None;
     for _ in 0..CONFIRM_ATTEMPTS {
         let (codes_batch, codes) = recovery_code_writes(&ctx, &me.user_id).await?;
-        let batch = Batch::new()
-            .swap(
-                Table::TotpEnrollments,
-                p.enrollment_id.as_bytes(),
-                Some(&raw),
-                None,
-            )
-            .swap(
-                Table::Totp,
-                me.user_id.as_bytes(),
-                None,
-                Some(factor.clone()),
-            )
+        let batch = PENDING
+            .replacing(p.enrollment_id.as_bytes(), &stored, None)
+            .merge(confirmation(&ctx, &me.user_id, &secret, step))
             .merge(crate::identity::evict::caller_adds_factor(&ctx).await?)
             .merge(codes_batch);
         match store.apply(batch).await? {

@@ -11,13 +11,12 @@
 pub mod commands;
 
 use crate::base::error::CommandError;
+use crate::infra::records::{Edit, Records};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{
-    decode_record, encode_record, Batch, Cas, Expect, Record, StoreError, Table,
-};
+use portcullis_store::{Batch, Expect, Record, Table};
 use serde::{Deserialize, Serialize};
 use totp_rs::{Algorithm, Totp};
 use zeroize::Zeroizing;
@@ -66,9 +65,10 @@ impl Record for PendingEnrolment {
     const VERSION: u8 = 1;
 }
 
-fn store_err(e: portcullis_store::RecordError) -> CommandError {
-    CommandError::from(StoreError::from(e))
-}
+/// Confirmed factors by user id.
+const FACTORS: Records<TotpRecord> = Records::new(Table::Totp);
+/// Pending enrolments by enrolment id.
+const PENDING: Records<PendingEnrolment> = Records::new(Table::TotpEnrollments);
 
 /// The TOTP generator for a secret, with the pinned parameters.
 pub fn totp(secret: &[u8], issuer: &str, account: &str) -> Result<Totp, CommandError> {
@@ -113,23 +113,30 @@ pub fn unseal(ctx: &Ctx, aad: &[u8], sealed: &str) -> Result<Zeroizing<Vec<u8>>,
     })
 }
 
-/// The confirmed factor for `user_id` with `secret`, counting `step` as used, ready to store.
-pub fn confirmed_record(ctx: &Ctx, user_id: &str, secret: &[u8], step: u64) -> Vec<u8> {
-    encode_record(&TotpRecord {
-        sealed_secret: seal(ctx, &aad_confirmed(user_id), secret),
-        confirmed_at: ctx.now().unix_timestamp(),
-        last_step: step,
-        failures: 0,
-        next_attempt_at: 0,
-    })
+/// The batch creating the confirmed factor for `user_id` with `secret`, counting `step` as
+/// used, if the user has none.
+pub fn confirmation(ctx: &Ctx, user_id: &str, secret: &[u8], step: u64) -> Batch {
+    FACTORS.inserting(
+        user_id,
+        &TotpRecord {
+            sealed_secret: seal(ctx, &aad_confirmed(user_id), secret),
+            confirmed_at: ctx.now().unix_timestamp(),
+            last_step: step,
+            failures: 0,
+            next_attempt_at: 0,
+        },
+    )
+}
+
+/// A batch check that the user has a confirmed TOTP factor (what recovery codes stand in for).
+pub fn held(user_id: &str) -> Batch {
+    Batch::new().check(FACTORS.table(), user_id, Expect::Present)
 }
 
 /// Whether the user has a confirmed TOTP factor.
 pub async fn has_totp(ctx: &Ctx, user_id: &str) -> Result<bool, CommandError> {
-    Ok(ctx
-        .app
-        .store
-        .get(Table::Totp, user_id.as_bytes())
+    Ok(FACTORS
+        .read(ctx.app.store.as_ref(), user_id.as_bytes())
         .await?
         .is_some())
 }
@@ -145,77 +152,64 @@ fn delay_after(failures: u32) -> i64 {
 /// Checks a TOTP code for `user_id` at the current time. Exactly-once per time step; delays
 /// after repeated failures (`TOO_MANY_ATTEMPTS` with `retry_after_ms`).
 pub async fn verify_totp(ctx: &Ctx, user_id: &str, code: &Secret) -> Result<(), CommandError> {
-    let store = ctx.app.store.as_ref();
     let invalid = || CommandError::new(ErrorCode::InvalidCredentials, "the code is not valid");
-    for _ in 0..16 {
-        let Some(raw) = store.get(Table::Totp, user_id.as_bytes()).await? else {
-            return Err(invalid());
-        };
-        let rec: TotpRecord = decode_record(&raw).map_err(store_err)?;
-        let now = ctx.now().unix_timestamp();
-        if now < rec.next_attempt_at {
-            let wait = u64::try_from(rec.next_attempt_at - now).unwrap_or(1) * 1000;
-            ctx.audit.event("totp.failed");
-            ctx.audit.note("reason", "delayed");
-            return Err(CommandError::new(
-                ErrorCode::TooManyAttempts,
-                "too many wrong codes; wait before trying again",
-            )
-            .with_retry_after_ms(wait));
-        }
-        let secret = unseal(ctx, &aad_confirmed(user_id), &rec.sealed_secret)?;
-        let generator = totp(&secret, "p", "u")?;
-        let matched = generator.check(code.expose(), u64::try_from(now).unwrap_or(0));
-        let mut next = rec.clone();
-        let outcome = match matched {
-            Some(step) if step > rec.last_step => {
-                next.last_step = step;
-                next.failures = 0;
-                next.next_attempt_at = 0;
-                Ok(())
-            }
-            Some(_) => {
-                ctx.audit.event("totp.replay_refused");
-                next.failures += 1;
-                next.next_attempt_at = now + delay_after(next.failures);
-                Err(invalid())
-            }
-            None => {
+    let now = ctx.now().unix_timestamp();
+    // Judged against the stored record; a concurrent attempt that moved it first makes this
+    // one judge again against the newer record.
+    let judged = FACTORS
+        .edit(ctx.app.store.as_ref(), user_id.as_bytes(), |rec| {
+            if now < rec.next_attempt_at {
+                let wait = u64::try_from(rec.next_attempt_at - now).unwrap_or(1) * 1000;
                 ctx.audit.event("totp.failed");
-                next.failures += 1;
-                next.next_attempt_at = now + delay_after(next.failures);
-                Err(invalid())
+                ctx.audit.note("reason", "delayed");
+                return Err(CommandError::new(
+                    ErrorCode::TooManyAttempts,
+                    "too many wrong codes; wait before trying again",
+                )
+                .with_retry_after_ms(wait));
             }
-        };
-        match store
-            .compare_and_swap(
-                Table::Totp,
-                user_id.as_bytes(),
-                Some(&raw),
-                Some(encode_record(&next)),
-            )
-            .await?
-        {
-            Cas::Swapped => {
-                if outcome.is_err() {
-                    ctx.audit.note("failures", u64::from(next.failures));
+            let secret = unseal(ctx, &aad_confirmed(user_id), &rec.sealed_secret)?;
+            let generator = totp(&secret, "p", "u")?;
+            let matched = generator.check(code.expose(), u64::try_from(now).unwrap_or(0));
+            Ok(Edit::Write(match matched {
+                Some(step) if step > rec.last_step => {
+                    rec.last_step = step;
+                    rec.failures = 0;
+                    rec.next_attempt_at = 0;
+                    Ok(())
                 }
-                return outcome;
-            }
-            // Someone else moved the record (a concurrent attempt): judge again against it.
-            Cas::Conflict { .. } => continue,
-        }
-    }
-    Err(CommandError::new(ErrorCode::Unavailable, "too busy; retry"))
+                Some(_) => {
+                    ctx.audit.event("totp.replay_refused");
+                    rec.failures += 1;
+                    rec.next_attempt_at = now + delay_after(rec.failures);
+                    Err(rec.failures)
+                }
+                None => {
+                    ctx.audit.event("totp.failed");
+                    rec.failures += 1;
+                    rec.next_attempt_at = now + delay_after(rec.failures);
+                    Err(rec.failures)
+                }
+            }))
+        })
+        .await?
+        .ok_or_else(invalid)?;
+    judged.map_err(|failures| {
+        ctx.audit.note("failures", u64::from(failures));
+        invalid()
+    })
 }
 
 /// The removal of the user's TOTP factor, checked against the record as read (or its absence),
 /// and whether there was one.
 pub async fn removal(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), CommandError> {
     let key = user_id.as_bytes();
-    Ok(match ctx.app.store.get(Table::Totp, key).await? {
-        Some(raw) => (Batch::new().swap(Table::Totp, key, Some(&raw), None), true),
-        None => (Batch::new().check(Table::Totp, key, Expect::Absent), false),
+    Ok(match FACTORS.read(ctx.app.store.as_ref(), key).await? {
+        Some(old) => (FACTORS.replacing(key, &old, None), true),
+        None => (
+            Batch::new().check(FACTORS.table(), key, Expect::Absent),
+            false,
+        ),
     })
 }
 
