@@ -368,12 +368,11 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                     )
                 })?;
             println!(
-                "master key rotated: {} signing keys, {} TOTP secrets, {} refresh successors, {} queued mails re-sealed; the old key is in {}",
-                r.signing_keys,
-                r.totp_secrets,
-                r.refresh_successors,
-                r.queued_mails,
-                data_dir.join(portcullis_core::infra::node::PREVIOUS_KEY_FILE).display()
+                "master key rotated: {} re-sealed; the old key is in {}",
+                r.summary(),
+                data_dir
+                    .join(portcullis_core::infra::node::PREVIOUS_KEY_FILE)
+                    .display()
             );
             Ok(ExitCode::SUCCESS)
         }

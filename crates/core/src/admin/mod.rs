@@ -24,7 +24,7 @@ use portcullis_protocol::commands::admin::{
 };
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{encode_record, Applied, Batch, Table};
+use portcullis_store::{Applied, Batch, Table};
 use time::OffsetDateTime;
 
 /// Registry entries.
@@ -496,14 +496,7 @@ async fn apikey_create(ctx: Ctx, p: ApiKeyCreateParams) -> Result<ApiKeyInfo, Co
         revoked_at: None,
         created_by: ctx.caller.actor().to_string(),
     };
-    ctx.app
-        .store
-        .put(
-            Table::ApiKeys,
-            &apikeys::key_of(&token),
-            encode_record(&rec),
-        )
-        .await?;
+    apikeys::insert(&ctx.app, &token, &rec).await?;
     ctx.audit.event("apikey.created");
     ctx.audit.note("apikey_id", rec.id.clone());
     ctx.audit.note("scopes", rec.scopes.join(" "));
@@ -523,18 +516,9 @@ async fn apikey_list(ctx: Ctx, _p: NoParams) -> Result<ApiKeyList, CommandError>
 /// `APIKEY.REVOKE {id}` — `apikeys:write`. Effective on the key's next request. `NOT_FOUND`.
 async fn apikey_revoke(ctx: Ctx, p: ApiKeyRef) -> Result<ApiKeyInfo, CommandError> {
     let now = ctx.now().unix_timestamp();
-    let (key, mut rec) = apikeys::all(&ctx.app)
+    let rec = apikeys::revoke(&ctx.app, &p.id, now)
         .await?
-        .into_iter()
-        .find(|(_, r)| r.id == p.id)
         .ok_or_else(|| CommandError::new(ErrorCode::NotFound, "no such API key"))?;
-    if rec.revoked_at.is_none() {
-        rec.revoked_at = Some(now);
-        ctx.app
-            .store
-            .put(Table::ApiKeys, &key, encode_record(&rec))
-            .await?;
-    }
     ctx.audit.event("apikey.revoked");
     ctx.audit.note("apikey_id", rec.id.clone());
     Ok(key_info(&rec, None))

@@ -15,7 +15,8 @@ pub mod totp;
 
 use crate::base::error::CommandError;
 use crate::identity::accounts::UserRecord;
-use crate::identity::evict::{api_key_revocations, revocation, Planned};
+use crate::identity::apikeys;
+use crate::identity::evict::{revocation, Planned};
 use crate::Ctx;
 use portcullis_protocol::commands::mfa::Method;
 use portcullis_store::{Batch, StoreError};
@@ -165,7 +166,7 @@ pub async fn eviction(
 ) -> Result<Planned, CommandError> {
     let mut planned = revocation(ctx, user_id, keep, reason).await?;
     let (factors, had_factors) = removal_of_all(ctx, user_id).await?;
-    let (keys, api_keys) = api_key_revocations(ctx, user_id).await?;
+    let (keys, api_keys) = apikeys::revocations(ctx, user_id).await?;
     planned.batch = planned.batch.merge(factors).merge(keys);
     planned.evicted.factors = had_factors;
     planned.evicted.api_keys = api_keys;

@@ -1,9 +1,10 @@
 //! Accounts: the user record, email normalisation, and the email index.
 
 use crate::base::error::CommandError;
+use crate::infra::records::{Records, Stored, TableOwner};
 use crate::Ctx;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{decode_record, encode_record, Applied, Batch, Record, Store, Table};
+use portcullis_store::{Applied, Batch, Record, Store, Table};
 use serde::{Deserialize, Serialize};
 
 /// Where the bootstrapped superadmin is recorded in `Meta` (its id).
@@ -126,14 +127,12 @@ pub fn check_display_name(name: Option<String>) -> Result<Option<String>, Comman
     }
 }
 
+/// Accounts by user id (the identity domain's: `evict` plans changes of them).
+pub(in crate::identity) const USERS: Records<UserRecord> = Records::new(Table::Users);
+
 /// Loads a user.
 pub async fn get_user(store: &dyn Store, id: &str) -> Result<Option<UserRecord>, CommandError> {
-    match store.get(Table::Users, id.as_bytes()).await? {
-        Some(v) => Ok(Some(
-            decode_record(&v).map_err(portcullis_store::StoreError::from)?,
-        )),
-        None => Ok(None),
-    }
+    Ok(USERS.get(store, id.as_bytes()).await?)
 }
 
 /// Finds a user by address.
@@ -152,9 +151,7 @@ pub async fn find_by_email(
 
 /// Writes a user record.
 pub async fn put_user(store: &dyn Store, user: &UserRecord) -> Result<(), CommandError> {
-    store
-        .put(Table::Users, user.id.as_bytes(), encode_record(user))
-        .await?;
+    USERS.put(store, user.id.as_bytes(), user).await?;
     Ok(())
 }
 
@@ -167,10 +164,9 @@ pub async fn update_user(
     id: &str,
     mut f: impl FnMut(&mut UserRecord) -> bool,
 ) -> Result<Option<UserRecord>, CommandError> {
-    portcullis_store::update_record(store, Table::Users, id.as_bytes(), |u| {
-        Ok::<_, CommandError>(f(u))
-    })
-    .await
+    USERS
+        .update(store, id.as_bytes(), |u| Ok::<_, CommandError>(f(u)))
+        .await
 }
 
 /// The writes that create `user` under `email`: the address is claimed in the index by an
@@ -183,12 +179,7 @@ pub fn creation(user: &UserRecord, email: &Email) -> Batch {
             None,
             Some(user.id.clone().into_bytes()),
         )
-        .swap(
-            Table::Users,
-            user.id.as_bytes(),
-            None,
-            Some(encode_record(user)),
-        )
+        .merge(USERS.inserting(user.id.as_bytes(), user))
 }
 
 /// Creates a user and claims its address in one atomic batch: of concurrent sign-ups with one
@@ -207,6 +198,25 @@ pub async fn create_user(
     }
 }
 
+/// The swap of the user record `current` to the same record with its session
+/// epoch bumped (see [`UserRecord::session_epoch`]): in the batch of every session start and
+/// every added factor.
+pub fn bump_session_epoch(current: Stored<UserRecord>) -> Batch {
+    let mut user = current.record.clone();
+    user.session_epoch = user.session_epoch.wrapping_add(1);
+    USERS.replacing(user.id.as_bytes(), &current, Some(&user))
+}
+
+/// Reads a user record with its raw bytes (for the batch's check).
+pub async fn read_user(
+    ctx: &Ctx,
+    user_id: &str,
+) -> Result<Option<Stored<UserRecord>>, CommandError> {
+    Ok(USERS
+        .read(ctx.app.store.as_ref(), user_id.as_bytes())
+        .await?)
+}
+
 /// Mails the account owner a security notice (queued; never blocks).
 pub async fn notify(
     ctx: &Ctx,
@@ -219,6 +229,15 @@ pub async fn notify(
     };
     crate::infra::notice::notify_address(ctx, &user.email, headline, details).await;
     Ok(())
+}
+
+/// Accounts and the address index: nothing sealed, nothing expires.
+pub struct Tables;
+
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::Users, Table::Emails]
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 use crate::base::caller::ApiKeyCaller;
 use crate::base::crypto::sha256;
 use crate::base::error::CommandError;
-use crate::App;
-use portcullis_store::{decode_record, Record, StoreError, Table};
+use crate::infra::records::{Records, TableOwner};
+use crate::{App, Ctx};
+use portcullis_store::{Batch, Record, StoreError, Table};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of API keys.
@@ -34,6 +35,9 @@ impl Record for ApiKeyRecord {
     const VERSION: u8 = 1;
 }
 
+/// Keys by SHA-256 of the key.
+const KEYS: Records<ApiKeyRecord> = Records::new(Table::ApiKeys);
+
 /// Store key of an API key: its SHA-256.
 pub fn key_of(token: &str) -> [u8; 32] {
     sha256(token.as_bytes())
@@ -41,13 +45,12 @@ pub fn key_of(token: &str) -> [u8; 32] {
 
 /// Verifies a presented API key. `Err(reason)` for an unknown, revoked or expired key.
 pub async fn authenticate(app: &App, token: &str) -> Result<ApiKeyCaller, &'static str> {
-    let raw = app
-        .store
-        .get(Table::ApiKeys, &key_of(token))
-        .await
-        .map_err(|_| "storage")?
-        .ok_or("unknown_api_key")?;
-    let rec: ApiKeyRecord = decode_record(&raw).map_err(|_| "unreadable_api_key")?;
+    let rec = match KEYS.get(app.store.as_ref(), &key_of(token)).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return Err("unknown_api_key"),
+        Err(StoreError::Record(_)) => return Err("unreadable_api_key"),
+        Err(_) => return Err("storage"),
+    };
     if rec.revoked_at.is_some() {
         return Err("revoked_api_key");
     }
@@ -66,13 +69,8 @@ pub async fn authenticate(app: &App, token: &str) -> Result<ApiKeyCaller, &'stat
 /// Every key (for listing and revocation; there are few).
 pub async fn all(app: &App) -> Result<Vec<([u8; 32], ApiKeyRecord)>, CommandError> {
     let mut out = Vec::new();
-    for (k, v) in app
-        .store
-        .scan_prefix(Table::ApiKeys, b"", usize::MAX)
-        .await?
-    {
-        let rec: ApiKeyRecord =
-            decode_record(&v).map_err(|e| CommandError::from(StoreError::from(e)))?;
+    for (k, stored) in KEYS.scan(app.store.as_ref(), b"", usize::MAX).await? {
+        let rec = stored.record;
         let key: [u8; 32] = k
             .as_slice()
             .try_into()
@@ -81,4 +79,74 @@ pub async fn all(app: &App) -> Result<Vec<([u8; 32], ApiKeyRecord)>, CommandErro
     }
     out.sort_by_key(|(_, r)| r.created_at);
     Ok(out)
+}
+
+/// Stores a new key under its token's hash.
+pub async fn insert(app: &App, token: &str, rec: &ApiKeyRecord) -> Result<(), CommandError> {
+    KEYS.put(app.store.as_ref(), &key_of(token), rec).await?;
+    Ok(())
+}
+
+/// Revokes the key with public id `id` (from `now`; a revoked key stays revoked): the key as it
+/// now stands, or `None` when there is no such key.
+pub async fn revoke(app: &App, id: &str, now: i64) -> Result<Option<ApiKeyRecord>, CommandError> {
+    let Some((key, _)) = all(app).await?.into_iter().find(|(_, r)| r.id == id) else {
+        return Ok(None);
+    };
+    KEYS.update(app.store.as_ref(), &key, |r| {
+        let live = r.revoked_at.is_none();
+        if live {
+            r.revoked_at = Some(now);
+        }
+        Ok::<_, CommandError>(live)
+    })
+    .await
+}
+
+/// The writes revoking every live API key created by `user_id`, or by a key such a key created.
+pub async fn revocations(ctx: &Ctx, user_id: &str) -> Result<(Batch, u64), CommandError> {
+    let now = ctx.now().unix_timestamp();
+    let keys = KEYS.scan(ctx.app.store.as_ref(), b"", usize::MAX).await?;
+    let mut creators = vec![format!("user:{user_id}")];
+    let mut revoke: Vec<usize> = Vec::new();
+    // Keys made by keys the account made: follow the chain until nothing new is found.
+    loop {
+        let before = revoke.len();
+        for (i, (_, k)) in keys.iter().enumerate() {
+            let k = &k.record;
+            if !revoke.contains(&i) && creators.contains(&k.created_by) {
+                revoke.push(i);
+                creators.push(format!("apikey:{}", k.id));
+            }
+        }
+        if revoke.len() == before {
+            break;
+        }
+    }
+    let mut batch = Batch::new();
+    let mut n = 0;
+    for i in revoke {
+        let Some((hash, stored)) = keys.get(i) else {
+            continue;
+        };
+        if stored.record.revoked_at.is_some() {
+            continue;
+        }
+        let revoked = ApiKeyRecord {
+            revoked_at: Some(now),
+            ..stored.record.clone()
+        };
+        batch = batch.merge(KEYS.replacing(hash.as_slice(), stored, Some(&revoked)));
+        n += 1;
+    }
+    Ok((batch, n))
+}
+
+/// API keys: stored as hashes, nothing sealed; revoked keys are kept for the record.
+pub struct Tables;
+
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::ApiKeys]
+    }
 }

@@ -8,11 +8,11 @@
 //! someone wrote in between: the change is planned again from fresh reads.
 
 use crate::base::error::CommandError;
-use crate::identity::accounts::UserRecord;
-use crate::identity::apikeys::ApiKeyRecord;
-use crate::identity::sessions::SessionRecord;
+use crate::identity::accounts::{bump_session_epoch, read_user, UserRecord, USERS};
+use crate::identity::sessions::SESSIONS;
+
 use crate::Ctx;
-use portcullis_store::{decode_record, encode_record, Applied, Batch, Expect, StoreError, Table};
+use portcullis_store::{Applied, Batch, StoreError, Table};
 
 /// Attempts before a change that keeps meeting concurrent writers gives up (`UNAVAILABLE`).
 pub(crate) const ATTEMPTS: usize = 16;
@@ -35,10 +35,6 @@ impl Evicted {
     pub fn anything(&self) -> bool {
         self.sessions > 0 || self.factors || self.api_keys > 0
     }
-}
-
-fn decode<R: portcullis_store::Record>(raw: &[u8]) -> Result<R, CommandError> {
-    decode_record(raw).map_err(|e| CommandError::from(StoreError::from(e)))
 }
 
 /// The writes revoking every session of `user_id` but `keep` (expired ones included: their last
@@ -64,17 +60,12 @@ pub async fn revocation(
             continue;
         }
         batch = batch.remove(Table::UserSessions, k);
-        if let Some(raw) = store.get(Table::Sessions, sid.as_bytes()).await? {
-            let mut s: SessionRecord = decode(&raw)?;
-            if s.revoked_at.is_none() {
+        if let Some(old) = SESSIONS.read(store, sid.as_bytes()).await? {
+            if old.record.revoked_at.is_none() {
+                let mut s = old.record.clone();
                 s.revoked_at = Some(now);
                 s.revoke_reason = Some(reason.to_owned());
-                batch = batch.swap(
-                    Table::Sessions,
-                    sid.as_bytes(),
-                    Some(&raw),
-                    Some(encode_record(&s)),
-                );
+                batch = batch.merge(SESSIONS.replacing(sid.as_bytes(), &old, Some(&s)));
                 revoked.push(sid);
             }
         }
@@ -87,50 +78,6 @@ pub async fn revocation(
         },
         revoked_sessions: revoked,
     })
-}
-
-/// The writes revoking every live API key created by `user_id`, or by a key such a key created.
-pub async fn api_key_revocations(ctx: &Ctx, user_id: &str) -> Result<(Batch, u64), CommandError> {
-    let now = ctx.now().unix_timestamp();
-    let keys = crate::identity::apikeys::all(&ctx.app).await?;
-    let mut creators = vec![format!("user:{user_id}")];
-    let mut revoke: Vec<usize> = Vec::new();
-    // Keys made by keys the account made: follow the chain until nothing new is found.
-    loop {
-        let before = revoke.len();
-        for (i, (_, k)) in keys.iter().enumerate() {
-            if !revoke.contains(&i) && creators.contains(&k.created_by) {
-                revoke.push(i);
-                creators.push(format!("apikey:{}", k.id));
-            }
-        }
-        if revoke.len() == before {
-            break;
-        }
-    }
-    let mut batch = Batch::new();
-    let mut n = 0;
-    for i in revoke {
-        let Some((hash, rec)) = keys.get(i) else {
-            continue;
-        };
-        if rec.revoked_at.is_some() {
-            continue;
-        }
-        let raw = encode_record(rec);
-        let revoked = ApiKeyRecord {
-            revoked_at: Some(now),
-            ..rec.clone()
-        };
-        batch = batch.swap(
-            Table::ApiKeys,
-            hash.as_slice(),
-            Some(&raw),
-            Some(encode_record(&revoked)),
-        );
-        n += 1;
-    }
-    Ok((batch, n))
 }
 
 /// The removal of `key` from `table` (an index entry or a marker) if it still names `owner`,
@@ -148,33 +95,6 @@ pub async fn release_claim(
     } else {
         Batch::new()
     })
-}
-
-/// The swap of the user record `raw` (decoded as `user`) to the same record with its session
-/// epoch bumped (see [`UserRecord::session_epoch`]): in the batch of every session start and
-/// every added factor.
-pub fn bump_session_epoch(raw: &[u8], mut user: UserRecord) -> Batch {
-    user.session_epoch = user.session_epoch.wrapping_add(1);
-    Batch::new().swap(
-        Table::Users,
-        user.id.as_bytes(),
-        Some(raw),
-        Some(encode_record(&user)),
-    )
-}
-
-/// Reads a user record with its raw bytes (for the batch's check).
-pub async fn read_user(
-    ctx: &Ctx,
-    user_id: &str,
-) -> Result<Option<(Vec<u8>, UserRecord)>, CommandError> {
-    match ctx.app.store.get(Table::Users, user_id.as_bytes()).await? {
-        Some(raw) => {
-            let u = decode(&raw)?;
-            Ok(Some((raw, u)))
-        }
-        None => Ok(None),
-    }
 }
 
 /// Marks sessions revoked in the liveness cache, once their revocation is committed.
@@ -199,21 +119,17 @@ where
     P: std::future::Future<Output = Result<Planned, CommandError>>,
 {
     for _ in 0..ATTEMPTS {
-        let Some((raw, before)) = read_user(ctx, user_id).await? else {
+        let Some(current) = read_user(ctx, user_id).await? else {
             return Ok(None);
         };
+        let before = current.record.clone();
         let mut user = before.clone();
         if !edit(&mut user)? {
             return Ok(Some((user, Planned::default())));
         }
         let mut planned = plan(before, user.clone()).await?;
-        let batch = Batch::new()
-            .swap(
-                Table::Users,
-                user_id.as_bytes(),
-                Some(&raw),
-                Some(encode_record(&user)),
-            )
+        let batch = USERS
+            .replacing(user_id.as_bytes(), &current, Some(&user))
             .merge(std::mem::take(&mut planned.batch));
         match ctx.app.store.apply(batch).await? {
             Applied::Committed => {
@@ -246,8 +162,8 @@ pub async fn caller_adds_factor(ctx: &Ctx) -> Result<Batch, CommandError> {
     let check = caller_session_check(ctx).await?;
     let user_id = &ctx.user()?.user_id;
     let ended = || CommandError::unauthenticated("the account no longer exists");
-    let (raw, user) = read_user(ctx, user_id).await?.ok_or_else(ended)?;
-    Ok(check.merge(bump_session_epoch(&raw, user)))
+    let user = read_user(ctx, user_id).await?.ok_or_else(ended)?;
+    Ok(check.merge(bump_session_epoch(user)))
 }
 
 /// A check that the calling session is still live, for a batch that changes what the session
@@ -258,17 +174,14 @@ pub async fn caller_session_check(ctx: &Ctx) -> Result<Batch, CommandError> {
         return Ok(Batch::new());
     };
     let ended = || CommandError::unauthenticated("the session has ended");
-    let raw = ctx
-        .app
-        .store
-        .get(Table::Sessions, u.session_id.as_bytes())
+    let s = SESSIONS
+        .read(ctx.app.store.as_ref(), u.session_id.as_bytes())
         .await?
         .ok_or_else(ended)?;
-    let s: SessionRecord = decode(&raw)?;
-    if s.revoked_at.is_some() {
+    if s.record.revoked_at.is_some() {
         return Err(ended());
     }
-    Ok(Batch::new().check(Table::Sessions, u.session_id.as_bytes(), Expect::Value(raw)))
+    Ok(SESSIONS.unchanged(u.session_id.as_bytes(), &s))
 }
 
 #[cfg(test)]

@@ -265,9 +265,8 @@ impl Passwords {
             .scan_prefix(portcullis_store::Table::Users, b"", COST_SAMPLE)
             .await?
         {
-            let user: Result<crate::identity::accounts::UserRecord, _> =
-                portcullis_store::decode_record(&raw);
-            if let Some(h) = user.ok().and_then(|u| u.password_hash) {
+            let user = crate::identity::accounts::USERS.decode(raw);
+            if let Some(h) = user.ok().and_then(|u| u.record.password_hash) {
                 self.observe_stored(&h);
             }
         }

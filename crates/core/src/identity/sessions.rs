@@ -6,12 +6,13 @@ use crate::base::crypto::{random_id, random_token, sha256};
 use crate::base::error::CommandError;
 use crate::identity::accounts::UserRecord;
 use crate::identity::tokens::AccessClaims;
+use crate::infra::records::{Records, ResealError, Resealer, TableOwner};
 use crate::{App, Ctx};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::commands::auth::SessionTokens;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{decode_record, encode_record, Cas, Record, Store, StoreError, Table};
+use portcullis_store::{Record, Store, StoreError, Table};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -217,19 +218,17 @@ impl SessionCache {
     }
 }
 
-fn store_err(e: StoreError) -> CommandError {
-    CommandError::from(e)
-}
+/// Sessions by session id (the identity domain's: `evict` plans their revocation).
+pub(in crate::identity) const SESSIONS: Records<SessionRecord> = Records::new(Table::Sessions);
+/// Refresh tokens by SHA-256 of the token.
+const REFRESH_TOKENS: Records<RefreshRecord> = Records::new(Table::RefreshTokens);
 
 /// Loads a session record.
 pub async fn get_session(
     store: &dyn Store,
     sid: &str,
 ) -> Result<Option<SessionRecord>, CommandError> {
-    match store.get(Table::Sessions, sid.as_bytes()).await? {
-        Some(v) => Ok(Some(decode_record(&v).map_err(|e| store_err(e.into()))?)),
-        None => Ok(None),
-    }
+    Ok(SESSIONS.get(store, sid.as_bytes()).await?)
 }
 
 /// Changes a session record atomically (see [`crate::identity::accounts::update_user`]): a revocation
@@ -239,7 +238,7 @@ pub async fn update_session(
     sid: &str,
     f: impl FnMut(&mut SessionRecord) -> Result<bool, CommandError>,
 ) -> Result<Option<SessionRecord>, CommandError> {
-    portcullis_store::update_record(store, Table::Sessions, sid.as_bytes(), f).await
+    SESSIONS.update(store, sid.as_bytes(), f).await
 }
 
 fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
@@ -304,7 +303,7 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
 }
 
 /// A fresh refresh token for a session, with its store key and record (not yet stored).
-fn refresh_token_for(ctx: &Ctx, sid: &str, now: i64) -> (Secret, [u8; 32], Vec<u8>) {
+fn refresh_token_for(ctx: &Ctx, sid: &str, now: i64) -> (Secret, [u8; 32], RefreshRecord) {
     let token = random_token(ctx.app.rng.as_ref(), REFRESH_PREFIX);
     let rec = RefreshRecord {
         session_id: sid.to_owned(),
@@ -312,7 +311,7 @@ fn refresh_token_for(ctx: &Ctx, sid: &str, now: i64) -> (Secret, [u8; 32], Vec<u
         state: RefreshState::Active,
     };
     let key = sha256(token.as_bytes());
-    (Secret::new(token.as_str()), key, encode_record(&rec))
+    (Secret::new(token.as_str()), key, rec)
 }
 
 /// Rounds of a session start against concurrent changes of the account record.
@@ -384,26 +383,16 @@ async fn open_session(
         || CommandError::new(ErrorCode::InvalidCredentials, "this account cannot sign in");
     let mut started = false;
     for _ in 0..OPEN_ATTEMPTS {
-        let (raw, current) = crate::identity::evict::read_user(ctx, &user.id)
+        let current = crate::identity::accounts::read_user(ctx, &user.id)
             .await?
             .ok_or_else(unusable)?;
-        if current.disabled {
+        if current.record.disabled {
             return Err(unusable());
         }
-        let batch = crate::identity::evict::bump_session_epoch(&raw, current)
-            .swap(
-                Table::Sessions,
-                s.id.as_bytes(),
-                None,
-                Some(encode_record(&s)),
-            )
+        let batch = crate::identity::accounts::bump_session_epoch(current)
+            .merge(SESSIONS.inserting(s.id.as_bytes(), &s))
             .put(Table::UserSessions, index_key(&user.id, &s.id), Vec::new())
-            .swap(
-                Table::RefreshTokens,
-                refresh_key.as_slice(),
-                None,
-                Some(refresh_rec.clone()),
-            );
+            .merge(REFRESH_TOKENS.inserting(refresh_key.as_slice(), &refresh_rec));
         if app.store.apply(batch).await?.committed() {
             started = true;
             break;
@@ -506,11 +495,11 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
     let now = ctx.now().unix_timestamp();
     // A lost race re-reads the records: the token is then `Rotated`, or the session moved on.
     for _ in 0..REFRESH_ATTEMPTS {
-        let Some(raw) = store.get(Table::RefreshTokens, &hash).await? else {
+        let Some(stored) = REFRESH_TOKENS.read(store, &hash).await? else {
             ctx.audit.note("reason", "unknown_refresh_token");
             return Err(invalid_refresh());
         };
-        let rec: RefreshRecord = decode_record(&raw).map_err(|e| store_err(e.into()))?;
+        let rec = stored.record.clone();
         let Some(session) = get_session(store, &rec.session_id).await? else {
             return Err(invalid_refresh());
         };
@@ -563,17 +552,12 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                 // survives a crash has its successor; a crash before the swap leaves the old
                 // token active and an unreachable successor record. Both are durable before
                 // the answer (the dispatcher waits for the group commit).
-                store.put(Table::RefreshTokens, &new_key, new_rec).await?;
-                match store
-                    .compare_and_swap(
-                        Table::RefreshTokens,
-                        &hash,
-                        Some(&raw),
-                        Some(encode_record(&rotated)),
-                    )
+                REFRESH_TOKENS.put(store, &new_key, &new_rec).await?;
+                match REFRESH_TOKENS
+                    .swap(store, &hash, Some(&stored), Some(&rotated))
                     .await?
                 {
-                    Cas::Swapped => {
+                    true => {
                         // A revocation that landed meanwhile wins: the pair is never handed out.
                         let touched = update_session(store, &session.id, |s| {
                             if s.revoked_at.is_some() {
@@ -596,7 +580,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
                             expires_in,
                         });
                     }
-                    Cas::Conflict { .. } => {
+                    false => {
                         // Someone else rotated it first: drop the pair we made, read theirs.
                         store.remove(Table::RefreshTokens, &new_key).await?;
                         continue;
@@ -780,6 +764,35 @@ pub async fn revoke_everyone(ctx: &Ctx, reason: &str) -> Result<u64, CommandErro
             // Revocation removed it already; an entry naming no session goes too.
             store.remove(Table::UserSessions, &k).await?;
         }
+    }
+}
+
+/// Sessions, their index and refresh tokens: a rotated token's successor pair is sealed.
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::Sessions, Table::UserSessions, Table::RefreshTokens]
+    }
+
+    async fn reseal(
+        &self,
+        store: &dyn Store,
+        r: &Resealer<'_>,
+    ) -> Result<Vec<(&'static str, u64)>, ResealError> {
+        let n = r
+            .each(store, &REFRESH_TOKENS, |r, k, t| {
+                let RefreshState::Rotated { successor, .. } = &mut t.state else {
+                    return Ok(false);
+                };
+                let hash: [u8; 32] = k
+                    .try_into()
+                    .map_err(|_| ResealError::Invalid("refresh key".into()))?;
+                r.reseal(&successor_aad(&hash), successor)
+            })
+            .await?;
+        Ok(vec![("refresh successors", n)])
     }
 }
 

@@ -11,10 +11,11 @@
 use crate::base::clock::Clock;
 use crate::base::crypto::{sha256, Sealer};
 use crate::base::random::SecureRandom;
+use crate::infra::records::{Records, ResealError, Resealer, TableOwner};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use portcullis_store::{decode_record, encode_record, Record, Store, StoreError, Table};
+use portcullis_store::{Record, Store, StoreError, Table};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
@@ -109,7 +110,7 @@ impl TokenError {
 }
 
 /// A stored signing key: the private half sealed with the master key.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct KeyRecord {
     pub(crate) kid: String,
     created_at: i64,
@@ -175,9 +176,7 @@ impl Tokens {
         let mut records = load_records(store).await?;
         if !records.iter().any(|r| r.active) {
             let rec = new_key_record(sealer, rng, clock.now().unix_timestamp());
-            store
-                .put(Table::SigningKeys, rec.kid.as_bytes(), encode_record(&rec))
-                .await?;
+            SIGNING_KEYS.put(store, rec.kid.as_bytes(), &rec).await?;
             store.sync().await?;
             tracing::info!(kid = %rec.kid, "created a signing key");
             records.push(rec);
@@ -339,28 +338,22 @@ impl Tokens {
         now: i64,
     ) -> Result<String, StoreError> {
         let _one_at_a_time = self.rotating.lock().await;
-        let mut records = load_records(store).await?;
+        let stored = SIGNING_KEYS.scan(store, b"", usize::MAX).await?;
         // One batch: every active key is replaced and the new one becomes active together, so a
         // crash leaves the old key active or the rotation done, never no active key.
         let mut batch = portcullis_store::Batch::new();
-        for r in records.iter_mut().filter(|r| r.active) {
-            let before = encode_record(&*r);
-            r.active = false;
-            r.verify_until = Some(now + self.ttl_s);
-            batch = batch.swap(
-                Table::SigningKeys,
-                r.kid.as_bytes(),
-                Some(&before),
-                Some(encode_record(&*r)),
-            );
+        let mut records = Vec::with_capacity(stored.len() + 1);
+        for (_, old) in &stored {
+            let mut r = old.record.clone();
+            if r.active {
+                r.active = false;
+                r.verify_until = Some(now + self.ttl_s);
+                batch = batch.merge(SIGNING_KEYS.replacing(r.kid.as_bytes(), old, Some(&r)));
+            }
+            records.push(r);
         }
         let fresh = new_key_record(sealer, rng, now);
-        batch = batch.swap(
-            Table::SigningKeys,
-            fresh.kid.as_bytes(),
-            None,
-            Some(encode_record(&fresh)),
-        );
+        batch = batch.merge(SIGNING_KEYS.inserting(fresh.kid.as_bytes(), &fresh));
         if !store.apply(batch).await?.committed() {
             // Rotations are serialised here; only another process could have changed the keys.
             return Err(StoreError::Busy);
@@ -412,15 +405,16 @@ impl Tokens {
     }
 }
 
+/// Signing keys by `kid`, private halves sealed with the master key.
+const SIGNING_KEYS: Records<KeyRecord> = Records::new(Table::SigningKeys);
+
 async fn load_records(store: &dyn Store) -> Result<Vec<KeyRecord>, StoreError> {
-    let mut records = Vec::new();
-    for (_, v) in store
-        .scan_prefix(Table::SigningKeys, b"", usize::MAX)
+    Ok(SIGNING_KEYS
+        .scan(store, b"", usize::MAX)
         .await?
-    {
-        records.push(decode_record::<KeyRecord>(&v)?);
-    }
-    Ok(records)
+        .into_iter()
+        .map(|(_, s)| s.record)
+        .collect())
 }
 
 fn new_key_record(sealer: &Sealer, rng: &dyn SecureRandom, now: i64) -> KeyRecord {
@@ -474,6 +468,29 @@ fn build_ring(records: &[KeyRecord], sealer: &Sealer) -> Result<Ring, StoreError
         signer,
         verifiers,
     })
+}
+
+/// The signing keys' part in rotation: their private halves are sealed.
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::SigningKeys]
+    }
+
+    async fn reseal(
+        &self,
+        store: &dyn Store,
+        r: &Resealer<'_>,
+    ) -> Result<Vec<(&'static str, u64)>, ResealError> {
+        let n = r
+            .each(store, &SIGNING_KEYS, |r, _, k| {
+                r.reseal(&aad(&k.kid), &mut k.sealed_private_key)
+            })
+            .await?;
+        Ok(vec![("signing keys", n)])
+    }
 }
 
 #[cfg(test)]

@@ -14,12 +14,13 @@ use crate::base::config::{Config, SmtpTls};
 use crate::base::crypto::Sealer;
 use crate::base::random::SecureRandom;
 use crate::infra::internal_event::InternalEvents;
+use crate::infra::records::{Records, ResealError, Resealer, TableOwner};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use portcullis_store::{decode_record, encode_record, Record, Store, Table};
+use portcullis_store::{Record, Store, Table};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,8 +217,11 @@ pub struct MailStats {
     pub failed: AtomicU64,
 }
 
+/// The queue: sealed messages by time-ordered key.
+const QUEUE: Records<QueuedMail> = Records::new(Table::MailQueue);
+
 /// A queued message as stored: its contents sealed with the master key.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct QueuedMail {
     /// Sealed JSON of the message (base64url).
     pub sealed: String,
@@ -292,14 +296,17 @@ impl Durable {
         let record = QueuedMail {
             sealed: URL_SAFE_NO_PAD.encode(sealed),
         };
-        self.store
-            .put(Table::MailQueue, key, encode_record(&record))
+        QUEUE
+            .put(self.store.as_ref(), key, &record)
             .await
             .map_err(|e| e.to_string())
     }
 
     fn open(&self, key: &[u8], stored: &[u8]) -> Result<Outgoing, String> {
-        let record: QueuedMail = decode_record(stored).map_err(|e| e.to_string())?;
+        let record = QUEUE
+            .decode(stored.to_vec())
+            .map_err(|e| e.to_string())?
+            .record;
         let sealed = URL_SAFE_NO_PAD
             .decode(&record.sealed)
             .map_err(|_| "not base64url".to_owned())?;
@@ -637,6 +644,29 @@ pub fn mail_time(t: time::OffsetDateTime) -> String {
 /// Where `.eml` files go by default.
 pub fn outbox_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("outbox")
+}
+
+/// The mail queue: every message is sealed.
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::MailQueue]
+    }
+
+    async fn reseal(
+        &self,
+        store: &dyn Store,
+        r: &Resealer<'_>,
+    ) -> Result<Vec<(&'static str, u64)>, ResealError> {
+        let n = r
+            .each(store, &QUEUE, |r, k, m| {
+                r.reseal(&queue_aad(k), &mut m.sealed)
+            })
+            .await?;
+        Ok(vec![("queued mails", n)])
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,15 @@ pub enum NodeError {
     Store(#[from] StoreError),
 }
 
+impl From<crate::infra::records::ResealError> for NodeError {
+    fn from(e: crate::infra::records::ResealError) -> Self {
+        match e {
+            crate::infra::records::ResealError::Store(e) => NodeError::Store(e),
+            crate::infra::records::ResealError::Invalid(m) => NodeError::Invalid(m),
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io {
         path: path.to_owned(),
@@ -191,6 +200,16 @@ impl Node {
             operator_token_hash,
             operator_token_created,
         })
+    }
+}
+
+/// Node-wide facts (node id, operator-token hash, key material of other domains under their own
+/// `Meta` keys) and the store's scratch table (`Challenges`, used by the bench's anchor).
+pub struct Tables;
+
+impl crate::infra::records::TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::Meta, Table::Challenges]
     }
 }
 

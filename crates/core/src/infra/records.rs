@@ -4,12 +4,11 @@
 //! touches those records.
 //!
 //! Work that spans every domain — re-sealing secrets under a new master key, sweeping expired
-//! single-use items — goes through the small [`Owner`] trait, so `ops` asks each domain instead
+//! single-use items — goes through the small [`TableOwner`] trait, so `ops` asks each domain instead
 //! of importing its record types.
 
 use crate::base::crypto::Sealer;
 use crate::base::random::SecureRandom;
-use crate::infra::node::NodeError;
 use async_trait::async_trait;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -17,6 +16,9 @@ use portcullis_store::{
     decode_record, encode_record, Batch, Cas, Consumed, Expect, Record, Store, StoreError, Table,
 };
 use std::marker::PhantomData;
+
+/// Records examined per table per sweep.
+pub const SWEEP_BATCH: usize = 10_000;
 
 /// Rounds of an edit against concurrent writers before it gives up ([`StoreError::Busy`]).
 const EDIT_ATTEMPTS: usize = 32;
@@ -66,7 +68,8 @@ impl<R: Record + Clone> Records<R> {
         self.table
     }
 
-    fn decode(&self, raw: Vec<u8>) -> Result<Stored<R>, StoreError> {
+    /// Decodes stored bytes of this kind (read by a raw scan).
+    pub fn decode(&self, raw: Vec<u8>) -> Result<Stored<R>, StoreError> {
         let record = decode_record(&raw)?;
         Ok(Stored { record, raw })
     }
@@ -247,6 +250,17 @@ impl<R: Record + Clone> Records<R> {
     }
 }
 
+/// Why a value could not be re-sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResealError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A sealed value is malformed or opens with neither key.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Re-seals values sealed under the old master key with the new one (`ops::rekey`).
 pub struct Resealer<'a> {
     old: &'a Sealer,
@@ -262,17 +276,17 @@ impl<'a> Resealer<'a> {
 
     /// Re-seals `sealed` (base64url) under the new key in place; false when it already was (a
     /// rerun after an interrupted rotation).
-    pub fn reseal(&self, aad: &[u8], sealed: &mut String) -> Result<bool, NodeError> {
+    pub fn reseal(&self, aad: &[u8], sealed: &mut String) -> Result<bool, ResealError> {
         let raw = URL_SAFE_NO_PAD
             .decode(sealed.as_str())
-            .map_err(|_| NodeError::Invalid("a sealed value is not base64url".into()))?;
+            .map_err(|_| ResealError::Invalid("a sealed value is not base64url".into()))?;
         match self.old.open(aad, &raw) {
             Ok(plain) => {
                 *sealed = URL_SAFE_NO_PAD.encode(self.new.seal(self.rng, aad, &plain));
                 Ok(true)
             }
             Err(_) if self.new.open(aad, &raw).is_ok() => Ok(false),
-            Err(_) => Err(NodeError::Invalid(
+            Err(_) => Err(ResealError::Invalid(
                 "a sealed value opens with neither the old nor the new master key".into(),
             )),
         }
@@ -285,8 +299,8 @@ impl<'a> Resealer<'a> {
         &self,
         store: &dyn Store,
         records: &Records<R>,
-        mut f: impl FnMut(&Self, &[u8], &mut R) -> Result<bool, NodeError>,
-    ) -> Result<u64, NodeError> {
+        mut f: impl FnMut(&Self, &[u8], &mut R) -> Result<bool, ResealError>,
+    ) -> Result<u64, ResealError> {
         let mut n = 0;
         for (k, stored) in records.scan(store, b"", usize::MAX).await? {
             let mut r = stored.record;
@@ -302,7 +316,7 @@ impl<'a> Resealer<'a> {
 /// A domain's part in work that spans every domain. Each domain that owns tables has one
 /// owner; `ops::owners` lists them all, and a test checks that every table has exactly one.
 #[async_trait]
-pub trait Owner: Send + Sync {
+pub trait TableOwner: Send + Sync {
     /// The tables whose records this domain owns.
     fn tables(&self) -> &'static [Table];
 
@@ -312,7 +326,7 @@ pub trait Owner: Send + Sync {
         &self,
         _store: &dyn Store,
         _resealer: &Resealer<'_>,
-    ) -> Result<Vec<(&'static str, u64)>, NodeError> {
+    ) -> Result<Vec<(&'static str, u64)>, ResealError> {
         Ok(Vec::new())
     }
 

@@ -2,64 +2,24 @@
 //! store does not grow forever). Expired records are refused on use whether or not they have
 //! been swept; sweeping only reclaims space.
 
-use crate::factors::email::FlowRecord;
-use crate::factors::totp::PendingEnrolment;
-use crate::signin::ticket::MfaTicket;
 use crate::App;
-use portcullis_store::{decode_record, Record, Store, StoreError, Table};
+use portcullis_store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long expired records are kept before they are swept (for investigations), seconds.
 pub const KEEP_EXPIRED_S: i64 = 24 * 3600;
-/// Records examined per table per sweep.
-const BATCH: usize = 10_000;
 
-async fn sweep_table<R: Record>(
-    store: &dyn Store,
-    table: Table,
-    now: i64,
-    expires: impl Fn(&R) -> i64,
-) -> Result<u64, StoreError> {
-    let mut removed = 0;
-    for (k, v) in store.scan_prefix(table, b"", BATCH).await? {
-        let stale = match decode_record::<R>(&v) {
-            Ok(r) => expires(&r) + KEEP_EXPIRED_S < now,
-            Err(_) => false,
-        };
-        if stale
-            && store.compare_and_swap(table, &k, Some(&v), None).await?
-                == portcullis_store::Cas::Swapped
-        {
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// One sweep; returns how many records were removed.
+/// One sweep: idle limiter state, then every owner's expired items. How many records were
+/// removed.
 pub async fn sweep(app: &App) -> Result<u64, StoreError> {
     let now = app.clock.now().unix_timestamp();
     app.limits.housekeeping(now);
-    let store = app.store.as_ref();
-    let mut removed = sweep_table::<FlowRecord>(store, Table::Flows, now, |f| f.expires_at).await?;
-    removed += sweep_table::<MfaTicket>(store, Table::MfaTickets, now, |t| t.expires_at).await?;
-    removed +=
-        sweep_table::<PendingEnrolment>(store, Table::TotpEnrollments, now, |e| e.expires_at)
+    let mut removed = 0;
+    for owner in super::owners() {
+        removed += owner
+            .sweep(app.store.as_ref(), now - KEEP_EXPIRED_S)
             .await?;
-    removed += sweep_table::<crate::factors::passkey::CeremonyRecord>(
-        store,
-        Table::Ceremonies,
-        now,
-        |c| c.expires_at,
-    )
-    .await?;
-    // Link tokens whose flow is gone.
-    for (k, flow_id) in store.scan_prefix(Table::MagicLinks, b"", BATCH).await? {
-        if store.get(Table::Flows, &flow_id).await?.is_none() {
-            store.remove(Table::MagicLinks, &k).await?;
-            removed += 1;
-        }
     }
     Ok(removed)
 }

@@ -4,10 +4,11 @@
 
 use crate::base::crypto::{random_token, sha256};
 use crate::base::error::CommandError;
-use crate::infra::records::{Records, Stored};
+use crate::infra::records::{sweep_expired, Records, Stored, TableOwner, SWEEP_BATCH};
 use crate::Ctx;
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::{Record, Table};
+use portcullis_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of `mfa_token`s.
@@ -118,5 +119,19 @@ pub async fn consume_ticket(ctx: &Ctx, live: &LiveTicket) -> Result<(), CommandE
             ErrorCode::AlreadyUsed,
             "this sign-in has already been completed",
         ))
+    }
+}
+
+/// Tickets expire after five minutes; swept a day later.
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::MfaTickets]
+    }
+
+    async fn sweep(&self, store: &dyn Store, before: i64) -> Result<u64, StoreError> {
+        sweep_expired(store, &TICKETS, before, SWEEP_BATCH, |t| t.expires_at).await
     }
 }

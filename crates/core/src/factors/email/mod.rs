@@ -19,7 +19,7 @@ use crate::base::crypto::{random_id, sha256};
 use crate::base::error::CommandError;
 use crate::identity::accounts::{create_user, find_by_email, Email, UserRecord};
 use crate::infra::mail::{mail_time, Vars};
-use crate::infra::records::{Edit, Records, Stored};
+use crate::infra::records::{sweep_expired, Edit, Records, Stored, TableOwner, SWEEP_BATCH};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -604,4 +604,40 @@ pub fn common_vars(ctx: &Ctx, flow: &FlowRecord) -> Vars {
                 .map(crate::infra::mail::sanitize_client_text)
                 .unwrap_or_else(|| "unknown client".into()),
         )
+}
+
+/// Email flows, their link tokens, the newest flow per address and the send counters. Flows
+/// expire (swept a day later), and so do the link tokens of flows that are gone.
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[
+            Table::Flows,
+            Table::MagicLinks,
+            Table::LatestFlows,
+            Table::SendCounters,
+        ]
+    }
+
+    async fn sweep(
+        &self,
+        store: &dyn portcullis_store::Store,
+        before: i64,
+    ) -> Result<u64, portcullis_store::StoreError> {
+        let mut removed =
+            sweep_expired(store, &FLOWS, before, SWEEP_BATCH, |f| f.expires_at).await?;
+        // Link tokens whose flow is gone.
+        for (k, flow_id) in store
+            .scan_prefix(Table::MagicLinks, b"", SWEEP_BATCH)
+            .await?
+        {
+            if store.get(Table::Flows, &flow_id).await?.is_none() {
+                store.remove(Table::MagicLinks, &k).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
 }

@@ -14,7 +14,7 @@ pub mod commands;
 use crate::base::config::Config;
 use crate::base::crypto::{hmac_sha256, random_id};
 use crate::base::error::CommandError;
-use crate::infra::records::Records;
+use crate::infra::records::{sweep_expired, Records, TableOwner, SWEEP_BATCH};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -474,4 +474,22 @@ pub fn request_options(mut v: Value) -> Value {
         m.remove("mediation");
     }
     v
+}
+
+/// Passkeys, the credential-id index and ceremonies (which expire; swept a day later).
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::Passkeys, Table::PasskeyIndex, Table::Ceremonies]
+    }
+
+    async fn sweep(
+        &self,
+        store: &dyn portcullis_store::Store,
+        before: i64,
+    ) -> Result<u64, portcullis_store::StoreError> {
+        sweep_expired(store, &CEREMONIES, before, SWEEP_BATCH, |c| c.expires_at).await
+    }
 }

@@ -11,12 +11,15 @@
 pub mod commands;
 
 use crate::base::error::CommandError;
-use crate::infra::records::{Edit, Records};
+use crate::infra::records::{
+    sweep_expired, Edit, Records, ResealError, Resealer, TableOwner, SWEEP_BATCH,
+};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::{Batch, Expect, Record, Table};
+use portcullis_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use totp_rs::{Algorithm, Totp};
 use zeroize::Zeroizing;
@@ -211,6 +214,40 @@ pub async fn removal(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), CommandE
             false,
         ),
     })
+}
+
+/// The authenticator app's tables: secrets sealed (confirmed and pending), enrolments expire.
+pub struct Tables;
+
+#[async_trait::async_trait]
+impl TableOwner for Tables {
+    fn tables(&self) -> &'static [Table] {
+        &[Table::Totp, Table::TotpEnrollments]
+    }
+
+    async fn reseal(
+        &self,
+        store: &dyn Store,
+        r: &Resealer<'_>,
+    ) -> Result<Vec<(&'static str, u64)>, ResealError> {
+        let confirmed = r
+            .each(store, &FACTORS, |r, k, f| {
+                let user_id = String::from_utf8_lossy(k);
+                r.reseal(&aad_confirmed(&user_id), &mut f.sealed_secret)
+            })
+            .await?;
+        let pending = r
+            .each(store, &PENDING, |r, k, e| {
+                let id = String::from_utf8_lossy(k);
+                r.reseal(&aad_enrolment(&id), &mut e.sealed_secret)
+            })
+            .await?;
+        Ok(vec![("TOTP secrets", confirmed + pending)])
+    }
+
+    async fn sweep(&self, store: &dyn Store, before: i64) -> Result<u64, StoreError> {
+        sweep_expired(store, &PENDING, before, SWEEP_BATCH, |e| e.expires_at).await
+    }
 }
 
 #[cfg(test)]
