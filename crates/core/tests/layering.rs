@@ -30,6 +30,8 @@ const LAYERS: &[&[&str]] = &[
 const EXEMPT: &[&str] = &["testkit"];
 
 struct Module {
+    /// Whether the module is a folder (`mod.rs`).
+    dir: bool,
     /// Source without its `#[cfg(test)]` tail and without comments.
     code: String,
 }
@@ -61,7 +63,8 @@ fn modules() -> BTreeMap<String, Module> {
                 .iter()
                 .map(|s| s.to_string_lossy().trim_end_matches(".rs").to_owned())
                 .collect();
-            if matches!(segs.last().map(String::as_str), Some("mod" | "lib")) {
+            let dir = matches!(segs.last().map(String::as_str), Some("mod" | "lib"));
+            if dir {
                 segs.pop();
             }
             let path = if segs.is_empty() {
@@ -73,6 +76,7 @@ fn modules() -> BTreeMap<String, Module> {
             (
                 path,
                 Module {
+                    dir,
                     code: production_code(&text),
                 },
             )
@@ -364,6 +368,62 @@ fn records_are_encoded_only_by_typed_record_access() {
         raw.is_empty(),
         "records encoded outside infra::records (use the domain's Records): {raw:?}"
     );
+}
+
+/// Every `Table::X` named in `code`.
+fn tables_named(code: &str) -> BTreeSet<String> {
+    code.match_indices("Table::")
+        .map(|(i, m)| {
+            code[i + m.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .collect::<String>()
+        })
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+#[test]
+fn a_table_is_named_only_inside_its_owners_domain() {
+    let mods = modules();
+    // The owners, read from their `fn tables`: table -> the folder of the owning module.
+    let mut domain_of = BTreeMap::new();
+    for (name, m) in &mods {
+        let Some(i) = m.code.find("fn tables(&self)") else {
+            continue;
+        };
+        let body = &m.code[i..];
+        let body = &body[..body.find('}').unwrap_or(body.len())];
+        let mut folder: Vec<&str> = name.split("::").collect();
+        if !m.dir {
+            folder.pop();
+        }
+        for t in tables_named(body) {
+            domain_of.insert(t, folder.join("::"));
+        }
+    }
+    assert!(domain_of.len() >= 21, "owners found: {domain_of:?}");
+    let mut wrong = Vec::new();
+    for (name, m) in &mods {
+        if EXEMPT.contains(&name.as_str()) {
+            continue;
+        }
+        for t in tables_named(&m.code) {
+            // `Meta` is a keyed space every domain keeps its own keys in.
+            if t == "Meta" {
+                continue;
+            }
+            let Some(domain) = domain_of.get(&t) else {
+                wrong.push(format!("{name} names Table::{t}, which no owner claims"));
+                continue;
+            };
+            let inside = name == domain || name.starts_with(&format!("{domain}::"));
+            if !inside {
+                wrong.push(format!("{name} names Table::{t} of {domain}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// The checks above are only as good as the path reader: it must see grouped, nested,

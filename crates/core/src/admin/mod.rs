@@ -12,7 +12,8 @@ use crate::base::crypto::{random_id, random_token};
 use crate::factors::email::link::send_link;
 use crate::factors::email::{new_flow, FlowKind};
 use crate::identity::accounts::{
-    find_by_email, get_user, normalize_email, Email, UserRecord, META_SUPERADMIN,
+    by_address, find_by_email, get_user, normalize_email, superadmin_claim, superadmin_claimed,
+    Email, UserRecord,
 };
 use crate::identity::apikeys::{self, ApiKeyRecord, PREFIX};
 use crate::identity::sessions::{list_live, revoke_all};
@@ -24,7 +25,7 @@ use portcullis_protocol::commands::admin::{
 };
 use portcullis_protocol::commands::sys::NoParams;
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::{Applied, Batch, Table};
+use portcullis_store::Applied;
 use time::OffsetDateTime;
 
 /// Registry entries.
@@ -143,7 +144,7 @@ async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Command
     let taken = || CommandError::new(ErrorCode::Conflict, "an administrator already exists");
     let mut claimed = None;
     for _ in 0..BOOTSTRAP_ATTEMPTS {
-        if store.get(Table::Meta, META_SUPERADMIN).await?.is_some() {
+        if superadmin_claimed(store).await? {
             return Err(taken());
         }
         match find_by_email(store, &email).await? {
@@ -164,7 +165,7 @@ async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Command
                         let claim_id = claim_id.clone();
                         async move {
                             // Re-read on every attempt: a concurrent bootstrap answers CONFLICT.
-                            if store.get(Table::Meta, META_SUPERADMIN).await?.is_some() {
+                            if superadmin_claimed(store).await? {
                                 return Err(taken());
                             }
                             let mut planned = if u.email_verified {
@@ -173,12 +174,8 @@ async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Command
                                 crate::factors::eviction(ctx, &u.id, None, "admin_bootstrap")
                                     .await?
                             };
-                            planned.batch = std::mem::take(&mut planned.batch).swap(
-                                Table::Meta,
-                                META_SUPERADMIN,
-                                None,
-                                Some(claim_id.into_bytes()),
-                            );
+                            planned.batch = std::mem::take(&mut planned.batch)
+                                .merge(superadmin_claim(&claim_id));
                             Ok(planned)
                         }
                     },
@@ -209,14 +206,8 @@ async fn bootstrap_admin(ctx: &Ctx, email: &str) -> Result<Bootstrapped, Command
                     superadmin: true,
                     session_epoch: 0,
                 };
-                let batch = Batch::new()
-                    .swap(
-                        Table::Meta,
-                        META_SUPERADMIN,
-                        None,
-                        Some(u.id.clone().into_bytes()),
-                    )
-                    .merge(crate::identity::accounts::creation(&u, &email));
+                let batch =
+                    superadmin_claim(&u.id).merge(crate::identity::accounts::creation(&u, &email));
                 match store.apply(batch).await? {
                     Applied::Committed => {
                         ctx.audit.note("user.created", true);
@@ -311,11 +302,7 @@ async fn user_list(ctx: Ctx, p: ListParams) -> Result<UserPage, CommandError> {
     let store = ctx.app.store.as_ref();
     let mut users = Vec::new();
     let mut next_cursor = None;
-    for (k, id) in store
-        .scan_prefix(Table::Emails, prefix.as_bytes(), usize::MAX)
-        .await?
-    {
-        let key = String::from_utf8_lossy(&k).into_owned();
+    for (key, id) in by_address(store, &prefix).await? {
         if p.cursor
             .as_ref()
             .is_some_and(|c| key.as_str() <= c.as_str())
@@ -328,7 +315,7 @@ async fn user_list(ctx: Ctx, p: ListParams) -> Result<UserPage, CommandError> {
                 .map(|u: &AdminUser| u.email.to_ascii_lowercase());
             break;
         }
-        if let Some(u) = get_user(store, &String::from_utf8_lossy(&id)).await? {
+        if let Some(u) = get_user(store, &id).await? {
             users.push(view(&ctx, &u).await?);
         }
     }

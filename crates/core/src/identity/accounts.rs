@@ -8,7 +8,7 @@ use portcullis_store::{Applied, Batch, Record, Store, Table};
 use serde::{Deserialize, Serialize};
 
 /// Where the bootstrapped superadmin is recorded in `Meta` (its id).
-pub const META_SUPERADMIN: &[u8] = b"superadmin";
+const META_SUPERADMIN: &[u8] = b"superadmin";
 
 /// Longest accepted address, in bytes (RFC 5321 path limit).
 pub const MAX_EMAIL_LEN: usize = 254;
@@ -215,6 +215,94 @@ pub async fn read_user(
     Ok(USERS
         .read(ctx.app.store.as_ref(), user_id.as_bytes())
         .await?)
+}
+
+/// Whether the bootstrapped superadmin exists (its marker is set).
+pub async fn superadmin_claimed(store: &dyn Store) -> Result<bool, CommandError> {
+    Ok(store.get(Table::Meta, META_SUPERADMIN).await?.is_some())
+}
+
+/// The claim of the bootstrap marker for `user_id`, if no one holds it (a batch check).
+pub fn superadmin_claim(user_id: &str) -> Batch {
+    Batch::new().swap(
+        Table::Meta,
+        META_SUPERADMIN,
+        None,
+        Some(user_id.as_bytes().to_vec()),
+    )
+}
+
+/// Up to `limit` accounts whose lower-cased address starts with `prefix` and comes after
+/// `after`, in address order: `(address key, user id)`.
+pub async fn by_address(
+    store: &dyn Store,
+    prefix: &str,
+) -> Result<Vec<(String, String)>, CommandError> {
+    Ok(store
+        .scan_prefix(Table::Emails, prefix.as_bytes(), usize::MAX)
+        .await?
+        .into_iter()
+        .map(|(k, id)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&id).into_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Whether an address is attached to an account (its index entry exists).
+pub async fn address_taken(store: &dyn Store, email_key: &str) -> Result<bool, CommandError> {
+    Ok(store
+        .get(Table::Emails, email_key.as_bytes())
+        .await?
+        .is_some())
+}
+
+/// The writes moving `before`'s account to the address `new_key`: the new address claimed by
+/// insert-if-absent (check), the old one released if it still names the account.
+pub async fn address_move(
+    ctx: &Ctx,
+    before: &UserRecord,
+    new_key: &str,
+) -> Result<Batch, CommandError> {
+    let old_key = before.email.to_ascii_lowercase();
+    Ok(Batch::new()
+        .swap(
+            Table::Emails,
+            new_key.as_bytes(),
+            None,
+            Some(before.id.clone().into_bytes()),
+        )
+        .merge(
+            crate::infra::records::release_claim(
+                ctx.app.store.as_ref(),
+                Table::Emails,
+                old_key,
+                &before.id,
+            )
+            .await?,
+        ))
+}
+
+/// The writes removing an account record with its address and (for the bootstrapped
+/// administrator) the bootstrap marker, which frees the bootstrap for a new one; `None` when
+/// there is no such account.
+pub async fn removal(ctx: &Ctx, user: &UserRecord) -> Result<Option<Batch>, CommandError> {
+    let store = ctx.app.store.as_ref();
+    let Some(current) = USERS.read(store, user.id.as_bytes()).await? else {
+        return Ok(None);
+    };
+    let address = user.email.to_ascii_lowercase();
+    let release = |table, key: Vec<u8>| {
+        crate::infra::records::release_claim(ctx.app.store.as_ref(), table, key, &user.id)
+    };
+    Ok(Some(
+        USERS
+            .replacing(user.id.as_bytes(), &current, None)
+            .merge(release(Table::Emails, address.into_bytes()).await?)
+            .merge(release(Table::Meta, META_SUPERADMIN.to_vec()).await?),
+    ))
 }
 
 /// Mails the account owner a security notice (queued; never blocks).

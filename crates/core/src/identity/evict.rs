@@ -80,23 +80,6 @@ pub async fn revocation(
     })
 }
 
-/// The removal of `key` from `table` (an index entry or a marker) if it still names `owner`,
-/// checked in the batch; nothing if it names someone else or is gone.
-pub async fn release_claim(
-    ctx: &Ctx,
-    table: Table,
-    key: impl Into<Vec<u8>>,
-    owner: &str,
-) -> Result<Batch, CommandError> {
-    let key = key.into();
-    let names_owner = ctx.app.store.get(table, &key).await?.as_deref() == Some(owner.as_bytes());
-    Ok(if names_owner {
-        Batch::new().swap(table, key, Some(owner.as_bytes()), None)
-    } else {
-        Batch::new()
-    })
-}
-
 /// Marks sessions revoked in the liveness cache, once their revocation is committed.
 fn forget_sessions(ctx: &Ctx, user_id: &str, sids: &[String]) {
     for sid in sids {

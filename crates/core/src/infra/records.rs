@@ -250,6 +250,23 @@ impl<R: Record + Clone> Records<R> {
     }
 }
 
+/// The removal of `key` from `table` (an index entry or a marker naming its owner) if it still
+/// names `owner`, checked in the batch; nothing if it names someone else or is gone.
+pub async fn release_claim(
+    store: &dyn Store,
+    table: Table,
+    key: impl Into<Vec<u8>>,
+    owner: &str,
+) -> Result<Batch, StoreError> {
+    let key = key.into();
+    let names_owner = store.get(table, &key).await?.as_deref() == Some(owner.as_bytes());
+    Ok(if names_owner {
+        Batch::new().swap(table, key, Some(owner.as_bytes()), None)
+    } else {
+        Batch::new()
+    })
+}
+
 /// Why a value could not be re-sealed.
 #[derive(Debug, thiserror::Error)]
 pub enum ResealError {

@@ -22,7 +22,6 @@ use portcullis_protocol::commands::magic::{
     VerifyParams,
 };
 use portcullis_protocol::{ErrorCode, Secret};
-use portcullis_store::Table;
 
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
@@ -103,13 +102,10 @@ fn rejected(ctx: &Ctx, reason: &'static str, err: CommandError) -> CommandError 
 
 /// The flow a link token belongs to, usable now (not used, not expired, not superseded).
 async fn usable_flow(ctx: &Ctx, token: &Secret) -> Result<Loaded, CommandError> {
-    let flow_id = ctx
-        .app
-        .store
-        .get(Table::MagicLinks, &sha256(token.expose().as_bytes()))
+    let flow_id = crate::factors::email::link::flow_of(ctx, token)
         .await?
         .ok_or_else(|| rejected(ctx, "unknown", invalid_link()))?;
-    let loaded = load(ctx, &String::from_utf8_lossy(&flow_id))
+    let loaded = load(ctx, &flow_id)
         .await?
         .ok_or_else(|| rejected(ctx, "unknown", invalid_link()))?;
     ctx.audit.note("flow_id", loaded.record.id.clone());

@@ -40,6 +40,16 @@ pub async fn send_link(ctx: &Ctx, flow: &FlowRecord, locale: &str) -> Result<Sec
     Ok(Secret::new(link))
 }
 
+/// The flow a link token belongs to, if the token was ever issued.
+pub async fn flow_of(ctx: &Ctx, token: &Secret) -> Result<Option<String>, CommandError> {
+    Ok(ctx
+        .app
+        .store
+        .get(Table::MagicLinks, &sha256(token.expose().as_bytes()))
+        .await?
+        .map(|id| String::from_utf8_lossy(&id).into_owned()))
+}
+
 /// What the landing page shows about a link, read without consuming anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Landing {

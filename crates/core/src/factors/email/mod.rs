@@ -17,14 +17,16 @@ pub mod link;
 
 use crate::base::crypto::{random_id, sha256};
 use crate::base::error::CommandError;
-use crate::identity::accounts::{create_user, find_by_email, Email, UserRecord};
+use crate::identity::accounts::{
+    address_move, address_taken, create_user, find_by_email, Email, UserRecord,
+};
 use crate::infra::mail::{mail_time, Vars};
 use crate::infra::records::{sweep_expired, Edit, Records, Stored, TableOwner, SWEEP_BATCH};
 use crate::Ctx;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use portcullis_protocol::ErrorCode;
-use portcullis_store::{Batch, Record, Table};
+use portcullis_store::{Record, Table};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -501,7 +503,7 @@ pub async fn complete_email_change(
     flow: &FlowRecord,
 ) -> Result<UserRecord, CommandError> {
     let store = ctx.app.store.as_ref();
-    let new_key = flow.email_key.as_bytes();
+    let new_key = flow.email_key.as_str();
     let invalid = || CommandError::new(ErrorCode::InvalidCredentials, "this link is not valid");
     let taken = || {
         CommandError::new(
@@ -527,26 +529,10 @@ pub async fn complete_email_change(
         |before, _| {
             old.clone_from(&before.email);
             async move {
-                if store.get(Table::Emails, new_key).await?.is_some() {
+                if address_taken(store, new_key).await? {
                     return Err(taken());
                 }
-                let old_key = before.email.to_ascii_lowercase();
-                let batch = Batch::new()
-                    .swap(
-                        Table::Emails,
-                        new_key,
-                        None,
-                        Some(before.id.clone().into_bytes()),
-                    )
-                    .merge(
-                        crate::identity::evict::release_claim(
-                            ctx,
-                            Table::Emails,
-                            old_key,
-                            &before.id,
-                        )
-                        .await?,
-                    );
+                let batch = address_move(ctx, &before, new_key).await?;
                 Ok(crate::identity::evict::Planned {
                     batch,
                     ..Default::default()

@@ -222,8 +222,8 @@ pub async fn remove(ctx: &Ctx, user_id: &str, cred: &str) -> Result<bool, Comman
             return Ok(false);
         };
         let batch = PASSKEYS.replacing(key.clone(), &old, None).merge(
-            crate::identity::evict::release_claim(
-                ctx,
+            crate::infra::records::release_claim(
+                ctx.app.store.as_ref(),
                 Table::PasskeyIndex,
                 cred.as_bytes(),
                 user_id,
@@ -251,7 +251,13 @@ pub async fn removals(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), Command
     {
         let cred = k[prefix.len()..].to_vec();
         batch = batch.swap(Table::Passkeys, k, Some(&raw), None).merge(
-            crate::identity::evict::release_claim(ctx, Table::PasskeyIndex, cred, user_id).await?,
+            crate::infra::records::release_claim(
+                ctx.app.store.as_ref(),
+                Table::PasskeyIndex,
+                cred,
+                user_id,
+            )
+            .await?,
         );
         any = true;
     }
