@@ -1,5 +1,8 @@
 //! The Portcullis core: the command registry, the one dispatcher every transport calls, and the
-//! command handlers (one module per command family under [`commands`]).
+//! command handlers, in layered folders (bottom-up): [`base`] → [`infra`] → [`identity`] →
+//! [`factors`] → [`signin`] → [`account`], [`admin`], [`ops`] → [`dispatch`]. A module imports
+//! only from its own layer and those below (`tests/layering.rs` checks it); this root composes
+//! [`App`] and [`Ctx`].
 //!
 //! Request path: a transport hands a frame to [`Dispatcher::execute_frame`]; the dispatcher
 //! parses the envelope, finds the command, verifies the caller, runs the handler with a [`Ctx`],

@@ -18,6 +18,7 @@ pub fn registry() -> Registry {
         .with(signin::otp::specs())
         .with(factors::totp::commands::specs())
         .with(signin::mfa::specs())
+        .with(factors::recovery::commands::specs())
         .with(factors::passkey::commands::specs())
         .with(signin::passkey::specs())
         .with(admin::specs())

@@ -24,9 +24,25 @@ use portcullis_store::{Batch, StoreError};
 /// RFC 8176 `amr` for a sign-in that used more than one factor.
 pub const AMR_MFA: &str = "mfa";
 
-/// A way to sign in that an account holds besides its address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Factor {
+/// Declares [`Factor`] and [`Factor::ALL`] from one list, so no variant can be left out of `ALL`
+/// (which `forget_all`, `removal_of_all` and `methods` walk).
+macro_rules! factors {
+    ($($(#[doc = $doc:expr])* $variant:ident,)*) => {
+        /// A way to sign in that an account holds besides its address.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Factor {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Factor {
+            /// Every factor, in declaration order: the order `MFA_REQUIRED` lists the second
+            /// factors in.
+            pub const ALL: &'static [Factor] = &[$(Factor::$variant,)*];
+        }
+    };
+}
+
+factors! {
     /// A password (its hash is on the account record).
     Password,
     /// A confirmed authenticator app.
@@ -38,14 +54,6 @@ pub enum Factor {
 }
 
 impl Factor {
-    /// Every factor, in the order `MFA_REQUIRED` lists the second factors.
-    pub const ALL: [Factor; 4] = [
-        Factor::Password,
-        Factor::Totp,
-        Factor::RecoveryCodes,
-        Factor::Passkeys,
-    ];
-
     /// The `MFA.VERIFY` method this factor answers with; `None` for a first factor.
     pub fn method(self) -> Option<Method> {
         match self {
@@ -74,7 +82,7 @@ pub async fn enrolled(ctx: &Ctx, user: &UserRecord, factor: Factor) -> Result<bo
 /// The second-factor methods `user` can complete a sign-in with, in protocol order.
 pub async fn methods(ctx: &Ctx, user: &UserRecord) -> Result<Vec<Method>, CommandError> {
     let mut out = Vec::new();
-    for f in Factor::ALL {
+    for &f in Factor::ALL {
         if let Some(m) = f.method() {
             if enrolled(ctx, user, f).await? {
                 out.push(m);
@@ -113,7 +121,7 @@ pub async fn removal(
 /// Clears every factor held on the account record; whether there was any.
 pub fn forget_all(user: &mut UserRecord) -> bool {
     let mut any = false;
-    for f in Factor::ALL {
+    for &f in Factor::ALL {
         any |= forget(user, f);
     }
     any
@@ -123,7 +131,7 @@ pub fn forget_all(user: &mut UserRecord) -> bool {
 pub async fn removal_of_all(ctx: &Ctx, user_id: &str) -> Result<(Batch, bool), CommandError> {
     let mut batch = Batch::new();
     let mut any = false;
-    for f in Factor::ALL {
+    for &f in Factor::ALL {
         let (b, held) = removal(ctx, user_id, f).await?;
         batch = batch.merge(b);
         any |= held;
@@ -179,7 +187,7 @@ mod tests {
 
     #[test]
     fn every_second_factor_answers_a_distinct_method_in_protocol_order() {
-        let methods: Vec<Method> = Factor::ALL.into_iter().filter_map(Factor::method).collect();
+        let methods: Vec<Method> = Factor::ALL.iter().filter_map(|f| f.method()).collect();
         assert_eq!(methods, Method::ALL);
     }
 

@@ -1,9 +1,8 @@
-//! `MFA.VERIFY` (second factor of a sign-in, or step-up of the current session) and
-//! `RECOVERY.REGENERATE`.
+//! `MFA.VERIFY`: the second factor of a sign-in, or a step-up of the current session.
 
 use crate::base::caller::{RateClass, Requirement};
 use crate::factors::passkey;
-use crate::factors::recovery::{new_recovery_codes, use_recovery_code, AMR_RECOVERY};
+use crate::factors::recovery::{use_recovery_code, AMR_RECOVERY};
 use crate::factors::totp::{verify_totp, AMR_OTP};
 use crate::factors::AMR_MFA;
 use crate::identity::accounts::get_user;
@@ -12,26 +11,16 @@ use crate::identity::sessions::{elevate, start_session};
 use crate::signin::ticket::{consume_ticket, ticket};
 use crate::{CommandError, CommandSpec, Ctx};
 use portcullis_protocol::commands::mfa::{self, Method, Verified, VerifyParams};
-use portcullis_protocol::commands::sys::NoParams;
-use portcullis_protocol::commands::totp::RecoveryCodes;
 use portcullis_protocol::ErrorCode;
 
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
-    vec![
-        CommandSpec::new(
-            mfa::VERIFY,
-            Requirement::Anyone,
-            RateClass::Credential,
-            verify,
-        ),
-        CommandSpec::new(
-            mfa::REGENERATE,
-            Requirement::UserStepUp,
-            RateClass::Account,
-            regenerate,
-        ),
-    ]
+    vec![CommandSpec::new(
+        mfa::VERIFY,
+        Requirement::Anyone,
+        RateClass::Credential,
+        verify,
+    )]
 }
 
 fn code(p: &VerifyParams) -> Result<&portcullis_protocol::Secret, CommandError> {
@@ -150,21 +139,6 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<Verified, CommandError> {
         aal: session.aal,
         amr: session.amr,
     })
-}
-
-/// `RECOVERY.REGENERATE` — user after step-up, with an authenticator app enrolled. Replaces
-/// every recovery code with a fresh set of ten (shown once).
-async fn regenerate(ctx: Ctx, _p: NoParams) -> Result<RecoveryCodes, CommandError> {
-    let me = ctx.user()?.clone();
-    if !crate::factors::totp::has_totp(&ctx, &me.user_id).await? {
-        return Err(CommandError::new(
-            ErrorCode::NotFound,
-            "enrol an authenticator app first",
-        ));
-    }
-    let recovery_codes = new_recovery_codes(&ctx, &me.user_id).await?;
-    ctx.audit.event("recovery.regenerated");
-    Ok(RecoveryCodes { recovery_codes })
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! it when it is lost. Each is 120 bits, stored only as an HMAC under a server key that is itself
 //! sealed under the master key; using one consumes it by compare-and-swap.
 
+pub mod commands;
+
 use crate::base::crypto::{hmac_sha256, sha256};
 use crate::base::error::CommandError;
 use crate::infra::records::{Records, ResealError, Resealer, TableOwner};

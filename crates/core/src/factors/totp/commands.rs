@@ -18,7 +18,6 @@ use portcullis_protocol::commands::totp::{
 };
 use portcullis_protocol::{ErrorCode, Secret};
 use portcullis_store::{Applied, StoreError};
-use serde_json::json;
 
 /// Registry entries.
 pub fn specs() -> Vec<CommandSpec> {
@@ -46,22 +45,10 @@ pub fn specs() -> Vec<CommandSpec> {
     ]
 }
 
-fn proven(ctx: &Ctx) -> Result<(), CommandError> {
-    if ctx.user()?.aal < 1 {
-        return Err(CommandError::new(
-            ErrorCode::Forbidden,
-            "sign in with a link, code or passkey first",
-        )
-        .with_details(json!({"reason": "proof_required"})));
-    }
-    Ok(())
-}
-
 /// `TOTP.ENROLL` — user (AAL1 or more; allowed in an enrolment-only session). A new 160-bit
 /// secret, its `otpauth://` URI and QR code, pending for 10 minutes until `TOTP.CONFIRM`.
 /// `CONFLICT` when a TOTP factor is already active.
 async fn enroll(ctx: Ctx, _p: NoParams) -> Result<Enrollment, CommandError> {
-    proven(&ctx)?;
     let me = ctx.user()?.clone();
     if has_totp(&ctx, &me.user_id).await? {
         return Err(CommandError::new(
@@ -101,7 +88,6 @@ async fn enroll(ctx: Ctx, _p: NoParams) -> Result<Enrollment, CommandError> {
 /// current code and returns ten recovery codes (shown once). `NOT_FOUND` for an unknown or
 /// someone else's enrolment, `EXPIRED` after 10 minutes, `INVALID_CREDENTIALS` for a wrong code.
 async fn confirm(ctx: Ctx, p: ConfirmParams) -> Result<RecoveryCodes, CommandError> {
-    proven(&ctx)?;
     let me = ctx.user()?.clone();
     let store = ctx.app.store.as_ref();
     let not_found = || CommandError::new(ErrorCode::NotFound, "no such enrolment");
