@@ -21,5 +21,8 @@ pub fn registry() -> Registry {
         .with(factors::recovery::commands::specs())
         .with(factors::passkey::commands::specs())
         .with(signin::passkey::specs())
-        .with(admin::specs())
+        .with(admin::bootstrap::specs())
+        .with(admin::users::specs())
+        .with(admin::apikeys::specs())
+        .with(admin::keys::specs())
 }
