@@ -163,36 +163,6 @@ pub enum StoreError {
     },
 }
 
-/// Changes one versioned record atomically: `f` edits the current record and says whether to
-/// write it (it may also refuse with an error); when another writer got there first, `f` runs
-/// again on the newer record. Returns the record as it now stands, or `None` when there is none.
-/// Concurrent changes through this never undo each other.
-pub async fn update_record<R: Record, E: From<StoreError>>(
-    store: &dyn Store,
-    table: Table,
-    key: &[u8],
-    mut f: impl FnMut(&mut R) -> Result<bool, E>,
-) -> Result<Option<R>, E> {
-    for _ in 0..32 {
-        let Some(raw) = store.get(table, key).await? else {
-            return Ok(None);
-        };
-        let mut rec: R = decode_record(&raw).map_err(StoreError::from)?;
-        if !f(&mut rec)? {
-            return Ok(Some(rec));
-        }
-        let new = encode_record(&rec);
-        if store
-            .compare_and_swap(table, key, Some(&raw), Some(new))
-            .await?
-            == Cas::Swapped
-        {
-            return Ok(Some(rec));
-        }
-    }
-    Err(StoreError::Busy.into())
-}
-
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Backend(e.to_string())
