@@ -19,11 +19,13 @@
 
 mod group_commit;
 mod log;
+mod pg;
 mod record;
 mod sled_store;
 
 pub use group_commit::{CommitStats, LAZY_FLUSH};
 pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage, RawLogEntry};
+pub use pg::{PgOptions, PgStore};
 pub use record::{decode_record, encode_record, Record, RecordError};
 pub use sled_store::{SledStore, StoreOptions};
 
@@ -149,6 +151,9 @@ pub enum StoreError {
     /// The store is closing or its commit thread is gone.
     #[error("storage is shutting down")]
     Closed,
+    /// The database cannot be reached right now (a networked backend); retrying may succeed.
+    #[error("storage is unreachable: {0}")]
+    Unavailable(String),
     /// A record could not be decoded.
     #[error(transparent)]
     Record(#[from] RecordError),

@@ -1,10 +1,12 @@
-//! Model-based and concurrency tests of the sled backend.
+//! Model-based and concurrency tests of the sled backend (the PostgreSQL backend runs the same
+//! model in `pg_tests`).
 
 use crate::{
     verify_events, Applied, Batch, Cas, Consumed, EventLog, Expect, SledStore, Store, Table,
 };
 use portcullis_protocol::{Actor, Event};
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -113,6 +115,122 @@ fn val(v: u8) -> Vec<u8> {
     vec![b'v', v]
 }
 
+/// The model of the tables: `(table index, key)` → value.
+type Model = BTreeMap<(usize, Vec<u8>), Vec<u8>>;
+
+/// Applies one table operation to `store` and to the model and checks the answer; gives back
+/// the operations that are not about tables (`Append`, `Restart`) for the backend to handle.
+async fn table_op(
+    store: &dyn Store,
+    model: &mut Model,
+    op: Op,
+) -> Result<Option<Op>, TestCaseError> {
+    match op {
+        Op::Put(t, k, v) => {
+            store.put(Table::ALL[t], &key(k), val(v)).await.unwrap();
+            model.insert((t, key(k)), val(v));
+        }
+        Op::Remove(t, k) => {
+            let got = store.remove(Table::ALL[t], &key(k)).await.unwrap();
+            prop_assert_eq!(got, model.remove(&(t, key(k))));
+        }
+        Op::Cas(t, k, e, n) => {
+            let exp = e.map(val);
+            let got = store
+                .compare_and_swap(Table::ALL[t], &key(k), exp.as_deref(), n.map(val))
+                .await
+                .unwrap();
+            let cur = model.get(&(t, key(k))).cloned();
+            if cur == exp {
+                prop_assert_eq!(got, Cas::Swapped);
+                match n {
+                    Some(n) => {
+                        model.insert((t, key(k)), val(n));
+                    }
+                    None => {
+                        model.remove(&(t, key(k)));
+                    }
+                }
+            } else {
+                prop_assert_eq!(got, Cas::Conflict { current: cur });
+            }
+        }
+        Op::Consume(t, k, v) => {
+            let got = store
+                .consume(Table::ALL[t], &key(k), &val(v))
+                .await
+                .unwrap();
+            if model.get(&(t, key(k))) == Some(&val(v)) {
+                prop_assert_eq!(got, Consumed::Won);
+                model.remove(&(t, key(k)));
+            } else {
+                prop_assert_eq!(got, Consumed::Lost);
+            }
+        }
+        Op::Scan(t) => {
+            let got = store.scan_prefix(Table::ALL[t], b"k", 100).await.unwrap();
+            let want: Vec<(Vec<u8>, Vec<u8>)> = model
+                .iter()
+                .filter(|((mt, _), _)| *mt == t)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+        Op::Apply(checks, writes) => {
+            let mut batch = Batch::new();
+            for (t, k, e) in &checks {
+                batch = batch.check(Table::ALL[*t], key(*k), e.to_expect());
+            }
+            for (t, k, v) in &writes {
+                batch = match v {
+                    Some(v) => batch.put(Table::ALL[*t], key(*k), val(*v)),
+                    None => batch.remove(Table::ALL[*t], key(*k)),
+                };
+            }
+            let got = store.apply(batch).await.unwrap();
+            let failed = checks
+                .iter()
+                .position(|(t, k, e)| !e.holds(model.get(&(*t, key(*k)))));
+            match failed {
+                None => {
+                    prop_assert_eq!(got, Applied::Committed);
+                    for (t, k, v) in writes {
+                        match v {
+                            Some(v) => {
+                                model.insert((t, key(k)), val(v));
+                            }
+                            None => {
+                                model.remove(&(t, key(k)));
+                            }
+                        }
+                    }
+                }
+                Some(i) => {
+                    let (t, k, _) = &checks[i];
+                    prop_assert_eq!(
+                        got,
+                        Applied::Refused {
+                            check: i,
+                            current: model.get(&(*t, key(*k))).cloned(),
+                        }
+                    );
+                }
+            }
+        }
+        other => return Ok(Some(other)),
+    }
+    Ok(None)
+}
+
+/// Every key of the model reads back from `store` as the model says.
+async fn reads_agree(store: &dyn Store, model: &Model) -> Result<(), TestCaseError> {
+    for ((t, k), v) in model {
+        let got = store.get(Table::ALL[*t], k).await.unwrap();
+        prop_assert_eq!(got.as_ref(), Some(v));
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -123,102 +241,24 @@ proptest! {
         let rt = rt();
         let dir = tempfile::tempdir().unwrap();
         let mut store = SledStore::open(dir.path()).unwrap();
-        let mut model: BTreeMap<(usize, Vec<u8>), Vec<u8>> = BTreeMap::new();
+        let mut model = Model::new();
         let mut events: Vec<String> = Vec::new();
         rt.block_on(async {
             for op in ops {
-                match op {
-                    Op::Put(t, k, v) => {
-                        store.put(Table::ALL[t], &key(k), val(v)).await.unwrap();
-                        model.insert((t, key(k)), val(v));
-                    }
-                    Op::Remove(t, k) => {
-                        let got = store.remove(Table::ALL[t], &key(k)).await.unwrap();
-                        prop_assert_eq!(got, model.remove(&(t, key(k))));
-                    }
-                    Op::Cas(t, k, e, n) => {
-                        let exp = e.map(val);
-                        let got = store
-                            .compare_and_swap(Table::ALL[t], &key(k), exp.as_deref(), n.map(val))
-                            .await
-                            .unwrap();
-                        let cur = model.get(&(t, key(k))).cloned();
-                        if cur == exp {
-                            prop_assert_eq!(got, Cas::Swapped);
-                            match n {
-                                Some(n) => { model.insert((t, key(k)), val(n)); }
-                                None => { model.remove(&(t, key(k))); }
-                            }
-                        } else {
-                            prop_assert_eq!(got, Cas::Conflict { current: cur });
-                        }
-                    }
-                    Op::Consume(t, k, v) => {
-                        let got = store.consume(Table::ALL[t], &key(k), &val(v)).await.unwrap();
-                        if model.get(&(t, key(k))) == Some(&val(v)) {
-                            prop_assert_eq!(got, Consumed::Won);
-                            model.remove(&(t, key(k)));
-                        } else {
-                            prop_assert_eq!(got, Consumed::Lost);
-                        }
-                    }
-                    Op::Scan(t) => {
-                        let got = store.scan_prefix(Table::ALL[t], b"k", 100).await.unwrap();
-                        let want: Vec<(Vec<u8>, Vec<u8>)> = model
-                            .iter()
-                            .filter(|((mt, _), _)| *mt == t)
-                            .map(|((_, k), v)| (k.clone(), v.clone()))
-                            .collect();
-                        prop_assert_eq!(got, want);
-                    }
-                    Op::Apply(checks, writes) => {
-                        let mut batch = Batch::new();
-                        for (t, k, e) in &checks {
-                            batch = batch.check(Table::ALL[*t], key(*k), e.to_expect());
-                        }
-                        for (t, k, v) in &writes {
-                            batch = match v {
-                                Some(v) => batch.put(Table::ALL[*t], key(*k), val(*v)),
-                                None => batch.remove(Table::ALL[*t], key(*k)),
-                            };
-                        }
-                        let got = store.apply(batch).await.unwrap();
-                        let failed = checks
-                            .iter()
-                            .position(|(t, k, e)| !e.holds(model.get(&(*t, key(*k)))));
-                        match failed {
-                            None => {
-                                prop_assert_eq!(got, Applied::Committed);
-                                for (t, k, v) in writes {
-                                    match v {
-                                        Some(v) => { model.insert((t, key(k)), val(v)); }
-                                        None => { model.remove(&(t, key(k))); }
-                                    }
-                                }
-                            }
-                            Some(i) => {
-                                let (t, k, _) = &checks[i];
-                                prop_assert_eq!(got, Applied::Refused {
-                                    check: i,
-                                    current: model.get(&(*t, key(*k))).cloned(),
-                                });
-                            }
-                        }
-                    }
-                    Op::Append(c) => {
+                match table_op(&store, &mut model, op).await? {
+                    None => {}
+                    Some(Op::Append(c)) => {
                         let e = store.append(draft(&format!("C{c}"))).await.unwrap();
                         prop_assert_eq!(e.seq, u64::try_from(events.len()).unwrap() + 1);
                         events.push(e.hash);
                     }
-                    Op::Restart => {
+                    Some(Op::Restart) => {
                         drop(store);
                         store = SledStore::open(dir.path()).unwrap();
                     }
+                    Some(other) => unreachable!("{other:?}"),
                 }
-                for ((t, k), v) in &model {
-                    let got = store.get(Table::ALL[*t], k).await.unwrap();
-                    prop_assert_eq!(got.as_ref(), Some(v));
-                }
+                reads_agree(&store, &model).await?;
             }
             let head = u64::try_from(events.len()).unwrap();
             prop_assert_eq!(store.head_seq(), head);
@@ -233,6 +273,65 @@ proptest! {
     }
 }
 
+/// 64 tasks race to consume `k` (put first): how many won.
+async fn consume_race(store: Arc<dyn Store>, k: Vec<u8>) -> usize {
+    store
+        .put(Table::Challenges, &k, b"live".to_vec())
+        .await
+        .unwrap();
+    store.sync().await.unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(64));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = Arc::clone(&store);
+            let b = Arc::clone(&barrier);
+            let k = k.clone();
+            tokio::spawn(async move {
+                b.wait().await;
+                s.consume(Table::Challenges, &k, b"live").await.unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap() == Consumed::Won {
+            winners += 1;
+        }
+    }
+    winners
+}
+
+/// 32 tasks race to move a token from `a<round>` to their own key `b<round><i>` with a batch:
+/// how many committed.
+async fn batch_race(store: Arc<dyn Store>, round: u8) -> usize {
+    let a = [b'a', round];
+    store
+        .put(Table::RefreshTokens, &a, b"token".to_vec())
+        .await
+        .unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(32));
+    let tasks: Vec<_> = (0..32u8)
+        .map(|i| {
+            let s = Arc::clone(&store);
+            let b = Arc::clone(&barrier);
+            tokio::spawn(async move {
+                b.wait().await;
+                let batch = Batch::new()
+                    .swap(Table::RefreshTokens, a, Some(b"token"), None)
+                    .put(Table::Sessions, [b'b', round, i], b"token".to_vec());
+                s.apply(batch).await.unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap().committed() {
+            winners += 1;
+        }
+    }
+    winners
+}
+
 /// 64 tasks race to consume one item: exactly one wins, and the item is gone after a restart.
 #[test]
 fn sixty_four_racers_one_winner() {
@@ -242,28 +341,7 @@ fn sixty_four_racers_one_winner() {
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
         let k = [b'r', round];
         rt.block_on(async {
-            store
-                .put(Table::Challenges, &k, b"live".to_vec())
-                .await
-                .unwrap();
-            store.sync().await.unwrap();
-            let barrier = Arc::new(tokio::sync::Barrier::new(64));
-            let tasks: Vec<_> = (0..64)
-                .map(|_| {
-                    let s = Arc::clone(&store);
-                    let b = Arc::clone(&barrier);
-                    tokio::spawn(async move {
-                        b.wait().await;
-                        s.consume(Table::Challenges, &k, b"live").await.unwrap()
-                    })
-                })
-                .collect();
-            let mut winners = 0;
-            for t in tasks {
-                if t.await.unwrap() == Consumed::Won {
-                    winners += 1;
-                }
-            }
+            let winners = consume_race(Arc::clone(&store) as Arc<dyn Store>, k.to_vec()).await;
             assert_eq!(winners, 1, "round {round}");
         });
         drop(store);
@@ -584,30 +662,7 @@ fn racing_batches_have_one_winner_and_never_half_apply() {
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
         let a = [b'a', round];
         rt.block_on(async {
-            store
-                .put(Table::RefreshTokens, &a, b"token".to_vec())
-                .await
-                .unwrap();
-            let barrier = Arc::new(tokio::sync::Barrier::new(32));
-            let tasks: Vec<_> = (0..32u8)
-                .map(|i| {
-                    let s = Arc::clone(&store);
-                    let b = Arc::clone(&barrier);
-                    tokio::spawn(async move {
-                        b.wait().await;
-                        let batch = Batch::new()
-                            .swap(Table::RefreshTokens, a, Some(b"token"), None)
-                            .put(Table::Sessions, [b'b', round, i], b"token".to_vec());
-                        s.apply(batch).await.unwrap()
-                    })
-                })
-                .collect();
-            let mut winners = 0;
-            for t in tasks {
-                if t.await.unwrap().committed() {
-                    winners += 1;
-                }
-            }
+            let winners = batch_race(Arc::clone(&store) as Arc<dyn Store>, round).await;
             assert_eq!(winners, 1, "round {round}");
         });
         drop(store);
@@ -648,4 +703,152 @@ fn a_refused_batch_writes_nothing() {
             Some(b"v1".to_vec())
         );
     });
+}
+
+/// The same model and races against PostgreSQL: a throwaway cluster on loopback, a fresh
+/// database per test.
+mod pg {
+    use super::*;
+    use crate::{PgOptions, PgStore};
+
+    async fn connect(url: &str) -> PgStore {
+        PgStore::connect(&PgOptions::new(url)).await.unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        /// Random table operations and batches, reconnections included (a new node on the same
+        /// database), against the model: every answer and every read agrees.
+        #[test]
+        fn postgres_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+            let rt = rt();
+            let url = portcullis_testdb::cluster().fresh_database();
+            rt.block_on(async {
+                let mut store = connect(&url).await;
+                let mut model = Model::new();
+                for op in ops {
+                    match table_op(&store, &mut model, op).await? {
+                        None | Some(Op::Append(_)) => {}
+                        Some(Op::Restart) => {
+                            store.close();
+                            store = connect(&url).await;
+                        }
+                        Some(other) => unreachable!("{other:?}"),
+                    }
+                    reads_agree(&store, &model).await?;
+                }
+                Ok::<(), TestCaseError>(())
+            })?;
+        }
+    }
+
+    /// 64 connections race to consume one item, and 32 to move one token with a batch:
+    /// exactly one winner each, and the token is in exactly one place afterwards.
+    #[test]
+    fn racers_have_one_winner_on_postgres() {
+        let rt = rt();
+        let url = portcullis_testdb::cluster().fresh_database();
+        rt.block_on(async {
+            let mut options = PgOptions::new(&url);
+            options.pool_size = 64;
+            let store: Arc<dyn Store> = Arc::new(PgStore::connect(&options).await.unwrap());
+            for round in 0..3u8 {
+                assert_eq!(consume_race(Arc::clone(&store), vec![b'r', round]).await, 1);
+                assert_eq!(
+                    batch_race(Arc::clone(&store), round).await,
+                    1,
+                    "round {round}"
+                );
+                assert_eq!(
+                    store
+                        .get(Table::RefreshTokens, &[b'a', round])
+                        .await
+                        .unwrap(),
+                    None
+                );
+                let moved = store
+                    .scan_prefix(Table::Sessions, &[b'b', round], 100)
+                    .await
+                    .unwrap();
+                assert_eq!(moved.len(), 1, "round {round}: {moved:?}");
+            }
+        });
+    }
+
+    /// Eight nodes starting at once on an empty database: every one starts, the schema is
+    /// created once, at the newest version.
+    #[test]
+    fn nodes_starting_together_migrate_once() {
+        let rt = rt();
+        let cluster = portcullis_testdb::cluster();
+        let url = cluster.fresh_database();
+        rt.block_on(async {
+            let starts: Vec<_> = (0..8)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move { PgStore::connect(&PgOptions::new(url)).await })
+                })
+                .collect();
+            for s in starts {
+                s.await.unwrap().unwrap();
+            }
+        });
+        let db = url.rsplit('/').next().unwrap();
+        assert_eq!(
+            cluster.psql(db, "SELECT version FROM portcullis_schema"),
+            "1"
+        );
+        let tables = cluster.psql(
+            db,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+        );
+        assert_eq!(tables, (Table::ALL.len() + 1).to_string());
+    }
+
+    /// A record is readable with plain SQL (its version and JSON body), while the exact bytes
+    /// written stay what compare-and-swap compares, even when jsonb would reorder the keys.
+    #[test]
+    fn records_are_readable_with_sql_and_compared_byte_for_byte() {
+        let rt = rt();
+        let cluster = portcullis_testdb::cluster();
+        let url = cluster.fresh_database();
+        let record = b"\x01{\"zeta\":1,\"email\":\"a@example.org\"}".to_vec();
+        rt.block_on(async {
+            let store = connect(&url).await;
+            store
+                .put(Table::Users, b"u1", record.clone())
+                .await
+                .unwrap();
+            store
+                .put(Table::Emails, b"a@example.org", b"u1".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get(Table::Users, b"u1").await.unwrap(),
+                Some(record.clone())
+            );
+            let next = b"\x01{\"zeta\":2}".to_vec();
+            assert_eq!(
+                store
+                    .compare_and_swap(Table::Users, b"u1", Some(&record), Some(next.clone()))
+                    .await
+                    .unwrap(),
+                Cas::Swapped
+            );
+            assert_eq!(store.get(Table::Users, b"u1").await.unwrap(), Some(next));
+        });
+        let db = url.rsplit('/').next().unwrap();
+        assert_eq!(
+            cluster.psql(db, "SELECT version || ' ' || (body->>'zeta') FROM users"),
+            "1 2"
+        );
+        assert_eq!(
+            cluster.psql(
+                db,
+                "SELECT count(*) FROM emails WHERE body IS NULL AND version IS NULL"
+            ),
+            "1"
+        );
+    }
 }

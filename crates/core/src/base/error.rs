@@ -77,6 +77,9 @@ impl From<portcullis_store::StoreError> for CommandError {
             portcullis_store::StoreError::Busy => {
                 CommandError::new(ErrorCode::Unavailable, "too busy; retry")
             }
+            portcullis_store::StoreError::Unavailable(_) => {
+                CommandError::new(ErrorCode::Unavailable, "storage is unreachable; retry")
+            }
             _ => CommandError::internal(),
         }
     }

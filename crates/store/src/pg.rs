@@ -1,0 +1,496 @@
+//! The PostgreSQL backend: one SQL table per logical [`Table`], shared by any number of
+//! stateless nodes.
+//!
+//! Each table holds `key bytea PRIMARY KEY, value bytea`: `value` is exactly the bytes the core
+//! wrote, and the only thing compared by a compare-and-swap or a batch check. Beside it, for an
+//! operator reading with plain SQL, a record's version byte and JSON body are kept as
+//! `version smallint` and `body jsonb` (`NULL` for values that are not records, such as index
+//! entries). Every statement commits before it returns (`synchronous_commit` must not be `off`,
+//! checked at start), so [`Store::sync`] has nothing left to wait for.
+//!
+//! Single-key primitives run at READ COMMITTED and are atomic by construction: a
+//! compare-and-swap is one `UPDATE … WHERE value = $expected` (or `INSERT … ON CONFLICT DO
+//! NOTHING`, or `DELETE … WHERE value = $expected`), so of N concurrent callers exactly one sees
+//! its row changed. A [`Batch`] is one SERIALIZABLE transaction; a serialization failure is
+//! retried from the start (checks included), and reported as [`StoreError::Busy`] when it keeps
+//! happening.
+//!
+//! Schema changes are versioned migrations applied at start under a lock row (no session
+//! advisory locks, so CockroachDB works too): concurrent nodes serialise on it and each applies
+//! only what the others have not.
+
+use crate::{Applied, Batch, Cas, Expect, Store, StoreError, SyncTicket, Table};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `postgres://user[:password]@host[:port]/database[?options]`.
+    pub url: String,
+    /// Connections per node.
+    pub pool_size: usize,
+    /// Server-side limit for one statement.
+    pub statement_timeout: Duration,
+    /// How long a command waits for a connection (or for a new one to open) before the store
+    /// answers unavailable.
+    pub connect_timeout: Duration,
+}
+
+impl PgOptions {
+    /// Defaults for `url`: 16 connections, 5 s statements, 5 s to get a connection.
+    pub fn new(url: impl Into<String>) -> Self {
+        PgOptions {
+            url: url.into(),
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Rounds of a batch against serialization failures before it reports [`StoreError::Busy`].
+const BATCH_ATTEMPTS: usize = 16;
+
+/// The schema, one step per version (the SQL each applies), in order; never edited once
+/// released.
+const MIGRATIONS: &[fn() -> String] = &[
+    // 1: one table per logical table.
+    tables_sql,
+];
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never printed.
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+fn sql_table(table: Table) -> &'static str {
+    table.name()
+}
+
+fn backend(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        // The code and message only: a DETAIL may quote key values.
+        return StoreError::Backend(format!("{}: {}", db.code().code(), db.message()));
+    }
+    if e.is_closed() {
+        return StoreError::Unavailable("the database connection closed".into());
+    }
+    StoreError::Unavailable(format!("the database is unreachable: {e}"))
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => backend(e),
+        other => StoreError::Unavailable(format!("no database connection: {other}")),
+    }
+}
+
+fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// The version byte and JSON body of a record value, for the readable columns.
+fn readable(value: &[u8]) -> (Option<i16>, Option<&str>) {
+    match value {
+        [version, body @ ..] if body.first() == Some(&b'{') => {
+            let json = std::str::from_utf8(body)
+                .ok()
+                .filter(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok());
+            match json {
+                Some(j) => (Some(i16::from(*version)), Some(j)),
+                None => (None, None),
+            }
+        }
+        _ => (None, None),
+    }
+}
+
+/// The exclusive upper bound of keys starting with `prefix`, if any.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+impl PgStore {
+    /// Connects, checks that commits are durable, and applies any pending migration.
+    pub async fn connect(options: &PgOptions) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config = options
+            .url
+            .parse()
+            .map_err(|_| StoreError::Backend("the database URL does not parse".into()))?;
+        config.options(format!(
+            "-c statement_timeout={}",
+            options.statement_timeout.as_millis()
+        ));
+        config.connect_timeout(options.connect_timeout);
+        config.application_name("portcullis");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("building the connection pool: {e}")))?;
+        let store = PgStore { pool };
+        store.check_durability().await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn check_durability(&self) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .map_err(backend)?;
+        let mode: String = row.get(0);
+        if mode == "off" {
+            return Err(StoreError::Backend(
+                "synchronous_commit is off: a commit could be lost after the answer; set it to on"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies the migrations this database lacks, under the lock row; returns the schema
+    /// version. Safe when several nodes start at once.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut c = self.client().await?;
+        // Creating the lock table itself can race: a concurrent CREATE … IF NOT EXISTS may fail
+        // on the catalogue's unique index. Try again; one of them made it.
+        for attempt in 0.. {
+            let made = c
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS portcullis_schema (
+                         id int PRIMARY KEY CHECK (id = 1),
+                         version int NOT NULL,
+                         updated_at timestamptz NOT NULL DEFAULT now());
+                     INSERT INTO portcullis_schema (id, version) VALUES (1, 0)
+                         ON CONFLICT (id) DO NOTHING;",
+                )
+                .await;
+            match made {
+                Ok(()) => break,
+                Err(e)
+                    if attempt < 5
+                        && e.code().is_some_and(|c| {
+                            *c == SqlState::UNIQUE_VIOLATION
+                                || *c == SqlState::DUPLICATE_TABLE
+                                || *c == SqlState::DUPLICATE_OBJECT
+                        }) => {}
+                Err(e) => return Err(backend(e)),
+            }
+        }
+        let tx = c.transaction().await.map_err(backend)?;
+        let row = tx
+            .query_one(
+                "SELECT version FROM portcullis_schema WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        let current = usize::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Backend(format!(
+                "the database schema is version {current}, newer than this build's {}: upgrade \
+                 this node",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(current) {
+            tx.batch_execute(&step()).await.map_err(backend)?;
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.execute(
+                "UPDATE portcullis_schema SET version = $1, updated_at = now() WHERE id = 1",
+                &[&version],
+            )
+            .await
+            .map_err(backend)?;
+            tracing::info!(version, "applied a database migration");
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(MIGRATIONS.len())
+    }
+
+    async fn current(
+        c: &impl deadpool_postgres::GenericClient,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
+        let sql = format!("SELECT value FROM {} WHERE key = $1", sql_table(table));
+        let stmt = c.prepare_cached(&sql).await?;
+        Ok(c.query_opt(&stmt, &[&key]).await?.map(|r| r.get(0)))
+    }
+
+    async fn upsert(
+        c: &impl deadpool_postgres::GenericClient,
+        table: Table,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), tokio_postgres::Error> {
+        let (version, body) = readable(value);
+        let sql = format!(
+            "INSERT INTO {} (key, value, version, body) VALUES ($1, $2, $3, $4::text::jsonb)
+             ON CONFLICT (key) DO UPDATE
+             SET value = excluded.value, version = excluded.version, body = excluded.body",
+            sql_table(table)
+        );
+        let stmt = c.prepare_cached(&sql).await?;
+        c.execute(&stmt, &[&key, &value, &version, &body]).await?;
+        Ok(())
+    }
+
+    async fn delete(
+        c: &impl deadpool_postgres::GenericClient,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
+        let sql = format!(
+            "DELETE FROM {} WHERE key = $1 RETURNING value",
+            sql_table(table)
+        );
+        let stmt = c.prepare_cached(&sql).await?;
+        Ok(c.query_opt(&stmt, &[&key]).await?.map(|r| r.get(0)))
+    }
+
+    /// One attempt at a batch: `Ok(None)` when the transaction hit a serialization failure.
+    async fn try_apply(&self, batch: &Batch) -> Result<Option<Applied>, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(IsolationLevel::Serializable)
+            .start()
+            .await
+            .map_err(backend)?;
+        let outcome: Result<Applied, tokio_postgres::Error> = async {
+            for (i, check) in batch.checks().iter().enumerate() {
+                let current = Self::current(&tx, check.table, &check.key).await?;
+                let holds = match &check.expect {
+                    Expect::Absent => current.is_none(),
+                    Expect::Present => current.is_some(),
+                    Expect::Value(v) => current.as_deref() == Some(v.as_slice()),
+                };
+                if !holds {
+                    return Ok(Applied::Refused { check: i, current });
+                }
+            }
+            for w in batch.writes() {
+                match &w.value {
+                    Some(v) => Self::upsert(&tx, w.table, &w.key, v).await?,
+                    None => {
+                        Self::delete(&tx, w.table, &w.key).await?;
+                    }
+                }
+            }
+            Ok(Applied::Committed)
+        }
+        .await;
+        match outcome {
+            Ok(Applied::Committed) => match tx.commit().await {
+                Ok(()) => Ok(Some(Applied::Committed)),
+                Err(e) if is_serialization_failure(&e) => Ok(None),
+                Err(e) => Err(backend(e)),
+            },
+            Ok(refused) => {
+                // Nothing was written; the transaction only read.
+                tx.rollback().await.map_err(backend)?;
+                Ok(Some(refused))
+            }
+            Err(e) if is_serialization_failure(&e) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+}
+
+/// The SQL of migration 1: every logical table.
+fn tables_sql() -> String {
+    Table::ALL
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (
+                     key bytea PRIMARY KEY,
+                     value bytea NOT NULL,
+                     version smallint,
+                     body jsonb);",
+                sql_table(*t)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.client().await?;
+        Self::current(&c, table, key).await.map_err(backend)
+    }
+
+    async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        Self::upsert(&c, table, key, &value).await.map_err(backend)
+    }
+
+    async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.client().await?;
+        Self::delete(&c, table, key).await.map_err(backend)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<Cas, StoreError> {
+        let c = self.client().await?;
+        let t = sql_table(table);
+        let changed = match (expected, &new) {
+            (None, None) => Self::current(&c, table, key)
+                .await
+                .map_err(backend)?
+                .is_none(),
+            (None, Some(v)) => {
+                let (version, body) = readable(v);
+                let sql = format!(
+                    "INSERT INTO {t} (key, value, version, body) VALUES ($1, $2, $3, $4::text::jsonb)
+                     ON CONFLICT (key) DO NOTHING"
+                );
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.execute(&stmt, &[&key, &v, &version, &body])
+                    .await
+                    .map_err(backend)?
+                    == 1
+            }
+            (Some(old), Some(v)) => {
+                let (version, body) = readable(v);
+                let sql = format!(
+                    "UPDATE {t} SET value = $3, version = $4, body = $5::text::jsonb
+                     WHERE key = $1 AND value = $2"
+                );
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.execute(&stmt, &[&key, &old, &v, &version, &body])
+                    .await
+                    .map_err(backend)?
+                    == 1
+            }
+            (Some(old), None) => {
+                let sql = format!("DELETE FROM {t} WHERE key = $1 AND value = $2");
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.execute(&stmt, &[&key, &old]).await.map_err(backend)? == 1
+            }
+        };
+        if changed {
+            return Ok(Cas::Swapped);
+        }
+        let current = Self::current(&c, table, key).await.map_err(backend)?;
+        Ok(Cas::Conflict { current })
+    }
+
+    async fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let c = self.client().await?;
+        let t = sql_table(table);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match prefix_end(prefix) {
+            Some(end) => {
+                let sql = format!(
+                    "SELECT key, value FROM {t} WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"
+                );
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.query(&stmt, &[&prefix, &end, &limit]).await
+            }
+            None => {
+                let sql =
+                    format!("SELECT key, value FROM {t} WHERE key >= $1 ORDER BY key LIMIT $2");
+                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                c.query(&stmt, &[&prefix, &limit]).await
+            }
+        }
+        .map_err(backend)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn sync(&self) -> SyncTicket {
+        // Every statement committed before it returned.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn sync_state(&self) -> Option<SyncTicket> {
+        None
+    }
+
+    fn close(&self) {
+        self.pool.close();
+    }
+
+    async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+        for _ in 0..BATCH_ATTEMPTS {
+            if let Some(applied) = self.try_apply(&batch).await? {
+                return Ok(applied);
+            }
+        }
+        Err(StoreError::Busy)
+    }
+
+    async fn consume(
+        &self,
+        table: Table,
+        key: &[u8],
+        expected: &[u8],
+    ) -> Result<crate::Consumed, StoreError> {
+        let c = self.client().await?;
+        let sql = format!(
+            "DELETE FROM {} WHERE key = $1 AND value = $2",
+            sql_table(table)
+        );
+        let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+        let n = c
+            .execute(&stmt, &[&key, &expected])
+            .await
+            .map_err(backend)?;
+        // Committed (and durable) before execute returned.
+        Ok(if n == 1 {
+            crate::Consumed::Won
+        } else {
+            crate::Consumed::Lost
+        })
+    }
+}

@@ -1,0 +1,203 @@
+//! A throwaway PostgreSQL cluster on loopback for the tests that need a real database.
+//!
+//! The first call to [`cluster`] in a test process runs `initdb` into a fresh directory under
+//! the system's temp dir (as the `postgres` user when the tests run as root: `initdb` refuses
+//! root), starts the server with `pg_ctl` on a free 127.0.0.1 port, and leaves a watchdog that
+//! stops the server and removes the directory once the test process has exited. Each test then
+//! takes a database of its own with [`Cluster::fresh_database`], so tests never see each other's
+//! rows. Binaries come from `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`;
+//! `scripts/test` installs Debian's `postgresql` when neither exists.
+
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+/// A running cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    port: u16,
+    bindir: PathBuf,
+}
+
+/// The test process's cluster, started on first use.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(start)
+}
+
+impl Cluster {
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL of database `db` as the `postgres` superuser (trust authentication).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Creates a new, empty database and returns its URL.
+    pub fn fresh_database(&self) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// Runs one SQL statement with `psql` against database `db`; panics when it fails.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-d", db, "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+fn bindir() -> PathBuf {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, b)| b)
+        .expect("PostgreSQL is not installed: run scripts/test (it installs Debian's postgresql)")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `program args…`, as the `postgres` user when we are root.
+fn as_owner(root: bool, program: &Path) -> Command {
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn start() -> Cluster {
+    let bindir = bindir();
+    let root = is_root();
+    // The directory belongs to whoever runs the server.
+    let mk = if root {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--", "mktemp", "-d"])
+            .arg(std::env::temp_dir().join("portcullis-pg-XXXXXX"))
+            .output()
+    } else {
+        Command::new("mktemp")
+            .arg("-d")
+            .arg(std::env::temp_dir().join("portcullis-pg-XXXXXX"))
+            .output()
+    }
+    .expect("mktemp");
+    assert!(mk.status.success(), "mktemp: {mk:?}");
+    let dir = PathBuf::from(String::from_utf8_lossy(&mk.stdout).trim());
+    let data = dir.join("data");
+    let init = as_owner(root, &bindir.join("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run initdb");
+    assert!(
+        init.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    // Stop the server and remove its directory once this process is gone (a bounded loop: it
+    // ends with the process).
+    let stop = format!(
+        "{} '{}' -D '{}' stop -m immediate >/dev/null 2>&1",
+        if root { "runuser -u postgres --" } else { "" },
+        bindir.join("pg_ctl").display(),
+        data.display()
+    );
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf '{dir}'",
+        pid = std::process::id(),
+        dir = dir.display(),
+    );
+    for attempt in 0..5 {
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c max_connections=200",
+            dir.display()
+        );
+        let st = as_owner(root, &bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-w", "-t", "60", "-l"])
+            .arg(dir.join("server.log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl");
+        if st.success() {
+            // `setsid -f` forks the watchdog into its own session and returns at once.
+            let started = Command::new("setsid")
+                .args(["-f", "sh", "-c", &watchdog])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("start the cluster's watchdog");
+            assert!(started.success(), "the cluster's watchdog did not start");
+            return Cluster { port, bindir };
+        }
+        eprintln!("pg_ctl start failed on port {port} (attempt {attempt}), trying another");
+    }
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    panic!("PostgreSQL did not start: {log}");
+}
