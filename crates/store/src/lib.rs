@@ -20,6 +20,7 @@
 mod group_commit;
 mod log;
 mod pg;
+mod pg_log;
 mod record;
 mod sled_store;
 

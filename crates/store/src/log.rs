@@ -84,8 +84,16 @@ pub trait EventLog: Send + Sync + 'static {
     /// has no gap and no fork. Not durable until [`crate::Store::sync`] returns.
     async fn append(&self, event: Event) -> Result<Event, StoreError>;
 
-    /// Seq of the newest appended event (0 when empty).
+    /// Seq of the newest appended event (0 when empty), as this node last saw it. With several
+    /// nodes on one log it may lag: call [`EventLog::refresh`] first where that would mislead.
     fn head_seq(&self) -> u64;
+
+    /// Reads the log's state (head, checkpoint) afresh from where it is kept, so that
+    /// [`EventLog::head_seq`] and [`EventLog::checkpoint`] include what other nodes appended or
+    /// pruned. Nothing to do for a log only this process writes.
+    async fn refresh(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The last pruned event; `None` when the log was never pruned.
     fn checkpoint(&self) -> Option<Checkpoint>;
@@ -213,6 +221,7 @@ pub async fn verify_events(
     to: Option<u64>,
 ) -> Result<VerifyReport, StoreError> {
     const PAGE: usize = 4096;
+    log.refresh().await?;
     let head = log.head_seq();
     let checkpoint = log.checkpoint();
     let first = log.first_seq();

@@ -19,6 +19,7 @@
 //! advisory locks, so CockroachDB works too): concurrent nodes serialise on it and each applies
 //! only what the others have not.
 
+use crate::pg_log::{log_sql, run_appender, LogState, PendingAppend, APPEND_QUEUE};
 use crate::{Applied, Batch, Cas, Expect, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -59,12 +60,16 @@ const BATCH_ATTEMPTS: usize = 16;
 /// released.
 const MIGRATIONS: &[fn() -> String] = &[
     // 1: one table per logical table.
-    tables_sql,
+    tables_sql, // 2: the event log and its head.
+    log_sql,
 ];
 
-/// The PostgreSQL store.
+/// The PostgreSQL store and event log.
 pub struct PgStore {
     pool: Pool,
+    pub(crate) log: std::sync::Arc<LogState>,
+    pub(crate) appender: tokio::sync::mpsc::Sender<PendingAppend>,
+    pub(crate) prune_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -78,7 +83,7 @@ fn sql_table(table: Table) -> &'static str {
     table.name()
 }
 
-fn backend(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         // The code and message only: a DETAIL may quote key values.
         return StoreError::Backend(format!("{}: {}", db.code().code(), db.message()));
@@ -116,6 +121,11 @@ fn readable(value: &[u8]) -> (Option<i16>, Option<&str>) {
         }
         _ => (None, None),
     }
+}
+
+/// A connection from the pool.
+pub(crate) async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(pool_err)
 }
 
 /// The exclusive upper bound of keys starting with `prefix`, if any.
@@ -158,14 +168,27 @@ impl PgStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("building the connection pool: {e}")))?;
-        let store = PgStore { pool };
+        let log = std::sync::Arc::new(LogState::new());
+        let (appender, queue) = tokio::sync::mpsc::channel(APPEND_QUEUE);
+        tokio::spawn(run_appender(
+            pool.clone(),
+            std::sync::Arc::clone(&log),
+            queue,
+        ));
+        let store = PgStore {
+            pool,
+            log,
+            appender,
+            prune_lock: tokio::sync::Mutex::new(()),
+        };
         store.check_durability().await?;
         store.migrate().await?;
+        store.refresh_log_state().await?;
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_err)
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        client(&self.pool).await
     }
 
     async fn check_durability(&self) -> Result<(), StoreError> {

@@ -55,6 +55,8 @@ pub fn specs() -> Vec<CommandSpec> {
 /// with `follow`, live events until the client goes away.
 async fn tail(ctx: Ctx, p: TailParams) -> Result<TailStream, CommandError> {
     let app = &ctx.app;
+    // Other nodes may have appended (or pruned) since this one last looked.
+    app.log.refresh().await?;
     let head = app.log.head_seq();
     let from = p.from_seq.unwrap_or(head + 1).max(app.log.first_seq());
     Ok(TailStream::new(
@@ -137,6 +139,7 @@ async fn query(ctx: Ctx, p: QueryParams) -> Result<QueryResult, CommandError> {
     }
     let filter = Filter::from_params(&p)?;
     let log = &ctx.app.log;
+    log.refresh().await?;
     let last = p.to_seq.unwrap_or(u64::MAX).min(log.durable_seq());
     // Pruned events are gone: the scan (and its budget) starts at the first one kept.
     let mut next = p.from_seq.unwrap_or(1).max(log.first_seq());
@@ -187,6 +190,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<VerifyReport, CommandError>
 /// leaving a checkpoint (the last removed event's seq and hash) that the kept log chains to.
 async fn prune(ctx: Ctx, p: PruneParams) -> Result<PruneResult, CommandError> {
     let log = ctx.app.log.as_ref();
+    log.refresh().await?;
     let head = log.head_seq();
     ctx.audit.note("through_seq", p.through_seq);
     if p.through_seq == 0 || p.through_seq >= head {

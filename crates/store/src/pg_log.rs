@@ -1,0 +1,446 @@
+//! The event log on PostgreSQL: one chain, one global order, across every node.
+//!
+//! Events live in `events`, keyed by `seq`, with each field as a column (for plain SQL) beside
+//! the exact record that was hashed (`record`, what reads return). The chain's head is one row,
+//! `log_head`. Each node appends through one task that takes every event waiting, and writes
+//! them in one transaction: lock `log_head` `FOR UPDATE`, number and chain the events after it,
+//! insert them, move the head, commit. Appends from several nodes serialise on that row, so
+//! commit order is seq order and a reader never sees a gap that fills later; batching is what
+//! makes that affordable (about 1,000 events/s at one event per transaction on this machine,
+//! 14k at 32).
+
+use crate::log::raw_event;
+use crate::pg::{backend, client, PgStore};
+use crate::{decode_record, encode_record, EventLog, LogEntry, LogPage, RawLogEntry, StoreError};
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use portcullis_protocol::commands::log::{Checkpoint, PruneResult};
+use portcullis_protocol::{Event, GENESIS_HASH};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::RwLock;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Events one append transaction takes at most.
+pub(crate) const APPEND_BATCH: usize = 512;
+/// Appends waiting for the appender before callers wait for room.
+pub(crate) const APPEND_QUEUE: usize = 4096;
+
+/// An event waiting to be appended, and where its numbered form goes.
+pub(crate) type PendingAppend = (Event, oneshot::Sender<Result<Event, StoreError>>);
+
+/// The SQL of migration 2: the event log.
+pub(crate) fn log_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS events (
+             seq bigint PRIMARY KEY,
+             time text NOT NULL,
+             command text,
+             outcome text NOT NULL,
+             actor text NOT NULL,
+             subject text,
+             session text,
+             client text,
+             transport text NOT NULL,
+             duration_us bigint NOT NULL,
+             summary jsonb NOT NULL,
+             prev text NOT NULL,
+             hash text NOT NULL,
+             record bytea NOT NULL);
+         CREATE TABLE IF NOT EXISTS log_head (
+             id int PRIMARY KEY CHECK (id = 1),
+             seq bigint NOT NULL,
+             hash text NOT NULL);
+         INSERT INTO log_head (id, seq, hash) VALUES (1, 0, '{GENESIS_HASH}')
+             ON CONFLICT (id) DO NOTHING;
+         CREATE TABLE IF NOT EXISTS log_meta (
+             key text PRIMARY KEY,
+             value bytea NOT NULL);"
+    )
+}
+
+const CHECKPOINT_KEY: &str = "checkpoint";
+
+/// What a node knows of the log, shared with its appender.
+pub(crate) struct LogState {
+    /// The newest seq this node has seen committed.
+    pub(crate) head: AtomicU64,
+    /// The same, watched (every committed event is durable).
+    pub(crate) durable: watch::Sender<u64>,
+    /// The last prune's checkpoint.
+    pub(crate) checkpoint: RwLock<Option<Checkpoint>>,
+}
+
+impl LogState {
+    pub(crate) fn new() -> Self {
+        LogState {
+            head: AtomicU64::new(0),
+            durable: watch::Sender::new(0),
+            checkpoint: RwLock::new(None),
+        }
+    }
+
+    /// Records that the log reaches at least `seq`.
+    fn reached(&self, seq: u64) {
+        self.head.fetch_max(seq, Ordering::AcqRel);
+        self.durable.send_if_modified(|d| {
+            let moved = *d < seq;
+            *d = (*d).max(seq);
+            moved
+        });
+    }
+}
+
+/// Appends one batch in one transaction; returns the events as numbered and chained.
+async fn append_batch(
+    pool: &Pool,
+    log: &LogState,
+    mut events: Vec<Event>,
+) -> Result<Vec<Event>, StoreError> {
+    let mut c = client(pool).await?;
+    let tx = c.transaction().await.map_err(backend)?;
+    let head = tx
+        .query_one(
+            "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(backend)?;
+    let (mut seq, mut prev): (i64, String) = (head.get(0), head.get(1));
+    let mut cols = Columns::with_capacity(events.len());
+    for e in &mut events {
+        seq += 1;
+        e.seq = to_u64(seq);
+        e.prev = std::mem::take(&mut prev);
+        e.hash = e.compute_hash();
+        prev = e.hash.clone();
+        cols.push(e);
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (seq, time, command, outcome, actor, subject, session, client,
+                 transport, duration_us, summary, prev, hash, record)
+             SELECT s, t, c, o, a, su, se, cl, tr, d, sm::jsonb, p, h, r
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
+                 $12::text[], $13::text[], $14::bytea[])
+                 AS u(s, t, c, o, a, su, se, cl, tr, d, sm, p, h, r)",
+        )
+        .await
+        .map_err(backend)?;
+    tx.execute(
+        &stmt,
+        &[
+            &cols.seq,
+            &cols.time,
+            &cols.command,
+            &cols.outcome,
+            &cols.actor,
+            &cols.subject,
+            &cols.session,
+            &cols.client,
+            &cols.transport,
+            &cols.duration_us,
+            &cols.summary,
+            &cols.prev,
+            &cols.hash,
+            &cols.record,
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    tx.execute(
+        "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1",
+        &[&seq, &prev],
+    )
+    .await
+    .map_err(backend)?;
+    tx.commit().await.map_err(backend)?;
+    log.reached(to_u64(seq));
+    Ok(events)
+}
+
+/// A node's appender: takes every waiting event (up to [`APPEND_BATCH`]) and appends them in
+/// one transaction, until the store (the queue's sender) is gone.
+pub(crate) async fn run_appender(
+    pool: Pool,
+    log: std::sync::Arc<LogState>,
+    mut queue: mpsc::Receiver<PendingAppend>,
+) {
+    let mut batch: Vec<PendingAppend> = Vec::with_capacity(APPEND_BATCH);
+    while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+        let (events, waiters): (Vec<Event>, Vec<_>) = batch.drain(..).unzip();
+        match append_batch(&pool, &log, events).await {
+            Ok(done) => {
+                for (event, waiter) in done.into_iter().zip(waiters) {
+                    let _ = waiter.send(Ok(event));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "appending events failed");
+                for waiter in waiters {
+                    let _ = waiter.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl PgStore {
+    /// Reads the head and checkpoint from the database (at start; later, where a stale value
+    /// would mislead).
+    pub(crate) async fn refresh_log_state(&self) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let head: i64 = c
+            .query_one("SELECT seq FROM log_head WHERE id = 1", &[])
+            .await
+            .map_err(backend)?
+            .get(0);
+        let checkpoint = c
+            .query_opt(
+                "SELECT value FROM log_meta WHERE key = $1",
+                &[&CHECKPOINT_KEY],
+            )
+            .await
+            .map_err(backend)?
+            .and_then(|r| serde_json::from_slice::<Checkpoint>(&r.get::<_, Vec<u8>>(0)).ok());
+        *self
+            .log
+            .checkpoint
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = checkpoint;
+        let head = to_u64(head);
+        self.log.reached(head);
+        Ok(head)
+    }
+
+    async fn read_rows(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT seq, record FROM events WHERE seq >= $1 AND seq <= $2 ORDER BY seq
+                 LIMIT $3",
+            )
+            .await
+            .map_err(backend)?;
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &to_i64(from),
+                    &to_i64(to),
+                    &i64::try_from(max).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (to_u64(r.get(0)), r.get(1)))
+            .collect())
+    }
+}
+
+/// One batch as columns, for `UNNEST`.
+struct Columns {
+    seq: Vec<i64>,
+    time: Vec<String>,
+    command: Vec<Option<String>>,
+    outcome: Vec<String>,
+    actor: Vec<String>,
+    subject: Vec<Option<String>>,
+    session: Vec<Option<String>>,
+    client: Vec<Option<String>>,
+    transport: Vec<String>,
+    duration_us: Vec<i64>,
+    summary: Vec<String>,
+    prev: Vec<String>,
+    hash: Vec<String>,
+    record: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            seq: Vec::with_capacity(n),
+            time: Vec::with_capacity(n),
+            command: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            subject: Vec::with_capacity(n),
+            session: Vec::with_capacity(n),
+            client: Vec::with_capacity(n),
+            transport: Vec::with_capacity(n),
+            duration_us: Vec::with_capacity(n),
+            summary: Vec::with_capacity(n),
+            prev: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+            record: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, e: &Event) {
+        self.seq.push(to_i64(e.seq));
+        self.time.push(e.time.clone());
+        self.command.push(e.command.clone());
+        self.outcome.push(e.outcome.clone());
+        self.actor.push(e.actor.to_string());
+        self.subject.push(e.subject.clone());
+        self.session.push(e.session.clone());
+        self.client.push(e.client.clone());
+        self.transport.push(e.transport.clone());
+        self.duration_us.push(to_i64(e.duration_us));
+        self.summary
+            .push(serde_json::Value::Object(e.summary.clone()).to_string());
+        self.prev.push(e.prev.clone());
+        self.hash.push(e.hash.clone());
+        self.record.push(encode_record(e));
+    }
+}
+
+#[async_trait]
+impl EventLog for PgStore {
+    async fn append(&self, event: Event) -> Result<Event, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.appender
+            .send((event, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn head_seq(&self) -> u64 {
+        self.log.head.load(Ordering::Acquire)
+    }
+
+    async fn refresh(&self) -> Result<(), StoreError> {
+        self.refresh_log_state().await.map(|_| ())
+    }
+
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        self.log
+            .checkpoint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError> {
+        let _one_at_a_time = self.prune_lock.lock().await;
+        // Fresh from the database: another node may have appended or pruned.
+        let head = self.refresh_log_state().await?;
+        let first = self.first_seq();
+        if through_seq < first {
+            let checkpoint = self.checkpoint().ok_or_else(|| {
+                StoreError::Backend("pruning through seq 0 removes nothing".into())
+            })?;
+            return Ok(PruneResult {
+                pruned: 0,
+                first_seq: first,
+                checkpoint,
+            });
+        }
+        if through_seq >= head {
+            return Err(StoreError::Backend(format!(
+                "seq {through_seq} is not below the newest event"
+            )));
+        }
+        let report = crate::verify_events(self, first, Some(through_seq + 1)).await?;
+        if !report.valid {
+            return Err(StoreError::BrokenChain {
+                seq: report.first_broken_seq.unwrap_or(first),
+            });
+        }
+        let stored = self
+            .read_rows(through_seq, through_seq, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                StoreError::Backend(format!("no event is stored at seq {through_seq}"))
+            })?;
+        let checkpoint = Checkpoint {
+            seq: through_seq,
+            hash: decode_record::<Event>(&stored.1)?.hash,
+        };
+        let bytes = serde_json::to_vec(&checkpoint)
+            .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
+        // The checkpoint and the removal in one transaction: all of it or none.
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        tx.execute(
+            "INSERT INTO log_meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&CHECKPOINT_KEY, &bytes],
+        )
+        .await
+        .map_err(backend)?;
+        let pruned = tx
+            .execute(
+                "DELETE FROM events WHERE seq <= $1",
+                &[&to_i64(through_seq)],
+            )
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        *self
+            .log
+            .checkpoint
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(checkpoint.clone());
+        Ok(PruneResult {
+            pruned,
+            first_seq: through_seq + 1,
+            checkpoint,
+        })
+    }
+
+    fn durable_seq(&self) -> u64 {
+        *self.log.durable.borrow()
+    }
+
+    fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.log.durable.subscribe()
+    }
+
+    async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError> {
+        Ok(self
+            .read_rows(from, to, max)
+            .await?
+            .into_iter()
+            .map(|(seq, record)| LogEntry {
+                seq,
+                event: decode_record::<Event>(&record),
+            })
+            .collect())
+    }
+
+    async fn read_raw(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<RawLogEntry>, StoreError> {
+        Ok(self
+            .read_rows(from, to, max)
+            .await?
+            .into_iter()
+            .map(|(seq, record)| RawLogEntry {
+                seq,
+                json: raw_event(seq, &record),
+            })
+            .collect())
+    }
+}
