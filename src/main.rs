@@ -8,7 +8,7 @@ use portcullis_protocol::commands::log::{
     Checkpoint, PruneParams, PruneResult, TailParams, VerifyParams, VerifyReport,
 };
 use portcullis_protocol::{Event, Request, Secret};
-use portcullis_store::{verify_events, ChainVerifier, EventLog, LogEntry, SledStore};
+use portcullis_store::{verify_events, ChainVerifier, LogEntry, SledStore};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,6 +80,9 @@ enum AdminCmd {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// The deployment's PostgreSQL database, when it uses one.
+        #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<portcullis_core::base::config::SecretSetting>,
     },
 }
 
@@ -99,19 +102,26 @@ struct BootstrapArgs {
 /// makes the clap fields and copies each given value over the same-named [`Config`] field (a
 /// name or type that does not match `Config` does not compile).
 macro_rules! serve_settings {
-    ($( $(#[doc = $doc:literal])* $field:ident: $ty:ty = $env:literal, )*) => {
+    (
+        $( $(#[doc = $doc:literal])* $field:ident: $ty:ty = $env:literal, )*
+        @optional {
+            $( $(#[doc = $odoc:literal])* $ofield:ident: $oty:ty = $oenv:literal, )*
+        }
+    ) => {
         #[derive(Args)]
         struct ServeArgs {
             /// TOML file with any of the settings below (flags and env vars take precedence).
             #[arg(long, env = "PORTCULLIS_CONFIG")]
             config: Option<PathBuf>,
             $( $(#[doc = $doc])* #[arg(long, env = $env)] $field: Option<$ty>, )*
+            $( $(#[doc = $odoc])* #[arg(long, env = $oenv)] $ofield: Option<$oty>, )*
         }
 
         impl ServeArgs {
             /// Copies every setting given as a flag or variable over `c`.
             fn overlay(&self, c: &mut Config) {
                 $( if let Some(v) = &self.$field { c.$field = v.clone(); } )*
+                $( if let Some(v) = &self.$ofield { c.$ofield = Some(v.clone()); } )*
             }
         }
     };
@@ -164,6 +174,16 @@ serve_settings! {
     store_cache_mb: u64 = "PORTCULLIS_STORE_CACHE_MB",
     /// End every group commit with an fdatasync of the database file (true/false).
     store_fsync: bool = "PORTCULLIS_STORE_FSYNC",
+    /// Database connections per node (with --database-url).
+    database_pool_size: usize = "PORTCULLIS_DATABASE_POOL_SIZE",
+    /// Longest a database statement may run, milliseconds (with --database-url).
+    database_timeout_ms: u64 = "PORTCULLIS_DATABASE_TIMEOUT_MS",
+    @optional {
+        /// PostgreSQL instead of the embedded database: postgres://user@host:port/database.
+        database_url: portcullis_core::base::config::SecretSetting = "PORTCULLIS_DATABASE_URL",
+        /// File holding the database password.
+        database_password_file: PathBuf = "PORTCULLIS_DATABASE_PASSWORD_FILE",
+    }
 }
 
 impl ServeArgs {
@@ -226,6 +246,15 @@ struct LogSource {
     /// Read a stopped server's data directory instead of asking a running server.
     #[arg(long, conflicts_with = "addr")]
     data_dir: Option<PathBuf>,
+    /// With --data-dir: the deployment's PostgreSQL database (its data lives there, the data
+    /// directory keeps the node's keys).
+    #[arg(
+        long,
+        env = "PORTCULLIS_DATABASE_URL",
+        requires = "data_dir",
+        hide_env_values = true
+    )]
+    database_url: Option<portcullis_core::base::config::SecretSetting>,
 }
 
 #[derive(Args)]
@@ -354,12 +383,19 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             cmd: AdminCmd::Bootstrap(a),
         } => bootstrap(a).await,
         Cmd::Admin {
-            cmd: AdminCmd::RotateMasterKey { data_dir },
+            cmd:
+                AdminCmd::RotateMasterKey {
+                    data_dir,
+                    database_url,
+                },
         } => {
-            if !data_dir.join("db").exists() {
+            let database = database_url
+                .as_ref()
+                .map(|u| portcullis_store::PgOptions::new(u.expose()));
+            if database.is_none() && !data_dir.join("db").exists() {
                 bail!("{} holds no Portcullis database", data_dir.display());
             }
-            let r = portcullis_core::ops::rekey::rotate_master_key(&data_dir)
+            let r = portcullis_core::ops::rekey::rotate_master_key(&data_dir, database.as_ref())
                 .await
                 .with_context(|| {
                     format!(
@@ -454,6 +490,22 @@ async fn exec(a: ExecArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// The event log of a stopped server: its sled database, or the deployment's PostgreSQL
+/// database when `database_url` is given.
+async fn open_offline_log(
+    dir: &Path,
+    database_url: Option<&portcullis_core::base::config::SecretSetting>,
+) -> Result<Arc<dyn portcullis_store::EventLog>> {
+    Ok(match database_url {
+        Some(url) => Arc::new(
+            portcullis_store::PgStore::connect(&portcullis_store::PgOptions::new(url.expose()))
+                .await
+                .context("connecting to the database")?,
+        ),
+        None => Arc::new(open_offline(dir)?),
     })
 }
 
@@ -560,7 +612,7 @@ async fn tail_events(a: &TailArgs) -> Result<ExitCode> {
         if a.follow {
             bail!("--follow needs a running server: use --addr");
         }
-        let store = open_offline(dir)?;
+        let store = open_offline_log(dir, a.source.database_url.as_ref()).await?;
         let mut next = a.from_seq.unwrap_or(1).max(1);
         let head = store.head_seq();
         while next <= head {
@@ -603,7 +655,8 @@ async fn bootstrap(a: BootstrapArgs) -> Result<ExitCode> {
                 None => Config::default(),
             };
             config.data_dir = dir.clone();
-            if !dir.join("db").exists() {
+            config.database_url.clone_from(&a.source.database_url);
+            if config.database_url.is_none() && !dir.join("db").exists() {
                 bail!("{} holds no Portcullis database", dir.display());
             }
             let app = App::open(config, Arc::new(SystemClock))
@@ -674,8 +727,8 @@ async fn verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     let report: VerifyReport = match &a.source.data_dir {
         Some(dir) => {
-            let store = open_offline(dir)?;
-            verify_events(&store, 1, None).await?
+            let store = open_offline_log(dir, a.source.database_url.as_ref()).await?;
+            verify_events(store.as_ref(), 1, None).await?
         }
         None => {
             let mut c = a.source.remote.connect(true).await?;

@@ -13,7 +13,7 @@
 //! with the output of a failed test) and `PORTCULLIS_CRASH_SEED=<seed>` replays the same plan
 //! (kill moments and replay choices; the interleaving of the load still varies).
 
-use crate::harness::{as_user, run_cli, Server};
+use crate::harness::{as_user, Server};
 use crate::mail::Inbox;
 use portcullis_client::Client;
 use portcullis_protocol::commands::auth::SessionTokens;
@@ -656,7 +656,7 @@ async fn acknowledged_outcomes_survive_sigkill_under_load() {
     check_log(&server, &m, &ctx).await;
     assert!(server.stop().success(), "{ctx}: unclean stop");
     let dir = server.data_dir.to_string_lossy().into_owned();
-    let (code, out, err) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    let (code, out, err) = server.cli(&["log", "verify", "--data-dir", &dir]);
     assert_eq!(code, 0, "{ctx}: offline verify: {out}{err}");
     let report: VerifyReport = serde_json::from_str(&out).unwrap();
     assert!(report.valid, "{ctx}: {report:?}");

@@ -4,8 +4,7 @@
 //! redirect allow-list, account pre-hijacking, and no link or code in any log.
 
 use crate::harness::{
-    all_events, as_user, execute_http, http, login, refresh, run_cli, signup, tokens, HttpResponse,
-    Server,
+    all_events, as_user, execute_http, http, login, refresh, signup, tokens, HttpResponse, Server,
 };
 use crate::mail::{token_of, Inbox, Mail};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -816,7 +815,7 @@ async fn mail_queued_at_a_crash_is_delivered_after_the_restart() {
     // The first retry comes 0.5 s after the first attempt: kill before delivery can succeed.
     server.kill();
     let dir = server.data_dir.to_string_lossy().into_owned();
-    let (code, out, err) = run_cli(&["admin", "rotate-master-key", "--data-dir", &dir]);
+    let (code, out, err) = server.cli(&["admin", "rotate-master-key", "--data-dir", &dir]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("1 queued mails re-sealed"), "{out}");
 

@@ -16,6 +16,17 @@ use tokio::net::TcpStream;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// Which store the servers under test use: `PORTCULLIS_TEST_STORE=postgres` runs the whole
+/// suite against PostgreSQL (a throwaway cluster on loopback, a fresh database per server);
+/// unset or `sled`, the embedded default. `scripts/test` runs the suite both ways.
+pub fn database_for_test() -> Option<String> {
+    match std::env::var("PORTCULLIS_TEST_STORE").as_deref() {
+        Ok("postgres") => Some(portcullis_testdb::cluster().fresh_database()),
+        Ok("sled") | Err(_) => None,
+        Ok(other) => panic!("PORTCULLIS_TEST_STORE={other}: expected sled or postgres"),
+    }
+}
+
 /// A running server process.
 pub struct Server {
     child: Option<Child>,
@@ -25,6 +36,8 @@ pub struct Server {
     extra: Vec<String>,
     envs: Vec<(String, String)>,
     stderr_path: PathBuf,
+    /// The PostgreSQL database of this server, when the suite runs on PostgreSQL.
+    pub database_url: Option<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -52,8 +65,13 @@ impl Server {
         Server::start_in(tmp, flags, &[])
     }
 
-    fn start_in(tmp: tempfile::TempDir, extra: Vec<String>, envs: &[(&str, &str)]) -> Server {
+    fn start_in(tmp: tempfile::TempDir, mut extra: Vec<String>, envs: &[(&str, &str)]) -> Server {
         let data_dir = tmp.path().join("data");
+        let database_url = database_for_test();
+        if let Some(url) = &database_url {
+            // The same database across restarts of this server.
+            extra.extend(["--database-url".to_owned(), url.clone()]);
+        }
         let envs: Vec<(String, String)> = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -68,6 +86,7 @@ impl Server {
             extra,
             envs,
             stderr_path,
+            database_url,
             _tmp: Some(tmp),
         }
     }
@@ -120,9 +139,80 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Runs the CLI with arguments and returns (exit code, stdout, stderr).
+    /// Runs the CLI with arguments and returns (exit code, stdout, stderr); offline commands
+    /// (`--data-dir`) find this server's database as an operator's would, through
+    /// `PORTCULLIS_DATABASE_URL`.
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        run_cli(args)
+        let envs: Vec<(&str, &str)> = self
+            .database_url
+            .iter()
+            .map(|u| ("PORTCULLIS_DATABASE_URL", u.as_str()))
+            .collect();
+        run_cli_env(args, &envs)
+    }
+
+    /// The environment an operator's offline CLI needs for this server's data: its database.
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        self.database_url
+            .iter()
+            .map(|u| ("PORTCULLIS_DATABASE_URL".to_owned(), u.clone()))
+            .collect()
+    }
+
+    /// Runs SQL against this server's PostgreSQL database (the suite must run on PostgreSQL).
+    pub fn psql(&self, sql: &str) -> String {
+        let url = self.database_url.as_ref().expect("a PostgreSQL server");
+        let db = url.rsplit('/').next().expect("database name");
+        portcullis_testdb::cluster().psql(db, sql)
+    }
+
+    /// A copy of this (stopped) server's PostgreSQL database, as a backup restored elsewhere
+    /// would be: the copy's URL, or `None` on sled (where the data directory is the database).
+    pub fn copy_database(&self) -> Option<String> {
+        let url = self.database_url.as_ref()?;
+        let (base, db) = url.rsplit_once('/').expect("database name");
+        let copy = format!("{db}_copy");
+        portcullis_testdb::cluster()
+            .psql("postgres", &format!("CREATE DATABASE {copy} TEMPLATE {db}"));
+        Some(format!("{base}/{copy}"))
+    }
+
+    /// Whether `needle` appears anywhere in what the server stored: sled's files, or every
+    /// value, record and column of the PostgreSQL database.
+    pub fn stored_contains(&self, needle: &str) -> bool {
+        if self.database_url.is_some() {
+            let tables = self.psql(
+                "SELECT string_agg(table_name, ' ') FROM information_schema.tables \
+                 WHERE table_schema = 'public'",
+            );
+            let quoted = needle.replace('\'', "''");
+            return tables.split_whitespace().any(|t| {
+                // Text and jsonb columns as the row's text; bytea columns byte for byte.
+                let bytea = self.psql(&format!(
+                    "SELECT coalesce(string_agg(column_name, ' '), '') FROM information_schema.columns \
+                     WHERE table_name = '{t}' AND data_type = 'bytea'"
+                ));
+                let mut cond = format!("position('{quoted}' in r::text) > 0");
+                for col in bytea.split_whitespace() {
+                    cond.push_str(&format!(
+                        " OR position(convert_to('{quoted}', 'UTF8') in r.{col}) > 0"
+                    ));
+                }
+                let hits = self.psql(&format!("SELECT count(*) FROM {t} AS r WHERE {cond}"));
+                hits != "0"
+            }) || self.stored_bytes_contain(needle);
+        }
+        self.stored_bytes_contain(needle)
+    }
+
+    fn stored_bytes_contain(&self, needle: &str) -> bool {
+        let Ok(files) = std::fs::read_dir(self.data_dir.join("db")) else {
+            return false;
+        };
+        files.flatten().any(|f| {
+            let bytes = std::fs::read(f.path()).unwrap_or_default();
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
     }
 
     /// Everything the server wrote to stderr (tracing at debug level) so far, across restarts.
@@ -141,10 +231,17 @@ impl Drop for Server {
 }
 
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with environment variables.
+pub fn run_cli_env(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_remove("PORTCULLIS_TOKEN")
         .env_remove("PORTCULLIS_ADDR")
+        .env_remove("PORTCULLIS_DATABASE_URL")
+        .envs(envs.iter().copied())
         .output()
         .expect("run cli");
     (

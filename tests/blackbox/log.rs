@@ -1,7 +1,7 @@
 //! The event log through the real binary: chain and tamper detection, offline tools, tail
 //! replay-to-live under concurrent writers, lagging followers, restarts and crashes.
 
-use crate::harness::{run_cli, Server};
+use crate::harness::{run_cli, run_cli_env, Server};
 use portcullis_client::{Client, TailItem};
 use portcullis_protocol::commands::log::{
     Checkpoint, PruneResult, QueryResult, TailParams, VerifyReport,
@@ -56,13 +56,13 @@ async fn offline_verify_detects_an_edited_event() {
     assert!(server.stop().success());
     let dir = server.data_dir.to_string_lossy().into_owned();
 
-    let (code, out, err) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    let (code, out, err) = server.cli(&["log", "verify", "--data-dir", &dir]);
     assert_eq!(code, 0, "{out}{err}");
     let report: VerifyReport = serde_json::from_str(&out).unwrap();
     assert!(report.valid);
     assert_eq!((report.checked, report.head_seq), (5, 5));
 
-    let (code, out, _) = run_cli(&["log", "tail", "--data-dir", &dir, "--json"]);
+    let (code, out, _) = server.cli(&["log", "tail", "--data-dir", &dir, "--json"]);
     assert_eq!(code, 0);
     let events: Vec<Event> = out
         .lines()
@@ -72,8 +72,8 @@ async fn offline_verify_detects_an_edited_event() {
     assert_contiguous(&events, 1);
 
     // Tamper: rewrite event 3's outcome straight in the database.
-    tamper_outcome(&server.data_dir, 3);
-    let (code, out, _) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    tamper_outcome(&server, 3);
+    let (code, out, _) = server.cli(&["log", "verify", "--data-dir", &dir]);
     assert_eq!(code, 1, "a broken chain must exit 1: {out}");
     let report: VerifyReport = serde_json::from_str(&out).unwrap();
     assert!(!report.valid);
@@ -159,7 +159,12 @@ async fn tail_switches_from_replay_to_live_without_gap_or_duplicate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_is_told_where_to_resume_and_dropped() {
     let server = Server::start_with(&["--tail-max-lag", "1"]);
-    let mut producer = server.client().await;
+    // Four producers at once: events arrive in batches, faster than one follower reads (on
+    // PostgreSQL one connection's pipeline commits one event at a time).
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        producers.push(server.client().await);
+    }
     let follower = server.operator_client().await;
     let mut tail = follower
         .tail(TailParams {
@@ -170,7 +175,8 @@ async fn a_lagging_follower_is_told_where_to_resume_and_dropped() {
         .unwrap();
     let mut lagged = None;
     for _ in 0..20 {
-        info_burst(&mut producer, 200).await;
+        let bursts = producers.iter_mut().map(|p| info_burst(p, 200));
+        futures::future::join_all(bursts).await;
         let drained = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 match tail.next().await {
@@ -309,8 +315,8 @@ async fn query_filters_and_rejects_bad_filters() {
     );
 }
 
-/// The backup procedure of docs/operations.md: a copy of a stopped server's data directory
-/// verifies and serves the same state.
+/// The backup procedure of docs/operations.md: a copy of a stopped server's data directory (and,
+/// on PostgreSQL, of its database) verifies and serves the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_of_a_stopped_data_directory_restores() {
     let mut server = Server::start();
@@ -329,6 +335,13 @@ async fn a_copy_of_a_stopped_data_directory_restores() {
         .status()
         .unwrap();
     assert!(status.success());
+    let envs: Vec<(String, String)> = server
+        .copy_database()
+        .map(|url| ("PORTCULLIS_DATABASE_URL".to_owned(), url))
+        .into_iter()
+        .collect();
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let run_cli = |args: &[&str]| run_cli_env(args, &envs);
     let (code, out, _) = run_cli(&["log", "verify", "--data-dir", &copy.to_string_lossy()]);
     assert_eq!(code, 0, "{out}");
     let report: VerifyReport = serde_json::from_str(&out).unwrap();
@@ -354,8 +367,15 @@ async fn a_copy_of_a_stopped_data_directory_restores() {
 }
 
 /// Tampers with event `seq` of a stopped server's log (its outcome), straight in the database.
-fn tamper_outcome(data_dir: &std::path::Path, seq: u64) {
-    let db = sled::open(data_dir.join("db")).unwrap();
+fn tamper_outcome(server: &Server, seq: u64) {
+    if server.database_url.is_some() {
+        server.psql(&format!(
+            "UPDATE events SET record = convert_to(replace(convert_from(record, 'UTF8'), \
+             '\"outcome\":\"ok\"', '\"outcome\":\"FORBIDDEN\"'), 'UTF8') WHERE seq = {seq}"
+        ));
+        return;
+    }
+    let db = sled::open(server.data_dir.join("db")).unwrap();
     let tree = db.open_tree("events").unwrap();
     let key = seq.to_be_bytes();
     let raw = tree.get(key).unwrap().unwrap().to_vec();
@@ -497,7 +517,7 @@ async fn the_log_is_archived_then_pruned_and_still_verifies() {
     drop((c, op));
     assert!(server.stop().success());
     let dir = server.data_dir.to_string_lossy().into_owned();
-    let (code, out, err) = run_cli(&["log", "verify", "--data-dir", &dir]);
+    let (code, out, err) = server.cli(&["log", "verify", "--data-dir", &dir]);
     assert_eq!(code, 0, "{out}{err}");
     let offline: VerifyReport = serde_json::from_str(&out).unwrap();
     assert_eq!(offline.checkpoint.as_ref(), Some(&checkpoint));
@@ -520,7 +540,7 @@ async fn a_broken_chain_is_not_pruned() {
     info_burst(&mut c, 10).await;
     drop(c);
     assert!(server.stop().success());
-    tamper_outcome(&server.data_dir, 6);
+    tamper_outcome(&server, 6);
     server.restart();
     let mut op = server.operator_client().await;
     for through in [5, 8] {

@@ -102,6 +102,30 @@ pub fn check_config(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// How to reach the PostgreSQL database named by `url`: the password from
+/// `PORTCULLIS_DATABASE_PASSWORD` or `database_password_file` when the URL has none.
+fn database_options(config: &Config, url: &str) -> Result<portcullis_store::PgOptions, OpenError> {
+    let mut options = portcullis_store::PgOptions::new(url);
+    options.pool_size = config.database_pool_size;
+    options.statement_timeout = std::time::Duration::from_millis(config.database_timeout_ms);
+    options.connect_timeout = options.statement_timeout;
+    options.password = match (
+        std::env::var("PORTCULLIS_DATABASE_PASSWORD").ok(),
+        &config.database_password_file,
+    ) {
+        (Some(p), _) => Some(zeroize::Zeroizing::new(p)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| OpenError::Config(format!("reading {}: {e}", path.display())))?;
+            Some(zeroize::Zeroizing::new(
+                text.lines().next().unwrap_or_default().to_owned(),
+            ))
+        }
+        (None, None) => None,
+    };
+    Ok(options)
+}
+
 /// A failure to start the app.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -131,14 +155,23 @@ impl App {
         layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> Result<Arc<App>, OpenError> {
         check_config(&config).map_err(OpenError::Config)?;
-        let node = node::Node::open_with(
-            &config.data_dir,
-            portcullis_store::StoreOptions {
-                cache_bytes: config.store_cache_mb.saturating_mul(1024 * 1024),
-                fsync: config.store_fsync,
-            },
-        )
-        .await?;
+        let node = match &config.database_url {
+            None => {
+                node::Node::open_with(
+                    &config.data_dir,
+                    portcullis_store::StoreOptions {
+                        cache_bytes: config.store_cache_mb.saturating_mul(1024 * 1024),
+                        fsync: config.store_fsync,
+                    },
+                )
+                .await?
+            }
+            Some(url) => {
+                let options = database_options(&config, url.expose())?;
+                let shared = Arc::new(portcullis_store::PgStore::connect(&options).await?);
+                node::Node::open_shared(&config.data_dir, shared).await?
+            }
+        };
         let rng: Arc<dyn SecureRandom> = Arc::new(OsRandom);
         let sealer = crypto::Sealer::new(&node.master_key);
         let tokens = tokens::Tokens::load_or_create(
@@ -161,7 +194,7 @@ impl App {
         // Unknown addresses are checked at the cost of the median stored hash.
         passwords.sample_stored(node.store.as_ref()).await?;
         let store: Arc<dyn Store> = layer(node.store.clone());
-        let log: Arc<dyn EventLog> = node.store.clone();
+        let log: Arc<dyn EventLog> = node.log.clone();
         let events = internal_event::InternalEvents::new(
             Arc::clone(&log),
             Arc::clone(&store),

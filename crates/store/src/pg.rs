@@ -27,8 +27,8 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
-/// How to reach the database.
-#[derive(Debug, Clone)]
+/// How to reach the database. Its `Debug` shows neither the URL nor the password.
+#[derive(Clone)]
 pub struct PgOptions {
     /// `postgres://user[:password]@host[:port]/database[?options]`.
     pub url: String,
@@ -39,6 +39,18 @@ pub struct PgOptions {
     /// How long a command waits for a connection (or for a new one to open) before the store
     /// answers unavailable.
     pub connect_timeout: Duration,
+    /// The password, when not in the URL (from a file or the environment).
+    pub password: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgOptions {
@@ -49,6 +61,7 @@ impl PgOptions {
             pool_size: 16,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            password: None,
         }
     }
 }
@@ -147,11 +160,15 @@ impl PgStore {
             .url
             .parse()
             .map_err(|_| StoreError::Backend("the database URL does not parse".into()))?;
+        // Notices ("already exists, skipping") are not worth a log line.
         config.options(format!(
-            "-c statement_timeout={}",
+            "-c statement_timeout={} -c client_min_messages=warning",
             options.statement_timeout.as_millis()
         ));
         config.connect_timeout(options.connect_timeout);
+        if let Some(p) = &options.password {
+            config.password(p.as_bytes());
+        }
         config.application_name("portcullis");
         let manager = Manager::from_config(
             config,

@@ -119,6 +119,18 @@ pub struct Config {
     pub log_retain_events: u64,
     /// Where automatic retention writes its archives (required when `log_retain_events` is set).
     pub log_archive_dir: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded sled database: `postgres://user@host:port/database`.
+    /// Every node of a deployment points here; the data directory then keeps only this node's
+    /// keys and id. A password in the URL works, but `database_password_file` (or
+    /// `PORTCULLIS_DATABASE_PASSWORD`) keeps it out of the configuration.
+    pub database_url: Option<SecretSetting>,
+    /// A file holding the database password (its first line).
+    pub database_password_file: Option<PathBuf>,
+    /// Database connections per node.
+    pub database_pool_size: usize,
+    /// Longest a database statement may run, milliseconds (also how long a command waits for a
+    /// connection before it answers `UNAVAILABLE`).
+    pub database_timeout_ms: u64,
 }
 
 /// A setting that is a secret (a bearer token): serialised as the plain string, but its `Debug`
@@ -142,6 +154,14 @@ impl SecretSetting {
 impl std::fmt::Debug for SecretSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for SecretSetting {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretSetting::new(s))
     }
 }
 
@@ -267,6 +287,10 @@ impl Default for Config {
             metrics_token: None,
             log_retain_events: 0,
             log_archive_dir: None,
+            database_url: None,
+            database_password_file: None,
+            database_pool_size: 16,
+            database_timeout_ms: 5_000,
         }
     }
 }
@@ -284,6 +308,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > 16 * 1024 * 1024 {
             return Err("max_frame_bytes must be between 1024 and 16777216".into());
+        }
+        if !(1..=1024).contains(&self.database_pool_size) {
+            return Err("database_pool_size must be between 1 and 1024".into());
+        }
+        if !(100..=600_000).contains(&self.database_timeout_ms) {
+            return Err("database_timeout_ms must be between 100 and 600000".into());
         }
         if !(16..=65536).contains(&self.store_cache_mb) {
             return Err("store_cache_mb must be between 16 and 65536".into());

@@ -66,7 +66,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
 /// What was found or created in the data directory.
 pub struct Node {
     /// The open database.
-    pub store: std::sync::Arc<SledStore>,
+    pub store: std::sync::Arc<dyn Store>,
+    /// The event log (in the same database).
+    pub log: std::sync::Arc<dyn portcullis_store::EventLog>,
     /// Stable id of this data directory.
     pub node_id: String,
     /// Encrypts secrets at rest.
@@ -194,7 +196,132 @@ impl Node {
             };
         store.sync().await?;
         Ok(Node {
+            log: store.clone(),
             store,
+            node_id,
+            master_key,
+            operator_token_hash,
+            operator_token_created,
+        })
+    }
+}
+
+/// This node's id in a shared database: a file in its own data directory (the database is
+/// shared by every node, so it cannot hold one node's id).
+const NODE_ID_FILE: &str = "node.id";
+/// A hash of a value derived from the master key: every node of a deployment must hold the same
+/// key, and one with another refuses to start.
+const META_MASTER_KEY_CHECK: &[u8] = b"master_key_check";
+
+fn master_key_check(key: &MasterKey) -> Vec<u8> {
+    let derived = crate::base::crypto::derive_key(key, "master-key-check");
+    Sha256::digest(derived.as_ref()).to_vec()
+}
+
+/// Records `key` as the deployment's master key in a shared database (after a rotation).
+pub async fn record_master_key(store: &dyn Store, key: &MasterKey) -> Result<(), NodeError> {
+    store
+        .put(Table::Meta, META_MASTER_KEY_CHECK, master_key_check(key))
+        .await?;
+    Ok(())
+}
+
+impl Node {
+    /// Opens this node's data directory for a database shared with other nodes (PostgreSQL):
+    /// the master key and operator token stay in the directory as with sled, and the database
+    /// holds what every node must agree on. The first node on an empty database creates the
+    /// key, the token and their check values; a node whose key or token differs from the
+    /// deployment's refuses to start, saying to copy the first node's files.
+    pub async fn open_shared<S>(dir: &Path, shared: std::sync::Arc<S>) -> Result<Node, NodeError>
+    where
+        S: Store + portcullis_store::EventLog,
+    {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+        if dir.join(NEXT_KEY_FILE).exists() {
+            return Err(NodeError::Invalid(format!(
+                "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {} --database-url …` again to finish it",
+                dir.display()
+            )));
+        }
+        let store: &dyn Store = shared.as_ref();
+        let key_path = dir.join(MASTER_KEY_FILE);
+        let token_path = dir.join(OPERATOR_TOKEN_FILE);
+        let check = store.get(Table::Meta, META_MASTER_KEY_CHECK).await?;
+        if check.is_some() && !key_path.exists() {
+            return Err(NodeError::Invalid(format!(
+                "the database belongs to a deployment whose master key this node lacks: copy \
+                 master.key and operator.token from the first node into {}",
+                dir.display()
+            )));
+        }
+        let master_key = load_or_create_master_key(dir)?;
+        let mine = master_key_check(&master_key);
+        let agreed = match store
+            .compare_and_swap(Table::Meta, META_MASTER_KEY_CHECK, None, Some(mine.clone()))
+            .await?
+        {
+            portcullis_store::Cas::Swapped => true,
+            portcullis_store::Cas::Conflict { current } => current.as_deref() == Some(&mine[..]),
+        };
+        if !agreed {
+            return Err(NodeError::Invalid(format!(
+                "{}: this master key is not the deployment's: copy master.key from the first node",
+                key_path.display()
+            )));
+        }
+        let node_id = match fs::read_to_string(dir.join(NODE_ID_FILE)) {
+            Ok(id) => id.trim().to_owned(),
+            Err(_) => {
+                let id = hex::encode(random::<8>().as_ref());
+                write_private(&dir.join(NODE_ID_FILE), format!("{id}\n").as_bytes())?;
+                id
+            }
+        };
+        let (operator_token_hash, operator_token_created) = match store
+            .get(Table::Meta, META_OPERATOR_TOKEN)
+            .await?
+        {
+            Some(stored) => {
+                let held = read_operator_token(dir).map(|t| operator_token_hash(t.expose()));
+                if held.map(|h| h.to_vec()) != Some(stored.clone()) {
+                    return Err(NodeError::Invalid(format!(
+                        "{}: missing or not the deployment's operator token: copy it from \
+                             the first node",
+                        token_path.display()
+                    )));
+                }
+                let hash = stored
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| NodeError::Invalid("operator token hash is corrupt".into()))?;
+                (hash, false)
+            }
+            None => {
+                let token = Zeroizing::new(format!(
+                    "{OPERATOR_TOKEN_PREFIX}{}",
+                    URL_SAFE_NO_PAD.encode(random::<32>().as_ref())
+                ));
+                let hash = operator_token_hash(&token);
+                let won = store
+                    .compare_and_swap(Table::Meta, META_OPERATOR_TOKEN, None, Some(hash.to_vec()))
+                    .await?
+                    == portcullis_store::Cas::Swapped;
+                if !won {
+                    return Err(NodeError::Invalid(format!(
+                        "another node created the deployment's operator token meanwhile: \
+                             copy {} from it",
+                        token_path.display()
+                    )));
+                }
+                let _ = fs::remove_file(&token_path);
+                write_private(&token_path, format!("{}\n", token.as_str()).as_bytes())?;
+                (hash, true)
+            }
+        };
+        Ok(Node {
+            store: shared.clone(),
+            log: shared,
             node_id,
             master_key,
             operator_token_hash,

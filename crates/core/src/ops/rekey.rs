@@ -14,17 +14,19 @@
 
 use crate::base::crypto::{MasterKey, Sealer};
 use crate::base::random::{OsRandom, SecureRandom};
+use crate::infra::node::record_master_key;
 use crate::infra::node::{
     load_or_create_master_key, NodeError, MASTER_KEY_FILE, NEXT_KEY_FILE, PREVIOUS_KEY_FILE,
 };
 use crate::infra::records::Resealer;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use portcullis_store::{SledStore, Store};
+use portcullis_store::{PgOptions, PgStore, SledStore, Store};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// How many sealed values were re-sealed, per kind, in the order the owners reported them.
@@ -70,8 +72,12 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), NodeError> {
     f.sync_all().map_err(io)
 }
 
-/// Rotates the master key of a stopped server's data directory.
-pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
+/// Rotates the master key of a stopped server's data directory, or, with `database`, of a
+/// PostgreSQL deployment (every node stopped; copy the new `master.key` to each before it starts).
+pub async fn rotate_master_key(
+    dir: &Path,
+    database: Option<&PgOptions>,
+) -> Result<RekeyReport, NodeError> {
     let rng = OsRandom;
     let next_path = dir.join(NEXT_KEY_FILE);
     let current = dir.join(MASTER_KEY_FILE);
@@ -114,12 +120,19 @@ pub async fn rotate_master_key(dir: &Path) -> Result<RekeyReport, NodeError> {
     };
     let (old, new) = (Sealer::new(&old_key), Sealer::new(&new_key));
     let resealer = Resealer::new(&old, &new, &rng);
-    let store = SledStore::open(dir)?;
+    let store: Arc<dyn Store> = match database {
+        None => Arc::new(SledStore::open(dir)?),
+        Some(options) => Arc::new(PgStore::connect(options).await?),
+    };
     let mut report = RekeyReport::default();
     for owner in super::owners() {
         report
             .resealed
-            .extend(owner.reseal(&store, &resealer).await?);
+            .extend(owner.reseal(store.as_ref(), &resealer).await?);
+    }
+    if database.is_some() {
+        // Every node of the deployment must now hold the new key.
+        record_master_key(store.as_ref(), &new_key).await?;
     }
     store.sync().await?;
     store.close();

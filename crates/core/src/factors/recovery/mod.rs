@@ -315,7 +315,7 @@ mod tests {
 mod flow_tests {
     use super::*;
     use crate::testkit::Bench;
-    use portcullis_store::{encode_record, Store as _};
+    use portcullis_store::encode_record;
     use serde_json::json;
 
     const PW: &str = "correct horse battery staple";
@@ -453,7 +453,9 @@ mod flow_tests {
             n.store.close();
             (*k, *n.master_key.expose())
         };
-        crate::ops::rekey::rotate_master_key(&d).await.unwrap();
+        crate::ops::rekey::rotate_master_key(&d, None)
+            .await
+            .unwrap();
         let n = crate::infra::node::Node::open(&d).await.unwrap();
         assert_ne!(*n.master_key.expose(), master_before);
         let sealer = crate::base::crypto::Sealer::new(&n.master_key);
