@@ -214,6 +214,66 @@ impl ChainVerifier {
     }
 }
 
+/// What a prune through a seq must do, decided the same way by every backend (under its
+/// prune lock, after reading the log's state afresh).
+pub(crate) enum PrunePlan {
+    /// Nothing: the seq was pruned already.
+    Done(PruneResult),
+    /// Write this checkpoint (as `bytes`), then remove every event up to its seq.
+    Checkpoint {
+        /// The last event to remove.
+        checkpoint: Checkpoint,
+        /// Its stored form.
+        bytes: Vec<u8>,
+    },
+}
+
+/// Plans a prune through `through_seq` (see [`EventLog::prune`]); call it under the backend's
+/// prune lock. Refused unless below the head
+/// and the chain from the first event kept through `through_seq + 1` verifies, since a prune
+/// must never destroy the evidence of a break.
+pub(crate) async fn plan_prune(
+    log: &dyn EventLog,
+    through_seq: u64,
+) -> Result<PrunePlan, StoreError> {
+    // Fresh: with a shared database another node may have appended or pruned.
+    log.refresh().await?;
+    let first = log.first_seq();
+    if through_seq < first {
+        let checkpoint = log
+            .checkpoint()
+            .ok_or_else(|| StoreError::Backend("pruning through seq 0 removes nothing".into()))?;
+        return Ok(PrunePlan::Done(PruneResult {
+            pruned: 0,
+            first_seq: first,
+            checkpoint,
+        }));
+    }
+    if through_seq >= log.head_seq() {
+        return Err(StoreError::Backend(format!(
+            "seq {through_seq} is not below the newest event"
+        )));
+    }
+    let report = verify_events(log, first, Some(through_seq + 1)).await?;
+    if !report.valid {
+        return Err(StoreError::BrokenChain {
+            seq: report.first_broken_seq.unwrap_or(first),
+        });
+    }
+    let last = log
+        .read(through_seq, through_seq, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Backend(format!("no event is stored at seq {through_seq}")))?;
+    let checkpoint = Checkpoint {
+        seq: through_seq,
+        hash: last.event?.hash,
+    };
+    let bytes = serde_json::to_vec(&checkpoint)
+        .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
+    Ok(PrunePlan::Checkpoint { checkpoint, bytes })
+}
+
 /// Verifies the log from `from` to `to` (inclusive; clamped to the head), paging through it.
 pub async fn verify_events(
     log: &dyn EventLog,

@@ -340,43 +340,10 @@ impl EventLog for PgStore {
 
     async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError> {
         let _one_at_a_time = self.prune_lock.lock().await;
-        // Fresh from the database: another node may have appended or pruned.
-        let head = self.refresh_log_state().await?;
-        let first = self.first_seq();
-        if through_seq < first {
-            let checkpoint = self.checkpoint().ok_or_else(|| {
-                StoreError::Backend("pruning through seq 0 removes nothing".into())
-            })?;
-            return Ok(PruneResult {
-                pruned: 0,
-                first_seq: first,
-                checkpoint,
-            });
-        }
-        if through_seq >= head {
-            return Err(StoreError::Backend(format!(
-                "seq {through_seq} is not below the newest event"
-            )));
-        }
-        let report = crate::verify_events(self, first, Some(through_seq + 1)).await?;
-        if !report.valid {
-            return Err(StoreError::BrokenChain {
-                seq: report.first_broken_seq.unwrap_or(first),
-            });
-        }
-        let stored = self
-            .read_rows(through_seq, through_seq, 1)
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                StoreError::Backend(format!("no event is stored at seq {through_seq}"))
-            })?;
-        let checkpoint = Checkpoint {
-            seq: through_seq,
-            hash: decode_record::<Event>(&stored.1)?.hash,
+        let (checkpoint, bytes) = match crate::log::plan_prune(self, through_seq).await? {
+            crate::log::PrunePlan::Done(r) => return Ok(r),
+            crate::log::PrunePlan::Checkpoint { checkpoint, bytes } => (checkpoint, bytes),
         };
-        let bytes = serde_json::to_vec(&checkpoint)
-            .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
         // The checkpoint and the removal in one transaction: all of it or none.
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;

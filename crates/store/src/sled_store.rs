@@ -403,39 +403,11 @@ impl EventLog for SledStore {
 
     async fn prune(&self, through_seq: u64) -> Result<PruneResult, StoreError> {
         let _one_at_a_time = self.prune_lock.lock().await;
-        let first = self.first_seq();
-        if through_seq < first {
-            let checkpoint = self.checkpoint().ok_or_else(|| {
-                StoreError::Backend("pruning through seq 0 removes nothing".into())
-            })?;
-            return Ok(PruneResult {
-                pruned: 0,
-                first_seq: first,
-                checkpoint,
-            });
-        }
-        if through_seq >= self.head_seq() {
-            return Err(StoreError::Backend(format!(
-                "seq {through_seq} is not below the newest event"
-            )));
-        }
-        // Never destroy the evidence of a break: what goes, and its link to what stays, must
-        // verify (checked under the lock, so concurrent prunes never see each other's removal).
-        let report = crate::verify_events(self, first, Some(through_seq + 1)).await?;
-        if !report.valid {
-            return Err(StoreError::BrokenChain {
-                seq: report.first_broken_seq.unwrap_or(first),
-            });
-        }
-        let stored = self.events.get(through_seq.to_be_bytes())?.ok_or_else(|| {
-            StoreError::Backend(format!("no event is stored at seq {through_seq}"))
-        })?;
-        let checkpoint = Checkpoint {
-            seq: through_seq,
-            hash: decode_record::<Event>(&stored)?.hash,
+        // Checked under the lock, so concurrent prunes never see each other's removal.
+        let (checkpoint, bytes) = match crate::log::plan_prune(self, through_seq).await? {
+            crate::log::PrunePlan::Done(r) => return Ok(r),
+            crate::log::PrunePlan::Checkpoint { checkpoint, bytes } => (checkpoint, bytes),
         };
-        let bytes = serde_json::to_vec(&checkpoint)
-            .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
         self.gate
             .write(|| self.log_meta.insert(CHECKPOINT_KEY, bytes))?;
         // Durable before anything goes, with every event appended so far (the newer ones the
