@@ -332,6 +332,22 @@ async fn batch_race(store: Arc<dyn Store>, round: u8) -> usize {
     winners
 }
 
+/// After [`batch_race`]: the token left `a<round>` and is under exactly one `b<round><i>`.
+async fn token_moved_once(store: &dyn Store, round: u8) {
+    assert_eq!(
+        store
+            .get(Table::RefreshTokens, &[b'a', round])
+            .await
+            .unwrap(),
+        None
+    );
+    let moved = store
+        .scan_prefix(Table::Sessions, &[b'b', round], 100)
+        .await
+        .unwrap();
+    assert_eq!(moved.len(), 1, "round {round}: {moved:?}");
+}
+
 /// 64 tasks race to consume one item: exactly one wins, and the item is gone after a restart.
 #[test]
 fn sixty_four_racers_one_winner() {
@@ -660,21 +676,13 @@ fn racing_batches_have_one_winner_and_never_half_apply() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..4u8 {
         let store = Arc::new(SledStore::open(dir.path()).unwrap());
-        let a = [b'a', round];
         rt.block_on(async {
             let winners = batch_race(Arc::clone(&store) as Arc<dyn Store>, round).await;
             assert_eq!(winners, 1, "round {round}");
         });
         drop(store);
         let reopened = SledStore::open(dir.path()).unwrap();
-        rt.block_on(async {
-            assert_eq!(reopened.get(Table::RefreshTokens, &a).await.unwrap(), None);
-            let moved = reopened
-                .scan_prefix(Table::Sessions, &[b'b', round], 100)
-                .await
-                .unwrap();
-            assert_eq!(moved.len(), 1, "round {round}: {moved:?}");
-        });
+        rt.block_on(token_moved_once(&reopened, round));
     }
 }
 
@@ -775,18 +783,7 @@ mod pg {
                     1,
                     "round {round}"
                 );
-                assert_eq!(
-                    store
-                        .get(Table::RefreshTokens, &[b'a', round])
-                        .await
-                        .unwrap(),
-                    None
-                );
-                let moved = store
-                    .scan_prefix(Table::Sessions, &[b'b', round], 100)
-                    .await
-                    .unwrap();
-                assert_eq!(moved.len(), 1, "round {round}: {moved:?}");
+                token_moved_once(store.as_ref(), round).await;
             }
         });
     }
