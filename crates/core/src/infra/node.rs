@@ -126,6 +126,35 @@ pub fn load_or_create_master_key(dir: &Path) -> Result<MasterKey, NodeError> {
     Ok(MasterKey::from_zeroizing(Zeroizing::new(key)))
 }
 
+/// Creates the data directory (0700) if needed, and refuses one whose master-key rotation was
+/// interrupted (`rerun_flags`: what the rerun needs besides `--data-dir`).
+fn prepare_dir(dir: &Path, rerun_flags: &str) -> Result<(), NodeError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    if dir.join(NEXT_KEY_FILE).exists() {
+        return Err(NodeError::Invalid(format!(
+            "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {}{rerun_flags}` again to finish it",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A new operator token: the prefix and 256 random bits.
+fn new_operator_token() -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "{OPERATOR_TOKEN_PREFIX}{}",
+        URL_SAFE_NO_PAD.encode(random::<32>().as_ref())
+    ))
+}
+
+/// Writes the operator token file (0600), replacing a stale one from an older database.
+fn write_operator_token(dir: &Path, token: &str) -> Result<(), NodeError> {
+    let path = dir.join(OPERATOR_TOKEN_FILE);
+    let _ = fs::remove_file(&path);
+    write_private(&path, format!("{token}\n").as_bytes())
+}
+
 /// SHA-256 of a presented operator token.
 pub fn operator_token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -147,14 +176,7 @@ impl Node {
 
     /// Like [`Node::open`], with the store opened with `options` (page cache, fsync).
     pub async fn open_with(dir: &Path, options: StoreOptions) -> Result<Node, NodeError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        if dir.join(NEXT_KEY_FILE).exists() {
-            return Err(NodeError::Invalid(format!(
-                "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {}` again to finish it",
-                dir.display()
-            )));
-        }
+        prepare_dir(dir, "")?;
         let master_key = load_or_create_master_key(dir)?;
         let store = std::sync::Arc::new(SledStore::open_with(dir, options)?);
 
@@ -179,14 +201,8 @@ impl Node {
                     false,
                 ),
                 None => {
-                    let token = Zeroizing::new(format!(
-                        "{OPERATOR_TOKEN_PREFIX}{}",
-                        URL_SAFE_NO_PAD.encode(random::<32>().as_ref())
-                    ));
-                    let path = dir.join(OPERATOR_TOKEN_FILE);
-                    // A stale file from an older database would not match: replace it.
-                    let _ = fs::remove_file(&path);
-                    write_private(&path, format!("{}\n", token.as_str()).as_bytes())?;
+                    let token = new_operator_token();
+                    write_operator_token(dir, &token)?;
                     let hash = operator_token_hash(&token);
                     store
                         .put(Table::Meta, META_OPERATOR_TOKEN, hash.to_vec())
@@ -236,14 +252,7 @@ impl Node {
     where
         S: Store + portcullis_store::EventLog,
     {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        if dir.join(NEXT_KEY_FILE).exists() {
-            return Err(NodeError::Invalid(format!(
-                "a master-key rotation was interrupted: run `portcullis admin rotate-master-key --data-dir {} --database-url …` again to finish it",
-                dir.display()
-            )));
-        }
+        prepare_dir(dir, " --database-url …")?;
         let store: &dyn Store = shared.as_ref();
         let key_path = dir.join(MASTER_KEY_FILE);
         let token_path = dir.join(OPERATOR_TOKEN_FILE);
@@ -298,10 +307,7 @@ impl Node {
                 (hash, false)
             }
             None => {
-                let token = Zeroizing::new(format!(
-                    "{OPERATOR_TOKEN_PREFIX}{}",
-                    URL_SAFE_NO_PAD.encode(random::<32>().as_ref())
-                ));
+                let token = new_operator_token();
                 let hash = operator_token_hash(&token);
                 let won = store
                     .compare_and_swap(Table::Meta, META_OPERATOR_TOKEN, None, Some(hash.to_vec()))
@@ -314,8 +320,7 @@ impl Node {
                         token_path.display()
                     )));
                 }
-                let _ = fs::remove_file(&token_path);
-                write_private(&token_path, format!("{}\n", token.as_str()).as_bytes())?;
+                write_operator_token(dir, &token)?;
                 (hash, true)
             }
         };
