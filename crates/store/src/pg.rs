@@ -96,6 +96,60 @@ fn sql_table(table: Table) -> &'static str {
     table.name()
 }
 
+/// The statements of one table, written once per process (every call names them to the
+/// connection's statement cache).
+struct TableSql {
+    get: String,
+    upsert: String,
+    delete: String,
+    insert_if_absent: String,
+    update_if: String,
+    delete_if: String,
+    scan_range: String,
+    scan_from: String,
+}
+
+fn sql(table: Table) -> &'static TableSql {
+    static ALL: std::sync::OnceLock<Vec<TableSql>> = std::sync::OnceLock::new();
+    let all = ALL.get_or_init(|| {
+        Table::ALL
+            .iter()
+            .map(|t| {
+                let t = sql_table(*t);
+                TableSql {
+                    get: format!("SELECT value FROM {t} WHERE key = $1"),
+                    upsert: format!(
+                        "INSERT INTO {t} (key, value, version, body)
+                         VALUES ($1, $2, $3, $4::text::jsonb)
+                         ON CONFLICT (key) DO UPDATE
+                         SET value = excluded.value, version = excluded.version,
+                             body = excluded.body"
+                    ),
+                    delete: format!("DELETE FROM {t} WHERE key = $1 RETURNING value"),
+                    insert_if_absent: format!(
+                        "INSERT INTO {t} (key, value, version, body)
+                         VALUES ($1, $2, $3, $4::text::jsonb)
+                         ON CONFLICT (key) DO NOTHING"
+                    ),
+                    update_if: format!(
+                        "UPDATE {t} SET value = $3, version = $4, body = $5::text::jsonb
+                         WHERE key = $1 AND value = $2"
+                    ),
+                    delete_if: format!("DELETE FROM {t} WHERE key = $1 AND value = $2"),
+                    scan_range: format!(
+                        "SELECT key, value FROM {t} WHERE key >= $1 AND key < $2
+                         ORDER BY key LIMIT $3"
+                    ),
+                    scan_from: format!(
+                        "SELECT key, value FROM {t} WHERE key >= $1 ORDER BY key LIMIT $2"
+                    ),
+                }
+            })
+            .collect()
+    });
+    &all[table.index()]
+}
+
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         // The code and message only: a DETAIL may quote key values.
@@ -289,8 +343,7 @@ impl PgStore {
         table: Table,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
-        let sql = format!("SELECT value FROM {} WHERE key = $1", sql_table(table));
-        let stmt = c.prepare_cached(&sql).await?;
+        let stmt = c.prepare_cached(&sql(table).get).await?;
         Ok(c.query_opt(&stmt, &[&key]).await?.map(|r| r.get(0)))
     }
 
@@ -301,13 +354,7 @@ impl PgStore {
         value: &[u8],
     ) -> Result<(), tokio_postgres::Error> {
         let (version, body) = readable(value);
-        let sql = format!(
-            "INSERT INTO {} (key, value, version, body) VALUES ($1, $2, $3, $4::text::jsonb)
-             ON CONFLICT (key) DO UPDATE
-             SET value = excluded.value, version = excluded.version, body = excluded.body",
-            sql_table(table)
-        );
-        let stmt = c.prepare_cached(&sql).await?;
+        let stmt = c.prepare_cached(&sql(table).upsert).await?;
         c.execute(&stmt, &[&key, &value, &version, &body]).await?;
         Ok(())
     }
@@ -317,11 +364,7 @@ impl PgStore {
         table: Table,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, tokio_postgres::Error> {
-        let sql = format!(
-            "DELETE FROM {} WHERE key = $1 RETURNING value",
-            sql_table(table)
-        );
-        let stmt = c.prepare_cached(&sql).await?;
+        let stmt = c.prepare_cached(&sql(table).delete).await?;
         Ok(c.query_opt(&stmt, &[&key]).await?.map(|r| r.get(0)))
     }
 
@@ -417,7 +460,7 @@ impl Store for PgStore {
         new: Option<Vec<u8>>,
     ) -> Result<Cas, StoreError> {
         let c = self.client().await?;
-        let t = sql_table(table);
+        let s = sql(table);
         let changed = match (expected, &new) {
             (None, None) => Self::current(&c, table, key)
                 .await
@@ -425,11 +468,10 @@ impl Store for PgStore {
                 .is_none(),
             (None, Some(v)) => {
                 let (version, body) = readable(v);
-                let sql = format!(
-                    "INSERT INTO {t} (key, value, version, body) VALUES ($1, $2, $3, $4::text::jsonb)
-                     ON CONFLICT (key) DO NOTHING"
-                );
-                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                let stmt = c
+                    .prepare_cached(&s.insert_if_absent)
+                    .await
+                    .map_err(backend)?;
                 c.execute(&stmt, &[&key, &v, &version, &body])
                     .await
                     .map_err(backend)?
@@ -437,19 +479,14 @@ impl Store for PgStore {
             }
             (Some(old), Some(v)) => {
                 let (version, body) = readable(v);
-                let sql = format!(
-                    "UPDATE {t} SET value = $3, version = $4, body = $5::text::jsonb
-                     WHERE key = $1 AND value = $2"
-                );
-                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                let stmt = c.prepare_cached(&s.update_if).await.map_err(backend)?;
                 c.execute(&stmt, &[&key, &old, &v, &version, &body])
                     .await
                     .map_err(backend)?
                     == 1
             }
             (Some(old), None) => {
-                let sql = format!("DELETE FROM {t} WHERE key = $1 AND value = $2");
-                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                let stmt = c.prepare_cached(&s.delete_if).await.map_err(backend)?;
                 c.execute(&stmt, &[&key, &old]).await.map_err(backend)? == 1
             }
         };
@@ -467,20 +504,15 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let c = self.client().await?;
-        let t = sql_table(table);
+        let s = sql(table);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = match prefix_end(prefix) {
             Some(end) => {
-                let sql = format!(
-                    "SELECT key, value FROM {t} WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"
-                );
-                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                let stmt = c.prepare_cached(&s.scan_range).await.map_err(backend)?;
                 c.query(&stmt, &[&prefix, &end, &limit]).await
             }
             None => {
-                let sql =
-                    format!("SELECT key, value FROM {t} WHERE key >= $1 ORDER BY key LIMIT $2");
-                let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+                let stmt = c.prepare_cached(&s.scan_from).await.map_err(backend)?;
                 c.query(&stmt, &[&prefix, &limit]).await
             }
         }
@@ -517,11 +549,11 @@ impl Store for PgStore {
         expected: &[u8],
     ) -> Result<crate::Consumed, StoreError> {
         let c = self.client().await?;
-        let sql = format!(
-            "DELETE FROM {} WHERE key = $1 AND value = $2",
-            sql_table(table)
-        );
-        let stmt = c.prepare_cached(&sql).await.map_err(backend)?;
+        // The same statement as a compare-and-swap to nothing.
+        let stmt = c
+            .prepare_cached(&sql(table).delete_if)
+            .await
+            .map_err(backend)?;
         let n = c
             .execute(&stmt, &[&key, &expected])
             .await
