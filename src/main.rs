@@ -114,7 +114,8 @@ macro_rules! serve_settings {
             #[arg(long, env = "PORTCULLIS_CONFIG")]
             config: Option<PathBuf>,
             $( $(#[doc = $doc])* #[arg(long, env = $env)] $field: Option<$ty>, )*
-            $( $(#[doc = $odoc])* #[arg(long, env = $oenv)] $ofield: Option<$oty>, )*
+            // A URL may hold a password: `--help` never prints these variables' values.
+            $( $(#[doc = $odoc])* #[arg(long, env = $oenv, hide_env_values = true)] $ofield: Option<$oty>, )*
         }
 
         impl ServeArgs {
