@@ -51,7 +51,7 @@ impl Server {
     pub fn start_env(extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Server::start_in(tmp, extra, envs)
+        Server::start_in(tmp, extra, envs, database_for_test())
     }
 
     /// Starts a server whose settings come from a TOML config file with these contents (passed
@@ -62,12 +62,42 @@ impl Server {
         std::fs::write(&path, config_toml).expect("write config file");
         let mut flags = vec!["--config".to_owned(), path.to_string_lossy().into_owned()];
         flags.extend(extra.iter().map(|s| s.to_string()));
-        Server::start_in(tmp, flags, &[])
+        Server::start_in(tmp, flags, &[], database_for_test())
     }
 
-    fn start_in(tmp: tempfile::TempDir, mut extra: Vec<String>, envs: &[(&str, &str)]) -> Server {
+    /// Starts `n` nodes on one fresh PostgreSQL database, as an operator runs several nodes:
+    /// the first creates the master key and operator token, the others start with copies of its
+    /// files in their own data directories. Each node has its own ports and node id.
+    pub fn cluster(n: usize, extra: &[&str]) -> Vec<Server> {
+        let url = portcullis_testdb::cluster().fresh_database();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let first = Server::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            extra.clone(),
+            &[],
+            Some(url.clone()),
+        );
+        let mut nodes = vec![first];
+        for _ in 1..n {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let data_dir = tmp.path().join("data");
+            std::fs::create_dir_all(&data_dir).expect("data dir");
+            for file in ["master.key", "operator.token"] {
+                let from = nodes[0].data_dir.join(file);
+                std::fs::copy(&from, data_dir.join(file)).expect("copy the first node's file");
+            }
+            nodes.push(Server::start_in(tmp, extra.clone(), &[], Some(url.clone())));
+        }
+        nodes
+    }
+
+    fn start_in(
+        tmp: tempfile::TempDir,
+        mut extra: Vec<String>,
+        envs: &[(&str, &str)],
+        database_url: Option<String>,
+    ) -> Server {
         let data_dir = tmp.path().join("data");
-        let database_url = database_for_test();
         if let Some(url) = &database_url {
             // The same database across restarts of this server.
             extra.extend(["--database-url".to_owned(), url.clone()]);
