@@ -9,4 +9,4 @@
 #[path = "../blackbox/harness.rs"]
 mod harness;
 
-
+mod sessions;

@@ -194,6 +194,8 @@ impl App {
         // Unknown addresses are checked at the cost of the median stored hash.
         passwords.sample_stored(node.store.as_ref()).await?;
         let store: Arc<dyn Store> = layer(node.store.clone());
+        // Other nodes write this store too: cache only what cannot change back.
+        let shared = store.shared();
         let log: Arc<dyn EventLog> = node.log.clone();
         let events = internal_event::InternalEvents::new(
             Arc::clone(&log),
@@ -234,7 +236,7 @@ impl App {
             tokens,
             passwords,
             sealer,
-            session_cache: sessions::SessionCache::default(),
+            session_cache: sessions::SessionCache::new(shared),
             templates: mail::Templates::new(config.templates_dir.clone()),
             mailer,
             events,

@@ -54,11 +54,21 @@ impl Bench {
 
     /// A bench whose store is wrapped in [`Faults`], and the handle to arm them.
     pub async fn faulty() -> (Bench, Arc<Faults>) {
+        Self::faulty_with(Faults::wrap).await
+    }
+
+    /// A bench whose app runs as one node of several on a shared store (see
+    /// [`Faults::wrap_shared`]); the store underneath is `bench.app.store`'s inner store.
+    pub async fn shared() -> (Bench, Arc<Faults>) {
+        Self::faulty_with(Faults::wrap_shared).await
+    }
+
+    async fn faulty_with(wrap: fn(Arc<dyn Store>) -> Arc<Faults>) -> (Bench, Arc<Faults>) {
         let mut faults = None;
         let b = Self::layered(
             |_| {},
             |s| {
-                let f = Faults::wrap(s);
+                let f = wrap(s);
                 faults = Some(Arc::clone(&f));
                 f
             },
@@ -245,7 +255,8 @@ pub struct Faults {
     inner: Arc<dyn Store>,
     /// The table, and how many of its writes still pass before one fails.
     armed: Mutex<Option<(Table, u32)>>,
-    /// Reads of this table wait until this many readers have arrived (or a second passes).
+    /// Reads (and scans) of this table wait until this many readers have arrived (or a second
+    /// passes).
     meet: Mutex<Option<(Table, usize, usize)>>,
     met: tokio::sync::Notify,
     /// The next read of this table waits until [`Faults::release`].
@@ -254,11 +265,24 @@ pub struct Faults {
     released: tokio::sync::watch::Sender<bool>,
     /// Reads so far, per table (in [`Table::ALL`] order).
     reads: [std::sync::atomic::AtomicU64; Table::ALL.len()],
+    /// Whether the store says other nodes write it too.
+    shared: bool,
 }
 
 impl Faults {
     pub fn wrap(inner: Arc<dyn Store>) -> Arc<Faults> {
+        Self::build(inner, false)
+    }
+
+    /// Wraps `inner` as a store shared with other nodes: the app on it runs as one node of
+    /// several (other nodes are simulated by writing to `inner` directly).
+    pub fn wrap_shared(inner: Arc<dyn Store>) -> Arc<Faults> {
+        Self::build(inner, true)
+    }
+
+    fn build(inner: Arc<dyn Store>, shared: bool) -> Arc<Faults> {
         Arc::new(Faults {
+            shared,
             inner,
             armed: Mutex::new(None),
             meet: Mutex::new(None),
@@ -268,6 +292,11 @@ impl Faults {
             released: tokio::sync::watch::channel(false).0,
             reads: Default::default(),
         })
+    }
+
+    /// The store underneath, as another node writes it.
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
     }
 
     /// Makes the next write touching `table` fail.
@@ -418,7 +447,10 @@ impl Store for Faults {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        self.inner.scan_prefix(table, prefix, limit).await
+        // A scan is a read: it meets the other readers after reading, as `get` does.
+        let found = self.inner.scan_prefix(table, prefix, limit).await;
+        self.rendezvous(table).await;
+        found
     }
 
     fn sync(&self) -> SyncTicket {
@@ -427,6 +459,10 @@ impl Store for Faults {
 
     fn sync_state(&self) -> Option<SyncTicket> {
         self.inner.sync_state()
+    }
+
+    fn shared(&self) -> bool {
+        self.shared || self.inner.shared()
     }
 
     fn close(&self) {

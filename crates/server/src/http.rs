@@ -169,6 +169,10 @@ async fn healthz() -> impl IntoResponse {
 /// The public keys that verify access tokens (RFC 7517), for any JOSE library.
 async fn jwks(State(dispatcher): State<Dispatcher>) -> HttpResponse {
     let app = dispatcher.app();
+    // Another node may have created or rotated a key: publish what the store holds now.
+    if let Err(e) = app.tokens.reload(app.store.as_ref(), &app.sealer).await {
+        tracing::warn!(error = %e, "serving the signing keys as last loaded");
+    }
     let now = app.clock.now().unix_timestamp();
     let mut resp = axum::Json(app.tokens.jwks_at(now)).into_response();
     resp.headers_mut().insert(

@@ -435,6 +435,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Whether other nodes may write this store concurrently (a shared database). A node on a
+    /// shared store caches nothing that another node can change back, and keeps the state that
+    /// must hold across nodes (failure delays, attempt counters) in the store.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Applies a [`Batch`] all or nothing: if every check holds, every write is applied, in one
     /// atomic step that no other writer (single-key or batch) can interleave with, and the
     /// batch is durable before this returns [`Applied::Committed`]. If a check fails nothing is

@@ -437,6 +437,10 @@ fn tables_sql() -> String {
 
 #[async_trait]
 impl Store for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let c = self.client().await?;
         Self::current(&c, table, key).await.map_err(backend)

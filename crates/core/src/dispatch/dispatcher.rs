@@ -420,7 +420,13 @@ impl Dispatcher {
         let claims = self
             .app
             .tokens
-            .verify(t, self.app.clock.now())
+            .verify_current(
+                t,
+                self.app.clock.now(),
+                self.app.store.as_ref(),
+                &self.app.sealer,
+            )
+            .await?
             .map_err(|e| refused(e.reason()))?;
         let Some(generation) =
             sessions::live_generation(&self.app, &claims.sid, &claims.sub).await?

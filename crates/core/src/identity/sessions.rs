@@ -146,12 +146,30 @@ struct CacheMap {
 /// Which sessions are live, cached in memory in front of the store. Every session enters it
 /// when it starts; revocations and step-ups go through here, so they take effect on the very
 /// next command.
+///
+/// On a store shared with other nodes, a revocation or step-up may be made by another node, so
+/// only what cannot change back is trusted from the cache (a revoked session is revoked for
+/// good); a session the cache knows as live is read again from the store on every use.
 #[derive(Default)]
 pub struct SessionCache {
     map: RwLock<CacheMap>,
+    shared: bool,
 }
 
 impl SessionCache {
+    /// A cache in front of a store that other nodes write (`shared`) or of this node's own.
+    pub fn new(shared: bool) -> Self {
+        SessionCache {
+            map: RwLock::default(),
+            shared,
+        }
+    }
+
+    /// What the cache may answer for `sid` without reading the store.
+    fn trusted(&self, sid: &str) -> Option<Live> {
+        self.get(sid).filter(|l| l.revoked || !self.shared)
+    }
+
     fn get(&self, sid: &str) -> Option<Live> {
         self.map
             .read()
@@ -246,14 +264,14 @@ fn index_key(user_id: &str, sid: &str) -> Vec<u8> {
 }
 
 /// The generation of session `sid` if it is live for `user_id` (`None`: revoked, unknown, or
-/// another user's). Cached, else read from the store; a revocation recorded in the cache while
-/// the read was in flight wins over what the read found.
+/// another user's). Cached (on a shared store, only revocations), else read from the store; a
+/// revocation recorded in the cache while the read was in flight wins over what the read found.
 pub async fn live_generation(
     app: &App,
     sid: &str,
     user_id: &str,
 ) -> Result<Option<u64>, CommandError> {
-    let live = match app.session_cache.get(sid) {
+    let live = match app.session_cache.trusted(sid) {
         Some(l) => l,
         None => {
             let epoch = app.session_cache.epoch();
@@ -278,8 +296,12 @@ pub(crate) fn successor_aad(old_hash: &[u8; 32]) -> Vec<u8> {
     format!("refresh-successor:{}", hex::encode(old_hash)).into_bytes()
 }
 
-/// Signs an access token for a session.
-fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
+/// Signs an access token for a session (with the active key as the store has it now).
+async fn access_token(
+    ctx: &Ctx,
+    s: &SessionRecord,
+    now: i64,
+) -> Result<(Secret, u64), CommandError> {
     let tokens = &ctx.app.tokens;
     let claims = AccessClaims {
         iss: tokens.issuer().to_owned(),
@@ -295,11 +317,13 @@ fn access_token(ctx: &Ctx, s: &SessionRecord, now: i64) -> (Secret, u64) {
         exp: now + tokens.ttl_s(),
         jti: random_id(ctx.app.rng.as_ref()),
     };
-    let t = tokens.sign(&claims);
-    (
+    let t = tokens
+        .sign_current(ctx.app.store.as_ref(), &ctx.app.sealer, &claims)
+        .await?;
+    Ok((
         Secret::new(t.as_str()),
         u64::try_from(tokens.ttl_s()).unwrap_or(0),
-    )
+    ))
 }
 
 /// A fresh refresh token for a session, with its store key and record (not yet stored).
@@ -403,7 +427,7 @@ async fn open_session(
     }
     app.session_cache.record(&s.id, Live::of(&s));
     let evicted = enforce_session_limit(ctx, &user.id, &s.id).await?;
-    let (access_token, expires_in) = access_token(ctx, &s, now);
+    let (access_token, expires_in) = access_token(ctx, &s, now).await?;
     ctx.audit.subject(&user.id);
     ctx.audit.session(&s.id);
     ctx.audit.event("session.created");
@@ -527,7 +551,7 @@ pub async fn refresh(ctx: &Ctx, token: &Secret) -> Result<SessionTokens, Command
             RefreshState::Active => {
                 let (new_refresh_token, new_key, new_rec) =
                     refresh_token_for(ctx, &session.id, now);
-                let (access_token, expires_in) = access_token(ctx, &session, now);
+                let (access_token, expires_in) = access_token(ctx, &session, now).await?;
                 let pair = SealedPair {
                     access_token: access_token.expose().to_owned(),
                     refresh_token: new_refresh_token.expose().to_owned(),
@@ -652,7 +676,7 @@ pub async fn elevate(
     .ok_or_else(ended)?;
     // Tokens of the earlier generation stop passing the step-up gate from the next request on.
     ctx.app.session_cache.record(&s.id, Live::of(&s));
-    let (access, expires_in) = access_token(ctx, &s, now);
+    let (access, expires_in) = access_token(ctx, &s, now).await?;
     Ok((s, access, expires_in))
 }
 
@@ -841,6 +865,35 @@ mod tests {
             b.code("USER.ME", json!({}), Some(&access)).await,
             Some(ErrorCode::Unauthenticated),
             "the stale read did not put the session back"
+        );
+    }
+
+    /// On a store other nodes write, a revocation made by another node is refused on this
+    /// node's very next command, though this node has served the session as live.
+    #[tokio::test]
+    async fn on_a_shared_store_a_revocation_by_another_node_takes_effect_at_once() {
+        let (b, shared) = Bench::shared().await;
+        let s = b
+            .ok(
+                "AUTH.SIGNUP",
+                json!({"email": "nodes@example.org", "password": PW}),
+                None,
+            )
+            .await;
+        let access = s["access_token"].as_str().unwrap();
+        b.ok("USER.ME", json!({}), Some(access)).await;
+        // Another node revokes the session, writing the store directly.
+        let sid = s["session_id"].as_str().unwrap();
+        super::update_session(shared.inner().as_ref(), sid, |r| {
+            r.revoked_at = Some(r.created_at);
+            Ok::<_, crate::CommandError>(true)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            b.code("USER.ME", json!({}), Some(access)).await,
+            Some(ErrorCode::Unauthenticated)
         );
     }
 

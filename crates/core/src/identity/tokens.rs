@@ -129,6 +129,8 @@ struct Ring {
     active_kid: String,
     signer: SigningKey,
     verifiers: Vec<(String, VerifyingKey, Option<i64>)>,
+    /// What the ring was built from: each key's `kid`, whether active, and `verify_until`.
+    built_from: Vec<(String, bool, Option<i64>)>,
 }
 
 /// The key ring and the token codec.
@@ -136,6 +138,10 @@ pub struct Tokens {
     ring: RwLock<Arc<Ring>>,
     /// Serialises rotations (each reads every key record and writes several).
     rotating: tokio::sync::Mutex<()>,
+    /// Other nodes share the store: they may create or rotate keys (see [`Tokens::reload`]).
+    shared: bool,
+    /// Serialises reloads of the ring.
+    reloading: tokio::sync::Mutex<()>,
     /// Signing `kid` and claims of tokens whose signature verified, by SHA-256 of the token.
     verified: RwLock<std::collections::HashMap<[u8; 32], (String, AccessClaims)>>,
     issuer: String,
@@ -163,7 +169,9 @@ pub(crate) fn aad(kid: &str) -> Vec<u8> {
 }
 
 impl Tokens {
-    /// Loads the key ring from the store, creating the first signing key on first start.
+    /// Loads the key ring from the store, creating the first signing key on first start. Of
+    /// several nodes starting at once on an empty shared store, one creates the key and every
+    /// node loads it.
     pub async fn load_or_create(
         store: &dyn Store,
         sealer: &Sealer,
@@ -176,15 +184,27 @@ impl Tokens {
         let mut records = load_records(store).await?;
         if !records.iter().any(|r| r.active) {
             let rec = new_key_record(sealer, rng, clock.now().unix_timestamp());
-            SIGNING_KEYS.put(store, rec.kid.as_bytes(), &rec).await?;
-            store.sync().await?;
-            tracing::info!(kid = %rec.kid, "created a signing key");
-            records.push(rec);
+            // The first key and a marker that a first key exists, together: a second node
+            // racing this one finds the marker taken and loads the winner's key instead.
+            let first = portcullis_store::Batch::new()
+                .swap(
+                    Table::Meta,
+                    META_FIRST_SIGNING_KEY,
+                    None,
+                    Some(rec.kid.clone().into_bytes()),
+                )
+                .merge(SIGNING_KEYS.inserting(rec.kid.as_bytes(), &rec));
+            if store.apply(first).await?.committed() {
+                tracing::info!(kid = %rec.kid, "created a signing key");
+            }
+            records = load_records(store).await?;
         }
         let ring = build_ring(&records, sealer)?;
         Ok(Tokens {
             ring: RwLock::new(Arc::new(ring)),
             rotating: tokio::sync::Mutex::new(()),
+            shared: store.shared(),
+            reloading: tokio::sync::Mutex::new(()),
             verified: RwLock::new(std::collections::HashMap::new()),
             issuer,
             audience,
@@ -194,6 +214,53 @@ impl Tokens {
 
     fn ring(&self) -> Arc<Ring> {
         Arc::clone(&self.ring.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// On a shared store, reads the key records again and rebuilds the ring if another node
+    /// created, rotated or retired a key since; whether the ring changed. Does nothing (and
+    /// reads nothing) on a store of this node's own, where every change goes through here.
+    pub async fn reload(&self, store: &dyn Store, sealer: &Sealer) -> Result<bool, StoreError> {
+        if !self.shared {
+            return Ok(false);
+        }
+        let _one_at_a_time = self.reloading.lock().await;
+        let records = load_records(store).await?;
+        if fingerprint(&records) == self.ring().built_from {
+            return Ok(false);
+        }
+        let ring = build_ring(&records, sealer)?;
+        tracing::debug!(active = %ring.active_kid, "reloaded the signing keys");
+        *self.ring.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ring);
+        Ok(true)
+    }
+
+    /// [`Tokens::sign`] with the active key as the store has it now: on a shared store, a
+    /// rotation made by another node is followed before this node signs again.
+    pub async fn sign_current(
+        &self,
+        store: &dyn Store,
+        sealer: &Sealer,
+        claims: &AccessClaims,
+    ) -> Result<Zeroizing<String>, StoreError> {
+        self.reload(store, sealer).await?;
+        Ok(self.sign(claims))
+    }
+
+    /// [`Tokens::verify`], and on a shared store, when the token names a key this node does not
+    /// know (created by another node), once more after reloading the ring.
+    pub async fn verify_current(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+        store: &dyn Store,
+        sealer: &Sealer,
+    ) -> Result<Result<AccessClaims, TokenError>, StoreError> {
+        match self.verify(token, now) {
+            Err(TokenError::UnknownKey) if self.reload(store, sealer).await? => {
+                Ok(self.verify(token, now))
+            }
+            verified => Ok(verified),
+        }
     }
 
     /// Access token lifetime in seconds.
@@ -408,6 +475,19 @@ impl Tokens {
 /// Signing keys by `kid`, private halves sealed with the master key.
 const SIGNING_KEYS: Records<KeyRecord> = Records::new(Table::SigningKeys);
 
+/// Meta key claimed, with the first signing key, by the one start that creates it.
+const META_FIRST_SIGNING_KEY: &[u8] = b"first_signing_key";
+
+/// What a ring is built from, in a stable order (see [`Ring::built_from`]).
+fn fingerprint(records: &[KeyRecord]) -> Vec<(String, bool, Option<i64>)> {
+    let mut f: Vec<_> = records
+        .iter()
+        .map(|r| (r.kid.clone(), r.active, r.verify_until))
+        .collect();
+    f.sort();
+    f
+}
+
 async fn load_records(store: &dyn Store) -> Result<Vec<KeyRecord>, StoreError> {
     Ok(SIGNING_KEYS
         .scan(store, b"", usize::MAX)
@@ -467,6 +547,7 @@ fn build_ring(records: &[KeyRecord], sealer: &Sealer) -> Result<Ring, StoreError
         active_kid: active.kid.clone(),
         signer,
         verifiers,
+        built_from: fingerprint(records),
     })
 }
 
@@ -516,6 +597,89 @@ mod tests {
         )
         .await
         .unwrap()
+    }
+
+    /// A node's key ring on `store` (shared or not).
+    async fn node(store: &dyn Store, clock: &ManualClock) -> Tokens {
+        Tokens::load_or_create(
+            store,
+            &Sealer::new(&MasterKey::from_bytes([1u8; 32])),
+            &OsRandom,
+            clock,
+            "https://issuer.test".into(),
+            "api.test".into(),
+            900,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn kid_of(token: &str) -> String {
+        let header = token.split('.').next().unwrap();
+        let h: Header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        h.kid
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_starting_at_once_on_an_empty_shared_store_create_one_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults =
+            crate::testkit::Faults::wrap_shared(Arc::new(SledStore::open(dir.path()).unwrap()));
+        // Every start reads the (empty) keys before any of them writes one.
+        faults.meet_on_read(Table::SigningKeys, 8);
+        let store: Arc<dyn Store> = faults;
+        let clock = ManualClock::new(datetime!(2026-12-04 12:00 UTC));
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, clock) = (Arc::clone(&store), clock.clone());
+                tokio::spawn(
+                    async move { node(store.as_ref(), &clock).await.ring().active_kid.clone() },
+                )
+            })
+            .collect();
+        let mut kids = Vec::new();
+        for s in starts {
+            kids.push(s.await.unwrap());
+        }
+        kids.dedup();
+        assert_eq!(kids.len(), 1, "every node signs with the same key");
+        assert_eq!(load_records(store.as_ref()).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn on_a_shared_store_a_key_made_by_another_node_verifies_and_signs_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            crate::testkit::Faults::wrap_shared(Arc::new(SledStore::open(dir.path()).unwrap()));
+        let sealer = Sealer::new(&MasterKey::from_bytes([1u8; 32]));
+        let clock = ManualClock::new(datetime!(2026-12-04 12:00 UTC));
+        let now = clock.now().unix_timestamp();
+        let (a, b) = (
+            node(store.as_ref(), &clock).await,
+            node(store.as_ref(), &clock).await,
+        );
+        let rotated = a
+            .rotate(store.as_ref(), &sealer, &OsRandom, now)
+            .await
+            .unwrap();
+        let from_a = a.sign(&claims(now));
+        assert_eq!(kid_of(&from_a), rotated);
+        assert_eq!(
+            b.verify_current(&from_a, clock.now(), store.as_ref(), &sealer)
+                .await
+                .unwrap(),
+            Ok(claims(now)),
+            "B reloads its ring for a kid it does not know"
+        );
+        let from_b = b
+            .sign_current(store.as_ref(), &sealer, &claims(now))
+            .await
+            .unwrap();
+        assert_eq!(
+            kid_of(&from_b),
+            rotated,
+            "B signs with the key A made active"
+        );
     }
 
     fn claims(now: i64) -> AccessClaims {

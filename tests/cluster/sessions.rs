@@ -1,0 +1,75 @@
+//! Sessions, accounts and signing keys across nodes.
+
+use crate::harness::{as_user, login, signup, tokens, Server};
+use portcullis_protocol::{ErrorCode, Secret};
+use serde_json::{json, Value};
+
+const PW: &str = "correct horse battery";
+
+#[tokio::test]
+async fn a_session_revoked_on_one_node_is_refused_by_the_others_on_the_next_command() {
+    let nodes = Server::cluster(3, &[]);
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    let mut c = nodes[2].client().await;
+    signup(&mut a, "ada@example.com", Some(PW)).await;
+    let t = tokens(login(&mut b, "ada@example.com", PW).await);
+    // Every node has served the session (and may remember it as live).
+    for client in [&mut a, &mut b, &mut c] {
+        let me = as_user(client, &t.access_token, "USER.ME", json!({})).await;
+        assert!(me.ok, "{me:?}");
+    }
+    let out = as_user(&mut a, &t.access_token, "AUTH.LOGOUT", json!({})).await;
+    assert!(out.ok, "{out:?}");
+    for client in [&mut b, &mut c, &mut a] {
+        let me = as_user(client, &t.access_token, "USER.ME", json!({})).await;
+        assert_eq!(
+            me.error.map(|e| e.code),
+            Some(ErrorCode::Unauthenticated),
+            "a revoked session still served"
+        );
+    }
+}
+
+fn kid_of(t: &Secret) -> String {
+    use base64::Engine;
+    let h = t.expose().split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(h)
+            .unwrap(),
+    )
+    .unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_key_rotated_on_one_node_signs_verifies_and_is_published_on_every_node() {
+    let nodes = Server::cluster(3, &[]);
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    let mut c = nodes[2].client().await;
+    let before = signup(&mut b, "rot@example.com", Some(PW)).await;
+    let mut op = nodes[0].operator_client().await;
+    let keys: Value = op.call_ok("KEYS.ROTATE", json!({})).await.unwrap();
+    let active = keys["keys"][0]["kid"].as_str().unwrap().to_owned();
+    assert_ne!(active, kid_of(&before.access_token));
+    // B signs with the key A made active; A's and B's new tokens verify on C.
+    let on_b = tokens(login(&mut b, "rot@example.com", PW).await);
+    assert_eq!(kid_of(&on_b.access_token), active);
+    let on_a = tokens(login(&mut a, "rot@example.com", PW).await);
+    for t in [&on_a.access_token, &on_b.access_token, &before.access_token] {
+        let me = as_user(&mut c, t, "USER.ME", json!({})).await;
+        assert!(me.ok, "{me:?}");
+    }
+    let jwks = crate::harness::http(nodes[2].http, "GET", "/.well-known/jwks.json", &[], b"")
+        .await
+        .json();
+    let published: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert!(published.contains(&active.as_str()), "{published:?}");
+}
