@@ -1,4 +1,4 @@
-//! Sessions, accounts and signing keys across nodes.
+//! Sessions, signing keys and failure delays across nodes.
 
 use crate::harness::{as_user, login, signup, tokens, Server};
 use portcullis_protocol::{ErrorCode, Secret};
@@ -72,4 +72,27 @@ async fn a_key_rotated_on_one_node_signs_verifies_and_is_published_on_every_node
         .map(|k| k["kid"].as_str().unwrap())
         .collect();
     assert!(published.contains(&active.as_str()), "{published:?}");
+}
+
+/// Password guesses spread over the nodes meet one failure delay.
+#[tokio::test]
+async fn password_guesses_spread_over_the_nodes_meet_one_failure_delay() {
+    let nodes = Server::cluster(3, &[]);
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(n.client().await);
+    }
+    signup(&mut clients[0], "target@example.com", Some(PW)).await;
+    for i in 0..5 {
+        let r = login(&mut clients[i % 3], "target@example.com", "wrong guess").await;
+        assert_eq!(r.error.map(|e| e.code), Some(ErrorCode::InvalidCredentials));
+    }
+    for c in &mut clients {
+        let r = login(c, "target@example.com", PW).await;
+        assert_eq!(
+            r.error.map(|e| e.code),
+            Some(ErrorCode::RateLimited),
+            "every node knows the delay"
+        );
+    }
 }

@@ -196,6 +196,9 @@ impl App {
         let store: Arc<dyn Store> = layer(node.store.clone());
         // Other nodes write this store too: cache only what cannot change back.
         let shared = store.shared();
+        let limits = limits::Limits::new(&config.rate_limits)
+            .map_err(OpenError::Config)?
+            .kept_in(&store);
         let log: Arc<dyn EventLog> = node.log.clone();
         let events = internal_event::InternalEvents::new(
             Arc::clone(&log),
@@ -242,7 +245,7 @@ impl App {
             events,
             code_key,
             recovery_code_key,
-            limits: limits::Limits::new(&config.rate_limits).map_err(OpenError::Config)?,
+            limits,
             webauthn: passkey::relying_party(&config).map_err(OpenError::Config)?,
             metrics: telemetry::Metrics::new(),
             config,

@@ -83,11 +83,14 @@ pub enum Table {
     ApiKeys,
     /// Mail waiting for delivery, by queue key (time-ordered), sealed with the master key.
     MailQueue,
+    /// Failed sign-in attempts and attempts in flight, by kind and SHA-256 of the address, when
+    /// several nodes share the store (one node keeps them in memory).
+    Attempts,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 21] = [
+    pub const ALL: [Table; 22] = [
         Table::Meta,
         Table::Challenges,
         Table::Users,
@@ -109,6 +112,7 @@ impl Table {
         Table::Ceremonies,
         Table::ApiKeys,
         Table::MailQueue,
+        Table::Attempts,
     ];
 
     /// Stable name of the table on disk.
@@ -135,6 +139,7 @@ impl Table {
             Table::Ceremonies => "ceremonies",
             Table::ApiKeys => "api_keys",
             Table::MailQueue => "mail_queue",
+            Table::Attempts => "attempts",
         }
     }
 

@@ -71,10 +71,13 @@ const BATCH_ATTEMPTS: usize = 16;
 
 /// The schema, one step per version (the SQL each applies), in order; never edited once
 /// released.
-const MIGRATIONS: &[fn() -> String] = &[
+pub(crate) const MIGRATIONS: &[fn() -> String] = &[
     // 1: one table per logical table.
-    tables_sql, // 2: the event log and its head.
+    || create_tables(&Table::ALL[..21]),
+    // 2: the event log and its head.
     log_sql,
+    // 3: attempts (failure delays and code caps shared by every node).
+    || create_tables(&[Table::Attempts]),
 ];
 
 /// The PostgreSQL store and event log.
@@ -418,8 +421,9 @@ impl PgStore {
 }
 
 /// The SQL of migration 1: every logical table.
-fn tables_sql() -> String {
-    Table::ALL
+/// `CREATE TABLE` for each of `tables`.
+fn create_tables(tables: &[Table]) -> String {
+    tables
         .iter()
         .map(|t| {
             format!(

@@ -809,7 +809,7 @@ mod pg {
         let db = url.rsplit('/').next().unwrap();
         assert_eq!(
             cluster.psql(db, "SELECT version FROM portcullis_schema"),
-            "2"
+            crate::pg::MIGRATIONS.len().to_string()
         );
         let tables = cluster.psql(
             db,
@@ -818,6 +818,44 @@ mod pg {
         // The logical tables, the schema's lock row, and the log's three.
         assert_eq!(tables, (Table::ALL.len() + 4).to_string());
         assert_eq!(cluster.psql(db, "SELECT seq FROM log_head"), "0");
+    }
+
+    /// A database made by an older build (schema version 2, before the attempts table) is
+    /// brought up to date at the next start.
+    #[test]
+    fn a_database_of_an_older_schema_is_migrated_at_start() {
+        let rt = rt();
+        let cluster = portcullis_testdb::cluster();
+        let url = cluster.fresh_database();
+        rt.block_on(async {
+            PgStore::connect(&PgOptions::new(url.clone()))
+                .await
+                .unwrap()
+        });
+        let db = url.rsplit('/').next().unwrap();
+        cluster.psql(
+            db,
+            "DROP TABLE attempts; UPDATE portcullis_schema SET version = 2",
+        );
+        let store = rt.block_on(async {
+            PgStore::connect(&PgOptions::new(url.clone()))
+                .await
+                .unwrap()
+        });
+        assert_eq!(
+            cluster.psql(db, "SELECT version FROM portcullis_schema"),
+            crate::pg::MIGRATIONS.len().to_string()
+        );
+        rt.block_on(async {
+            store
+                .put(Table::Attempts, b"k", b"v".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get(Table::Attempts, b"k").await.unwrap(),
+                Some(b"v".to_vec())
+            );
+        });
     }
 
     /// A record is readable with plain SQL (its version and JSON body), while the exact bytes

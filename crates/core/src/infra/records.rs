@@ -52,6 +52,8 @@ pub enum Edit<T> {
     Write(T),
     /// Write nothing, answer.
     Keep(T),
+    /// Remove the record (nothing left worth keeping), then answer.
+    Remove(T),
 }
 
 impl<R: Record + Clone> Records<R> {
@@ -187,6 +189,11 @@ impl<R: Record + Clone> Records<R> {
                 Edit::Keep(answer) => return Ok(Some(answer)),
                 Edit::Write(answer) => {
                     if self.swap(store, key, old.as_ref(), Some(&record)).await? {
+                        return Ok(Some(answer));
+                    }
+                }
+                Edit::Remove(answer) => {
+                    if old.is_none() || self.swap(store, key, old.as_ref(), None).await? {
                         return Ok(Some(answer));
                     }
                 }

@@ -10,12 +10,12 @@ pub mod sys;
 use crate::factors::{email, passkey, recovery, totp};
 use crate::identity::{accounts, apikeys, sessions, tokens};
 use crate::infra::records::TableOwner;
-use crate::infra::{mail, node};
+use crate::infra::{limits, mail, node};
 use crate::signin::ticket;
 
 /// Every domain that owns tables, asked in this order by master-key rotation (which reports
 /// in this order) and housekeeping. Every table has exactly one owner (a test checks).
-pub fn owners() -> [&'static dyn TableOwner; 11] {
+pub fn owners() -> [&'static dyn TableOwner; 12] {
     [
         &tokens::Tables,
         &totp::Tables,
@@ -28,6 +28,7 @@ pub fn owners() -> [&'static dyn TableOwner; 11] {
         &passkey::Tables,
         &ticket::Tables,
         &node::Tables,
+        &limits::Tables,
     ]
 }
 

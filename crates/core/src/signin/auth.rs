@@ -99,7 +99,7 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
     // Reserve the attempt before any work: however many requests race, no more passwords are
     // checked than the free failures allow (see `Limits::reserve_attempt`).
     let attempt = match &delay_key {
-        Some(k) => Some(ctx.app.limits.reserve_attempt(k, now)?),
+        Some(k) => Some(ctx.app.limits.reserve_attempt(k, now).await?),
         None => None,
     };
     let user = match &email {
@@ -123,13 +123,13 @@ async fn login(ctx: Ctx, p: LoginParams) -> Result<SessionTokens, CommandError> 
         }
         ctx.audit.event("login.failed");
         if let Some(a) = attempt {
-            let failures = a.failed(ctx.now().unix_timestamp());
+            let failures = a.failed(ctx.now().unix_timestamp()).await;
             ctx.audit.note("consecutive_failures", u64::from(failures));
         }
         return Err(invalid());
     };
     if let Some(a) = attempt {
-        a.succeeded();
+        a.succeeded(ctx.now().unix_timestamp()).await;
     }
     let store = ctx.app.store.as_ref();
     // The hash this sign-in stands on: the one verified, or its upgrade.

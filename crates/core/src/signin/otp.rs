@@ -151,6 +151,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
                 .app
                 .limits
                 .reserve_code_attempt(&loaded.record.email_key, now)
+                .await
             {
                 Ok(a) => address_attempt = Some(a),
                 Err(e) => {
@@ -174,7 +175,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
         let presented = code_mac(&ctx, &reserved.id, p.code.expose());
         if !bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
             if let Some(a) = address_attempt.take() {
-                a.failed(ctx.now().unix_timestamp());
+                a.failed(ctx.now().unix_timestamp()).await;
             }
             ctx.audit.event("otp.failed");
             ctx.audit.note("attempt", u64::from(attempt));
@@ -185,7 +186,7 @@ async fn verify(ctx: Ctx, p: VerifyParams) -> Result<SessionTokens, CommandError
             return Err(invalid(max - attempt));
         }
         if let Some(a) = address_attempt.take() {
-            a.succeeded();
+            a.succeeded(ctx.now().unix_timestamp()).await;
         }
         // The code is right. Consume the flow; concurrent attempts may still bump its counter
         // meanwhile, so retry against the newest record while it is pending.
