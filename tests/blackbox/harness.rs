@@ -77,20 +77,29 @@ impl Server {
             tempfile::tempdir().expect("tempdir"),
             extra.clone(),
             &[],
-            Some(url.clone()),
+            Some(url),
         );
         let mut nodes = vec![first];
         for _ in 1..n {
-            let tmp = tempfile::tempdir().expect("tempdir");
-            let data_dir = tmp.path().join("data");
-            std::fs::create_dir_all(&data_dir).expect("data dir");
-            for file in ["master.key", "operator.token"] {
-                let from = nodes[0].data_dir.join(file);
-                std::fs::copy(&from, data_dir.join(file)).expect("copy the first node's file");
-            }
-            nodes.push(Server::start_in(tmp, extra.clone(), &[], Some(url.clone())));
+            let next = nodes[0].join(&extra);
+            nodes.push(next);
         }
         nodes
+    }
+
+    /// Starts another node on this node's PostgreSQL database, with copies of its key files in
+    /// a data directory of its own, and `extra` flags.
+    #[allow(dead_code)]
+    pub fn join(&self, extra: &[String]) -> Server {
+        let url = self.database_url.clone().expect("a node on PostgreSQL");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        for file in ["master.key", "operator.token"] {
+            std::fs::copy(self.data_dir.join(file), data_dir.join(file))
+                .expect("copy the first node's file");
+        }
+        Server::start_in(tmp, extra.to_vec(), &[], Some(url))
     }
 
     fn start_in(

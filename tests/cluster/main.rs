@@ -9,4 +9,5 @@
 #[path = "../blackbox/harness.rs"]
 mod harness;
 
+mod mail;
 mod sessions;

@@ -1,15 +1,17 @@
 #!/usr/bin/python3
 """A loopback SMTP sink for the black-box tests.
 
-Usage: smtp_sink.py PORT DIR
+Usage: smtp_sink.py PORT DIR [DELAY]
 
 Listens on 127.0.0.1:PORT (0 picks a free port) and saves every message it accepts as
 DIR/NNNN.eml (the raw message) with DIR/NNNN.json beside it (the SMTP envelope). Each file is
 written under a temporary name and renamed, so a reader never sees half a message. The first
 line on stdout is the bound port. Runs until killed, or until its stdin reaches end of file (so
-it never outlives a test process that holds the other end of a pipe).
+it never outlives a test process that holds the other end of a pipe). With DELAY (seconds), each
+message is accepted only after that long, as a slow mail server would.
 """
 
+import asyncio
 import json
 import os
 import socket
@@ -20,8 +22,9 @@ from aiosmtpd.controller import Controller
 
 
 class Sink:
-    def __init__(self, directory):
+    def __init__(self, directory, delay=0.0):
         self.directory = directory
+        self.delay = delay
         self.lock = threading.Lock()
         self.count = 0
 
@@ -32,6 +35,8 @@ class Sink:
         os.replace(tmp, os.path.join(self.directory, name))
 
     async def handle_DATA(self, server, session, envelope):
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self.lock:
             self.count += 1
             n = self.count
@@ -54,16 +59,17 @@ class BoundController(Controller):
 
 
 def main():
-    if len(sys.argv) != 3:
-        sys.stderr.write("usage: smtp_sink.py PORT DIR\n")
+    if len(sys.argv) not in (3, 4):
+        sys.stderr.write("usage: smtp_sink.py PORT DIR [DELAY]\n")
         sys.exit(2)
     port, directory = int(sys.argv[1]), sys.argv[2]
+    delay = float(sys.argv[3]) if len(sys.argv) == 4 else 0.0
     os.makedirs(directory, exist_ok=True)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(64)
-    controller = BoundController(Sink(directory), sock)
+    controller = BoundController(Sink(directory, delay), sock)
     controller.start()
     sys.stdout.write("%d\n" % sock.getsockname()[1])
     sys.stdout.flush()

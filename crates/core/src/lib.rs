@@ -211,6 +211,7 @@ impl App {
             Arc::clone(&store),
             Arc::new(crypto::Sealer::new(&node.master_key)),
             Arc::clone(&rng),
+            node.node_id.clone(),
         )
         .await
         .map_err(OpenError::Config)?;

@@ -35,6 +35,13 @@ pub const QUEUE_CAPACITY: usize = 1024;
 const PARALLEL: usize = 4;
 /// Attempts per message.
 const ATTEMPTS: u32 = 4;
+/// How long a node's claim on a queued message holds, seconds: far longer than its delivery
+/// attempts take, so only a message whose node died is taken over by another node.
+pub const CLAIM_S: i64 = 15 * 60;
+/// How often a node looks for messages whose claim lapsed.
+const RECLAIM_EVERY: Duration = Duration::from_secs(60);
+/// Messages one look takes at most.
+const RECLAIM_BATCH: usize = 256;
 
 /// Which template a message uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,11 +227,23 @@ pub struct MailStats {
 /// The queue: sealed messages by time-ordered key.
 const QUEUE: Records<QueuedMail> = Records::new(Table::MailQueue);
 
-/// A queued message as stored: its contents sealed with the master key.
+/// A queued message as stored: its contents sealed with the master key, and which node
+/// delivers it.
 #[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct QueuedMail {
     /// Sealed JSON of the message (base64url).
     pub sealed: String,
+    /// The node delivering it; `None` (messages queued before claims existed): anybody's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claim: Option<Claim>,
+}
+
+/// A node's claim on a queued message: until it lapses, no other node delivers it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Claim {
+    node: String,
+    /// Unix seconds.
+    until: i64,
 }
 
 impl Record for QueuedMail {
@@ -267,9 +286,69 @@ struct Durable {
     store: Arc<dyn Store>,
     sealer: Arc<Sealer>,
     rng: Arc<dyn SecureRandom>,
+    /// This node, named in its claims.
+    node_id: String,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl Durable {
+    fn claim(&self) -> Claim {
+        Claim {
+            node: self.node_id.clone(),
+            until: unix_now() + CLAIM_S,
+        }
+    }
+
+    /// Claims the queued messages nobody delivers: unclaimed, or whose claim lapsed, or (at
+    /// start, `restarting`) claimed by this node's previous run. Each claim is a
+    /// compare-and-swap, so of several nodes looking at once exactly one takes a message.
+    /// Returns the messages this node now delivers, oldest first, opened; one that cannot be
+    /// opened (the master key was replaced outside `rotate-master-key`) is dropped with an
+    /// error line.
+    async fn claim_left(&self, restarting: bool) -> Result<Vec<Job>, String> {
+        let now = unix_now();
+        let mut jobs = Vec::new();
+        let found = QUEUE
+            .scan(self.store.as_ref(), b"", RECLAIM_BATCH)
+            .await
+            .map_err(|e| format!("reading the mail queue: {e}"))?;
+        for (key, stored) in found {
+            let free = match &stored.record.claim {
+                None => true,
+                Some(c) => c.until <= now || (restarting && c.node == self.node_id),
+            };
+            if !free {
+                continue;
+            }
+            let claimed = QueuedMail {
+                claim: Some(self.claim()),
+                ..stored.record.clone()
+            };
+            match QUEUE
+                .swap(self.store.as_ref(), &key, Some(&stored), Some(&claimed))
+                .await
+            {
+                Ok(true) => {}
+                // Another node claimed it (or delivered it) first.
+                Ok(false) => continue,
+                Err(e) => return Err(format!("claiming queued mail: {e}")),
+            }
+            match self.open(&key, &claimed) {
+                Ok(mail) => jobs.push((key, mail)),
+                Err(e) => {
+                    tracing::error!(error = %e, "a queued message cannot be opened; dropped");
+                    self.remove(&key).await;
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
     /// A new queue key: milliseconds since the epoch, then random bytes, so a scan is FIFO.
     fn key(&self) -> Vec<u8> {
         let ms = std::time::SystemTime::now()
@@ -295,6 +374,7 @@ impl Durable {
         let sealed = self.sealer.seal(self.rng.as_ref(), &queue_aad(key), &json);
         let record = QueuedMail {
             sealed: URL_SAFE_NO_PAD.encode(sealed),
+            claim: Some(self.claim()),
         };
         QUEUE
             .put(self.store.as_ref(), key, &record)
@@ -302,11 +382,7 @@ impl Durable {
             .map_err(|e| e.to_string())
     }
 
-    fn open(&self, key: &[u8], stored: &[u8]) -> Result<Outgoing, String> {
-        let record = QUEUE
-            .decode(stored.to_vec())
-            .map_err(|e| e.to_string())?
-            .record;
+    fn open(&self, key: &[u8], record: &QueuedMail) -> Result<Outgoing, String> {
         let sealed = URL_SAFE_NO_PAD
             .decode(&record.sealed)
             .map_err(|_| "not base64url".to_owned())?;
@@ -346,26 +422,30 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    /// Starts the delivery worker, and hands it the messages a previous run left queued (read
-    /// before this returns, so they are never confused with messages queued from now on).
+    /// Starts the delivery worker, and hands it the messages a previous run of this node left
+    /// queued and those nobody delivers (claimed before this returns, so they are never
+    /// confused with messages queued from now on). Every [`RECLAIM_EVERY`], it takes over
+    /// messages whose node's claim lapsed (a node that died).
     pub async fn start(
         config: &Config,
         events: InternalEvents,
         store: Arc<dyn Store>,
         sealer: Arc<Sealer>,
         rng: Arc<dyn SecureRandom>,
+        node_id: String,
     ) -> Result<Mailer, String> {
         let transport = build_transport(config)?;
         let from: Mailbox = config
             .mail_from
             .parse()
             .map_err(|e| format!("mail_from {:?}: {e}", config.mail_from))?;
-        let durable = Durable { store, sealer, rng };
-        let left = durable
-            .store
-            .scan_prefix(Table::MailQueue, b"", usize::MAX)
-            .await
-            .map_err(|e| format!("reading the mail queue: {e}"))?;
+        let durable = Durable {
+            store,
+            sealer,
+            rng,
+            node_id,
+        };
+        let left = durable.claim_left(true).await?;
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(MailStats::default());
         tokio::spawn(worker(
@@ -381,13 +461,9 @@ impl Mailer {
                 messages = left.len(),
                 "delivering mail queued before the restart"
             );
-            tokio::spawn(requeue(
-                left,
-                tx.clone(),
-                Arc::clone(&stats),
-                durable.clone(),
-            ));
+            tokio::spawn(requeue(left, tx.clone(), Arc::clone(&stats)));
         }
+        tokio::spawn(reclaim(tx.downgrade(), Arc::clone(&stats), durable.clone()));
         Ok(Mailer {
             tx,
             stats,
@@ -415,26 +491,34 @@ impl Mailer {
     }
 }
 
-/// Hands the messages found at start to the worker, oldest first. One that cannot be opened
-/// (the master key was replaced outside `rotate-master-key`) is dropped with an error line.
-async fn requeue(
-    left: Vec<(Vec<u8>, Vec<u8>)>,
-    tx: mpsc::Sender<Job>,
-    stats: Arc<MailStats>,
-    durable: Durable,
-) {
-    for (key, stored) in left {
-        match durable.open(&key, &stored) {
-            Ok(mail) => {
-                stats.depth.fetch_add(1, Ordering::Relaxed);
-                if tx.send((key, mail)).await.is_err() {
-                    return;
-                }
+/// Hands claimed messages to the worker, oldest first.
+async fn requeue(jobs: Vec<Job>, tx: mpsc::Sender<Job>, stats: Arc<MailStats>) {
+    for job in jobs {
+        stats.depth.fetch_add(1, Ordering::Relaxed);
+        if tx.send(job).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Every [`RECLAIM_EVERY`], claims the messages whose node's claim lapsed and hands them to the
+/// worker, until the mailer is gone.
+async fn reclaim(tx: mpsc::WeakSender<Job>, stats: Arc<MailStats>, durable: Durable) {
+    loop {
+        tokio::time::sleep(RECLAIM_EVERY).await;
+        let Some(tx) = tx.upgrade() else {
+            return;
+        };
+        match durable.claim_left(false).await {
+            Ok(jobs) if jobs.is_empty() => {}
+            Ok(jobs) => {
+                tracing::info!(
+                    messages = jobs.len(),
+                    "delivering mail whose node stopped delivering it"
+                );
+                requeue(jobs, tx, Arc::clone(&stats)).await;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "a queued message cannot be opened; dropped");
-                durable.remove(&key).await;
-            }
+            Err(e) => tracing::warn!(error = %e, "looking for mail left undelivered failed"),
         }
     }
 }
@@ -783,6 +867,7 @@ mod tests {
             Arc::clone(&b.app.store),
             Arc::clone(&durable.sealer),
             Arc::clone(&durable.rng),
+            durable.node_id.clone(),
         )
         .await
         .unwrap();
@@ -800,6 +885,49 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("delivered messages are still queued");
+    }
+
+    /// A message another node claimed is not delivered here while the claim holds; once it
+    /// lapses (that node died), of several nodes looking at once exactly one takes each message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_queued_message_is_claimed_by_exactly_one_node() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        let mine = &b.app.mailer.durable;
+        let node = |id: &str| Durable {
+            node_id: id.to_owned(),
+            ..mine.clone()
+        };
+        for flow in ["f1", "f2", "f3"] {
+            mine.store(&mine.key(), &message(&format!("{flow}@example.org"), flow))
+                .await
+                .unwrap();
+        }
+        // Another node starting now leaves this node's claims alone.
+        assert!(node("other").claim_left(true).await.unwrap().is_empty());
+        // This node dies: its claims lapse.
+        for (key, raw) in queued(&b).await {
+            let mut m = QUEUE.decode(raw).unwrap().record;
+            m.claim = Some(Claim {
+                node: mine.node_id.clone(),
+                until: unix_now() - 1,
+            });
+            QUEUE.put(b.app.store.as_ref(), &key, &m).await.unwrap();
+        }
+        let looks: Vec<_> = (0..4)
+            .map(|i| {
+                let d = node(&format!("node{i}"));
+                tokio::spawn(async move { d.claim_left(false).await.unwrap() })
+            })
+            .collect();
+        let mut taken = Vec::new();
+        for l in looks {
+            taken.extend(l.await.unwrap().into_iter().map(|(k, _)| k));
+        }
+        taken.sort();
+        let mut all: Vec<_> = queued(&b).await.into_iter().map(|(k, _)| k).collect();
+        all.sort();
+        assert_eq!(taken, all, "each message taken once, none left behind");
+        assert!(node("late").claim_left(false).await.unwrap().is_empty());
     }
 
     /// A minimal SMTP server on loopback that refuses every recipient the way real servers do,

@@ -2,6 +2,7 @@
 //! housekeeping, and the offline master-key rotation.
 
 pub mod housekeeping;
+pub mod lease;
 pub mod log;
 pub mod rekey;
 pub mod retention;

@@ -32,21 +32,33 @@ pub enum RetentionError {
     },
 }
 
-/// Runs a pass at start and then every `every`, until shutdown. Does nothing when retention is
-/// off.
+/// The lease under which one node of a deployment runs retention.
+const LEASE: &str = "retention";
+
+/// Runs a pass at start and then every `every`, until shutdown, on the node holding the
+/// retention lease. Does nothing when retention is off.
 pub async fn run(app: Arc<App>, every: Duration) {
     if app.config.log_retain_events == 0 {
         return;
     }
+    // One node of a deployment prunes the shared log: the one holding the lease.
+    let hold_s = i64::try_from(every.as_secs().saturating_mul(3))
+        .unwrap_or(i64::MAX)
+        .max(60);
     loop {
-        match pass(&app).await {
-            Ok(Some(r)) => tracing::info!(
-                pruned = r.pruned,
-                first_seq = r.first_seq,
-                "log retention archived and removed old events"
-            ),
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "log retention failed"),
+        let now = app.clock.now().unix_timestamp();
+        match super::lease::hold(app.store.as_ref(), &app.node_id, LEASE, now, hold_s).await {
+            Ok(false) => {}
+            Ok(true) => match pass(&app).await {
+                Ok(Some(r)) => tracing::info!(
+                    pruned = r.pruned,
+                    first_seq = r.first_seq,
+                    "log retention archived and removed old events"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "log retention failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "log retention could not take its lease"),
         }
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
@@ -73,6 +85,8 @@ pub async fn pass(app: &App) -> Result<Option<PruneResult>, RetentionError> {
         return Ok(None);
     }
     let log = app.log.as_ref();
+    // Other nodes append to a shared log: plan from its current head and checkpoint.
+    log.refresh().await?;
     let (first, head) = (log.first_seq(), log.head_seq());
     let kept = (head + 1).saturating_sub(first);
     if kept <= retain + retain / 10 {
