@@ -8,6 +8,9 @@
 
 #[path = "../blackbox/harness.rs"]
 mod harness;
+#[path = "../blackbox/mail.rs"]
+mod inbox;
 
 mod mail;
 mod sessions;
+mod single_use;
