@@ -8,5 +8,3 @@
 
 #[path = "../blackbox/harness.rs"]
 mod harness;
-
-
