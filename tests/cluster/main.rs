@@ -8,3 +8,4 @@
 
 #[path = "../blackbox/harness.rs"]
 mod harness;
+mod log;
