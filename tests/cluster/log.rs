@@ -1,7 +1,7 @@
 //! The event log across nodes: one chain that every node follows live, and the schema
 //! migrations an operator runs with `portcullis admin migrate`.
 
-use crate::harness::Server;
+use crate::harness::{run_cli, run_cli_env, Server};
 use portcullis_client::{Client, TailItem};
 use portcullis_protocol::commands::log::{QueryResult, TailParams, VerifyReport};
 use portcullis_protocol::{Event, Request};
@@ -106,4 +106,39 @@ async fn a_follower_on_one_node_sees_every_nodes_events_in_one_order() {
         assert!(report.valid, "{report:?}");
         assert!(report.checked >= last, "{report:?}");
     }
+}
+
+/// `admin migrate` brings an empty database to this build's schema and says from which
+/// version; a second run (the URL from the environment) has nothing to do; a database newer
+/// than the build is refused, and the URL's password is never printed.
+#[test]
+fn admin_migrate_applies_pending_migrations_once_and_refuses_a_newer_schema() {
+    let cluster = portcullis_testdb::cluster();
+    let url = cluster.fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let (code, out, err) = run_cli(&["admin", "migrate", "--database-url", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let version = cluster.psql(&db, "SELECT version FROM portcullis_schema");
+    assert_eq!(
+        out.trim(),
+        format!("schema version 0 -> {version}: applied {version} migration(s)")
+    );
+    let (code, out, err) = run_cli_env(
+        &["admin", "migrate"],
+        &[("PORTCULLIS_DATABASE_URL", url.as_str())],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        format!("schema version {version}: up to date, nothing to do")
+    );
+    cluster.psql(&db, "UPDATE portcullis_schema SET version = version + 1");
+    let with_password = url.replacen("postgres@", "postgres:s3cret-pw@", 1);
+    let (code, out, err) = run_cli(&["admin", "migrate", "--database-url", &with_password]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("newer than this build"), "{err}");
+    assert!(
+        !err.contains("s3cret-pw") && !out.contains("s3cret-pw"),
+        "{err}"
+    );
 }

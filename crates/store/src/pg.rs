@@ -76,6 +76,11 @@ impl std::fmt::Debug for PgOptions {
 }
 
 impl PgOptions {
+    /// Sets the password (kept zeroized on drop).
+    pub fn set_password(&mut self, password: String) {
+        self.password = Some(zeroize::Zeroizing::new(password));
+    }
+
     /// Defaults for `url`: 16 connections, 5 s statements, 5 s to get a connection, TLS as
     /// the URL and hosts say, LISTEN on.
     pub fn new(url: impl Into<String>) -> Self {

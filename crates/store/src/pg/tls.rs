@@ -24,7 +24,8 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How a node's connections to the database are protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PgTls {
     /// No TLS.
     Disable,
@@ -62,6 +63,20 @@ impl PgTls {
                 "unknown TLS mode {s:?}; use disable, require or verify-full"
             )),
         }
+    }
+}
+
+impl std::str::FromStr for PgTls {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PgTls::parse(s)
+    }
+}
+
+impl std::fmt::Display for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
