@@ -195,7 +195,18 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable("the database connection closed".into());
     }
-    StoreError::Unavailable(format!("the database is unreachable: {e}"))
+    // The causes too (a TLS handshake's says which check failed); none holds the URL.
+    let mut message = format!("the database is unreachable: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    StoreError::Unavailable(message)
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
