@@ -68,6 +68,8 @@ impl Server {
     /// Starts `n` nodes on one fresh PostgreSQL database, as an operator runs several nodes:
     /// the first creates the master key and operator token, the others start with copies of its
     /// files in their own data directories. Each node has its own ports and node id.
+    // Used by the cluster suite only.
+    #[allow(dead_code)]
     pub fn cluster(n: usize, extra: &[&str]) -> Vec<Server> {
         let url = portcullis_testdb::cluster().fresh_database();
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
