@@ -325,12 +325,15 @@ impl PgStore {
     fn watch_log(&self, options: &PgOptions) {
         let mut config = self.config.clone();
         config.application_name("portcullis-log-watch");
+        // A connection that only listens sends nothing for long stretches: probe it.
+        config.keepalives_idle(Duration::from_secs(30));
         tokio::spawn(run_watcher(Watcher {
             config,
             connector: self.connector.clone(),
             pool: self.pool.clone(),
             log: std::sync::Arc::clone(&self.log),
             listen: options.listen,
+            timeout: options.connect_timeout.max(options.statement_timeout),
             stop: self.stop.subscribe(),
         }));
     }

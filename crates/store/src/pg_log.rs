@@ -219,6 +219,9 @@ pub(crate) struct Watcher {
     pub(crate) log: Arc<LogState>,
     /// Whether to LISTEN at all.
     pub(crate) listen: bool,
+    /// How long a poll on the listening connection may take before the connection is taken
+    /// for dead (a silently broken connection would otherwise hide every notification).
+    pub(crate) timeout: Duration,
     /// True (or its sender gone) once the store is closed or dropped.
     pub(crate) stop: watch::Receiver<bool>,
 }
@@ -414,7 +417,16 @@ where
                 if first || watched(&w.log) {
                     first = false;
                     let read = client.query_one("SELECT seq FROM log_head WHERE id = 1", &[]);
-                    match driving(w, &mut conn, read).await.map_err(lost(true))? {
+                    let timeout = w.timeout;
+                    let answered = tokio::time::timeout(timeout, driving(w, &mut conn, read))
+                        .await
+                        .map_err(|_| Lost {
+                            error: StoreError::Unavailable(
+                                "the listening connection stopped answering".into(),
+                            ),
+                            listened: true,
+                        })?;
+                    match answered.map_err(lost(true))? {
                         None => return Ok(()),
                         Some(row) => {
                             let row = row.map_err(backend).map_err(lost(true))?;
