@@ -142,3 +142,56 @@ fn admin_migrate_applies_pending_migrations_once_and_refuses_a_newer_schema() {
         "{err}"
     );
 }
+
+/// The TLS settings reach the connections: against a database that accepts TCP over TLS only,
+/// `admin migrate` with `--database-tls verify-full` and the right CA succeeds; `serve` with a
+/// CA that did not sign the server's certificate (from the environment) refuses to start,
+/// saying why; with TLS disabled it is refused by the server.
+#[test]
+fn database_tls_settings_reach_the_connections() {
+    let cluster = portcullis_testdb::tls_cluster();
+    let url = cluster.fresh_database();
+    let ca = cluster.ca_file();
+    let (code, out, err) = run_cli(&[
+        "admin",
+        "migrate",
+        "--database-url",
+        &url,
+        "--database-tls",
+        "verify-full",
+        "--database-ca-file",
+        ca.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("schema version 0 -> "), "{out}");
+    let data = tempfile::tempdir().unwrap();
+    let wrong = cluster.wrong_ca_file();
+    let (code, out, err) = run_cli_env(
+        &[
+            "serve",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--tcp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("PORTCULLIS_DATABASE_URL", url.as_str()),
+            ("PORTCULLIS_DATABASE_TLS", "verify-full"),
+            ("PORTCULLIS_DATABASE_CA_FILE", wrong.to_str().unwrap()),
+        ],
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    let (code, out, err) = run_cli(&[
+        "admin",
+        "migrate",
+        "--database-url",
+        &url,
+        "--database-tls",
+        "disable",
+    ]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("no encryption"), "{err}");
+}
