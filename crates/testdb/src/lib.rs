@@ -21,18 +21,86 @@ use std::sync::OnceLock;
 pub struct Cluster {
     port: u16,
     bindir: PathBuf,
+    /// Where the TLS cluster's CA certificates are.
+    dir: PathBuf,
 }
 
 /// The test process's cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(start)
+    CLUSTER.get_or_init(|| start(None))
+}
+
+/// A second cluster of the test process, started on first use, that accepts TCP connections
+/// over TLS only (`hostssl` in `pg_hba.conf`): its certificate, for `localhost` and
+/// `127.0.0.1`, is signed by a CA made for the test ([`Cluster::ca_file`]);
+/// [`Cluster::wrong_ca_file`] is another CA that signed nothing of it.
+pub fn tls_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| start(Some(make_certificates)))
+}
+
+/// The CA that signs the TLS cluster's certificate, another CA, and the certificate and its
+/// key, written into `dir`; returns the server's extra options.
+fn make_certificates(dir: &Path, root: bool) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let (ca_pem, issuer) = ca("portcullis test CA");
+    let (wrong_pem, _) = ca("portcullis other CA");
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "portcullis test database");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let write = |name: &str, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write a certificate file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        if root {
+            let st = Command::new("chown")
+                .arg("postgres")
+                .arg(&path)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown {name}");
+        }
+        path
+    };
+    write("ca.pem", &ca_pem, 0o644);
+    write("wrong-ca.pem", &wrong_pem, 0o644);
+    let crt = write("server.crt", &cert.pem(), 0o644);
+    let key = write("server.key", &key.serialize_pem(), 0o600);
+    format!(
+        "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        crt.display(),
+        key.display()
+    )
 }
 
 impl Cluster {
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The CA (PEM) that signed the TLS cluster's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A CA (PEM) that did not sign the TLS cluster's certificate.
+    pub fn wrong_ca_file(&self) -> PathBuf {
+        self.dir.join("wrong-ca.pem")
     }
 
     /// The URL of database `db` as the `postgres` superuser (trust authentication).
@@ -56,6 +124,7 @@ impl Cluster {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+            .env("PGSSLMODE", "prefer")
             .args([
                 "-h",
                 "127.0.0.1",
@@ -124,7 +193,9 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-fn start() -> Cluster {
+/// Starts a cluster; `tls` writes certificates into the cluster's directory and gives the
+/// server options that use them (TCP connections then over TLS only).
+fn start(tls: Option<fn(&Path, bool) -> String>) -> Cluster {
     let bindir = bindir();
     let root = is_root();
     // The directory belongs to whoever runs the server.
@@ -155,6 +226,19 @@ fn start() -> Cluster {
         "initdb: {}",
         String::from_utf8_lossy(&init.stderr)
     );
+    let tls_options = match tls {
+        None => String::new(),
+        Some(make) => {
+            let options = make(&dir, root);
+            // TCP over TLS only; the local socket as before.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+            format!(" {options}")
+        }
+    };
     // Stop the server and remove its directory once this process is gone (a bounded loop: it
     // ends with the process).
     let stop = format!(
@@ -172,7 +256,7 @@ fn start() -> Cluster {
         let port = free_port();
         let opts = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+             -c max_connections=200{tls_options}",
             dir.display()
         );
         let st = as_owner(root, &bindir.join("pg_ctl"))
@@ -194,7 +278,7 @@ fn start() -> Cluster {
                 .status()
                 .expect("start the cluster's watchdog");
             assert!(started.success(), "the cluster's watchdog did not start");
-            return Cluster { port, bindir };
+            return Cluster { port, bindir, dir };
         }
         eprintln!("pg_ctl start failed on port {port} (attempt {attempt}), trying another");
     }
