@@ -415,6 +415,28 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
 
+    /// Up to `limit` entries whose key sorts strictly after `after` (from the first key when
+    /// `None`), in key order: a page of a whole table, for tools that must go through all of it
+    /// without holding it in memory (`portcullis admin export`). The next page starts after the
+    /// last key returned.
+    ///
+    /// Both backends page in the database; this default, for stores that wrap another, reads the
+    /// whole table and must be overridden by a real backend.
+    async fn scan_range(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        Ok(self
+            .scan_prefix(table, b"", usize::MAX)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| after.is_none_or(|a| k.as_slice() > a))
+            .take(limit)
+            .collect())
+    }
+
     /// Returns a wait that resolves once every write made before this call is durable on disk.
     ///
     /// The wait is registered when `sync` is called, not when the future is first polled, so a
@@ -482,3 +504,5 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod transfer_tests;

@@ -123,6 +123,29 @@ pub trait EventLog: Send + Sync + 'static {
     /// Up to `max` entries with seq in `from..=to`, ascending.
     async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError>;
 
+    /// Up to `max` stored records (the version byte and the event's JSON, exactly as hashed and
+    /// kept) with seq in `from..=to`, ascending, undecoded: what `portcullis admin export`
+    /// copies byte for byte.
+    async fn read_records(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Writes stored event records verbatim after the head, for moving a log between stores
+    /// (`portcullis admin import`): each must decode, carry the next seq, point back (`prev`)
+    /// to the hash of the event before it and hash correctly, else nothing of this call is
+    /// written ([`StoreError::BrokenChain`]). With `start`, the log must be empty and never
+    /// pruned: `start` becomes its checkpoint (the last event pruned at the source) and the
+    /// first record must follow it. Durable before it returns. Not for a log that is being
+    /// appended to.
+    async fn import_records(
+        &self,
+        start: Option<&Checkpoint>,
+        records: &[Vec<u8>],
+    ) -> Result<(), StoreError>;
+
     /// Like [`EventLog::read`], but each event as its stored JSON, for sending on unchanged
     /// (`LOG.TAIL`). The default re-encodes what `read` decodes; backends that store JSON
     /// return it as stored.
@@ -144,6 +167,27 @@ pub trait EventLog: Send + Sync + 'static {
             })
             .collect())
     }
+}
+
+/// Checks that `records` continue a chain whose newest event is `head_seq` with hash
+/// `head_hash`; returns the new head (seq, hash). For [`EventLog::import_records`].
+pub(crate) fn check_import(
+    head_seq: u64,
+    head_hash: &str,
+    records: &[Vec<u8>],
+) -> Result<(u64, String), StoreError> {
+    let (mut seq, mut hash) = (head_seq, head_hash.to_owned());
+    for record in records {
+        let next = seq + 1;
+        let event = crate::decode_record::<Event>(record)
+            .map_err(|_| StoreError::BrokenChain { seq: next })?;
+        if event.seq != next || event.prev != hash || !event.hash_is_valid() {
+            return Err(StoreError::BrokenChain { seq: next });
+        }
+        seq = next;
+        hash = event.hash;
+    }
+    Ok((seq, hash))
 }
 
 /// Checks a run of log entries incrementally: seq continuity, each event's own hash, and that

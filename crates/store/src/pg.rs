@@ -147,6 +147,7 @@ struct TableSql {
     delete_if: String,
     scan_range: String,
     scan_from: String,
+    scan_after: String,
 }
 
 fn sql(table: Table) -> &'static TableSql {
@@ -182,6 +183,9 @@ fn sql(table: Table) -> &'static TableSql {
                     ),
                     scan_from: format!(
                         "SELECT key, value FROM {t} WHERE key >= $1 ORDER BY key LIMIT $2"
+                    ),
+                    scan_after: format!(
+                        "SELECT key, value FROM {t} WHERE key > $1 ORDER BY key LIMIT $2"
                     ),
                 }
             })
@@ -441,6 +445,25 @@ impl PgStore {
         Ok((current, MIGRATIONS.len()))
     }
 
+    /// Removes every row of every table and the whole event log (its checkpoint included),
+    /// in one transaction: how `portcullis admin import` undoes its own partial work in a
+    /// database it found empty. Nothing else calls it.
+    pub async fn clear_after_failed_import(&self) -> Result<(), StoreError> {
+        let tables: Vec<&str> = Table::ALL.iter().map(|t| sql_table(*t)).collect();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        tx.batch_execute(&format!(
+            "TRUNCATE {}, events, log_meta;
+             UPDATE log_head SET seq = 0, hash = '{}' WHERE id = 1;",
+            tables.join(", "),
+            portcullis_protocol::GENESIS_HASH
+        ))
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        self.refresh_log_state().await.map(|_| ())
+    }
+
     async fn current(
         c: &impl deadpool_postgres::GenericClient,
         table: Table,
@@ -625,6 +648,24 @@ impl Store for PgStore {
             }
         }
         .map_err(backend)?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn scan_range(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let c = self.client().await?;
+        let s = sql(table);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (text, from) = match after {
+            Some(a) => (&s.scan_after, a),
+            None => (&s.scan_from, &b""[..]),
+        };
+        let stmt = c.prepare_cached(text).await.map_err(backend)?;
+        let rows = c.query(&stmt, &[&from, &limit]).await.map_err(backend)?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 

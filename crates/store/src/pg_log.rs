@@ -97,6 +97,15 @@ impl LogState {
     }
 }
 
+/// Inserts imported events given as columns (see [`Columns`]), as the appender does.
+const INSERT_EVENTS: &str = "INSERT INTO events (seq, time, command, outcome, actor, subject,
+         session, client, transport, duration_us, summary, prev, hash, record)
+     SELECT s, t, c, o, a, su, se, cl, tr, d, sm::jsonb, p, h, r
+     FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+         $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
+         $12::text[], $13::text[], $14::bytea[])
+         AS u(s, t, c, o, a, su, se, cl, tr, d, sm, p, h, r)";
+
 /// Appends one batch in one transaction; returns the events as numbered and chained.
 async fn append_batch(
     pool: &Pool,
@@ -646,6 +655,99 @@ impl EventLog for PgStore {
                 event: decode_record::<Event>(&record),
             })
             .collect())
+    }
+
+    async fn read_records(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read_rows(from, to, max).await
+    }
+
+    async fn import_records(
+        &self,
+        start: Option<&Checkpoint>,
+        records: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(backend)?;
+        let head = tx
+            .query_one(
+                "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        let (mut seq, mut hash): (i64, String) = (head.get(0), head.get(1));
+        if let Some(cp) = start {
+            let pruned = tx
+                .query_opt("SELECT 1 FROM log_meta WHERE key = $1", &[&CHECKPOINT_KEY])
+                .await
+                .map_err(backend)?;
+            let any = tx
+                .query_opt("SELECT 1 FROM events LIMIT 1", &[])
+                .await
+                .map_err(backend)?;
+            if seq != 0 || pruned.is_some() || any.is_some() {
+                return Err(StoreError::Backend(
+                    "a checkpoint can only start an empty log".into(),
+                ));
+            }
+            let bytes = serde_json::to_vec(cp)
+                .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
+            tx.execute(
+                "INSERT INTO log_meta (key, value) VALUES ($1, $2)",
+                &[&CHECKPOINT_KEY, &bytes],
+            )
+            .await
+            .map_err(backend)?;
+            seq = to_i64(cp.seq);
+            hash = cp.hash.clone();
+        }
+        let (new_seq, new_hash) = crate::log::check_import(to_u64(seq), &hash, records)?;
+        let mut cols = Columns::with_capacity(records.len());
+        for record in records {
+            // Decodes: `check_import` checked every record.
+            let event = decode_record::<Event>(record)?;
+            cols.push(&event);
+            if let Some(last) = cols.record.last_mut() {
+                last.clone_from(record);
+            }
+        }
+        if !records.is_empty() {
+            let stmt = tx.prepare_cached(INSERT_EVENTS).await.map_err(backend)?;
+            tx.execute(
+                &stmt,
+                &[
+                    &cols.seq,
+                    &cols.time,
+                    &cols.command,
+                    &cols.outcome,
+                    &cols.actor,
+                    &cols.subject,
+                    &cols.session,
+                    &cols.client,
+                    &cols.transport,
+                    &cols.duration_us,
+                    &cols.summary,
+                    &cols.prev,
+                    &cols.hash,
+                    &cols.record,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.execute(
+            "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1",
+            &[&to_i64(new_seq), &new_hash],
+        )
+        .await
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        self.refresh_log_state().await.map(|_| ())
     }
 
     async fn read_raw(

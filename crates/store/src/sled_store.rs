@@ -1,7 +1,7 @@
 //! The sled backend.
 
 use crate::group_commit::{GroupCommit, Watermarks, WriteGate};
-use crate::log::{raw_event, EventLog, LogEntry, LogPage, RawLogEntry};
+use crate::log::{check_import, raw_event, EventLog, LogEntry, LogPage, RawLogEntry};
 use crate::{
     decode_record, encode_record, Applied, Batch, Cas, CommitStats, Store, StoreError, SyncTicket,
     Table,
@@ -120,7 +120,14 @@ impl SledStore {
                 );
             }
         }
-        let head = recover_head(&events)?;
+        let mut head = recover_head(&events)?;
+        if let (0, Some(c)) = (head.seq, &checkpoint) {
+            // Every kept event gone (an import stopped after its checkpoint): chain from it.
+            head = Head {
+                seq: c.seq,
+                hash: c.hash.clone(),
+            };
+        }
         let head_seq = Arc::new(AtomicU64::new(head.seq));
         // Everything recovered from disk is durable.
         let (durable_tx, durable) = watch::channel(head.seq);
@@ -349,6 +356,27 @@ impl Store for SledStore {
             .collect()
     }
 
+    async fn scan_range(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.tree(table)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+
     fn sync(&self) -> SyncTicket {
         Box::pin(self.lock_commit().sync_handle())
     }
@@ -445,6 +473,52 @@ impl EventLog for SledStore {
             seq,
             event: decode_record::<Event>(v),
         })
+    }
+
+    async fn read_records(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.read_range(from, to, max, |seq, v| (seq, v.to_vec()))
+    }
+
+    async fn import_records(
+        &self,
+        start: Option<&Checkpoint>,
+        records: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = start {
+                if head.seq != 0 || self.checkpoint().is_some() || !self.events.is_empty() {
+                    return Err(StoreError::Backend(
+                        "a checkpoint can only start an empty log".into(),
+                    ));
+                }
+                // Checked before anything is written.
+                check_import(c.seq, &c.hash, records)?;
+                let bytes = serde_json::to_vec(c)
+                    .map_err(|e| StoreError::Backend(format!("encoding the checkpoint: {e}")))?;
+                self.gate
+                    .write(|| self.log_meta.insert(CHECKPOINT_KEY, bytes))?;
+                *self.checkpoint.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                head.seq = c.seq;
+                head.hash = c.hash.clone();
+                self.head_seq.store(c.seq, Ordering::Release);
+            }
+            let (seq, hash) = check_import(head.seq, &head.hash, records)?;
+            let mut batch = sled::Batch::default();
+            for (i, record) in (head.seq + 1..).zip(records) {
+                batch.insert(&i.to_be_bytes(), record.as_slice());
+            }
+            self.gate.write(|| self.events.apply_batch(batch))?;
+            head.seq = seq;
+            head.hash = hash;
+            self.head_seq.store(seq, Ordering::Release);
+        }
+        self.sync().await
     }
 
     async fn read_raw(
