@@ -23,6 +23,7 @@ mod pg;
 mod pg_log;
 mod record;
 mod sled_store;
+pub mod transfer;
 
 pub use group_commit::{CommitStats, LAZY_FLUSH};
 pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage, RawLogEntry};

@@ -25,8 +25,11 @@ pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
 /// Prefix of operator tokens.
 pub const OPERATOR_TOKEN_PREFIX: &str = "pco_";
 
-const META_NODE_ID: &[u8] = b"node_id";
-const META_OPERATOR_TOKEN: &[u8] = b"operator_token_sha256";
+/// `Meta` key of a sled data directory's node id: a fact of one node, never moved to another
+/// store (`ops::transfer`).
+pub const META_NODE_ID: &[u8] = b"node_id";
+/// `Meta` key of the operator token's SHA-256.
+pub const META_OPERATOR_TOKEN: &[u8] = b"operator_token_sha256";
 
 /// A failure to prepare the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -227,9 +230,11 @@ impl Node {
 const NODE_ID_FILE: &str = "node.id";
 /// A hash of a value derived from the master key: every node of a deployment must hold the same
 /// key, and one with another refuses to start.
-const META_MASTER_KEY_CHECK: &[u8] = b"master_key_check";
+pub const META_MASTER_KEY_CHECK: &[u8] = b"master_key_check";
 
-fn master_key_check(key: &MasterKey) -> Vec<u8> {
+/// The check value of `key` kept under [`META_MASTER_KEY_CHECK`]: a hash of a key derived from
+/// it, which tells whether two nodes hold the same key without revealing it.
+pub fn master_key_check(key: &MasterKey) -> Vec<u8> {
     let derived = crate::base::crypto::derive_key(key, "master-key-check");
     Sha256::digest(derived.as_ref()).to_vec()
 }

@@ -1,5 +1,5 @@
 //! Operating the server: system commands, the event log's commands and retention, periodic
-//! housekeeping, and the offline master-key rotation.
+//! housekeeping, the offline master-key rotation, and moving a deployment between stores.
 
 pub mod housekeeping;
 pub mod lease;
@@ -7,6 +7,7 @@ pub mod log;
 pub mod rekey;
 pub mod retention;
 pub mod sys;
+pub mod transfer;
 
 use crate::factors::{email, passkey, recovery, totp};
 use crate::identity::{accounts, apikeys, sessions, tokens};
