@@ -461,6 +461,9 @@ impl PgStore {
         .await
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
+        // The node's view of the head only ever moves forward otherwise.
+        self.log.head.store(0, std::sync::atomic::Ordering::Release);
+        self.log.durable.send_replace(0);
         self.refresh_log_state().await.map(|_| ())
     }
 

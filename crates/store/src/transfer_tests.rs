@@ -218,3 +218,41 @@ fn a_sled_log_holding_only_a_checkpoint_reopens_at_it() {
         assert_eq!(store.head_seq(), 9);
     });
 }
+
+/// A PostgreSQL import that failed is undone: every table and the whole log emptied, and the
+/// database takes an import again.
+#[test]
+fn a_failed_postgres_import_is_cleared() {
+    rt().block_on(async {
+        let store = pg().await;
+        store.put(Table::Users, b"u", vec![1]).await.unwrap();
+        store.put(Table::Meta, b"m", vec![2]).await.unwrap();
+        let cp = Checkpoint {
+            seq: 3,
+            hash: "cd".repeat(32),
+        };
+        store
+            .import_records(Some(&cp), &chain(3, &cp.hash, 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::transfer::first_content(store.as_ref())
+                .await
+                .unwrap(),
+            Some("meta")
+        );
+        store.clear_after_failed_import().await.unwrap();
+        assert_eq!(
+            crate::transfer::first_content(store.as_ref())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!((store.head_seq(), store.checkpoint()), (0, None));
+        store
+            .import_records(Some(&cp), &chain(3, &cp.hash, 1))
+            .await
+            .unwrap();
+        assert_eq!(store.head_seq(), 4);
+    });
+}
