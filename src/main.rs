@@ -87,6 +87,15 @@ enum AdminCmd {
     /// Apply the PostgreSQL schema migrations this database lacks (servers also do it at start)
     /// and print the schema version before and after. Refuses a database newer than this build.
     Migrate(MigrateArgs),
+    /// Write a stopped deployment (every table and the event log) to one file, to move it to
+    /// another store with `admin import`. Every node must be stopped. The file is as sensitive
+    /// as the database (see docs/operations.md, "Moving between sled and PostgreSQL").
+    Export(ExportArgs),
+    /// Load a file written by `admin export` into an empty store: a new data directory (sled)
+    /// or an empty database (`--database-url`). Copy master.key and operator.token from the
+    /// source's data directory into `--data-dir` first. Refused if the target holds anything
+    /// or the file is damaged; on failure the target is left empty.
+    Import(ImportArgs),
 }
 
 #[derive(Args)]
@@ -122,6 +131,72 @@ async fn migrate(a: MigrateArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `admin export` reads or `admin import` writes a deployment.
+#[derive(Args)]
+struct Deployment {
+    /// The data directory: sled's database and the key files, or with --database-url a node's
+    /// key files.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The deployment's PostgreSQL database, when it uses one (password: in the URL or
+    /// PORTCULLIS_DATABASE_PASSWORD).
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<portcullis_core::base::config::SecretSetting>,
+    /// TLS to the database: disable, require or verify-full (as `serve`).
+    #[arg(long, env = "PORTCULLIS_DATABASE_TLS", requires = "database_url")]
+    database_tls: Option<portcullis_store::PgTls>,
+    /// CA certificates (PEM) for verify-full.
+    #[arg(long, env = "PORTCULLIS_DATABASE_CA_FILE", requires = "database_url")]
+    database_ca_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[command(flatten)]
+    from: Deployment,
+    /// The file to write (must not exist; written as FILE.partial, then renamed).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    to: Deployment,
+    /// The file `admin export` wrote.
+    #[arg(long = "in", value_name = "FILE")]
+    input: PathBuf,
+}
+
+impl Deployment {
+    fn location(&self) -> portcullis_core::ops::transfer::Location {
+        use portcullis_core::ops::transfer::Location;
+        match &self.database_url {
+            Some(url) => {
+                let mut options = portcullis_store::PgOptions::new(url.expose());
+                options.tls = self.database_tls;
+                options.ca_file.clone_from(&self.database_ca_file);
+                if let Ok(p) = std::env::var("PORTCULLIS_DATABASE_PASSWORD") {
+                    options.set_password(p);
+                }
+                Location::Postgres {
+                    dir: self.data_dir.clone(),
+                    options,
+                }
+            }
+            None => Location::Sled(self.data_dir.clone()),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "sled"
+        }
+    }
 }
 
 #[derive(Args)]
@@ -431,6 +506,12 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             cmd: AdminCmd::Migrate(a),
         } => migrate(a).await,
         Cmd::Admin {
+            cmd: AdminCmd::Export(a),
+        } => export(a).await,
+        Cmd::Admin {
+            cmd: AdminCmd::Import(a),
+        } => import(a).await,
+        Cmd::Admin {
             cmd:
                 AdminCmd::RotateMasterKey {
                     data_dir,
@@ -461,6 +542,55 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `admin export`.
+async fn export(a: ExportArgs) -> Result<ExitCode> {
+    let from = &a.from;
+    let m = portcullis_core::ops::transfer::export(&from.location(), &a.out)
+        .await
+        .with_context(|| {
+            format!(
+                "exporting the {} deployment of {} (is a node running on it?)",
+                from.kind(),
+                from.data_dir.display()
+            )
+        })?;
+    println!(
+        "exported {} rows and {} events (seq {}..={}) from {} to {}; the file is as sensitive \
+         as the database",
+        m.rows,
+        m.events,
+        m.first_seq,
+        m.head_seq,
+        from.kind(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `admin import`.
+async fn import(a: ImportArgs) -> Result<ExitCode> {
+    let to = &a.to;
+    let m = portcullis_core::ops::transfer::import(&a.input, &to.location())
+        .await
+        .with_context(|| {
+            format!(
+                "importing {} into {} ({})",
+                a.input.display(),
+                to.kind(),
+                to.data_dir.display()
+            )
+        })?;
+    println!(
+        "imported {} rows and {} events (seq {}..={}) into {}; start the node on it",
+        m.rows,
+        m.events,
+        m.first_seq,
+        m.head_seq,
+        to.kind()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: Config) -> Result<ExitCode> {

@@ -102,6 +102,19 @@ impl Server {
         Server::start_in(tmp, extra.to_vec(), &[], Some(url))
     }
 
+    /// Starts a server on a fresh data directory that `prepare` fills first (key files copied
+    /// from another deployment, an `admin import`), on sled (`None`) or this PostgreSQL database
+    /// whatever `PORTCULLIS_TEST_STORE` says.
+    // Used by the cluster suite (tests/cluster), which shares this harness.
+    #[allow(dead_code)]
+    pub fn start_prepared(database_url: Option<String>, prepare: impl FnOnce(&Path)) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        prepare(&data_dir);
+        Server::start_in(tmp, Vec::new(), &[], database_url)
+    }
+
     fn start_in(
         tmp: tempfile::TempDir,
         mut extra: Vec<String>,

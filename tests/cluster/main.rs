@@ -15,3 +15,4 @@ mod log;
 mod mail;
 mod sessions;
 mod single_use;
+mod transfer;
