@@ -136,18 +136,17 @@ async fn enrol(server: &Server) -> Fixture {
     .await;
     assert!(f.ok, "{f:?}");
 
-    // Passwordless accounts for a magic link and an email code, sent now, used after the move.
-    for email in ["magic@example.org", "code@example.org"] {
+    // Passwordless accounts for magic links and email codes: one of each is sent before each
+    // move and used after it.
+    for email in [
+        "magic@example.org",
+        "code@example.org",
+        "magic2@example.org",
+        "code2@example.org",
+    ] {
         tokens(call(&mut c, "AUTH.SIGNUP", json!({"email": email})).await);
     }
-    let mut inbox = Inbox::outbox(&server.data_dir);
-    let sent = call(&mut c, "MAGIC.SEND", json!({"email": "magic@example.org"})).await;
-    assert!(sent.ok, "{sent:?}");
-    let link = inbox.next_to("magic@example.org").await.link();
-    let sent = call(&mut c, "OTP.SEND", json!({"email": "code@example.org"})).await;
-    assert!(sent.ok, "{sent:?}");
-    let flow = sent.data["flow_id"].as_str().unwrap().to_owned();
-    let code = inbox.next_to("code@example.org").await.code();
+    let (link, code) = send_link_and_code(server, "").await;
 
     Fixture {
         totp_secret,
@@ -155,8 +154,53 @@ async fn enrol(server: &Server) -> Fixture {
         soft,
         refresh: pw.refresh_token.clone(),
         link,
-        code: (flow, code),
+        code,
     }
+}
+
+/// Sends a magic link to `magic{round}@example.org` and a code to `code{round}@example.org`;
+/// returns the link and (flow id, code) from the server's outbox.
+async fn send_link_and_code(server: &Server, round: &str) -> (String, (String, String)) {
+    let mut c = server.client().await;
+    let mut inbox = Inbox::outbox(&server.data_dir);
+    let (magic, code) = (
+        format!("magic{round}@example.org"),
+        format!("code{round}@example.org"),
+    );
+    let sent = call(&mut c, "MAGIC.SEND", json!({"email": magic})).await;
+    assert!(sent.ok, "{sent:?}");
+    let link = inbox.next_to(&magic).await.link();
+    let sent = call(&mut c, "OTP.SEND", json!({"email": code})).await;
+    assert!(sent.ok, "{sent:?}");
+    let flow = sent.data["flow_id"].as_str().unwrap().to_owned();
+    (link, (flow, inbox.next_to(&code).await.code()))
+}
+
+/// Signs in with the link and the code sent before the move.
+async fn sign_in_by_mail(server: &Server, f: &Fixture) {
+    let mut c = server.client().await;
+    let t = tokens(call(&mut c, "MAGIC.VERIFY", json!({"token": token_of(&f.link)})).await);
+    assert_eq!(me(&mut c, &t).await["amr"], json!(["email"]));
+    let (flow, code) = f.code.clone();
+    let t = tokens(call(&mut c, "OTP.VERIFY", json!({"flow_id": flow, "code": code})).await);
+    assert_eq!(me(&mut c, &t).await["amr"], json!(["email"]));
+}
+
+/// Every byte string the export file carries: keys, values and event records, decoded.
+fn decoded_contents(file: &Path) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        for field in ["key", "value", "record"] {
+            if let Some(s) = v[field].as_str() {
+                out.push(b64.decode(s).unwrap());
+            }
+        }
+    }
+    out
 }
 
 async fn me(c: &mut Client, t: &SessionTokens) -> Value {
@@ -346,6 +390,31 @@ async fn a_sled_deployment_moves_to_postgres_and_back_and_every_factor_still_sig
     // 2. Exported, imported into a fresh PostgreSQL database with the same key files.
     let to_pg = tmp.path().join("to-postgres.ndjson");
     export(&sled.data_dir, None, &to_pg);
+    // No secret in clear: not the key files, a password, a TOTP secret or a link in flight (a
+    // 6-digit code is too short to look for in every byte).
+    let secrets: Vec<String> = vec![
+        std::fs::read_to_string(sled.data_dir.join("master.key"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+        sled.operator_token().expose().to_owned(),
+        PW.to_owned(),
+        f.totp_secret.clone(),
+        token_of(&f.link),
+    ];
+    let contents = decoded_contents(&to_pg);
+    assert!(contents.len() > 100, "{} byte strings", contents.len());
+    for secret in &secrets {
+        let needle = secret.as_bytes();
+        assert!(
+            !contents
+                .iter()
+                .any(|c| c.windows(needle.len()).any(|w| w == needle)),
+            "a secret of {} bytes in the export",
+            needle.len()
+        );
+    }
+
     let url = portcullis_testdb::cluster().fresh_database();
     let mut pg = start_imported(&sled.data_dir, Some(url.clone()), &to_pg, &sled_events);
 
@@ -384,12 +453,8 @@ async fn a_sled_deployment_moves_to_postgres_and_back_and_every_factor_still_sig
 
     // 3. On PostgreSQL: the link and code sent before the move, the refresh token, and every
     // enrolled factor; the chain is the same and goes on from the same head.
+    sign_in_by_mail(&pg, &f).await;
     let mut c = pg.client().await;
-    let t = tokens(call(&mut c, "MAGIC.VERIFY", json!({"token": token_of(&f.link)})).await);
-    assert_eq!(me(&mut c, &t).await["amr"], json!(["email"]));
-    let (flow, code) = f.code.clone();
-    let t = tokens(call(&mut c, "OTP.VERIFY", json!({"flow_id": flow, "code": code})).await);
-    assert_eq!(me(&mut c, &t).await["amr"], json!(["email"]));
     let refreshed = tokens(
         call(
             &mut c,
@@ -405,6 +470,8 @@ async fn a_sled_deployment_moves_to_postgres_and_back_and_every_factor_still_sig
     assert_eq!(report["valid"], true, "{report}");
     assert_eq!(report["first_seq"], through + 1);
     assert!(report["head_seq"].as_u64().unwrap() > sled_report["head_seq"].as_u64().unwrap());
+    // A link and a code sent on PostgreSQL, used on sled.
+    (f.link, f.code) = send_link_and_code(&pg, "2").await;
     pg.stop();
     let pg_events = offline_events(&pg.data_dir, Some(&url));
     assert_eq!(pg_events[..sled_events.len()], sled_events[..]);
@@ -424,11 +491,7 @@ async fn a_sled_deployment_moves_to_postgres_and_back_and_every_factor_still_sig
         .await,
     );
     assert_eq!(me(&mut c, &t).await["email"], "pw@example.org");
-    let mut inbox = Inbox::outbox(&back.data_dir);
-    let sent = call(&mut c, "MAGIC.SEND", json!({"email": "magic@example.org"})).await;
-    assert!(sent.ok, "{sent:?}");
-    let link = inbox.next_to("magic@example.org").await.link();
-    tokens(call(&mut c, "MAGIC.VERIFY", json!({"token": token_of(&link)})).await);
+    sign_in_by_mail(&back, &f).await;
     let mut op = back.operator_client().await;
     let report: Value = op.call_ok("LOG.VERIFY", json!({})).await.unwrap();
     assert_eq!(report["valid"], true, "{report}");
