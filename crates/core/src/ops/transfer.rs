@@ -425,6 +425,20 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("copy master.key"), "{e}");
+        // Another deployment's key, then the right key with another operator token.
+        let other = tmp.path().join("other");
+        Node::open(&other).await.unwrap().store.close();
+        copy_keys(&other, &b);
+        let e = import(&export_file, &Location::Sled(b.clone()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not the master key"), "{e}");
+        fs::copy(a.join(MASTER_KEY_FILE), b.join(MASTER_KEY_FILE)).unwrap();
+        let e = import(&export_file, &Location::Sled(b.clone()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("operator token"), "{e}");
+        assert!(!b.join("db").exists());
         copy_keys(&a, &b);
 
         let text = fs::read_to_string(&export_file).unwrap();
