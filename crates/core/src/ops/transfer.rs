@@ -4,7 +4,8 @@
 //! stay with it.
 //!
 //! What stays behind: the node id (sled keeps it in `Meta`, PostgreSQL nodes in their `node.id`
-//! file) and the key files themselves, which the operator copies. The master-key check value
+//! file), the leases of background work held by the source's nodes, and the key files
+//! themselves, which the operator copies. The master-key check value
 //! travels in the header (the target's `master.key` must match it) and is recorded in the
 //! target's `Meta`; the operator-token hash is an ordinary `Meta` row (the target's
 //! `operator.token` must match it). Records are moved sealed, as stored: the file holds no
@@ -77,10 +78,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     }
 }
 
-/// Whether a `Meta` row stays with its node (the node id) or travels in the header (the
-/// master-key check).
+/// The `Meta` keys of leases (`ops::lease`): claims of background work by a node of the source,
+/// which the target's first node takes afresh instead of waiting for them to lapse.
+const LEASE_PREFIX: &[u8] = b"lease:";
+
+/// Whether a `Meta` row stays with its node (the node id, the leases its nodes held) or travels
+/// in the header (the master-key check).
 fn stays(table: Table, key: &[u8]) -> bool {
-    table == Table::Meta && (key == META_NODE_ID || key == META_MASTER_KEY_CHECK)
+    table == Table::Meta
+        && (key == META_NODE_ID || key == META_MASTER_KEY_CHECK || key.starts_with(LEASE_PREFIX))
 }
 
 /// The master key of `dir`, which must exist (never created here).
@@ -321,6 +327,15 @@ mod tests {
             node.log.append(draft(n)).await.unwrap();
         }
         node.log.prune(4).await.unwrap();
+        assert!(crate::ops::lease::hold(
+            node.store.as_ref(),
+            &node.node_id,
+            "sweep",
+            0,
+            i64::MAX / 2
+        )
+        .await
+        .unwrap());
         node.store.sync().await.unwrap();
         node
     }
@@ -387,6 +402,15 @@ mod tests {
         let node_key = ("meta".to_owned(), META_NODE_ID.to_vec());
         let check_key = ("meta".to_owned(), META_MASTER_KEY_CHECK.to_vec());
         assert!(rows_a.remove(&node_key).is_some());
+        let leases: Vec<_> = rows_a
+            .keys()
+            .filter(|(t, k)| t == "meta" && k.starts_with(LEASE_PREFIX))
+            .cloned()
+            .collect();
+        assert_eq!(leases.len(), 1, "the source holds a lease");
+        for k in leases {
+            rows_a.remove(&k);
+        }
         assert!(
             rows_b.remove(&check_key).is_some(),
             "the check value is recorded"
