@@ -22,8 +22,10 @@
 use crate::pg_log::{log_sql, run_appender, LogState, PendingAppend, APPEND_QUEUE};
 use crate::{Applied, Batch, Cas, Expect, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::time::Duration;
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
@@ -65,6 +67,10 @@ impl PgOptions {
         }
     }
 }
+
+/// A pooled connection unused for this long is tested with a round trip before it is handed
+/// out: it may have died while idle (a database restart) without the pool noticing yet.
+pub(crate) const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Rounds of a batch against serialization failures before it reports [`StoreError::Busy`].
 const BATCH_ATTEMPTS: usize = 16;
@@ -155,9 +161,22 @@ fn sql(table: Table) -> &'static TableSql {
 
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
+        if is_serialization_failure(&e) {
+            return StoreError::Busy;
+        }
         // The code and message only: a DETAIL may quote key values.
-        return StoreError::Backend(format!("{}: {}", db.code().code(), db.message()));
+        let what = format!("{}: {}", db.code().code(), db.message());
+        if db.code().code().starts_with("08") || db.code().code().starts_with("57P") {
+            // The server ended or refused the connection.
+            connection_failed();
+        }
+        return if is_transient(db.code()) {
+            StoreError::Unavailable(what)
+        } else {
+            StoreError::Backend(what)
+        };
     }
+    connection_failed();
     if e.is_closed() {
         return StoreError::Unavailable("the database connection closed".into());
     }
@@ -169,6 +188,21 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
         deadpool_postgres::PoolError::Backend(e) => backend(e),
         other => StoreError::Unavailable(format!("no database connection: {other}")),
     }
+}
+
+/// Errors after which the same command may well succeed when retried, so the client is told
+/// "unavailable, retry" rather than "internal error": the connection failed or the server ended
+/// it (shutdown, crash, an administrator), the server is starting or short of resources (too
+/// many connections, memory, disk), the statement ran into `statement_timeout` or a lock
+/// timeout, or the server is a read-only standby (during a failover).
+fn is_transient(code: &SqlState) -> bool {
+    let class = code.code().get(..2).unwrap_or("");
+    class == "08"
+        || class == "53"
+        || code.code().starts_with("57P")
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
 }
 
 fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
@@ -191,6 +225,61 @@ fn readable(value: &[u8]) -> (Option<i16>, Option<&str>) {
         }
         _ => (None, None),
     }
+}
+
+/// When this process last saw a connection fail (the server ended it, or it broke), as
+/// milliseconds since [`since_start`]'s origin plus one; 0: never.
+static LAST_CONNECTION_FAILURE: AtomicU64 = AtomicU64::new(0);
+
+fn since_start() -> Duration {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
+}
+
+/// Notes that a connection failed: every pooled connection is then tested once before its
+/// next use (the others most likely died with it, in a database restart).
+fn connection_failed() {
+    let now = u64::try_from(since_start().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    LAST_CONNECTION_FAILURE.fetch_max(now, AtomicOrdering::Relaxed);
+}
+
+/// Whether a connection last handed out `last_used` ago must be tested before it is handed
+/// out again: it sat unused for [`IDLE_CHECK`], or a connection failed since.
+fn needs_check(last_used: Duration) -> bool {
+    if last_used >= IDLE_CHECK {
+        return true;
+    }
+    let failed = LAST_CONNECTION_FAILURE.load(AtomicOrdering::Relaxed);
+    if failed == 0 {
+        return false;
+    }
+    // Both in whole milliseconds, rounded so that a tie is checked.
+    let handed_out = since_start().saturating_sub(last_used).as_millis();
+    u128::from(failed) >= handed_out
+}
+
+/// Tests a pooled connection with one round trip (bounded by `timeout`) before it is handed
+/// out when it has not been used for [`IDLE_CHECK`] or a connection failed since its last use,
+/// so that a connection that died — the database restarted or crashed, a network path went
+/// away — is dropped and replaced instead of failing the next command. The pool's own test
+/// (`RecyclingMethod::Fast`: only whether the client already saw the socket close) misses a
+/// connection whose end has not been read yet. Connections in steady use on a healthy database
+/// skip the round trip.
+fn idle_check(timeout: Duration) -> Hook {
+    Hook::async_fn(move |client, metrics| {
+        Box::pin(async move {
+            if !needs_check(metrics.last_used()) {
+                return Ok(());
+            }
+            match tokio::time::timeout(timeout, client.simple_query("")).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(HookError::Backend(e)),
+                Err(_) => Err(HookError::message("no answer to the idle check")),
+            }
+        })
+    })
 }
 
 /// A connection from the pool.
@@ -240,6 +329,7 @@ impl PgStore {
             .wait_timeout(Some(options.connect_timeout))
             .create_timeout(Some(options.connect_timeout))
             .recycle_timeout(Some(options.connect_timeout))
+            .pre_recycle(idle_check(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("building the connection pool: {e}")))?;
         let log = std::sync::Arc::new(LogState::new());
@@ -574,3 +664,6 @@ impl Store for PgStore {
         })
     }
 }
+
+#[cfg(test)]
+mod failure_tests;
