@@ -11,6 +11,7 @@ mod harness;
 #[path = "../blackbox/mail.rs"]
 mod inbox;
 
+mod failures;
 mod mail;
 mod sessions;
 mod single_use;

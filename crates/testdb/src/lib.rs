@@ -58,7 +58,10 @@ impl Cluster {
     /// server process of the cluster has exited: the backends end on their own when they see
     /// the postmaster gone; any still running after a few seconds are SIGKILLed too.
     pub fn kill(&self) {
-        let p = self.private.as_ref().expect("kill() needs Cluster::start_private()");
+        let p = self
+            .private
+            .as_ref()
+            .expect("kill() needs Cluster::start_private()");
         let pid = std::fs::read_to_string(p.data.join("postmaster.pid"))
             .expect("postmaster.pid")
             .lines()
@@ -91,12 +94,18 @@ impl Cluster {
     /// Starts a killed private cluster again on the same data directory and port (crash
     /// recovery runs first; this returns when it accepts connections).
     pub fn restart(&self) {
-        let p = self.private.as_ref().expect("restart() needs Cluster::start_private()");
+        let p = self
+            .private
+            .as_ref()
+            .expect("restart() needs Cluster::start_private()");
         for attempt in 0..5 {
             if pg_ctl_start(p.root, &self.bindir, &p.dir, &p.data, self.port) {
                 return;
             }
-            eprintln!("pg_ctl start failed on port {} (attempt {attempt})", self.port);
+            eprintln!(
+                "pg_ctl start failed on port {} (attempt {attempt})",
+                self.port
+            );
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         let log = std::fs::read_to_string(p.dir.join("server.log")).unwrap_or_default();
