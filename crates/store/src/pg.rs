@@ -89,6 +89,8 @@ pub(crate) const MIGRATIONS: &[fn() -> String] = &[
 /// The PostgreSQL store and event log.
 pub struct PgStore {
     pool: Pool,
+    /// Longest one store operation may wait for the database, whatever happens to it.
+    deadline: Duration,
     pub(crate) log: std::sync::Arc<LogState>,
     pub(crate) appender: tokio::sync::mpsc::Sender<PendingAppend>,
     pub(crate) prune_lock: tokio::sync::Mutex<()>,
@@ -282,6 +284,34 @@ fn idle_check(timeout: Duration) -> Hook {
     })
 }
 
+/// Longest one store operation may take: a connection (waiting for one, or opening and
+/// checking one), then statements that the server ends at `statement_timeout`, each at most
+/// twice over. Only a database that stops answering altogether (a hung server, a network path
+/// that drops packets) reaches it; `statement_timeout` cannot fire there.
+pub(crate) fn deadline(options: &PgOptions) -> Duration {
+    options
+        .connect_timeout
+        .saturating_add(options.statement_timeout)
+        .saturating_mul(2)
+}
+
+/// `op`, or unavailable once `deadline` passes. The abandoned statement's connection is
+/// suspect: every pooled connection is tested before its next use.
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(deadline, op).await {
+        Ok(done) => done,
+        Err(_) => {
+            connection_failed();
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        }
+    }
+}
+
 /// A connection from the pool.
 pub(crate) async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
     pool.get().await.map_err(pool_err)
@@ -336,11 +366,13 @@ impl PgStore {
         let (appender, queue) = tokio::sync::mpsc::channel(APPEND_QUEUE);
         tokio::spawn(run_appender(
             pool.clone(),
+            deadline(options),
             std::sync::Arc::clone(&log),
             queue,
         ));
         let store = PgStore {
             pool,
+            deadline: deadline(options),
             log,
             appender,
             prune_lock: tokio::sync::Mutex::new(()),
@@ -353,6 +385,14 @@ impl PgStore {
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         client(&self.pool).await
+    }
+
+    /// Runs one store operation, failing it as unavailable once [`PgStore::deadline`] passes.
+    pub(crate) async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        within(self.deadline, op).await
     }
 
     async fn check_durability(&self) -> Result<(), StoreError> {
@@ -536,18 +576,27 @@ impl Store for PgStore {
     }
 
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let c = self.client().await?;
-        Self::current(&c, table, key).await.map_err(backend)
+        self.bounded(async {
+            let c = self.client().await?;
+            Self::current(&c, table, key).await.map_err(backend)
+        })
+        .await
     }
 
     async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        Self::upsert(&c, table, key, &value).await.map_err(backend)
+        self.bounded(async {
+            let c = self.client().await?;
+            Self::upsert(&c, table, key, &value).await.map_err(backend)
+        })
+        .await
     }
 
     async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let c = self.client().await?;
-        Self::delete(&c, table, key).await.map_err(backend)
+        self.bounded(async {
+            let c = self.client().await?;
+            Self::delete(&c, table, key).await.map_err(backend)
+        })
+        .await
     }
 
     async fn compare_and_swap(
@@ -557,42 +606,45 @@ impl Store for PgStore {
         expected: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<Cas, StoreError> {
-        let c = self.client().await?;
-        let s = sql(table);
-        let changed = match (expected, &new) {
-            (None, None) => Self::current(&c, table, key)
-                .await
-                .map_err(backend)?
-                .is_none(),
-            (None, Some(v)) => {
-                let (version, body) = readable(v);
-                let stmt = c
-                    .prepare_cached(&s.insert_if_absent)
-                    .await
-                    .map_err(backend)?;
-                c.execute(&stmt, &[&key, &v, &version, &body])
+        self.bounded(async {
+            let c = self.client().await?;
+            let s = sql(table);
+            let changed = match (expected, &new) {
+                (None, None) => Self::current(&c, table, key)
                     .await
                     .map_err(backend)?
-                    == 1
+                    .is_none(),
+                (None, Some(v)) => {
+                    let (version, body) = readable(v);
+                    let stmt = c
+                        .prepare_cached(&s.insert_if_absent)
+                        .await
+                        .map_err(backend)?;
+                    c.execute(&stmt, &[&key, &v, &version, &body])
+                        .await
+                        .map_err(backend)?
+                        == 1
+                }
+                (Some(old), Some(v)) => {
+                    let (version, body) = readable(v);
+                    let stmt = c.prepare_cached(&s.update_if).await.map_err(backend)?;
+                    c.execute(&stmt, &[&key, &old, &v, &version, &body])
+                        .await
+                        .map_err(backend)?
+                        == 1
+                }
+                (Some(old), None) => {
+                    let stmt = c.prepare_cached(&s.delete_if).await.map_err(backend)?;
+                    c.execute(&stmt, &[&key, &old]).await.map_err(backend)? == 1
+                }
+            };
+            if changed {
+                return Ok(Cas::Swapped);
             }
-            (Some(old), Some(v)) => {
-                let (version, body) = readable(v);
-                let stmt = c.prepare_cached(&s.update_if).await.map_err(backend)?;
-                c.execute(&stmt, &[&key, &old, &v, &version, &body])
-                    .await
-                    .map_err(backend)?
-                    == 1
-            }
-            (Some(old), None) => {
-                let stmt = c.prepare_cached(&s.delete_if).await.map_err(backend)?;
-                c.execute(&stmt, &[&key, &old]).await.map_err(backend)? == 1
-            }
-        };
-        if changed {
-            return Ok(Cas::Swapped);
-        }
-        let current = Self::current(&c, table, key).await.map_err(backend)?;
-        Ok(Cas::Conflict { current })
+            let current = Self::current(&c, table, key).await.map_err(backend)?;
+            Ok(Cas::Conflict { current })
+        })
+        .await
     }
 
     async fn scan_prefix(
@@ -601,21 +653,24 @@ impl Store for PgStore {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let c = self.client().await?;
-        let s = sql(table);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = match prefix_end(prefix) {
-            Some(end) => {
-                let stmt = c.prepare_cached(&s.scan_range).await.map_err(backend)?;
-                c.query(&stmt, &[&prefix, &end, &limit]).await
+        self.bounded(async {
+            let c = self.client().await?;
+            let s = sql(table);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = match prefix_end(prefix) {
+                Some(end) => {
+                    let stmt = c.prepare_cached(&s.scan_range).await.map_err(backend)?;
+                    c.query(&stmt, &[&prefix, &end, &limit]).await
+                }
+                None => {
+                    let stmt = c.prepare_cached(&s.scan_from).await.map_err(backend)?;
+                    c.query(&stmt, &[&prefix, &limit]).await
+                }
             }
-            None => {
-                let stmt = c.prepare_cached(&s.scan_from).await.map_err(backend)?;
-                c.query(&stmt, &[&prefix, &limit]).await
-            }
-        }
-        .map_err(backend)?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            .map_err(backend)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
     }
 
     fn sync(&self) -> SyncTicket {
@@ -632,12 +687,15 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
-        for _ in 0..BATCH_ATTEMPTS {
-            if let Some(applied) = self.try_apply(&batch).await? {
-                return Ok(applied);
+        self.bounded(async {
+            for _ in 0..BATCH_ATTEMPTS {
+                if let Some(applied) = self.try_apply(&batch).await? {
+                    return Ok(applied);
+                }
             }
-        }
-        Err(StoreError::Busy)
+            Err(StoreError::Busy)
+        })
+        .await
     }
 
     async fn consume(
@@ -646,22 +704,25 @@ impl Store for PgStore {
         key: &[u8],
         expected: &[u8],
     ) -> Result<crate::Consumed, StoreError> {
-        let c = self.client().await?;
-        // The same statement as a compare-and-swap to nothing.
-        let stmt = c
-            .prepare_cached(&sql(table).delete_if)
-            .await
-            .map_err(backend)?;
-        let n = c
-            .execute(&stmt, &[&key, &expected])
-            .await
-            .map_err(backend)?;
-        // Committed (and durable) before execute returned.
-        Ok(if n == 1 {
-            crate::Consumed::Won
-        } else {
-            crate::Consumed::Lost
+        self.bounded(async {
+            let c = self.client().await?;
+            // The same statement as a compare-and-swap to nothing.
+            let stmt = c
+                .prepare_cached(&sql(table).delete_if)
+                .await
+                .map_err(backend)?;
+            let n = c
+                .execute(&stmt, &[&key, &expected])
+                .await
+                .map_err(backend)?;
+            // Committed (and durable) before execute returned.
+            Ok(if n == 1 {
+                crate::Consumed::Won
+            } else {
+                crate::Consumed::Lost
+            })
         })
+        .await
     }
 }
 

@@ -10,7 +10,7 @@
 //! per transaction on this machine, 14k at 32).
 
 use crate::log::raw_event;
-use crate::pg::{backend, client, PgStore};
+use crate::pg::{backend, client, within, PgStore};
 use crate::{decode_record, encode_record, EventLog, LogEntry, LogPage, RawLogEntry, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -164,13 +164,16 @@ async fn append_batch(
 /// one transaction, until the store (the queue's sender) is gone.
 pub(crate) async fn run_appender(
     pool: Pool,
+    deadline: std::time::Duration,
     log: std::sync::Arc<LogState>,
     mut queue: mpsc::Receiver<PendingAppend>,
 ) {
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(APPEND_BATCH);
     while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
         let (events, waiters): (Vec<Event>, Vec<_>) = batch.drain(..).unzip();
-        match append_batch(&pool, &log, events).await {
+        // Bounded: a database that stops answering fails this batch (its commit may still
+        // land later; the next batch then chains after it, serialised on `log_head`).
+        match within(deadline, append_batch(&pool, &log, events)).await {
             Ok(done) => {
                 for (event, waiter) in done.into_iter().zip(waiters) {
                     let _ = waiter.send(Ok(event));
@@ -198,6 +201,10 @@ impl PgStore {
     /// Reads the head and checkpoint from the database (at start; later, where a stale value
     /// would mislead).
     pub(crate) async fn refresh_log_state(&self) -> Result<u64, StoreError> {
+        self.bounded(self.refresh_log_state_now()).await
+    }
+
+    async fn refresh_log_state_now(&self) -> Result<u64, StoreError> {
         let c = self.client().await?;
         let head: i64 = c
             .query_one("SELECT seq FROM log_head WHERE id = 1", &[])
@@ -223,6 +230,15 @@ impl PgStore {
     }
 
     async fn read_rows(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.bounded(self.read_rows_now(from, to, max)).await
+    }
+
+    async fn read_rows_now(
         &self,
         from: u64,
         to: u64,
@@ -345,23 +361,28 @@ impl EventLog for PgStore {
             crate::log::PrunePlan::Checkpoint { checkpoint, bytes } => (checkpoint, bytes),
         };
         // The checkpoint and the removal in one transaction: all of it or none.
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(backend)?;
-        tx.execute(
-            "INSERT INTO log_meta (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&CHECKPOINT_KEY, &bytes],
-        )
-        .await
-        .map_err(backend)?;
-        let pruned = tx
-            .execute(
-                "DELETE FROM events WHERE seq <= $1",
-                &[&to_i64(through_seq)],
-            )
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let pruned = self
+            .bounded(async {
+                let mut c = self.client().await?;
+                let tx = c.transaction().await.map_err(backend)?;
+                tx.execute(
+                    "INSERT INTO log_meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&CHECKPOINT_KEY, &bytes],
+                )
+                .await
+                .map_err(backend)?;
+                let pruned = tx
+                    .execute(
+                        "DELETE FROM events WHERE seq <= $1",
+                        &[&to_i64(through_seq)],
+                    )
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(pruned)
+            })
+            .await?;
         *self
             .log
             .checkpoint

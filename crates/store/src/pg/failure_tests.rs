@@ -200,3 +200,106 @@ fn the_appender_survives_a_failed_append() {
         assert_eq!(report.checked, 2);
     });
 }
+
+/// A TCP proxy on loopback in front of the cluster that can stop passing bytes on — a hung
+/// server, or a network path that silently drops everything — and pass them on again.
+struct Proxy {
+    port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = tokio::sync::watch::Sender::new(false);
+        let watch = frozen.subscribe();
+        tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let (down_r, down_w) = down.into_split();
+                let (up_r, up_w) = up.into_split();
+                tokio::spawn(pipe(down_r, up_w, watch.clone()));
+                tokio::spawn(pipe(up_r, down_w, watch.clone()));
+            }
+        });
+        Proxy { port, frozen }
+    }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+/// Copies `from` to `to`, holding the bytes while frozen.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The database stops answering altogether (no error, no closed socket: `statement_timeout`
+/// cannot fire): reads, writes and appends fail "unavailable" once the store's deadline
+/// passes, instead of hanging; when it answers again, the same store serves again by itself
+/// and the chain goes on unbroken.
+#[test]
+fn a_database_that_stops_answering_fails_operations_instead_of_hanging() {
+    let cluster = portcullis_testdb::cluster();
+    let url = cluster.fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    rt().block_on(async {
+        let proxy = Proxy::start(cluster.port()).await;
+        let mut options =
+            PgOptions::new(format!("postgres://postgres@127.0.0.1:{}/{db}", proxy.port));
+        options.statement_timeout = Duration::from_millis(200);
+        options.connect_timeout = Duration::from_millis(200);
+        let store = PgStore::connect(&options).await.unwrap();
+        store.put(Table::Users, b"u", b"v1".to_vec()).await.unwrap();
+        store.append(draft("BEFORE")).await.unwrap();
+        proxy.freeze(true);
+        // Far beyond the store's deadline: reaching it means a hang.
+        let hang = Duration::from_secs(20);
+        let got = tokio::time::timeout(hang, store.get(Table::Users, b"u"))
+            .await
+            .expect("a read hung");
+        assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+        let put = tokio::time::timeout(hang, store.put(Table::Users, b"u", b"v2".to_vec()))
+            .await
+            .expect("a write hung");
+        assert!(matches!(put, Err(StoreError::Unavailable(_))), "{put:?}");
+        let appended = tokio::time::timeout(hang, store.append(draft("FROZEN")))
+            .await
+            .expect("an append hung");
+        assert!(
+            matches!(appended, Err(StoreError::Unavailable(_))),
+            "{appended:?}"
+        );
+        proxy.freeze(false);
+        store.put(Table::Users, b"u", b"v3".to_vec()).await.unwrap();
+        assert_eq!(
+            store.get(Table::Users, b"u").await.unwrap(),
+            Some(b"v3".to_vec())
+        );
+        let after = store.append(draft("AFTER")).await.unwrap();
+        let report = crate::log::verify_events(&store, 1, None).await.unwrap();
+        assert!(report.valid, "{report:?}");
+        assert_eq!(report.checked, after.seq);
+    });
+}
