@@ -27,18 +27,16 @@ const CONFIG: &str = "[rate_limits]\nenabled = false\n";
 /// Longest any single answer may take: far above the database timeouts the nodes run with
 /// (`--database-timeout-ms`), so only a hang reaches it.
 const HANG: Duration = Duration::from_secs(30);
-/// Database timeout of the nodes (statement, connection, pool wait), milliseconds.
-const DB_TIMEOUT_MS: &str = "2000";
-
-/// The nodes' flags: the configuration above (kept in `dir`) and short database timeouts.
-fn flags(dir: &tempfile::TempDir) -> Vec<String> {
+/// The nodes' flags: the configuration above (kept in `dir`) and the database timeout
+/// (statement, connection, pool wait), milliseconds.
+fn flags(dir: &tempfile::TempDir, db_timeout_ms: u64) -> Vec<String> {
     let path = dir.path().join("config.toml");
     std::fs::write(&path, CONFIG).unwrap();
     vec![
         "--config".into(),
         path.to_string_lossy().into_owned(),
         "--database-timeout-ms".into(),
-        DB_TIMEOUT_MS.into(),
+        db_timeout_ms.to_string(),
     ]
 }
 
@@ -383,7 +381,7 @@ async fn serves(node: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_node_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = flags(&dir);
+    let flags = flags(&dir, 2_000);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut nodes = Server::cluster(3, &flags);
     let model: Shared = Arc::default();
@@ -468,10 +466,31 @@ const BACK: u8 = 2;
 /// restarted; everything acknowledged, before and after, is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_database_mid_load_then_restarting_it() {
+    database_outage(Outage::Crash).await;
+}
+
+/// The same with a database that stops answering (every server process SIGSTOPped: nothing is
+/// refused or closed, and `statement_timeout` cannot fire) and then goes on (SIGCONT): the
+/// nodes' own deadline turns the silence into `UNAVAILABLE` answers instead of hung commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_stops_answering_mid_load_then_goes_on() {
+    database_outage(Outage::Silence).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// SIGKILL, then a restart on the same data directory.
+    Crash,
+    /// SIGSTOP, then SIGCONT.
+    Silence,
+}
+
+async fn database_outage(outage: Outage) {
     let db = portcullis_testdb::Cluster::start_private();
     let url = db.fresh_database();
     let dir = tempfile::tempdir().unwrap();
-    let flags = flags(&dir);
+    // A short timeout where only the nodes' deadline ends the wait.
+    let flags = flags(&dir, if outage == Outage::Crash { 2_000 } else { 500 });
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let nodes = Server::cluster_on(url, 2, &flags);
     let model: Shared = Arc::default();
@@ -520,7 +539,10 @@ async fn killing_the_database_mid_load_then_restarting_it() {
         || acked.load(Ordering::SeqCst) >= 30,
     )
     .await;
-    db.kill();
+    match outage {
+        Outage::Crash => db.kill(),
+        Outage::Silence => db.pause(),
+    }
     phase.store(DOWN, Ordering::SeqCst);
     until(
         &model,
@@ -534,7 +556,10 @@ async fn killing_the_database_mid_load_then_restarting_it() {
     for s in &streaks {
         s.store(0, Ordering::SeqCst);
     }
-    db.restart();
+    match outage {
+        Outage::Crash => db.restart(),
+        Outage::Silence => db.resume(),
+    }
     until(
         &model,
         "service resumed by itself after the database restarted",

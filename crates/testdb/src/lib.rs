@@ -91,6 +91,34 @@ impl Cluster {
         panic!("the cluster's processes did not exit after SIGKILL");
     }
 
+    /// Stops every server process of a private cluster (SIGSTOP) without closing anything: a
+    /// database that stops answering, as a hung server or a network path that drops packets
+    /// looks to its clients. [`Cluster::resume`] lets it go on.
+    pub fn pause(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// Lets a paused private cluster go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_all("CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let p = self
+            .private
+            .as_ref()
+            .expect("pause() and resume() need Cluster::start_private()");
+        let pids = processes_in(&p.data);
+        assert!(!pids.is_empty(), "the cluster is not running");
+        for pid in pids {
+            // A backend may have exited in between: not an error.
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     /// Starts a killed private cluster again on the same data directory and port (crash
     /// recovery runs first; this returns when it accepts connections).
     pub fn restart(&self) {
@@ -98,12 +126,28 @@ impl Cluster {
             .private
             .as_ref()
             .expect("restart() needs Cluster::start_private()");
+        assert!(
+            processes_in(&p.data).is_empty(),
+            "restart() after kill(): the cluster is still running"
+        );
+        // The killed postmaster's lock files name its pid, which stays taken while nobody
+        // reaps the process (a container whose init does not): the server would refuse to
+        // start. Nothing of the cluster runs (checked above), so they are stale.
+        let _ = std::fs::remove_file(p.data.join("postmaster.pid"));
+        for stale in [
+            format!(".s.PGSQL.{}.lock", self.port),
+            format!(".s.PGSQL.{}", self.port),
+        ] {
+            let _ = std::fs::remove_file(p.dir.join(stale));
+        }
         for attempt in 0..5 {
             if pg_ctl_start(p.root, &self.bindir, &p.dir, &p.data, self.port) {
                 return;
             }
+            let log = std::fs::read_to_string(p.dir.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(3).collect();
             eprintln!(
-                "pg_ctl start failed on port {} (attempt {attempt})",
+                "pg_ctl start failed on port {} (attempt {attempt}): {tail:?}",
                 self.port
             );
             std::thread::sleep(std::time::Duration::from_millis(500));
@@ -316,6 +360,12 @@ impl Drop for Cluster {
         let Some(p) = &self.private else {
             return;
         };
+        // A paused cluster handles no signal but SIGCONT.
+        for pid in processes_in(&p.data) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
         let _ = as_owner(p.root, &self.bindir.join("pg_ctl"))
             .arg("-D")
             .arg(&p.data)
