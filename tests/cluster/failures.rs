@@ -79,8 +79,9 @@ enum Answer {
     Lost(String),
 }
 
-/// Decides whether an error answer is allowed at this moment; records a failure otherwise.
-type Judge<'a> = &'a (dyn Fn(&str, ErrorCode) -> bool + Send + Sync);
+/// Decides whether an error answer is allowed at this moment (a failure is recorded
+/// otherwise), given the command.
+type Judge = Arc<dyn Fn(&str, ErrorCode) -> bool + Send + Sync>;
 
 async fn send(c: &mut Client, req: Request) -> Answer {
     match tokio::time::timeout(HANG, c.send(req)).await {
@@ -125,7 +126,7 @@ async fn worker(
     max: usize,
     acked: Arc<AtomicUsize>,
     ok_streak: Arc<AtomicUsize>,
-    judge: Arc<dyn Fn(&str, ErrorCode) -> bool + Send + Sync>,
+    judge: Judge,
     lost_is_failure: bool,
     phase: Arc<AtomicU8>,
 ) {
@@ -135,7 +136,7 @@ async fn worker(
             .push(format!("{name}: cannot connect"));
         return;
     };
-    let judge: Judge = judge.as_ref();
+    let judge = judge.as_ref();
     // Handles an answer that is not `ok`: `true` to go on with the next iteration, `false` to
     // end the worker.
     let refused = |model: &Shared, what: &str, a: Answer| -> bool {
@@ -394,7 +395,7 @@ async fn killing_a_node_under_load_loses_nothing_acknowledged() {
         for w in 0..2 {
             // Nothing but `ok` is expected from any node: the victim's clients lose their
             // connection instead.
-            let judge: Arc<dyn Fn(&str, ErrorCode) -> bool + Send + Sync> = Arc::new(|_, _| false);
+            let judge: Judge = Arc::new(|_, _| false);
             // Survivors count complete iterations after the kill.
             let streak = if n == 0 {
                 Arc::default()
@@ -503,7 +504,7 @@ async fn database_outage(outage: Outage) {
     for (n, node) in nodes.iter().enumerate() {
         for w in 0..2 {
             let k = n * 2 + w;
-            let judge: Arc<dyn Fn(&str, ErrorCode) -> bool + Send + Sync> = {
+            let judge: Judge = {
                 let phase = Arc::clone(&phase);
                 let unavailable = Arc::clone(&unavailable[k]);
                 Arc::new(move |_, code| {
