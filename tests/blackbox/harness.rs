@@ -76,6 +76,7 @@ impl Server {
 
     /// [`Server::cluster`] on the database at `url` (for example one of a test's own
     /// PostgreSQL cluster, `portcullis_testdb::Cluster::start_private`).
+    #[allow(dead_code)]
     pub fn cluster_on(url: String, n: usize, extra: &[&str]) -> Vec<Server> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let first = Server::start_in(
