@@ -84,6 +84,44 @@ enum AdminCmd {
         #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true)]
         database_url: Option<portcullis_core::base::config::SecretSetting>,
     },
+    /// Apply the PostgreSQL schema migrations this database lacks (servers also do it at start)
+    /// and print the schema version before and after. Refuses a database newer than this build.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The deployment's PostgreSQL database (password: in the URL or PORTCULLIS_DATABASE_PASSWORD).
+    #[arg(long, env = "PORTCULLIS_DATABASE_URL", hide_env_values = true)]
+    database_url: portcullis_core::base::config::SecretSetting,
+    /// TLS to the database: disable, require or verify-full (as `serve`).
+    #[arg(long, env = "PORTCULLIS_DATABASE_TLS")]
+    database_tls: Option<portcullis_store::PgTls>,
+    /// CA certificates (PEM) for verify-full.
+    #[arg(long, env = "PORTCULLIS_DATABASE_CA_FILE")]
+    database_ca_file: Option<PathBuf>,
+}
+
+/// `portcullis admin migrate`.
+async fn migrate(a: MigrateArgs) -> Result<ExitCode> {
+    let mut options = portcullis_store::PgOptions::new(a.database_url.expose());
+    options.tls = a.database_tls;
+    options.ca_file = a.database_ca_file;
+    if let Ok(p) = std::env::var("PORTCULLIS_DATABASE_PASSWORD") {
+        options.set_password(p);
+    }
+    let (before, after) = portcullis_store::PgStore::migrate_database(&options)
+        .await
+        .context("migrating the database")?;
+    if before == after {
+        println!("schema version {after}: up to date, nothing to do");
+    } else {
+        println!(
+            "schema version {before} -> {after}: applied {} migration(s)",
+            after - before
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -179,11 +217,17 @@ serve_settings! {
     database_pool_size: usize = "PORTCULLIS_DATABASE_POOL_SIZE",
     /// Longest a database statement may run, milliseconds (with --database-url).
     database_timeout_ms: u64 = "PORTCULLIS_DATABASE_TIMEOUT_MS",
+    /// LISTEN/NOTIFY between nodes (false for databases without it, e.g. CockroachDB).
+    database_listen: bool = "PORTCULLIS_DATABASE_LISTEN",
     @optional {
         /// PostgreSQL instead of the embedded database: postgres://user@host:port/database.
         database_url: portcullis_core::base::config::SecretSetting = "PORTCULLIS_DATABASE_URL",
         /// File holding the database password.
         database_password_file: PathBuf = "PORTCULLIS_DATABASE_PASSWORD_FILE",
+        /// TLS to the database: disable, require or verify-full (default: the URL's sslmode, else disable on loopback and verify-full elsewhere).
+        database_tls: portcullis_store::PgTls = "PORTCULLIS_DATABASE_TLS",
+        /// CA certificates (PEM) for database_tls = verify-full (default: the Mozilla roots).
+        database_ca_file: PathBuf = "PORTCULLIS_DATABASE_CA_FILE",
     }
 }
 
@@ -383,6 +427,9 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Admin {
             cmd: AdminCmd::Bootstrap(a),
         } => bootstrap(a).await,
+        Cmd::Admin {
+            cmd: AdminCmd::Migrate(a),
+        } => migrate(a).await,
         Cmd::Admin {
             cmd:
                 AdminCmd::RotateMasterKey {

@@ -12,6 +12,7 @@ mod harness;
 mod inbox;
 
 mod failures;
+mod log;
 mod mail;
 mod sessions;
 mod single_use;

@@ -96,3 +96,35 @@ async fn password_guesses_spread_over_the_nodes_meet_one_failure_delay() {
         );
     }
 }
+
+/// An account disabled by an operator on one node is signed out on every node at once, and
+/// cannot sign in or refresh anywhere.
+#[tokio::test]
+async fn an_account_disabled_on_one_node_is_refused_by_every_node() {
+    let nodes = Server::cluster(3, &[]);
+    let mut b = nodes[1].client().await;
+    let mut c = nodes[2].client().await;
+    let s = signup(&mut b, "gone@example.com", Some(PW)).await;
+    let me = as_user(&mut c, &s.access_token, "USER.ME", json!({})).await;
+    assert!(me.ok, "{me:?}");
+    let mut op = nodes[0].operator_client().await;
+    let disabled: Value = op
+        .call_ok("ADMIN.USER.DISABLE", json!({"user_id": s.user_id}))
+        .await
+        .unwrap();
+    assert_eq!(disabled["sessions_revoked"], 1);
+    for client in [&mut b, &mut c] {
+        let me = as_user(client, &s.access_token, "USER.ME", json!({})).await;
+        assert_eq!(me.error.map(|e| e.code), Some(ErrorCode::Unauthenticated));
+        let again = login(client, "gone@example.com", PW).await;
+        assert_eq!(
+            again.error.map(|e| e.code),
+            Some(ErrorCode::InvalidCredentials)
+        );
+        let refreshed = crate::harness::refresh(client, &s.refresh_token).await;
+        assert_eq!(
+            refreshed.error.map(|e| e.code),
+            Some(ErrorCode::InvalidCredentials)
+        );
+    }
+}

@@ -109,6 +109,9 @@ fn database_options(config: &Config, url: &str) -> Result<portcullis_store::PgOp
     options.pool_size = config.database_pool_size;
     options.statement_timeout = std::time::Duration::from_millis(config.database_timeout_ms);
     options.connect_timeout = options.statement_timeout;
+    options.tls = config.database_tls;
+    options.ca_file.clone_from(&config.database_ca_file);
+    options.listen = config.database_listen;
     options.password = match (
         std::env::var("PORTCULLIS_DATABASE_PASSWORD").ok(),
         &config.database_password_file,

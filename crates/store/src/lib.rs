@@ -26,7 +26,7 @@ mod sled_store;
 
 pub use group_commit::{CommitStats, LAZY_FLUSH};
 pub use log::{verify_events, ChainVerifier, EventLog, LogEntry, LogPage, RawLogEntry};
-pub use pg::{PgOptions, PgStore};
+pub use pg::{PgOptions, PgStore, PgTls};
 pub use record::{decode_record, encode_record, Record, RecordError};
 pub use sled_store::{SledStore, StoreOptions};
 

@@ -19,13 +19,20 @@
 //! advisory locks, so CockroachDB works too): concurrent nodes serialise on it and each applies
 //! only what the others have not.
 
-use crate::pg_log::{log_sql, run_appender, LogState, PendingAppend, APPEND_QUEUE};
+mod tls;
+
+pub use tls::PgTls;
+
+use crate::pg_log::{
+    log_sql, run_appender, run_watcher, LogState, PendingAppend, Watcher, APPEND_QUEUE,
+};
 use crate::{Applied, Batch, Cas, Expect, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+pub(crate) use tls::Connector;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
@@ -43,6 +50,18 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// The password, when not in the URL (from a file or the environment).
     pub password: Option<zeroize::Zeroizing<String>>,
+    /// TLS to the database; `None`: the URL's `sslmode`, else `disable` when every host is on
+    /// loopback and `verify-full` otherwise (see [`PgTls`]).
+    pub tls: Option<PgTls>,
+    /// The CA certificates (PEM) that `verify-full` trusts; `None`: the URL's `sslrootcert`,
+    /// else the Mozilla roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// LISTEN/NOTIFY: each append notifies, and each node listens on a connection of its own
+    /// to learn of other nodes' events at once. Turn it off for databases without LISTEN
+    /// (CockroachDB); nodes then learn of them by polling the log's head (every 250 ms while
+    /// anybody follows the log), which they also do with it on, in case a notification is
+    /// missed.
+    pub listen: bool,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -51,12 +70,21 @@ impl std::fmt::Debug for PgOptions {
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("listen", &self.listen)
             .finish_non_exhaustive()
     }
 }
 
 impl PgOptions {
-    /// Defaults for `url`: 16 connections, 5 s statements, 5 s to get a connection.
+    /// Sets the password (kept zeroized on drop).
+    pub fn set_password(&mut self, password: String) {
+        self.password = Some(zeroize::Zeroizing::new(password));
+    }
+
+    /// Defaults for `url`: 16 connections, 5 s statements, 5 s to get a connection, TLS as
+    /// the URL and hosts say, LISTEN on.
     pub fn new(url: impl Into<String>) -> Self {
         PgOptions {
             url: url.into(),
@@ -64,6 +92,9 @@ impl PgOptions {
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             password: None,
+            tls: None,
+            ca_file: None,
+            listen: true,
         }
     }
 }
@@ -94,6 +125,12 @@ pub struct PgStore {
     pub(crate) log: std::sync::Arc<LogState>,
     pub(crate) appender: tokio::sync::mpsc::Sender<PendingAppend>,
     pub(crate) prune_lock: tokio::sync::Mutex<()>,
+    /// Set on close; dropped with the store: either stops the log watcher.
+    stop: tokio::sync::watch::Sender<bool>,
+    tls: PgTls,
+    /// How to open a connection (the log watcher's own).
+    config: tokio_postgres::Config,
+    connector: Connector,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -182,7 +219,18 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable("the database connection closed".into());
     }
-    StoreError::Unavailable(format!("the database is unreachable: {e}"))
+    // The causes too (a TLS handshake's says which check failed); none holds the URL.
+    let mut message = format!("the database is unreachable: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    StoreError::Unavailable(message)
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
@@ -332,10 +380,16 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 impl PgStore {
     /// Connects, checks that commits are durable, and applies any pending migration.
     pub async fn connect(options: &PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: tokio_postgres::Config = options
-            .url
-            .parse()
-            .map_err(|_| StoreError::Backend("the database URL does not parse".into()))?;
+        let store = Self::open(options).await?;
+        store.migrate().await?;
+        store.refresh_log_state().await?;
+        store.watch_log(options);
+        Ok(store)
+    }
+
+    /// Connects and checks that commits are durable.
+    async fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
+        let (mut config, connector, tls) = tls::configure(options)?;
         // Notices ("already exists, skipping") are not worth a log line.
         config.options(format!(
             "-c statement_timeout={} -c client_min_messages=warning",
@@ -346,13 +400,15 @@ impl PgStore {
             config.password(p.as_bytes());
         }
         config.application_name("portcullis");
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &connector {
+            Connector::Plain => Manager::from_config(config.clone(), NoTls, manager_config()),
+            Connector::Rustls(c) => {
+                Manager::from_config(config.clone(), c.clone(), manager_config())
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
@@ -369,6 +425,7 @@ impl PgStore {
             deadline(options),
             std::sync::Arc::clone(&log),
             queue,
+            options.listen,
         ));
         let store = PgStore {
             pool,
@@ -376,11 +433,39 @@ impl PgStore {
             log,
             appender,
             prune_lock: tokio::sync::Mutex::new(()),
+            stop: tokio::sync::watch::Sender::new(false),
+            tls,
+            config,
+            connector,
         };
-        store.check_durability().await?;
-        store.migrate().await?;
-        store.refresh_log_state().await?;
+        if let Err(e) = store.check_durability().await {
+            store.close();
+            return Err(e);
+        }
         Ok(store)
+    }
+
+    /// Starts the task that keeps this node's view of the log's head current (LISTEN on a
+    /// connection of its own, and polling); it ends when the store closes or is dropped.
+    fn watch_log(&self, options: &PgOptions) {
+        let mut config = self.config.clone();
+        config.application_name("portcullis-log-watch");
+        // A connection that only listens sends nothing for long stretches: probe it.
+        config.keepalives_idle(Duration::from_secs(30));
+        tokio::spawn(run_watcher(Watcher {
+            config,
+            connector: self.connector.clone(),
+            pool: self.pool.clone(),
+            log: std::sync::Arc::clone(&self.log),
+            listen: options.listen,
+            timeout: options.connect_timeout.max(options.statement_timeout),
+            stop: self.stop.subscribe(),
+        }));
+    }
+
+    /// The TLS mode the connections use.
+    pub fn tls(&self) -> PgTls {
+        self.tls
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -414,6 +499,21 @@ impl PgStore {
     /// Applies the migrations this database lacks, under the lock row; returns the schema
     /// version. Safe when several nodes start at once.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
+        self.migrate_from().await.map(|(_, after)| after)
+    }
+
+    /// Connects without applying migrations, applies them (under the lock row), and returns
+    /// the schema version before and after (`portcullis admin migrate`). A database newer than
+    /// this build is refused.
+    pub async fn migrate_database(options: &PgOptions) -> Result<(usize, usize), StoreError> {
+        let store = Self::open(options).await?;
+        let done = store.migrate_from().await;
+        store.close();
+        done
+    }
+
+    /// [`PgStore::migrate`], also returning the version found.
+    async fn migrate_from(&self) -> Result<(usize, usize), StoreError> {
         let mut c = self.client().await?;
         // Creating the lock table itself can race: a concurrent CREATE … IF NOT EXISTS may fail
         // on the catalogue's unique index. Try again; one of them made it.
@@ -468,7 +568,7 @@ impl PgStore {
             tracing::info!(version, "applied a database migration");
         }
         tx.commit().await.map_err(backend)?;
-        Ok(MIGRATIONS.len())
+        Ok((current, MIGRATIONS.len()))
     }
 
     async fn current(
@@ -683,6 +783,7 @@ impl Store for PgStore {
     }
 
     fn close(&self) {
+        self.stop.send_replace(true);
         self.pool.close();
     }
 

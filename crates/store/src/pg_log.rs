@@ -10,16 +10,21 @@
 //! per transaction on this machine, 14k at 32).
 
 use crate::log::raw_event;
-use crate::pg::{backend, client, within, PgStore};
+use crate::pg::{backend, client, within, Connector, PgStore};
 use crate::{decode_record, encode_record, EventLog, LogEntry, LogPage, RawLogEntry, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use portcullis_protocol::commands::log::{Checkpoint, PruneResult};
 use portcullis_protocol::{Event, GENESIS_HASH};
+use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::sync::RwLock;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
 
 /// Events one append transaction takes at most.
 pub(crate) const APPEND_BATCH: usize = 512;
@@ -80,8 +85,9 @@ impl LogState {
         }
     }
 
-    /// Records that the log reaches at least `seq`.
-    fn reached(&self, seq: u64) {
+    /// Records that the log reaches at least `seq` (committed: every event up to it is
+    /// readable, since commit order is seq order).
+    pub(crate) fn reached(&self, seq: u64) {
         self.head.fetch_max(seq, Ordering::AcqRel);
         self.durable.send_if_modified(|d| {
             let moved = *d < seq;
@@ -96,6 +102,7 @@ async fn append_batch(
     pool: &Pool,
     log: &LogState,
     mut events: Vec<Event>,
+    notify: bool,
 ) -> Result<Vec<Event>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(backend)?;
@@ -149,8 +156,14 @@ async fn append_batch(
     )
     .await
     .map_err(backend)?;
+    // The notification goes out at commit, to every listening node (see `run_watcher`).
     tx.execute(
-        "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1",
+        if notify {
+            "WITH moved AS (UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1 RETURNING seq)
+             SELECT pg_notify('portcullis_log', seq::text) FROM moved"
+        } else {
+            "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1"
+        },
         &[&seq, &prev],
     )
     .await
@@ -161,19 +174,21 @@ async fn append_batch(
 }
 
 /// A node's appender: takes every waiting event (up to [`APPEND_BATCH`]) and appends them in
-/// one transaction, until the store (the queue's sender) is gone.
+/// one transaction (with a NOTIFY of the new head when `notify`), until the store (the queue's
+/// sender) is gone.
 pub(crate) async fn run_appender(
     pool: Pool,
     deadline: std::time::Duration,
     log: std::sync::Arc<LogState>,
     mut queue: mpsc::Receiver<PendingAppend>,
+    notify: bool,
 ) {
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(APPEND_BATCH);
     while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
         let (events, waiters): (Vec<Event>, Vec<_>) = batch.drain(..).unzip();
         // Bounded: a database that stops answering fails this batch (its commit may still
         // land later; the next batch then chains after it, serialised on `log_head`).
-        match within(deadline, append_batch(&pool, &log, events)).await {
+        match within(deadline, append_batch(&pool, &log, events, notify)).await {
             Ok(done) => {
                 for (event, waiter) in done.into_iter().zip(waiters) {
                     let _ = waiter.send(Ok(event));
@@ -185,6 +200,245 @@ pub(crate) async fn run_appender(
                     let _ = waiter.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+/// The channel every append notifies with its new head seq.
+const CHANNEL: &str = "portcullis_log";
+/// How often the head is polled while anybody follows the log.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Waits between attempts to open the listening connection.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What keeps a node's view of the log's head current.
+pub(crate) struct Watcher {
+    /// The listening connection's configuration.
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) connector: Connector,
+    /// For polls while there is no listening connection.
+    pub(crate) pool: Pool,
+    pub(crate) log: Arc<LogState>,
+    /// Whether to LISTEN at all.
+    pub(crate) listen: bool,
+    /// How long a poll on the listening connection may take before the connection is taken
+    /// for dead (a silently broken connection would otherwise hide every notification).
+    pub(crate) timeout: Duration,
+    /// True (or its sender gone) once the store is closed or dropped.
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+/// Keeps `log`'s head current with other nodes' appends: LISTENs on a connection of its own
+/// (not from the pool) and records each notified head, and polls `log_head` every
+/// [`POLL_EVERY`] while anybody watches the durable seq (a follower), also when listening, so
+/// that nothing depends on a notification arriving. A lost listening connection is reopened
+/// with backoff, polling meanwhile. Ends when the store closes or is dropped.
+pub(crate) async fn run_watcher(mut w: Watcher) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if !w.listen {
+            poll_until(&mut w, None).await;
+            return;
+        }
+        let config = w.config.clone();
+        let ended = match w.connector.clone() {
+            Connector::Plain => match connecting(&mut w, config.connect(NoTls)).await {
+                Some(Ok((client, conn))) => Some(listening(&mut w, client, conn).await),
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            },
+            Connector::Rustls(tls) => match connecting(&mut w, config.connect(tls)).await {
+                Some(Ok((client, conn))) => Some(listening(&mut w, client, conn).await),
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            },
+        };
+        match ended {
+            // Stopped.
+            None | Some(Ok(())) => return,
+            Some(Err(Lost { error, listened })) => {
+                if listened {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::warn!(
+                    error = %error,
+                    retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                    "the event log's listening connection is down; polling meanwhile"
+                );
+            }
+        }
+        if poll_until(&mut w, Some(backoff)).await {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Why a listening connection ended, and whether it got as far as listening.
+struct Lost {
+    error: StoreError,
+    listened: bool,
+}
+
+/// Resolves once the store is closed or dropped.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs `connect` unless the store stops first (`None`).
+async fn connecting<C>(
+    w: &mut Watcher,
+    connect: impl Future<Output = Result<C, tokio_postgres::Error>>,
+) -> Option<Result<C, Lost>> {
+    tokio::select! {
+        _ = stopped(&mut w.stop) => None,
+        c = connect => Some(c.map_err(|e| Lost { error: backend(e), listened: false })),
+    }
+}
+
+/// Whether anybody follows the log on this node.
+fn watched(log: &LogState) -> bool {
+    log.durable.receiver_count() > 0
+}
+
+/// Reads the head through the pool, within `timeout`. Failures are left to the next poll.
+async fn poll_head(pool: &Pool, log: &LogState, timeout: Duration) {
+    let read = async {
+        let c = client(pool).await?;
+        let row = c
+            .query_one("SELECT seq FROM log_head WHERE id = 1", &[])
+            .await
+            .map_err(backend)?;
+        Ok::<i64, StoreError>(row.get(0))
+    };
+    match within(timeout, read).await {
+        Ok(seq) => log.reached(to_u64(seq)),
+        Err(e) => tracing::debug!(error = %e, "polling the event log's head failed"),
+    }
+}
+
+/// Polls (while watched) until `wait` has passed (false) or the store stops (true).
+async fn poll_until(w: &mut Watcher, wait: Option<Duration>) -> bool {
+    let deadline = wait.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut w.stop) => return true,
+            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await },
+                if deadline.is_some() => return false,
+            _ = tick.tick() => {
+                if watched(&w.log) {
+                    poll_head(&w.pool, &w.log, w.timeout.saturating_mul(2)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `work` on the listening connection while driving it (its notifications recorded on
+/// the way). `Ok(None)`: the store stopped.
+async fn driving<S, T, F>(
+    w: &mut Watcher,
+    conn: &mut tokio_postgres::Connection<S, T>,
+    work: F,
+) -> Result<Option<F::Output>, StoreError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: Future,
+{
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(Some(done)),
+            message = std::future::poll_fn(|cx| conn.poll_message(cx)) => {
+                note(&w.log, message)?;
+            }
+            _ = stopped(&mut w.stop) => return Ok(None),
+        }
+    }
+}
+
+/// Records a notification; an error or the end of the connection is returned.
+fn note(
+    log: &LogState,
+    message: Option<Result<AsyncMessage, tokio_postgres::Error>>,
+) -> Result<(), StoreError> {
+    match message {
+        Some(Ok(AsyncMessage::Notification(n))) => {
+            if let Ok(seq) = n.payload().parse::<u64>() {
+                log.reached(seq);
+            }
+            Ok(())
+        }
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(backend(e)),
+        None => Err(StoreError::Unavailable(
+            "the database closed the listening connection".into(),
+        )),
+    }
+}
+
+/// LISTENs on `client`'s connection, then records every notification and polls the head on
+/// the same connection while watched; `Ok` when the store stopped, the error when the
+/// connection failed.
+async fn listening<S, T>(
+    w: &mut Watcher,
+    client: tokio_postgres::Client,
+    mut conn: tokio_postgres::Connection<S, T>,
+) -> Result<(), Lost>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let lost = |listened: bool| move |error: StoreError| Lost { error, listened };
+    let listen = format!("LISTEN {CHANNEL}");
+    match driving(w, &mut conn, client.batch_execute(&listen))
+        .await
+        .map_err(lost(false))?
+    {
+        None => return Ok(()),
+        Some(r) => r.map_err(backend).map_err(lost(false))?,
+    }
+    let mut first = true;
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            message = std::future::poll_fn(|cx| conn.poll_message(cx)) => {
+                note(&w.log, message).map_err(lost(true))?;
+            }
+            _ = tick.tick() => {
+                // Right after LISTEN, what was appended while not listening; then while
+                // anybody follows, in case a notification never comes.
+                if first || watched(&w.log) {
+                    first = false;
+                    let read = client.query_one("SELECT seq FROM log_head WHERE id = 1", &[]);
+                    let timeout = w.timeout;
+                    let answered = tokio::time::timeout(timeout, driving(w, &mut conn, read))
+                        .await
+                        .map_err(|_| Lost {
+                            error: StoreError::Unavailable(
+                                "the listening connection stopped answering".into(),
+                            ),
+                            listened: true,
+                        })?;
+                    match answered.map_err(lost(true))? {
+                        None => return Ok(()),
+                        Some(row) => {
+                            let row = row.map_err(backend).map_err(lost(true))?;
+                            w.log.reached(to_u64(row.get(0)));
+                        }
+                    }
+                }
+            }
+            _ = stopped(&mut w.stop) => return Ok(()),
         }
     }
 }

@@ -717,7 +717,7 @@ fn a_refused_batch_writes_nothing() {
 /// database per test.
 mod pg {
     use super::*;
-    use crate::{PgOptions, PgStore};
+    use crate::{PgOptions, PgStore, PgTls};
 
     async fn connect(url: &str) -> PgStore {
         PgStore::connect(&PgOptions::new(url)).await.unwrap()
@@ -962,5 +962,182 @@ mod pg {
             ),
             "350 251 600"
         );
+    }
+
+    /// Node B's durable watermark reaches what node A appended without B calling `refresh`:
+    /// B keeps its view of the log's head current by itself.
+    async fn follows_other_node(options: PgOptions) {
+        let a = PgStore::connect(&options).await.unwrap();
+        let b = PgStore::connect(&options).await.unwrap();
+        let mut watched = b.watch_durable();
+        for i in 0..3 {
+            a.append(draft(&format!("A{i}"))).await.unwrap();
+        }
+        // A failure bound, not a speed requirement.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            watched.wait_for(|seq| *seq >= 3),
+        )
+        .await
+        .expect("B never saw A's events")
+        .unwrap();
+        assert_eq!(b.head_seq(), 3);
+        let seen: Vec<u64> = b
+            .read(1, b.durable_seq(), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seen, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_node_follows_another_nodes_appends() {
+        let rt = rt();
+        let url = portcullis_testdb::cluster().fresh_database();
+        rt.block_on(follows_other_node(PgOptions::new(&url)));
+    }
+
+    /// With nobody following on B (so B does not poll), the notification alone moves B's
+    /// head to what A appended.
+    #[test]
+    fn a_notification_moves_another_nodes_head() {
+        let rt = rt();
+        let url = portcullis_testdb::cluster().fresh_database();
+        rt.block_on(async {
+            let a = connect(&url).await;
+            let b = connect(&url).await;
+            // B listens once its watcher has connected; until then an append may go unheard.
+            let mut n = 0;
+            tokio::time::timeout(std::time::Duration::from_secs(60), async {
+                while b.head_seq() == 0 {
+                    n += 1;
+                    a.append(draft(&format!("A{n}"))).await.unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .expect("no notification reached B");
+            assert!(b.head_seq() >= 1);
+        });
+    }
+
+    /// The same by polling alone, as on a database without LISTEN/NOTIFY.
+    #[test]
+    fn a_node_follows_another_nodes_appends_without_listen() {
+        let rt = rt();
+        let url = portcullis_testdb::cluster().fresh_database();
+        let mut options = PgOptions::new(&url);
+        options.listen = false;
+        rt.block_on(follows_other_node(options));
+    }
+
+    /// The listening connection is a node's own, and it goes when the store is closed or
+    /// dropped; a node whose listening connection is killed reconnects and still follows.
+    #[test]
+    fn the_log_watcher_reconnects_and_ends_with_its_store() {
+        let rt = rt();
+        let cluster = portcullis_testdb::cluster();
+        let url = cluster.fresh_database();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let listeners = || {
+            cluster.psql(
+                &db,
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'portcullis-log-watch'
+                   AND pid <> pg_backend_pid()",
+            )
+        };
+        let wait_for = |want: &str| {
+            // A failure bound only.
+            for _ in 0..600 {
+                if listeners() == want {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            panic!("listening connections never became {want}: {}", listeners());
+        };
+        let a = rt.block_on(connect(&url));
+        let b = rt.block_on(connect(&url));
+        wait_for("2");
+        cluster.psql(
+            &db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'portcullis-log-watch'",
+        );
+        wait_for("2");
+        rt.block_on(async {
+            let mut watched = b.watch_durable();
+            a.append(draft("after the reconnect")).await.unwrap();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                watched.wait_for(|seq| *seq >= 1),
+            )
+            .await
+            .expect("B never saw A's event")
+            .unwrap();
+        });
+        a.close();
+        wait_for("1");
+        drop(b);
+        wait_for("0");
+    }
+
+    /// Against a database that takes TCP connections over TLS only: `verify-full` with the CA
+    /// that signed its certificate connects (and works); with another CA it is refused, saying
+    /// why and without the URL's password; `require` connects without a CA; `disable` is
+    /// refused by the server.
+    #[test]
+    fn database_tls_modes() {
+        let rt = rt();
+        let cluster = portcullis_testdb::tls_cluster();
+        let url = cluster
+            .fresh_database()
+            .replacen("postgres@", "postgres:s3cret-pw@", 1);
+        let options = |tls: PgTls, ca: Option<std::path::PathBuf>| {
+            let mut o = PgOptions::new(&url);
+            o.tls = Some(tls);
+            o.ca_file = ca;
+            o.connect_timeout = std::time::Duration::from_secs(10);
+            o
+        };
+        rt.block_on(async {
+            let store = PgStore::connect(&options(PgTls::VerifyFull, Some(cluster.ca_file())))
+                .await
+                .unwrap();
+            assert_eq!(store.tls(), PgTls::VerifyFull);
+            store.put(Table::Users, b"u", b"v".to_vec()).await.unwrap();
+            assert_eq!(
+                store.get(Table::Users, b"u").await.unwrap(),
+                Some(b"v".to_vec())
+            );
+            store.close();
+
+            let wrong =
+                PgStore::connect(&options(PgTls::VerifyFull, Some(cluster.wrong_ca_file())))
+                    .await
+                    .unwrap_err()
+                    .to_string();
+            assert!(wrong.contains("certificate"), "{wrong}");
+            assert!(!wrong.contains("s3cret-pw"), "{wrong}");
+
+            let store = PgStore::connect(&options(PgTls::Require, None))
+                .await
+                .unwrap();
+            assert_eq!(
+                store.get(Table::Users, b"u").await.unwrap(),
+                Some(b"v".to_vec())
+            );
+            store.close();
+
+            let plain = PgStore::connect(&options(PgTls::Disable, None))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(plain.contains("no encryption"), "{plain}");
+            assert!(!plain.contains("s3cret-pw"), "{plain}");
+        });
     }
 }

@@ -6,8 +6,8 @@
 //! stops the server and removes the directory once the test process has exited. Each test then
 //! takes a database of its own with [`Cluster::fresh_database`], so tests never see each other's
 //! rows. A test that kills or restarts the database takes a cluster of its own instead
-//! ([`Cluster::start_private`], with [`Cluster::kill`] and [`Cluster::restart`]), removed when
-//! dropped. Binaries come from `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`;
+//! ([`Cluster::start_private`], with [`Cluster::kill`], [`Cluster::restart`],
+//! [`Cluster::pause`] and [`Cluster::resume`]), removed when dropped. Binaries come from `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`;
 //! `scripts/test` installs Debian's `postgresql` when neither exists.
 
 #![allow(clippy::expect_used, clippy::panic)]
@@ -23,6 +23,8 @@ use std::sync::OnceLock;
 pub struct Cluster {
     port: u16,
     bindir: PathBuf,
+    /// Where the TLS cluster's CA certificates are (the cluster's directory).
+    dir: PathBuf,
     /// Set for a cluster of one test's own ([`Cluster::start_private`]).
     private: Option<Private>,
 }
@@ -31,19 +33,76 @@ pub struct Cluster {
 #[derive(Debug)]
 struct Private {
     root: bool,
-    dir: PathBuf,
     data: PathBuf,
+}
+
+/// A cluster shared by the test process: never killed or restarted; its watchdog removes it
+/// once the process is gone.
+fn shared(mut cluster: Cluster) -> Cluster {
+    cluster.private = None;
+    cluster
 }
 
 /// The test process's cluster, started on first use.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        let mut shared = start();
-        // Never killed or restarted; its watchdog removes it once the process is gone.
-        shared.private = None;
-        shared
-    })
+    CLUSTER.get_or_init(|| shared(start(None)))
+}
+
+/// A second cluster of the test process, started on first use, that accepts TCP connections
+/// over TLS only (`hostssl` in `pg_hba.conf`): its certificate, for `localhost` and
+/// `127.0.0.1`, is signed by a CA made for the test ([`Cluster::ca_file`]);
+/// [`Cluster::wrong_ca_file`] is another CA that signed nothing of it.
+pub fn tls_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| shared(start(Some(make_certificates))))
+}
+
+/// The CA that signs the TLS cluster's certificate, another CA, and the certificate and its
+/// key, written into `dir`; returns the server's extra options.
+fn make_certificates(dir: &Path, root: bool) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca = |name: &str| {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        (cert.pem(), Issuer::new(params, key))
+    };
+    let (ca_pem, issuer) = ca("portcullis test CA");
+    let (wrong_pem, _) = ca("portcullis other CA");
+    let key = KeyPair::generate().expect("server key");
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("server params");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "portcullis test database");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let write = |name: &str, text: &str, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write a certificate file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        if root {
+            let st = Command::new("chown")
+                .arg("postgres")
+                .arg(&path)
+                .status()
+                .expect("chown");
+            assert!(st.success(), "chown {name}");
+        }
+        path
+    };
+    write("ca.pem", &ca_pem, 0o644);
+    write("wrong-ca.pem", &wrong_pem, 0o644);
+    let crt = write("server.crt", &cert.pem(), 0o644);
+    let key = write("server.key", &key.serialize_pem(), 0o600);
+    format!(
+        "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        crt.display(),
+        key.display()
+    )
 }
 
 impl Cluster {
@@ -51,7 +110,7 @@ impl Cluster {
     /// that no other test is disturbed): like the shared one, on its own directory and port.
     /// It is stopped and removed when dropped (and by a watchdog if the test process dies).
     pub fn start_private() -> Cluster {
-        start()
+        start(None)
     }
 
     /// SIGKILLs the postmaster of a private cluster, as a crash would, and returns once every
@@ -138,13 +197,13 @@ impl Cluster {
             format!(".s.PGSQL.{}.lock", self.port),
             format!(".s.PGSQL.{}", self.port),
         ] {
-            let _ = std::fs::remove_file(p.dir.join(stale));
+            let _ = std::fs::remove_file(self.dir.join(stale));
         }
         for attempt in 0..5 {
-            if pg_ctl_start(p.root, &self.bindir, &p.dir, &p.data, self.port) {
+            if pg_ctl_start(p.root, &self.bindir, &self.dir, &p.data, self.port, "") {
                 return;
             }
-            let log = std::fs::read_to_string(p.dir.join("server.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(3).collect();
             eprintln!(
                 "pg_ctl start failed on port {} (attempt {attempt}): {tail:?}",
@@ -152,13 +211,23 @@ impl Cluster {
             );
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        let log = std::fs::read_to_string(p.dir.join("server.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
         panic!("PostgreSQL did not restart: {log}");
     }
 
     /// The server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The CA (PEM) that signed the TLS cluster's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A CA (PEM) that did not sign the TLS cluster's certificate.
+    pub fn wrong_ca_file(&self) -> PathBuf {
+        self.dir.join("wrong-ca.pem")
     }
 
     /// The URL of database `db` as the `postgres` superuser (trust authentication).
@@ -182,6 +251,7 @@ impl Cluster {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+            .env("PGSSLMODE", "prefer")
             .args([
                 "-h",
                 "127.0.0.1",
@@ -250,7 +320,9 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-fn start() -> Cluster {
+/// Starts a cluster; `tls` writes certificates into the cluster's directory and gives the
+/// server options that use them (TCP connections then over TLS only).
+fn start(tls: Option<fn(&Path, bool) -> String>) -> Cluster {
     let bindir = bindir();
     let root = is_root();
     // The directory belongs to whoever runs the server.
@@ -281,6 +353,19 @@ fn start() -> Cluster {
         "initdb: {}",
         String::from_utf8_lossy(&init.stderr)
     );
+    let tls_options = match tls {
+        None => String::new(),
+        Some(make) => {
+            let options = make(&dir, root);
+            // TCP over TLS only; the local socket as before.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .expect("write pg_hba.conf");
+            format!(" {options}")
+        }
+    };
     // Stop the server and remove its directory once this process is gone (a bounded loop: it
     // ends with the process).
     let stop = format!(
@@ -296,7 +381,7 @@ fn start() -> Cluster {
     );
     for attempt in 0..5 {
         let port = free_port();
-        if pg_ctl_start(root, &bindir, &dir, &data, port) {
+        if pg_ctl_start(root, &bindir, &dir, &data, port, &tls_options) {
             // `setsid -f` forks the watchdog into its own session and returns at once.
             let started = Command::new("setsid")
                 .args(["-f", "sh", "-c", &watchdog])
@@ -309,7 +394,8 @@ fn start() -> Cluster {
             return Cluster {
                 port,
                 bindir,
-                private: Some(Private { root, dir, data }),
+                dir,
+                private: Some(Private { root, data }),
             };
         }
         eprintln!("pg_ctl start failed on port {port} (attempt {attempt}), trying another");
@@ -319,10 +405,17 @@ fn start() -> Cluster {
 }
 
 /// `pg_ctl start` on `port`, waiting until the server accepts connections; whether it started.
-fn pg_ctl_start(root: bool, bindir: &Path, dir: &Path, data: &Path, port: u16) -> bool {
+fn pg_ctl_start(
+    root: bool,
+    bindir: &Path,
+    dir: &Path,
+    data: &Path,
+    port: u16,
+    tls_options: &str,
+) -> bool {
     let opts = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-         -c max_connections=200",
+         -c max_connections=200{tls_options}",
         dir.display()
     );
     as_owner(root, &bindir.join("pg_ctl"))
@@ -379,6 +472,6 @@ impl Drop for Cluster {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let _ = std::fs::remove_dir_all(&p.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

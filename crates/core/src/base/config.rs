@@ -131,6 +131,16 @@ pub struct Config {
     /// Longest a database statement may run, milliseconds (also how long a command waits for a
     /// connection before it answers `UNAVAILABLE`).
     pub database_timeout_ms: u64,
+    /// TLS to the database: `disable`, `require` (encrypted, certificate not checked) or
+    /// `verify-full` (certificate checked against `database_ca_file`, else the Mozilla roots,
+    /// and the host name). Unset: the URL's `sslmode`, else `disable` when every host in the
+    /// URL is loopback (or a Unix socket) and `verify-full` otherwise.
+    pub database_tls: Option<portcullis_store::PgTls>,
+    /// CA certificates (PEM) that `verify-full` trusts instead of the Mozilla roots.
+    pub database_ca_file: Option<PathBuf>,
+    /// LISTEN/NOTIFY between nodes (set false for databases without it, such as CockroachDB:
+    /// nodes then poll the log's head while a `LOG.TAIL` follows).
+    pub database_listen: bool,
 }
 
 /// A setting that is a secret (a bearer token): serialised as the plain string, but its `Debug`
@@ -291,6 +301,9 @@ impl Default for Config {
             database_password_file: None,
             database_pool_size: 16,
             database_timeout_ms: 5_000,
+            database_tls: None,
+            database_ca_file: None,
+            database_listen: true,
         }
     }
 }
