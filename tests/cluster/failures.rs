@@ -8,13 +8,16 @@
 //!   directory and serves again;
 //! - the database itself is SIGKILLed mid-load (a cluster of the test's own) and restarted:
 //!   while it is down every command answers `UNAVAILABLE` promptly (never `INTERNAL`, never a
-//!   dropped connection); once it is back the same nodes serve again by themselves; nothing
-//!   acknowledged before or after is lost.
+//!   dropped connection); once it is back the same nodes serve again by themselves (a log
+//!   follower on one node sees the other's events live again); nothing acknowledged before or
+//!   after is lost;
+//! - the database stops answering (SIGSTOP) mid-load and then goes on (SIGCONT): the same, the
+//!   nodes' deadline turning the silence into `UNAVAILABLE` answers.
 
 use crate::harness::{all_events, Server};
-use portcullis_client::Client;
+use portcullis_client::{Client, TailItem};
 use portcullis_protocol::commands::auth::SessionTokens;
-use portcullis_protocol::commands::log::VerifyReport;
+use portcullis_protocol::commands::log::{TailParams, VerifyReport};
 use portcullis_protocol::{ErrorCode, Request, Response, Secret};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -464,7 +467,8 @@ const BACK: u8 = 2;
 /// the whole run is `ok` or `UNAVAILABLE`, and comes well within the timeouts (no hang, no
 /// dropped connection); every answer given while the database was down is `UNAVAILABLE`; after
 /// the restart each client completes ten full iterations in a row without any node being
-/// restarted; everything acknowledged, before and after, is there.
+/// restarted; everything acknowledged, before and after, is there; a `LOG.TAIL` follower on
+/// node 1 sees node 0's next event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_database_mid_load_then_restarting_it() {
     database_outage(Outage::Crash).await;
@@ -586,4 +590,53 @@ async fn database_outage(outage: Outage) {
     // Writes were acknowledged again after the restart.
     assert!(m.acked.len() > acked_while_down);
     acknowledged_writes_survived(&mut m, &[&nodes[0], &nodes[1]]).await;
+    other_nodes_events_are_followed(&nodes[1], &nodes[0]).await;
+}
+
+/// A follower on `reader` sees the next event `writer` appends, live: `reader`'s log watcher
+/// (LISTEN, and polling behind it) works again after the outage.
+async fn other_nodes_events_are_followed(reader: &Server, writer: &Server) {
+    let mut tail = reader
+        .operator_client()
+        .await
+        .tail(TailParams {
+            from_seq: None,
+            follow: true,
+        })
+        .await
+        .unwrap();
+    // Live once caught up (the tail's own event may come first).
+    let live = tokio::time::timeout(HANG, async {
+        loop {
+            match tail.next().await.unwrap() {
+                Some(TailItem::CaughtUp { .. }) => return,
+                Some(TailItem::Event(_)) => {}
+                other => panic!("the follower did not start: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(live.is_ok(), "the follower never caught up");
+    let t: SessionTokens = writer
+        .client()
+        .await
+        .call_ok("AUTH.SIGNUP", json!({"email": "followed@example.org"}))
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(HANG, async {
+        loop {
+            match tail.next().await.unwrap() {
+                Some(TailItem::Event(e)) if e.session.as_deref() == Some(&t.session_id) => {
+                    return;
+                }
+                Some(_) => {}
+                None => panic!("the follow ended"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "a follower did not see another node's event after the outage"
+    );
 }
