@@ -336,17 +336,7 @@ async fn rotation_keeps_old_tokens_valid_and_the_jwks_matches() {
     let mut op = server.operator_client().await;
     let mut c = server.client().await;
     let before = signup(&mut c, "rot@example.org", Some(PW)).await;
-    let kid_of = |t: &Secret| -> String {
-        use base64::Engine;
-        let h = t.expose().split('.').next().unwrap();
-        let v: Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(h)
-                .unwrap(),
-        )
-        .unwrap();
-        v["kid"].as_str().unwrap().to_owned()
-    };
+    let kid_of = crate::harness::kid_of;
     let old_kid = kid_of(&before.access_token);
     let keys: Value = op.call_ok("KEYS.ROTATE", json!({})).await.unwrap();
     let states: Vec<(String, String)> = keys["keys"]

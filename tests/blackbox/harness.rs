@@ -483,6 +483,19 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 /// `AUTH.SIGNUP`, with a password or (None) passwordless; panics unless it succeeds.
+/// The `kid` in an access token's header.
+pub fn kid_of(t: &Secret) -> String {
+    use base64::Engine;
+    let h = t.expose().split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(h)
+            .unwrap(),
+    )
+    .unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
 pub async fn signup(c: &mut Client, email: &str, password: Option<&str>) -> SessionTokens {
     let mut p = json!({"email": email});
     if let Some(pw) = password {

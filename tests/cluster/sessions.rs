@@ -1,7 +1,7 @@
 //! Sessions, signing keys and failure delays across nodes.
 
-use crate::harness::{as_user, login, signup, tokens, Server};
-use portcullis_protocol::{ErrorCode, Secret};
+use crate::harness::{as_user, kid_of, login, signup, tokens, Server};
+use portcullis_protocol::ErrorCode;
 use serde_json::{json, Value};
 
 const PW: &str = "correct horse battery";
@@ -29,18 +29,6 @@ async fn a_session_revoked_on_one_node_is_refused_by_the_others_on_the_next_comm
             "a revoked session still served"
         );
     }
-}
-
-fn kid_of(t: &Secret) -> String {
-    use base64::Engine;
-    let h = t.expose().split('.').next().unwrap();
-    let v: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(h)
-            .unwrap(),
-    )
-    .unwrap();
-    v["kid"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]

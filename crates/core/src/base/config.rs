@@ -432,6 +432,29 @@ pub fn is_language_tag(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The database TLS settings read from a configuration file with libpq's spellings; other
+    /// modes are refused.
+    #[test]
+    fn database_tls_settings_parse() {
+        let c: Config = serde_json::from_value(serde_json::json!({
+            "database_tls": "verify-full",
+            "database_ca_file": "/etc/ca.pem",
+            "database_listen": false,
+        }))
+        .unwrap();
+        assert_eq!(c.database_tls, Some(portcullis_store::PgTls::VerifyFull));
+        assert_eq!(c.database_ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(!c.database_listen);
+        assert!(Config::default().database_listen);
+        for refused in ["prefer", "verify-ca", "off"] {
+            assert!(
+                serde_json::from_value::<Config>(serde_json::json!({ "database_tls": refused }))
+                    .is_err(),
+                "{refused}"
+            );
+        }
+    }
+
     #[test]
     fn config_debug_never_shows_the_metrics_token() {
         let c = Config {

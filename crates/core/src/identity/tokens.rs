@@ -584,19 +584,7 @@ mod tests {
     use time::macros::datetime;
 
     async fn tokens(dir: &std::path::Path, clock: &ManualClock) -> Tokens {
-        let store = SledStore::open(dir).unwrap();
-        let sealer = Sealer::new(&MasterKey::from_bytes([1u8; 32]));
-        Tokens::load_or_create(
-            &store,
-            &sealer,
-            &OsRandom,
-            clock,
-            "https://issuer.test".into(),
-            "api.test".into(),
-            900,
-        )
-        .await
-        .unwrap()
+        node(&SledStore::open(dir).unwrap(), clock).await
     }
 
     /// A node's key ring on `store` (shared or not).

@@ -141,9 +141,18 @@ impl TailStream {
     }
 
     /// Reads durable events from `next` up to `to` into the queue. Returns false on failure.
+    /// Events removed by a prune since the stream started (the page does not begin at `next`)
+    /// end the stream: a follower is never silently skipped past events.
     async fn fill(&mut self, to: u64) -> bool {
         match self.log.read_raw(self.next, to, PAGE).await {
             Ok(page) => {
+                if page.first().is_none_or(|e| e.seq != self.next) {
+                    self.fail(
+                        "pruned",
+                        "events this stream had not sent yet were pruned; resume from resume_from_seq (the first kept event follows)",
+                    );
+                    return false;
+                }
                 for entry in page {
                     match entry.json {
                         Ok(json) => {
@@ -257,6 +266,47 @@ impl TailStream {
                     return false;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TailStream;
+    use crate::testkit::{unsealed_event, Bench};
+    use portcullis_protocol::ErrorCode;
+    use tokio_util::sync::CancellationToken;
+
+    /// Events pruned after a stream started and before it sent them end the stream with
+    /// `pruned`, rather than being skipped in silence (or spinning when nothing is left).
+    #[tokio::test]
+    async fn a_prune_past_a_streams_position_ends_it_with_pruned() {
+        let b = Bench::new(|_| {}).await;
+        for _ in 0..10 {
+            b.app.log.append(unsealed_event()).await.unwrap();
+        }
+        b.app.store.sync().await.unwrap();
+        let head = b.app.log.head_seq();
+        for follow in [false, true] {
+            let mut t = TailStream::new(
+                None,
+                b.app.log.clone(),
+                CancellationToken::new(),
+                1,
+                follow,
+                head,
+                1_000_000,
+            );
+            if !follow {
+                b.app.log.prune(5).await.unwrap();
+            }
+            let line = t.next().await.unwrap();
+            let err = line.error.expect("the stream ends");
+            assert_eq!(err.code, ErrorCode::Unavailable);
+            let details = err.details.unwrap();
+            assert_eq!(details["reason"], "pruned");
+            assert_eq!(details["resume_from_seq"], 1);
+            assert!(t.next().await.is_none());
         }
     }
 }
