@@ -71,7 +71,13 @@ impl Server {
     // Used by the cluster suite (tests/cluster), which shares this harness.
     #[allow(dead_code)]
     pub fn cluster(n: usize, extra: &[&str]) -> Vec<Server> {
-        let url = portcullis_testdb::cluster().fresh_database();
+        Server::cluster_on(portcullis_testdb::cluster().fresh_database(), n, extra)
+    }
+
+    /// [`Server::cluster`] on the database at `url` (for example one of a test's own
+    /// PostgreSQL cluster, `portcullis_testdb::Cluster::start_private`).
+    #[allow(dead_code)]
+    pub fn cluster_on(url: String, n: usize, extra: &[&str]) -> Vec<Server> {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let first = Server::start_in(
             tempfile::tempdir().expect("tempdir"),

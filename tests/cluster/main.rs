@@ -11,6 +11,7 @@ mod harness;
 #[path = "../blackbox/mail.rs"]
 mod inbox;
 
+mod failures;
 mod log;
 mod mail;
 mod sessions;

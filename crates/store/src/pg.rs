@@ -28,8 +28,10 @@ use crate::pg_log::{
 };
 use crate::{Applied, Batch, Cas, Expect, Store, StoreError, SyncTicket, Table};
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use std::time::Duration;
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 pub(crate) use tls::Connector;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
@@ -97,6 +99,10 @@ impl PgOptions {
     }
 }
 
+/// A pooled connection unused for this long is tested with a round trip before it is handed
+/// out: it may have died while idle (a database restart) without the pool noticing yet.
+pub(crate) const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Rounds of a batch against serialization failures before it reports [`StoreError::Busy`].
 const BATCH_ATTEMPTS: usize = 16;
 
@@ -114,6 +120,8 @@ pub(crate) const MIGRATIONS: &[fn() -> String] = &[
 /// The PostgreSQL store and event log.
 pub struct PgStore {
     pool: Pool,
+    /// Longest one store operation may wait for the database, whatever happens to it.
+    deadline: Duration,
     pub(crate) log: std::sync::Arc<LogState>,
     pub(crate) appender: tokio::sync::mpsc::Sender<PendingAppend>,
     pub(crate) prune_lock: tokio::sync::Mutex<()>,
@@ -196,9 +204,22 @@ fn sql(table: Table) -> &'static TableSql {
 
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
+        if is_serialization_failure(&e) {
+            return StoreError::Busy;
+        }
         // The code and message only: a DETAIL may quote key values.
-        return StoreError::Backend(format!("{}: {}", db.code().code(), db.message()));
+        let what = format!("{}: {}", db.code().code(), db.message());
+        if db.code().code().starts_with("08") || db.code().code().starts_with("57P") {
+            // The server ended or refused the connection.
+            connection_failed();
+        }
+        return if is_transient(db.code()) {
+            StoreError::Unavailable(what)
+        } else {
+            StoreError::Backend(what)
+        };
     }
+    connection_failed();
     if e.is_closed() {
         return StoreError::Unavailable("the database connection closed".into());
     }
@@ -223,6 +244,21 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// Errors after which the same command may well succeed when retried, so the client is told
+/// "unavailable, retry" rather than "internal error": the connection failed or the server ended
+/// it (shutdown, crash, an administrator), the server is starting or short of resources (too
+/// many connections, memory, disk), the statement ran into `statement_timeout` or a lock
+/// timeout, or the server is a read-only standby (during a failover).
+fn is_transient(code: &SqlState) -> bool {
+    let class = code.code().get(..2).unwrap_or("");
+    class == "08"
+        || class == "53"
+        || code.code().starts_with("57P")
+        || *code == SqlState::QUERY_CANCELED
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+}
+
 fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| {
         *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
@@ -242,6 +278,89 @@ fn readable(value: &[u8]) -> (Option<i16>, Option<&str>) {
             }
         }
         _ => (None, None),
+    }
+}
+
+/// When this process last saw a connection fail (the server ended it, or it broke), as
+/// milliseconds since [`since_start`]'s origin plus one; 0: never.
+static LAST_CONNECTION_FAILURE: AtomicU64 = AtomicU64::new(0);
+
+fn since_start() -> Duration {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
+}
+
+/// Notes that a connection failed: every pooled connection is then tested once before its
+/// next use (the others most likely died with it, in a database restart).
+fn connection_failed() {
+    let now = u64::try_from(since_start().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    LAST_CONNECTION_FAILURE.fetch_max(now, AtomicOrdering::Relaxed);
+}
+
+/// Whether a connection last handed out `last_used` ago must be tested before it is handed
+/// out again: it sat unused for [`IDLE_CHECK`], or a connection failed since.
+fn needs_check(last_used: Duration) -> bool {
+    if last_used >= IDLE_CHECK {
+        return true;
+    }
+    let failed = LAST_CONNECTION_FAILURE.load(AtomicOrdering::Relaxed);
+    if failed == 0 {
+        return false;
+    }
+    // Both in whole milliseconds, rounded so that a tie is checked.
+    let handed_out = since_start().saturating_sub(last_used).as_millis();
+    u128::from(failed) >= handed_out
+}
+
+/// Tests a pooled connection with one round trip (bounded by `timeout`) before it is handed
+/// out when it has not been used for [`IDLE_CHECK`] or a connection failed since its last use,
+/// so that a connection that died — the database restarted or crashed, a network path went
+/// away — is dropped and replaced instead of failing the next command. The pool's own test
+/// (`RecyclingMethod::Fast`: only whether the client already saw the socket close) misses a
+/// connection whose end has not been read yet. Connections in steady use on a healthy database
+/// skip the round trip.
+fn idle_check(timeout: Duration) -> Hook {
+    Hook::async_fn(move |client, metrics| {
+        Box::pin(async move {
+            if !needs_check(metrics.last_used()) {
+                return Ok(());
+            }
+            match tokio::time::timeout(timeout, client.simple_query("")).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(HookError::Backend(e)),
+                Err(_) => Err(HookError::message("no answer to the idle check")),
+            }
+        })
+    })
+}
+
+/// Longest one store operation may take: a connection (waiting for one, or opening and
+/// checking one), then statements that the server ends at `statement_timeout`, each at most
+/// twice over. Only a database that stops answering altogether (a hung server, a network path
+/// that drops packets) reaches it; `statement_timeout` cannot fire there.
+pub(crate) fn deadline(options: &PgOptions) -> Duration {
+    options
+        .connect_timeout
+        .saturating_add(options.statement_timeout)
+        .saturating_mul(2)
+}
+
+/// `op`, or unavailable once `deadline` passes. The abandoned statement's connection is
+/// suspect: every pooled connection is tested before its next use.
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(deadline, op).await {
+        Ok(done) => done,
+        Err(_) => {
+            connection_failed();
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        }
     }
 }
 
@@ -300,18 +419,21 @@ impl PgStore {
             .wait_timeout(Some(options.connect_timeout))
             .create_timeout(Some(options.connect_timeout))
             .recycle_timeout(Some(options.connect_timeout))
+            .pre_recycle(idle_check(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Backend(format!("building the connection pool: {e}")))?;
         let log = std::sync::Arc::new(LogState::new());
         let (appender, queue) = tokio::sync::mpsc::channel(APPEND_QUEUE);
         tokio::spawn(run_appender(
             pool.clone(),
+            deadline(options),
             std::sync::Arc::clone(&log),
             queue,
             options.listen,
         ));
         let store = PgStore {
             pool,
+            deadline: deadline(options),
             log,
             appender,
             prune_lock: tokio::sync::Mutex::new(()),
@@ -352,6 +474,14 @@ impl PgStore {
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         client(&self.pool).await
+    }
+
+    /// Runs one store operation, failing it as unavailable once [`PgStore::deadline`] passes.
+    pub(crate) async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        within(self.deadline, op).await
     }
 
     async fn check_durability(&self) -> Result<(), StoreError> {
@@ -572,18 +702,27 @@ impl Store for PgStore {
     }
 
     async fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let c = self.client().await?;
-        Self::current(&c, table, key).await.map_err(backend)
+        self.bounded(async {
+            let c = self.client().await?;
+            Self::current(&c, table, key).await.map_err(backend)
+        })
+        .await
     }
 
     async fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        Self::upsert(&c, table, key, &value).await.map_err(backend)
+        self.bounded(async {
+            let c = self.client().await?;
+            Self::upsert(&c, table, key, &value).await.map_err(backend)
+        })
+        .await
     }
 
     async fn remove(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let c = self.client().await?;
-        Self::delete(&c, table, key).await.map_err(backend)
+        self.bounded(async {
+            let c = self.client().await?;
+            Self::delete(&c, table, key).await.map_err(backend)
+        })
+        .await
     }
 
     async fn compare_and_swap(
@@ -593,42 +732,45 @@ impl Store for PgStore {
         expected: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<Cas, StoreError> {
-        let c = self.client().await?;
-        let s = sql(table);
-        let changed = match (expected, &new) {
-            (None, None) => Self::current(&c, table, key)
-                .await
-                .map_err(backend)?
-                .is_none(),
-            (None, Some(v)) => {
-                let (version, body) = readable(v);
-                let stmt = c
-                    .prepare_cached(&s.insert_if_absent)
-                    .await
-                    .map_err(backend)?;
-                c.execute(&stmt, &[&key, &v, &version, &body])
+        self.bounded(async {
+            let c = self.client().await?;
+            let s = sql(table);
+            let changed = match (expected, &new) {
+                (None, None) => Self::current(&c, table, key)
                     .await
                     .map_err(backend)?
-                    == 1
+                    .is_none(),
+                (None, Some(v)) => {
+                    let (version, body) = readable(v);
+                    let stmt = c
+                        .prepare_cached(&s.insert_if_absent)
+                        .await
+                        .map_err(backend)?;
+                    c.execute(&stmt, &[&key, &v, &version, &body])
+                        .await
+                        .map_err(backend)?
+                        == 1
+                }
+                (Some(old), Some(v)) => {
+                    let (version, body) = readable(v);
+                    let stmt = c.prepare_cached(&s.update_if).await.map_err(backend)?;
+                    c.execute(&stmt, &[&key, &old, &v, &version, &body])
+                        .await
+                        .map_err(backend)?
+                        == 1
+                }
+                (Some(old), None) => {
+                    let stmt = c.prepare_cached(&s.delete_if).await.map_err(backend)?;
+                    c.execute(&stmt, &[&key, &old]).await.map_err(backend)? == 1
+                }
+            };
+            if changed {
+                return Ok(Cas::Swapped);
             }
-            (Some(old), Some(v)) => {
-                let (version, body) = readable(v);
-                let stmt = c.prepare_cached(&s.update_if).await.map_err(backend)?;
-                c.execute(&stmt, &[&key, &old, &v, &version, &body])
-                    .await
-                    .map_err(backend)?
-                    == 1
-            }
-            (Some(old), None) => {
-                let stmt = c.prepare_cached(&s.delete_if).await.map_err(backend)?;
-                c.execute(&stmt, &[&key, &old]).await.map_err(backend)? == 1
-            }
-        };
-        if changed {
-            return Ok(Cas::Swapped);
-        }
-        let current = Self::current(&c, table, key).await.map_err(backend)?;
-        Ok(Cas::Conflict { current })
+            let current = Self::current(&c, table, key).await.map_err(backend)?;
+            Ok(Cas::Conflict { current })
+        })
+        .await
     }
 
     async fn scan_prefix(
@@ -637,21 +779,24 @@ impl Store for PgStore {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let c = self.client().await?;
-        let s = sql(table);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = match prefix_end(prefix) {
-            Some(end) => {
-                let stmt = c.prepare_cached(&s.scan_range).await.map_err(backend)?;
-                c.query(&stmt, &[&prefix, &end, &limit]).await
+        self.bounded(async {
+            let c = self.client().await?;
+            let s = sql(table);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = match prefix_end(prefix) {
+                Some(end) => {
+                    let stmt = c.prepare_cached(&s.scan_range).await.map_err(backend)?;
+                    c.query(&stmt, &[&prefix, &end, &limit]).await
+                }
+                None => {
+                    let stmt = c.prepare_cached(&s.scan_from).await.map_err(backend)?;
+                    c.query(&stmt, &[&prefix, &limit]).await
+                }
             }
-            None => {
-                let stmt = c.prepare_cached(&s.scan_from).await.map_err(backend)?;
-                c.query(&stmt, &[&prefix, &limit]).await
-            }
-        }
-        .map_err(backend)?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            .map_err(backend)?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
     }
 
     async fn scan_range(
@@ -687,12 +832,15 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
-        for _ in 0..BATCH_ATTEMPTS {
-            if let Some(applied) = self.try_apply(&batch).await? {
-                return Ok(applied);
+        self.bounded(async {
+            for _ in 0..BATCH_ATTEMPTS {
+                if let Some(applied) = self.try_apply(&batch).await? {
+                    return Ok(applied);
+                }
             }
-        }
-        Err(StoreError::Busy)
+            Err(StoreError::Busy)
+        })
+        .await
     }
 
     async fn consume(
@@ -701,21 +849,27 @@ impl Store for PgStore {
         key: &[u8],
         expected: &[u8],
     ) -> Result<crate::Consumed, StoreError> {
-        let c = self.client().await?;
-        // The same statement as a compare-and-swap to nothing.
-        let stmt = c
-            .prepare_cached(&sql(table).delete_if)
-            .await
-            .map_err(backend)?;
-        let n = c
-            .execute(&stmt, &[&key, &expected])
-            .await
-            .map_err(backend)?;
-        // Committed (and durable) before execute returned.
-        Ok(if n == 1 {
-            crate::Consumed::Won
-        } else {
-            crate::Consumed::Lost
+        self.bounded(async {
+            let c = self.client().await?;
+            // The same statement as a compare-and-swap to nothing.
+            let stmt = c
+                .prepare_cached(&sql(table).delete_if)
+                .await
+                .map_err(backend)?;
+            let n = c
+                .execute(&stmt, &[&key, &expected])
+                .await
+                .map_err(backend)?;
+            // Committed (and durable) before execute returned.
+            Ok(if n == 1 {
+                crate::Consumed::Won
+            } else {
+                crate::Consumed::Lost
+            })
         })
+        .await
     }
 }
+
+#[cfg(test)]
+mod failure_tests;

@@ -10,7 +10,7 @@
 //! per transaction on this machine, 14k at 32).
 
 use crate::log::raw_event;
-use crate::pg::{backend, client, Connector, PgStore};
+use crate::pg::{backend, client, within, Connector, PgStore};
 use crate::{decode_record, encode_record, EventLog, LogEntry, LogPage, RawLogEntry, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -187,6 +187,7 @@ async fn append_batch(
 /// sender) is gone.
 pub(crate) async fn run_appender(
     pool: Pool,
+    deadline: std::time::Duration,
     log: std::sync::Arc<LogState>,
     mut queue: mpsc::Receiver<PendingAppend>,
     notify: bool,
@@ -194,7 +195,9 @@ pub(crate) async fn run_appender(
     let mut batch: Vec<PendingAppend> = Vec::with_capacity(APPEND_BATCH);
     while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
         let (events, waiters): (Vec<Event>, Vec<_>) = batch.drain(..).unzip();
-        match append_batch(&pool, &log, events, notify).await {
+        // Bounded: a database that stops answering fails this batch (its commit may still
+        // land later; the next batch then chains after it, serialised on `log_head`).
+        match within(deadline, append_batch(&pool, &log, events, notify)).await {
             Ok(done) => {
                 for (event, waiter) in done.into_iter().zip(waiters) {
                     let _ = waiter.send(Ok(event));
@@ -312,8 +315,8 @@ fn watched(log: &LogState) -> bool {
     log.durable.receiver_count() > 0
 }
 
-/// Reads the head through the pool. Failures are left to the next poll.
-async fn poll_head(pool: &Pool, log: &LogState) {
+/// Reads the head through the pool, within `timeout`. Failures are left to the next poll.
+async fn poll_head(pool: &Pool, log: &LogState, timeout: Duration) {
     let read = async {
         let c = client(pool).await?;
         let row = c
@@ -322,7 +325,7 @@ async fn poll_head(pool: &Pool, log: &LogState) {
             .map_err(backend)?;
         Ok::<i64, StoreError>(row.get(0))
     };
-    match read.await {
+    match within(timeout, read).await {
         Ok(seq) => log.reached(to_u64(seq)),
         Err(e) => tracing::debug!(error = %e, "polling the event log's head failed"),
     }
@@ -340,7 +343,7 @@ async fn poll_until(w: &mut Watcher, wait: Option<Duration>) -> bool {
                 if deadline.is_some() => return false,
             _ = tick.tick() => {
                 if watched(&w.log) {
-                    poll_head(&w.pool, &w.log).await;
+                    poll_head(&w.pool, &w.log, w.timeout.saturating_mul(2)).await;
                 }
             }
         }
@@ -461,6 +464,10 @@ impl PgStore {
     /// Reads the head and checkpoint from the database (at start; later, where a stale value
     /// would mislead).
     pub(crate) async fn refresh_log_state(&self) -> Result<u64, StoreError> {
+        self.bounded(self.refresh_log_state_now()).await
+    }
+
+    async fn refresh_log_state_now(&self) -> Result<u64, StoreError> {
         let c = self.client().await?;
         let head: i64 = c
             .query_one("SELECT seq FROM log_head WHERE id = 1", &[])
@@ -486,6 +493,15 @@ impl PgStore {
     }
 
     async fn read_rows(
+        &self,
+        from: u64,
+        to: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.bounded(self.read_rows_now(from, to, max)).await
+    }
+
+    async fn read_rows_now(
         &self,
         from: u64,
         to: u64,
@@ -608,23 +624,28 @@ impl EventLog for PgStore {
             crate::log::PrunePlan::Checkpoint { checkpoint, bytes } => (checkpoint, bytes),
         };
         // The checkpoint and the removal in one transaction: all of it or none.
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(backend)?;
-        tx.execute(
-            "INSERT INTO log_meta (key, value) VALUES ($1, $2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&CHECKPOINT_KEY, &bytes],
-        )
-        .await
-        .map_err(backend)?;
-        let pruned = tx
-            .execute(
-                "DELETE FROM events WHERE seq <= $1",
-                &[&to_i64(through_seq)],
-            )
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        let pruned = self
+            .bounded(async {
+                let mut c = self.client().await?;
+                let tx = c.transaction().await.map_err(backend)?;
+                tx.execute(
+                    "INSERT INTO log_meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&CHECKPOINT_KEY, &bytes],
+                )
+                .await
+                .map_err(backend)?;
+                let pruned = tx
+                    .execute(
+                        "DELETE FROM events WHERE seq <= $1",
+                        &[&to_i64(through_seq)],
+                    )
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(pruned)
+            })
+            .await?;
         *self
             .log
             .checkpoint

@@ -490,8 +490,11 @@ impl Dispatcher {
                 Ok(_) if o.read_only => durable = self.app.store.sync_state(),
                 Ok(_) => durable = Some(self.app.store.sync()),
                 Err(e) => {
+                    // Unanswered: the command's own effect may stand without its event. The
+                    // code follows the failure: a database that cannot be reached is
+                    // UNAVAILABLE (retry), not INTERNAL.
                     tracing::error!(error = %e, "appending to the event log failed");
-                    result = Err(CommandError::internal());
+                    result = Err(CommandError::from(e));
                 }
             }
         }

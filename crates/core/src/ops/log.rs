@@ -176,6 +176,8 @@ async fn query(ctx: Ctx, p: QueryParams) -> Result<QueryResult, CommandError> {
 /// broken seq.
 async fn verify(ctx: Ctx, p: VerifyParams) -> Result<VerifyReport, CommandError> {
     let log = ctx.app.log.as_ref();
+    // Fresh from the database: other nodes may have appended since this one last did.
+    log.refresh().await?;
     let to = p.to_seq.unwrap_or(u64::MAX).min(log.durable_seq());
     let report = verify_events(log, p.from_seq.unwrap_or(1), Some(to)).await?;
     ctx.audit.note("valid", report.valid);
