@@ -97,7 +97,7 @@ impl LogState {
     }
 }
 
-/// Inserts imported events given as columns (see [`Columns`]), as the appender does.
+/// Inserts events given as columns (see [`Columns`]): the appender's batches and imports.
 const INSERT_EVENTS: &str = "INSERT INTO events (seq, time, command, outcome, actor, subject,
          session, client, transport, duration_us, summary, prev, hash, record)
      SELECT s, t, c, o, a, su, se, cl, tr, d, sm::jsonb, p, h, r
@@ -132,39 +132,7 @@ async fn append_batch(
         prev = e.hash.clone();
         cols.push(e);
     }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO events (seq, time, command, outcome, actor, subject, session, client,
-                 transport, duration_us, summary, prev, hash, record)
-             SELECT s, t, c, o, a, su, se, cl, tr, d, sm::jsonb, p, h, r
-             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
-                 $12::text[], $13::text[], $14::bytea[])
-                 AS u(s, t, c, o, a, su, se, cl, tr, d, sm, p, h, r)",
-        )
-        .await
-        .map_err(backend)?;
-    tx.execute(
-        &stmt,
-        &[
-            &cols.seq,
-            &cols.time,
-            &cols.command,
-            &cols.outcome,
-            &cols.actor,
-            &cols.subject,
-            &cols.session,
-            &cols.client,
-            &cols.transport,
-            &cols.duration_us,
-            &cols.summary,
-            &cols.prev,
-            &cols.hash,
-            &cols.record,
-        ],
-    )
-    .await
-    .map_err(backend)?;
+    cols.insert(&tx).await?;
     // The notification goes out at commit, to every listening node (see `run_watcher`).
     tx.execute(
         if notify {
@@ -552,6 +520,33 @@ struct Columns {
 }
 
 impl Columns {
+    /// Inserts every event of these columns in one statement.
+    async fn insert(&self, tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StoreError> {
+        let stmt = tx.prepare_cached(INSERT_EVENTS).await.map_err(backend)?;
+        tx.execute(
+            &stmt,
+            &[
+                &self.seq,
+                &self.time,
+                &self.command,
+                &self.outcome,
+                &self.actor,
+                &self.subject,
+                &self.session,
+                &self.client,
+                &self.transport,
+                &self.duration_us,
+                &self.summary,
+                &self.prev,
+                &self.hash,
+                &self.record,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
     fn with_capacity(n: usize) -> Self {
         Columns {
             seq: Vec::with_capacity(n),
@@ -738,28 +733,7 @@ impl EventLog for PgStore {
             }
         }
         if !records.is_empty() {
-            let stmt = tx.prepare_cached(INSERT_EVENTS).await.map_err(backend)?;
-            tx.execute(
-                &stmt,
-                &[
-                    &cols.seq,
-                    &cols.time,
-                    &cols.command,
-                    &cols.outcome,
-                    &cols.actor,
-                    &cols.subject,
-                    &cols.session,
-                    &cols.client,
-                    &cols.transport,
-                    &cols.duration_us,
-                    &cols.summary,
-                    &cols.prev,
-                    &cols.hash,
-                    &cols.record,
-                ],
-            )
-            .await
-            .map_err(backend)?;
+            cols.insert(&tx).await?;
         }
         tx.execute(
             "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1",

@@ -10,7 +10,8 @@ use proptest::test_runner::TestCaseError;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-fn draft(command: &str) -> Event {
+/// An event as the dispatcher hands it to `append` (numbered and chained there).
+pub(crate) fn draft(command: &str) -> Event {
     Event {
         seq: 0,
         time: "2026-11-26T00:00:00.000Z".into(),
@@ -28,7 +29,8 @@ fn draft(command: &str) -> Event {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
+/// A runtime for a test.
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -2,37 +2,20 @@
 //! on both backends: paging through a table, reading stored event records verbatim, and writing
 //! them into another log only when they chain.
 
+use crate::tests::rt;
 use crate::{encode_record, EventLog, PgOptions, PgStore, SledStore, Store, StoreError, Table};
 use portcullis_protocol::commands::log::Checkpoint;
-use portcullis_protocol::{Actor, Event};
+use portcullis_protocol::Event;
 use std::sync::Arc;
 
 trait Both: Store + EventLog {}
 impl<T: Store + EventLog> Both for T {}
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
+/// A distinct event per `n`.
 fn draft(n: u64) -> Event {
     Event {
-        seq: 0,
-        time: "2026-12-04T00:00:00.000Z".into(),
-        command: Some(format!("C{n}")),
-        outcome: "ok".into(),
-        actor: Actor::Anonymous,
-        subject: None,
-        session: None,
-        client: None,
-        transport: "internal".into(),
         duration_us: n,
-        summary: Default::default(),
-        prev: String::new(),
-        hash: String::new(),
+        ..crate::tests::draft(&format!("C{n}"))
     }
 }
 

@@ -2,35 +2,9 @@
 //! time, a connection the server ends, connections that died while idle in the pool, and the
 //! event-log appender across all of them. Against the throwaway cluster on loopback.
 
+use crate::tests::{draft, rt};
 use crate::{EventLog, PgOptions, PgStore, Store, StoreError, Table};
-use portcullis_protocol::{Actor, Event};
 use std::time::Duration;
-
-fn draft(command: &str) -> Event {
-    Event {
-        seq: 0,
-        time: "2026-12-04T00:00:00.000Z".into(),
-        command: Some(command.into()),
-        outcome: "ok".into(),
-        actor: Actor::Anonymous,
-        subject: None,
-        session: None,
-        client: None,
-        transport: "internal".into(),
-        duration_us: 0,
-        summary: Default::default(),
-        prev: String::new(),
-        hash: String::new(),
-    }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A plain connection of the test's own, beside the store's pool.
 async fn side_connection(url: &str) -> tokio_postgres::Client {
