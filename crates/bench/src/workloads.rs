@@ -428,48 +428,71 @@ pub fn bench_password(run: &str) -> String {
 /// Builds a connection's driver from its session (if any), depth, address generator and address.
 pub type MakeDriver = fn(Tokens, usize, Emails, &str) -> Box<dyn Driver>;
 
-/// Opens `connections` connections to `addr` and prepares each with `make`, concurrently.
+/// Opens `connections` connections and prepares each with `make`, concurrently. Connection
+/// `i` goes to `addrs[i % addrs.len()]` (round-robin over the nodes); with several nodes its
+/// accounts are signed up through the next node, so every session it then uses was created on
+/// another node than the one it is used on.
 pub async fn prepare(
-    addr: &str,
+    addrs: &[String],
     connections: usize,
     depth: usize,
     run: &str,
     setup: Setup,
     make: MakeDriver,
 ) -> Result<Vec<Prepared>> {
+    if addrs.is_empty() {
+        bail!("no server address");
+    }
     let setup = Arc::new(setup);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..connections {
-        let addr = addr.to_owned();
+        let addr = addrs[i % addrs.len()].clone();
+        let setup_addr = addrs[(i + 1) % addrs.len()].clone();
         let run = run.to_owned();
         let setup = Arc::clone(&setup);
         tasks.spawn(async move {
-            let mut conn = LineConn::connect(&addr)
+            let conn = LineConn::connect(&addr)
                 .await
                 .with_context(|| format!("connecting to {addr}"))?;
             let mut emails = Emails::new(&run, i);
             let email = emails.next_addr();
             let password = bench_password(&run);
+            let needs_setup = !matches!(*setup, Setup::None);
+            let mut via = if needs_setup && setup_addr != addr {
+                Some(
+                    LineConn::connect(&setup_addr)
+                        .await
+                        .with_context(|| format!("connecting to {setup_addr}"))?,
+                )
+            } else {
+                None
+            };
+            let mut conn = conn;
+            let sc: &mut LineConn = match via.as_mut() {
+                Some(c) => c,
+                None => &mut conn,
+            };
             let driver: Box<dyn Driver> = match *setup {
                 Setup::None => make(empty_tokens(), depth, emails, &email),
                 Setup::Session => {
-                    let t = signup(&mut conn, &email, None).await?;
+                    let t = signup(sc, &email, None).await?;
                     make(t, depth, emails, &email)
                 }
                 Setup::Password => {
-                    let t = signup(&mut conn, &email, Some(&password)).await?;
+                    let t = signup(sc, &email, Some(&password)).await?;
                     make(t, depth, emails, &email)
                 }
                 Setup::Sessions => {
                     let mut tokens = Vec::with_capacity(depth);
-                    tokens.push(signup(&mut conn, &email, None).await?.refresh_token);
+                    tokens.push(signup(sc, &email, None).await?.refresh_token);
                     for _ in 1..depth {
                         let e = emails.next_addr();
-                        tokens.push(signup(&mut conn, &e, None).await?.refresh_token);
+                        tokens.push(signup(sc, &e, None).await?.refresh_token);
                     }
                     Box::new(Chains::new(tokens, emails))
                 }
             };
+            drop(via);
             Ok::<_, anyhow::Error>((i, Prepared { conn, driver }))
         });
     }
