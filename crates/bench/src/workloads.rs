@@ -213,10 +213,28 @@ fn signup_line(email: &str, password: Option<&str>) -> Vec<u8> {
     request_line("AUTH.SIGNUP", params, None)
 }
 
+/// Sign-up attempts of the setup when the server answers `UNAVAILABLE`.
+const SIGNUP_ATTEMPTS: u64 = 6;
+
 /// Creates an account (passwordless unless `password`) and returns its session's tokens.
+///
+/// Setup is not measured: a sign-up answered `UNAVAILABLE` (on PostgreSQL, concurrent
+/// sign-ups into near-empty tables can exhaust the store's serialization retries) is tried
+/// again after a short pause, a few times, before the run gives up.
 pub async fn signup(conn: &mut LineConn, email: &str, password: Option<&str>) -> Result<Tokens> {
-    let answer = conn.call(&signup_line(email, password)).await?;
-    data_of::<Tokens>(&answer).map_err(|code| anyhow!("AUTH.SIGNUP failed: {code}{}", hint(&code)))
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let answer = conn.call(&signup_line(email, password)).await?;
+        match data_of::<Tokens>(&answer) {
+            Ok(t) => return Ok(t),
+            Err(code) if code == "UNAVAILABLE" && attempt < SIGNUP_ATTEMPTS => {
+                let pause = 20 * attempt + rand::random::<u64>() % 50;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(code) => bail!("AUTH.SIGNUP failed: {code}{}", hint(&code)),
+        }
+    }
 }
 
 /// Advice for an error code seen during setup.
