@@ -1,9 +1,11 @@
 //! `portcullis bench` through the real binary: every workload runs briefly against the bench's
 //! own server and reports what it measured, the anchors run in the same run (a real
 //! `redis-server`, raw argon2, raw group commit), and a server started separately is loaded over
-//! its address. Short runs: these check that the measurements are made, not how fast they are.
+//! its address, and the bench's own server runs on PostgreSQL as one or several nodes against
+//! `pgbench` measured in the same run. Short runs: these check that the measurements are made,
+//! not how fast they are.
 
-use crate::harness::{run_cli, Server};
+use crate::harness::{run_cli, run_cli_env, Server};
 use serde_json::Value;
 
 /// Runs `portcullis bench ARGS` briefly with a JSON report and returns the report.
@@ -144,4 +146,122 @@ fn impossible_runs_are_refused_before_they_start() {
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run_cli(&["bench", "ping", "--connections", "0"]);
     assert_eq!(code, 2, "{err}");
+}
+
+/// Tables and bench schemas left in database `db` of the test cluster.
+fn leftovers(db: &str) -> String {
+    portcullis_testdb::cluster().psql(
+        db,
+        "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    ) + "/"
+        + &portcullis_testdb::cluster().psql(
+            db,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pcbench%'",
+        )
+}
+
+#[test]
+fn consume_runs_on_three_postgresql_nodes_against_pgbench_and_leaves_the_database_empty() {
+    let url = portcullis_testdb::cluster().fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    // The URL through the environment, as an operator keeps a password off the command line.
+    let (code, out, err) = run_cli_env(
+        &[
+            "bench",
+            "consume",
+            "--nodes",
+            "3",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--connections",
+            "3",
+            "--json",
+            "--quiet",
+        ],
+        &[("PORTCULLIS_BENCH_DATABASE_URL", url.as_str())],
+    );
+    assert_eq!(code, 0, "bench failed: {err}\n{out}");
+    let r: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_measured(&r, "consume");
+    assert_eq!(r["store"], "postgresql", "{r}");
+    assert_eq!(r["nodes"], 3, "{r}");
+    let addrs: std::collections::BTreeSet<&str> = r["addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(addrs.len(), 3, "three nodes, three addresses: {r}");
+    let a = &r["anchor"];
+    assert_eq!(
+        a["name"], "pgbench",
+        "the default anchor on PostgreSQL: {r}"
+    );
+    assert_eq!(a["errors"], 0, "{r}");
+    let (ours, theirs) = (
+        r["throughput"].as_f64().unwrap(),
+        a["throughput"].as_f64().unwrap(),
+    );
+    assert!(theirs > 0.0, "{r}");
+    let ratio = a["ratio"].as_f64().unwrap();
+    assert!(
+        ratio > 0.0 && (ratio - ours / theirs).abs() <= 0.001 + ours / theirs * 0.01,
+        "ratio {ratio} is not {ours} / {theirs}"
+    );
+    assert!(a["latency_us"]["p50_us"].as_u64().unwrap() > 0, "{r}");
+    assert!(a["what"].as_str().unwrap().contains("simple-update"), "{r}");
+    assert_eq!(leftovers(&db), "0/0", "the run must drop what it created");
+}
+
+#[test]
+fn a_database_that_is_not_empty_is_refused_and_left_alone() {
+    let url = portcullis_testdb::cluster().fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let cluster = portcullis_testdb::cluster();
+    cluster.psql(
+        &db,
+        "CREATE TABLE precious (v text); INSERT INTO precious VALUES ('kept')",
+    );
+    let (code, _, err) = run_cli(&[
+        "bench",
+        "me",
+        "--database-url",
+        &url,
+        "--duration",
+        "300ms",
+        "--anchor",
+        "none",
+        "--quiet",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not empty") && err.contains("precious"),
+        "{err}"
+    );
+    assert_eq!(cluster.psql(&db, "SELECT v FROM precious"), "kept");
+    assert_eq!(leftovers(&db), "1/0");
+
+    // A password in the URL is never repeated, whatever fails.
+    let (code, out, err) = run_cli(&[
+        "bench",
+        "me",
+        "--database-url",
+        "postgres://bench:hunter2-secret@127.0.0.1:1/nowhere",
+        "--quiet",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "{err}{out}"
+    );
+
+    // Several nodes need the shared database; pgbench needs a database to run on.
+    let (code, _, err) = run_cli(&["bench", "consume", "--nodes", "3", "--quiet"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--database-url"), "{err}");
+    let (code, _, err) = run_cli(&["bench", "consume", "--anchor", "pgbench", "--quiet"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--database-url"), "{err}");
 }

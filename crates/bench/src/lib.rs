@@ -3,19 +3,24 @@
 //! to what the machine does at all. See docs/performance.md.
 //!
 //! Without `--addr` the bench starts its own server in this process (its own runtime, a
-//! temporary data directory, rate limits off). A server given with `--addr` must have
+//! temporary data directory, rate limits off): on sled, or with `--database-url` on
+//! PostgreSQL, as one node or `--nodes N` on the one database (connections round-robin over
+//! them). A database given to the bench must be empty; the bench drops what it created there
+//! at the end (see [`pg`]). A server given with `--addr` must have
 //! `rate_limits.enabled = false`, or the run counts `RATE_LIMITED` errors.
 
 #![warn(missing_docs)]
 
 pub mod anchors;
 pub mod conn;
+pub mod pg;
 pub mod server;
 pub mod stats;
 pub mod workloads;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
+use portcullis_core::base::config::SecretSetting;
 use serde::Serialize;
 use stats::{fmt_count, fmt_ms, measure, Cpu, Display, Interval, Latency, Measured, Recorder};
 use stats::{ServerProc, Window, CLIENT_THREAD};
@@ -75,7 +80,7 @@ impl Workload {
         }
     }
 
-    /// The anchor used when `--anchor` is not given.
+    /// The anchor used when `--anchor` is not given, on sled.
     pub fn default_anchor(self) -> Anchor {
         match self {
             Workload::Ping | Workload::Me => Anchor::Redis,
@@ -104,6 +109,9 @@ pub enum Anchor {
     Argon2,
     /// Raw durable inserts through the group commit, same concurrency.
     Sled,
+    /// PostgreSQL's `pgbench`, builtin simple-update, same concurrency, on the bench's
+    /// database (needs `--database-url`).
+    Pgbench,
     /// None.
     None,
 }
@@ -114,6 +122,7 @@ impl Anchor {
             Anchor::Redis => "redis",
             Anchor::Argon2 => "argon2",
             Anchor::Sled => "sled",
+            Anchor::Pgbench => "pgbench",
             Anchor::None => "none",
         }
     }
@@ -150,8 +159,18 @@ pub struct BenchArgs {
     pub workload: Workload,
     /// Server TCP address; without it the bench starts its own server (rate limits off) on a
     /// temporary data directory. A target given here must run with rate_limits.enabled = false.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["database_url", "nodes"])]
     pub addr: Option<String>,
+    /// Run the bench's own server on this PostgreSQL database instead of sled. It must be an
+    /// empty database of the bench's own: the run creates its tables there (and pgbench's, for
+    /// the pgbench anchor) and drops them at the end. The password may come from
+    /// PORTCULLIS_DATABASE_PASSWORD.
+    #[arg(long, env = "PORTCULLIS_BENCH_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretSetting>,
+    /// Nodes of the bench's own server, each with its own data directory, all on the
+    /// --database-url database; connections are spread round-robin over them.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
     /// Concurrent connections.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
@@ -165,7 +184,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
     /// Reference measured in the same run (default: redis for ping/me, argon2 for login/mixed,
-    /// sled for consume/refresh, none for log-*).
+    /// sled for consume/refresh — pgbench with --database-url —, none for log-*).
     #[arg(long, value_enum)]
     pub anchor: Option<Anchor>,
     /// Print the report as JSON on stdout.
@@ -200,6 +219,8 @@ impl BenchArgs {
         BenchArgs {
             workload,
             addr: None,
+            database_url: None,
+            nodes: 1,
             connections: 16,
             pipeline: 1,
             duration: Duration::from_secs(10),
@@ -217,14 +238,17 @@ impl BenchArgs {
     }
 
     fn anchor(&self) -> Anchor {
-        self.anchor.unwrap_or(self.workload.default_anchor())
+        self.anchor.unwrap_or(match self.workload.default_anchor() {
+            Anchor::Sled if self.database_url.is_some() => Anchor::Pgbench,
+            a => a,
+        })
     }
 }
 
 /// The reference measurement of a report.
 #[derive(Debug, Clone, Serialize)]
 pub struct AnchorReport {
-    /// `redis`, `argon2` or `sled`.
+    /// `redis`, `argon2`, `sled` or `pgbench`.
     pub name: String,
     /// What was measured.
     pub what: String,
@@ -275,8 +299,14 @@ pub struct Report {
     pub command: String,
     /// `in-process` or `external`.
     pub server: String,
-    /// Server address.
+    /// The in-process server's store: `sled` or `postgresql` (`null` for an external server).
+    pub store: Option<String>,
+    /// Nodes of the in-process server (1 for an external server).
+    pub nodes: usize,
+    /// Server address (the first node's).
     pub addr: String,
+    /// Every node's address; connections go round-robin over them.
+    pub addrs: Vec<String>,
     /// Connections.
     pub connections: usize,
     /// Pipeline depth.
@@ -370,10 +400,17 @@ pub fn execute(args: &BenchArgs) -> Result<Report> {
 }
 
 struct Target {
-    addr: String,
+    addrs: Vec<String>,
     proc: ServerProc,
     token: Option<String>,
     local: Option<server::LocalServer>,
+    db: Option<pg::BenchDatabase>,
+}
+
+impl Target {
+    fn addr(&self) -> &str {
+        self.addrs.first().map_or("", String::as_str)
+    }
 }
 
 async fn bench(args: BenchArgs) -> Result<Report> {
@@ -389,30 +426,69 @@ async fn bench(args: BenchArgs) -> Result<Report> {
     if args.duration.is_zero() {
         bail!("--duration must be more than 0");
     }
+    if args.nodes == 0 || args.nodes > 16 {
+        bail!("--nodes must be between 1 and 16");
+    }
+    if args.nodes > 1 && args.database_url.is_none() {
+        bail!(
+            "--nodes {} needs --database-url: several nodes share one PostgreSQL database",
+            args.nodes
+        );
+    }
+    if args.anchor() == Anchor::Pgbench && args.database_url.is_none() {
+        bail!("the pgbench anchor runs on the bench's PostgreSQL database: pass --database-url");
+    }
     let target = match &args.addr {
         Some(addr) => Target {
-            addr: addr.clone(),
+            addrs: vec![addr.clone()],
             proc: args.server_pid.map_or(ServerProc::Unknown, ServerProc::Pid),
             token: args.token.clone(),
             local: None,
+            db: None,
         },
         None => {
-            let local = tokio::task::spawn_blocking(server::LocalServer::start)
-                .await
-                .map_err(|e| anyhow!("starting the server: {e}"))??;
+            let db = match &args.database_url {
+                Some(url) => Some(pg::BenchDatabase::open(url.expose()).await?),
+                None => None,
+            };
+            let url = args.database_url.clone();
+            let nodes = args.nodes;
+            let started = tokio::task::spawn_blocking(move || {
+                server::LocalServer::start_nodes(url.as_ref().map(|u| u.expose()), nodes)
+            })
+            .await
+            .map_err(|e| anyhow!("starting the server: {e}"));
+            let local = match started.and_then(|r| r) {
+                Ok(local) => local,
+                Err(e) => {
+                    if let Some(db) = db {
+                        let _ = db.clean_up().await;
+                    }
+                    return Err(e);
+                }
+            };
             Target {
-                addr: local.addr.to_string(),
+                addrs: local.addrs.iter().map(ToString::to_string).collect(),
                 proc: ServerProc::InProcess,
                 token: local.operator_token(),
                 local: Some(local),
+                db,
             }
         }
     };
     let result = bench_on(&args, &target).await;
-    if let Some(local) = target.local {
+    let Target { local, db, .. } = target;
+    if let Some(local) = local {
         let _ = tokio::task::spawn_blocking(move || drop(local)).await;
     }
-    result
+    // After the nodes stopped: nothing holds the tables any more.
+    let cleaned = match db {
+        Some(db) => db.clean_up().await,
+        None => Ok(()),
+    };
+    let report = result?;
+    cleaned.context("the run finished, but cleaning up its database failed")?;
+    Ok(report)
 }
 
 fn display(args: &BenchArgs, label: &str) -> Display {
@@ -426,6 +502,7 @@ fn display(args: &BenchArgs, label: &str) -> Display {
 
 async fn bench_on(args: &BenchArgs, target: &Target) -> Result<Report> {
     let run_id = format!("{:08x}", rand::random::<u32>());
+    let mut pgbench_what = String::new();
     let machine = Machine::now();
     let w = args.workload;
     let mut report = match w {
@@ -460,6 +537,15 @@ async fn bench_on(args: &BenchArgs, target: &Target) -> Result<Report> {
             )
             .await?,
         ),
+        Anchor::Pgbench => {
+            let db = target.db.as_ref().ok_or_else(|| {
+                anyhow!("the pgbench anchor runs on the bench's PostgreSQL database: pass --database-url")
+            })?;
+            let (m, what) =
+                pg::pgbench(db, &run_id, concurrency, args.warmup, args.duration).await?;
+            pgbench_what = what;
+            Some(m)
+        }
     };
     report.anchor = measured.map(|m| {
         let (mk, t, p) = anchors::server_argon2();
@@ -473,6 +559,7 @@ async fn bench_on(args: &BenchArgs, target: &Target) -> Result<Report> {
                 std::thread::available_parallelism().map_or(2, |n| n.get())
             ),
             Anchor::Sled => format!("SledStore put + sync (group commit), {concurrency} writers"),
+            Anchor::Pgbench => pgbench_what.clone(),
             Anchor::None => String::new(),
         };
         // Rounded as reported, and the ratio from the two reported figures, so a reader who
@@ -505,7 +592,16 @@ fn base_report(args: &BenchArgs, target: &Target, m: &Measured) -> Report {
         } else {
             "external".into()
         },
-        addr: target.addr.clone(),
+        store: target.local.as_ref().map(|_| {
+            if args.database_url.is_some() {
+                "postgresql".to_owned()
+            } else {
+                "sled".to_owned()
+            }
+        }),
+        nodes: target.addrs.len(),
+        addr: target.addr().to_owned(),
+        addrs: target.addrs.clone(),
         connections: args.connections,
         pipeline: args.pipeline,
         duration_s: (m.secs * 1000.0).round() / 1000.0,
@@ -538,7 +634,7 @@ async fn load_workload(args: &BenchArgs, target: &Target, run: &str) -> Result<R
         Workload::LogVerify | Workload::LogReplay => bail!("not a load workload"),
     };
     let prepared = wl::prepare(
-        &target.addr,
+        &target.addrs,
         args.connections,
         args.pipeline,
         run,
@@ -547,7 +643,7 @@ async fn load_workload(args: &BenchArgs, target: &Target, run: &str) -> Result<R
     )
     .await?;
     let probe_conn = if w == Workload::Mixed {
-        Some(conn::LineConn::connect(&target.addr).await?)
+        Some(conn::LineConn::connect(target.addr()).await?)
     } else {
         None
     };
@@ -602,10 +698,10 @@ async fn log_workload(args: &BenchArgs, target: &Target) -> Result<Report> {
             "log-verify and log-replay need the operator token: pass --token (or PORTCULLIS_TOKEN)"
         )
     })?;
-    let (built, build_secs) = workloads::build_log(&target.addr, args.events, args.connections)
+    let (built, build_secs) = workloads::build_log(target.addr(), args.events, args.connections)
         .await
         .context("building the log")?;
-    let mut conn = conn::LineConn::connect(&target.addr).await?;
+    let mut conn = conn::LineConn::connect(target.addr()).await?;
     let head = workloads::log_head(&mut conn).await?;
     let recorder = Recorder::default();
     let shard = recorder.shard();
@@ -681,7 +777,16 @@ async fn log_workload(args: &BenchArgs, target: &Target) -> Result<Report> {
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let server = if r.server == "in-process" {
-        format!("in-process server at {}", r.addr)
+        let store = r.store.as_deref().unwrap_or("?");
+        if r.nodes > 1 {
+            format!(
+                "in-process server, {} nodes on {store} at {}",
+                r.nodes,
+                r.addrs.join(", ")
+            )
+        } else {
+            format!("in-process server on {store} at {}", r.addr)
+        }
     } else {
         format!("server at {}", r.addr)
     };

@@ -213,10 +213,28 @@ fn signup_line(email: &str, password: Option<&str>) -> Vec<u8> {
     request_line("AUTH.SIGNUP", params, None)
 }
 
+/// Sign-up attempts of the setup when the server answers `UNAVAILABLE`.
+const SIGNUP_ATTEMPTS: u64 = 6;
+
 /// Creates an account (passwordless unless `password`) and returns its session's tokens.
+///
+/// Setup is not measured: a sign-up answered `UNAVAILABLE` (on PostgreSQL, concurrent
+/// sign-ups into near-empty tables can exhaust the store's serialization retries) is tried
+/// again after a short pause, a few times, before the run gives up.
 pub async fn signup(conn: &mut LineConn, email: &str, password: Option<&str>) -> Result<Tokens> {
-    let answer = conn.call(&signup_line(email, password)).await?;
-    data_of::<Tokens>(&answer).map_err(|code| anyhow!("AUTH.SIGNUP failed: {code}{}", hint(&code)))
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let answer = conn.call(&signup_line(email, password)).await?;
+        match data_of::<Tokens>(&answer) {
+            Ok(t) => return Ok(t),
+            Err(code) if code == "UNAVAILABLE" && attempt < SIGNUP_ATTEMPTS => {
+                let pause = 20 * attempt + rand::random::<u64>() % 50;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            Err(code) => bail!("AUTH.SIGNUP failed: {code}{}", hint(&code)),
+        }
+    }
 }
 
 /// Advice for an error code seen during setup.
@@ -428,48 +446,71 @@ pub fn bench_password(run: &str) -> String {
 /// Builds a connection's driver from its session (if any), depth, address generator and address.
 pub type MakeDriver = fn(Tokens, usize, Emails, &str) -> Box<dyn Driver>;
 
-/// Opens `connections` connections to `addr` and prepares each with `make`, concurrently.
+/// Opens `connections` connections and prepares each with `make`, concurrently. Connection
+/// `i` goes to `addrs[i % addrs.len()]` (round-robin over the nodes); with several nodes its
+/// accounts are signed up through the next node, so every session it then uses was created on
+/// another node than the one it is used on.
 pub async fn prepare(
-    addr: &str,
+    addrs: &[String],
     connections: usize,
     depth: usize,
     run: &str,
     setup: Setup,
     make: MakeDriver,
 ) -> Result<Vec<Prepared>> {
+    if addrs.is_empty() {
+        bail!("no server address");
+    }
     let setup = Arc::new(setup);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..connections {
-        let addr = addr.to_owned();
+        let addr = addrs[i % addrs.len()].clone();
+        let setup_addr = addrs[(i + 1) % addrs.len()].clone();
         let run = run.to_owned();
         let setup = Arc::clone(&setup);
         tasks.spawn(async move {
-            let mut conn = LineConn::connect(&addr)
+            let conn = LineConn::connect(&addr)
                 .await
                 .with_context(|| format!("connecting to {addr}"))?;
             let mut emails = Emails::new(&run, i);
             let email = emails.next_addr();
             let password = bench_password(&run);
+            let needs_setup = !matches!(*setup, Setup::None);
+            let mut via = if needs_setup && setup_addr != addr {
+                Some(
+                    LineConn::connect(&setup_addr)
+                        .await
+                        .with_context(|| format!("connecting to {setup_addr}"))?,
+                )
+            } else {
+                None
+            };
+            let mut conn = conn;
+            let sc: &mut LineConn = match via.as_mut() {
+                Some(c) => c,
+                None => &mut conn,
+            };
             let driver: Box<dyn Driver> = match *setup {
                 Setup::None => make(empty_tokens(), depth, emails, &email),
                 Setup::Session => {
-                    let t = signup(&mut conn, &email, None).await?;
+                    let t = signup(sc, &email, None).await?;
                     make(t, depth, emails, &email)
                 }
                 Setup::Password => {
-                    let t = signup(&mut conn, &email, Some(&password)).await?;
+                    let t = signup(sc, &email, Some(&password)).await?;
                     make(t, depth, emails, &email)
                 }
                 Setup::Sessions => {
                     let mut tokens = Vec::with_capacity(depth);
-                    tokens.push(signup(&mut conn, &email, None).await?.refresh_token);
+                    tokens.push(signup(sc, &email, None).await?.refresh_token);
                     for _ in 1..depth {
                         let e = emails.next_addr();
-                        tokens.push(signup(&mut conn, &e, None).await?.refresh_token);
+                        tokens.push(signup(sc, &e, None).await?.refresh_token);
                     }
                     Box::new(Chains::new(tokens, emails))
                 }
             };
+            drop(via);
             Ok::<_, anyhow::Error>((i, Prepared { conn, driver }))
         });
     }
