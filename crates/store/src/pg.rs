@@ -104,7 +104,22 @@ impl PgOptions {
 pub(crate) const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// Rounds of a batch against serialization failures before it reports [`StoreError::Busy`].
-const BATCH_ATTEMPTS: usize = 16;
+const BATCH_ATTEMPTS: u32 = 16;
+/// The longest pause between two rounds of a batch, milliseconds.
+const BATCH_BACKOFF_MAX_MS: u64 = 64;
+
+/// The pause before round `attempt` (from 1) of a batch that failed to serialize: random in
+/// `0..=min(2^attempt, BATCH_BACKOFF_MAX_MS)` ms, so batches that collided (SERIALIZABLE's
+/// predicate locks cover index pages, so batches of unrelated keys collide on small tables)
+/// spread out instead of colliding again in step.
+fn batch_backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let ceiling = (1u64 << attempt.min(16)).min(BATCH_BACKOFF_MAX_MS);
+    // Jitter, not a secret: the standard library's randomly keyed hasher will do.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    std::time::Duration::from_millis(h.finish() % (ceiling + 1))
+}
 
 /// The schema, one step per version (the SQL each applies), in order; never edited once
 /// released.
@@ -833,7 +848,10 @@ impl Store for PgStore {
 
     async fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         self.bounded(async {
-            for _ in 0..BATCH_ATTEMPTS {
+            for attempt in 0..BATCH_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(batch_backoff(attempt)).await;
+                }
                 if let Some(applied) = self.try_apply(&batch).await? {
                     return Ok(applied);
                 }
