@@ -195,3 +195,31 @@ fn database_tls_settings_reach_the_connections() {
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("no encryption"), "{err}");
 }
+
+/// A connection's pipelined requests share the appender's transactions: their events are not
+/// committed one transaction each (each row's `xmin` names the transaction that inserted it).
+#[tokio::test]
+async fn pipelined_requests_share_append_transactions() {
+    let nodes = Server::cluster(1, &[]);
+    let node = &nodes[0];
+    let mut c = node.client().await;
+    let head: u64 = node.psql("SELECT seq FROM log_head").parse().unwrap();
+    let reqs = (0..64).map(|_| Request::new("SYS.INFO")).collect();
+    let answers = c.pipeline(reqs).await.unwrap();
+    assert!(answers.iter().all(|r| r.ok), "{answers:?}");
+    let events: u64 = node
+        .psql(&format!("SELECT count(*) FROM events WHERE seq > {head}"))
+        .parse()
+        .unwrap();
+    let transactions: u64 = node
+        .psql(&format!(
+            "SELECT count(DISTINCT xmin::text) FROM events WHERE seq > {head}"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(events, 64);
+    assert!(
+        transactions <= 32,
+        "64 pipelined events took {transactions} append transactions"
+    );
+}

@@ -84,6 +84,17 @@ pub trait EventLog: Send + Sync + 'static {
     /// has no gap and no fork. Not durable until [`crate::Store::sync`] returns.
     async fn append(&self, event: Event) -> Result<Event, StoreError>;
 
+    /// Appends an event without waiting for more than its place in line. `None`: appended
+    /// already (sled: in memory, durable after [`crate::Store::sync`]). `Some(wait)`: queued;
+    /// the wait resolves once the event is appended and durable, or fails if it could not be
+    /// (PostgreSQL: the caller goes on meanwhile, so a connection's pipelined requests share
+    /// one append transaction instead of taking one each). Events queued by one caller keep
+    /// their order.
+    async fn append_queued(&self, event: Event) -> Result<Option<crate::SyncTicket>, StoreError> {
+        self.append(event).await?;
+        Ok(None)
+    }
+
     /// Seq of the newest appended event (0 when empty), as this node last saw it. With several
     /// nodes on one log it may lag: call [`EventLog::refresh`] first where that would mislead.
     fn head_seq(&self) -> u64;

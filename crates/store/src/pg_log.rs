@@ -596,6 +596,18 @@ impl EventLog for PgStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn append_queued(&self, event: Event) -> Result<Option<crate::SyncTicket>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.appender
+            .send((event, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // Committed when the appender's transaction holding it is.
+        Ok(Some(Box::pin(async move {
+            rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+        })))
+    }
+
     fn head_seq(&self) -> u64 {
         self.log.head.load(Ordering::Acquire)
     }

@@ -484,11 +484,28 @@ impl Dispatcher {
                 prev: String::new(),
                 hash: String::new(),
             };
-            match self.app.log.append(event).await {
-                // A read's answer waits only for state it may have observed; its own event is
-                // made durable by the group commit shortly after.
-                Ok(_) if o.read_only => durable = self.app.store.sync_state(),
-                Ok(_) => durable = Some(self.app.store.sync()),
+            match self.app.log.append_queued(event).await {
+                // The answer waits for the event, when it was queued rather than appended, and
+                // for the store: a read's only for state it may have observed (a read's event
+                // appended at once is made durable by the group commit shortly after), a
+                // write's for its effects. The transport awaits this while it reads and runs
+                // the connection's next requests, so pipelined requests share appends and
+                // flushes.
+                Ok(appended) => {
+                    let store = if o.read_only {
+                        self.app.store.sync_state()
+                    } else {
+                        Some(self.app.store.sync())
+                    };
+                    durable = match (appended, store) {
+                        (None, store) => store,
+                        (Some(appended), None) => Some(appended),
+                        (Some(appended), Some(store)) => Some(Box::pin(async move {
+                            appended.await?;
+                            store.await
+                        })),
+                    };
+                }
                 Err(e) => {
                     // Unanswered: the command's own effect may stand without its event. The
                     // code follows the failure: a database that cannot be reached is
