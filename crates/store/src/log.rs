@@ -131,8 +131,19 @@ pub trait EventLog: Send + Sync + 'static {
     /// Watches [`EventLog::durable_seq`].
     fn watch_durable(&self) -> watch::Receiver<u64>;
 
-    /// Up to `max` entries with seq in `from..=to`, ascending.
-    async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError>;
+    /// Up to `max` entries with seq in `from..=to`, ascending. The default decodes
+    /// [`EventLog::read_records`].
+    async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError> {
+        Ok(self
+            .read_records(from, to, max)
+            .await?
+            .into_iter()
+            .map(|(seq, record)| LogEntry {
+                seq,
+                event: crate::decode_record::<Event>(&record),
+            })
+            .collect())
+    }
 
     /// Up to `max` stored records (the version byte and the event's JSON, exactly as hashed and
     /// kept) with seq in `from..=to`, ascending, undecoded: what `portcullis admin export`
@@ -158,8 +169,7 @@ pub trait EventLog: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Like [`EventLog::read`], but each event as its stored JSON, for sending on unchanged
-    /// (`LOG.TAIL`). The default re-encodes what `read` decodes; backends that store JSON
-    /// return it as stored.
+    /// (`LOG.TAIL`). The default takes it out of [`EventLog::read_records`].
     async fn read_raw(
         &self,
         from: u64,
@@ -167,14 +177,12 @@ pub trait EventLog: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<RawLogEntry>, StoreError> {
         Ok(self
-            .read(from, to, max)
+            .read_records(from, to, max)
             .await?
             .into_iter()
-            .map(|e| RawLogEntry {
-                seq: e.seq,
-                json: e.event.and_then(|ev| {
-                    serde_json::to_vec(&ev).map_err(|err| RecordError::Body(err.to_string()))
-                }),
+            .map(|(seq, record)| RawLogEntry {
+                seq,
+                json: raw_event(seq, &record),
             })
             .collect())
     }

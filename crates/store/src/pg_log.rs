@@ -9,9 +9,8 @@
 //! makes that affordable (pgbench, not `portcullis bench`: about 1,000 chained events/s at one
 //! per transaction on this machine, 14k at 32).
 
-use crate::log::raw_event;
 use crate::pg::{backend, client, within, Connector, PgStore};
-use crate::{decode_record, encode_record, EventLog, LogEntry, LogPage, RawLogEntry, StoreError};
+use crate::{decode_record, encode_record, EventLog, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use portcullis_protocol::commands::log::{Checkpoint, PruneResult};
@@ -673,18 +672,6 @@ impl EventLog for PgStore {
         self.log.durable.subscribe()
     }
 
-    async fn read(&self, from: u64, to: u64, max: usize) -> Result<LogPage, StoreError> {
-        Ok(self
-            .read_rows(from, to, max)
-            .await?
-            .into_iter()
-            .map(|(seq, record)| LogEntry {
-                seq,
-                event: decode_record::<Event>(&record),
-            })
-            .collect())
-    }
-
     async fn read_records(
         &self,
         from: u64,
@@ -755,22 +742,5 @@ impl EventLog for PgStore {
         .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         self.refresh_log_state().await.map(|_| ())
-    }
-
-    async fn read_raw(
-        &self,
-        from: u64,
-        to: u64,
-        max: usize,
-    ) -> Result<Vec<RawLogEntry>, StoreError> {
-        Ok(self
-            .read_rows(from, to, max)
-            .await?
-            .into_iter()
-            .map(|(seq, record)| RawLogEntry {
-                seq,
-                json: raw_event(seq, &record),
-            })
-            .collect())
     }
 }
