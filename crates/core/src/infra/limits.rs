@@ -93,6 +93,14 @@ fn holding(in_flight: &mut Vec<Reservation>, now: i64) -> u32 {
     u32::try_from(in_flight.len()).unwrap_or(u32::MAX)
 }
 
+/// Adds reservation `id`, holding for [`RESERVATION_S`] from `now`.
+fn hold(in_flight: &mut Vec<Reservation>, id: u64, now: i64) {
+    in_flight.push(Reservation {
+        id,
+        until: now + RESERVATION_S,
+    });
+}
+
 /// Removes reservation `id`; whether it was there.
 fn release(in_flight: &mut Vec<Reservation>, id: u64) -> bool {
     let before = in_flight.len();
@@ -133,10 +141,7 @@ impl FailureEntry {
         if wait > 0 {
             return Err(wait);
         }
-        self.in_flight.push(Reservation {
-            id,
-            until: now + RESERVATION_S,
-        });
+        hold(&mut self.in_flight, id, now);
         Ok(())
     }
 
@@ -200,10 +205,7 @@ impl CodeEntry {
                 .front()
                 .map_or(1, |t| (*t + CODE_WINDOW_S - now).max(1)));
         }
-        self.in_flight.push(Reservation {
-            id,
-            until: now + RESERVATION_S,
-        });
+        hold(&mut self.in_flight, id, now);
         Ok(())
     }
 
@@ -309,6 +311,47 @@ enum Book {
     Shared(Arc<dyn Store>),
 }
 
+/// [`Limits::change`] on this node's memory.
+fn change_in_memory<E: Entry, T>(
+    m: &Memory,
+    key: &str,
+    now: i64,
+    mut f: impl FnMut(&mut E) -> T,
+) -> Result<T, ()> {
+    let mut map = E::memory(m).lock().unwrap_or_else(|p| p.into_inner());
+    if !map.contains_key(key) && map.len() >= FAILURE_TABLE_LIMIT {
+        map.retain(|_, e| e.protected(now));
+        if map.len() >= FAILURE_TABLE_LIMIT {
+            return Err(());
+        }
+    }
+    let entry = map.entry(key.to_owned()).or_default();
+    let answer = f(entry);
+    if entry.idle(now) {
+        map.remove(key);
+    }
+    Ok(answer)
+}
+
+/// [`Limits::change`] on the shared store.
+async fn change_stored<E: Entry, T>(
+    store: &dyn Store,
+    key: &str,
+    now: i64,
+    mut f: impl FnMut(&mut E) -> T,
+) -> Result<T, StoreError> {
+    E::RECORDS
+        .edit_or_default(store, &stored_key::<E>(key), |e| {
+            let answer = f(e);
+            Ok(if e.idle(now) {
+                Edit::Remove(answer)
+            } else {
+                Edit::Write(answer)
+            })
+        })
+        .await
+}
+
 /// The limiters of a running server.
 pub struct Limits {
     enabled: bool,
@@ -393,37 +436,11 @@ impl Limits {
         &self,
         key: &str,
         now: i64,
-        mut f: impl FnMut(&mut E) -> T,
+        f: impl FnMut(&mut E) -> T,
     ) -> Result<Result<T, ()>, StoreError> {
         match &self.book {
-            Book::Memory(m) => {
-                let mut map = E::memory(m).lock().unwrap_or_else(|p| p.into_inner());
-                if !map.contains_key(key) && map.len() >= FAILURE_TABLE_LIMIT {
-                    map.retain(|_, e| e.protected(now));
-                    if map.len() >= FAILURE_TABLE_LIMIT {
-                        return Ok(Err(()));
-                    }
-                }
-                let entry = map.entry(key.to_owned()).or_default();
-                let answer = f(entry);
-                if entry.idle(now) {
-                    map.remove(key);
-                }
-                Ok(Ok(answer))
-            }
-            Book::Shared(store) => {
-                let answer = E::RECORDS
-                    .edit_or_default(store.as_ref(), &stored_key::<E>(key), |e| {
-                        let answer = f(e);
-                        Ok::<_, StoreError>(if e.idle(now) {
-                            Edit::Remove(answer)
-                        } else {
-                            Edit::Write(answer)
-                        })
-                    })
-                    .await?;
-                Ok(Ok(answer))
-            }
+            Book::Memory(m) => Ok(change_in_memory(m, key, now, f)),
+            Book::Shared(store) => change_stored(store.as_ref(), key, now, f).await.map(Ok),
         }
     }
 
@@ -610,28 +627,19 @@ impl<E: Entry> Drop for Reserved<'_, E> {
         let Some((key, id)) = self.key.take() else {
             return;
         };
+        // Without a clock here: an entry is forgotten only if nothing at all is left.
+        let release = move |e: &mut E| e.release(id);
         match &self.limits.book {
             Book::Memory(m) => {
-                let mut map = E::memory(m).lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(e) = map.get_mut(&key) {
-                    e.release(id);
-                    // Without a clock here: idle only if nothing at all is left.
-                    if e.idle(i64::MIN) {
-                        map.remove(&key);
-                    }
-                }
+                // A full table refuses only new keys; a reservation's key is there.
+                let _ = change_in_memory(m, &key, i64::MIN, release);
             }
             Book::Shared(store) => {
                 // Released in the background; without a runtime, the reservation lapses.
                 let store = Arc::clone(store);
                 if let Ok(rt) = tokio::runtime::Handle::try_current() {
                     rt.spawn(async move {
-                        let released = E::RECORDS
-                            .edit(store.as_ref(), &stored_key::<E>(&key), |e| {
-                                e.release(id);
-                                Ok::<_, StoreError>(Edit::Write(()))
-                            })
-                            .await;
+                        let released = change_stored(store.as_ref(), &key, i64::MIN, release).await;
                         if let Err(e) = released {
                             tracing::warn!(error = %e, "a reservation could not be released; it lapses");
                         }
