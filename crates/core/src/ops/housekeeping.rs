@@ -19,8 +19,8 @@ const LEASE: &str = "housekeeping";
 pub async fn sweep(app: &App, every: Duration) -> Result<u64, StoreError> {
     let now = app.clock.now().unix_timestamp();
     app.limits.housekeeping(now);
-    let hold_s = i64::try_from(every.as_secs().saturating_mul(3)).unwrap_or(i64::MAX);
-    if !super::lease::hold(app.store.as_ref(), &app.node_id, LEASE, now, hold_s.max(60)).await? {
+    let hold_s = super::lease::for_periods(every);
+    if !super::lease::hold(app.store.as_ref(), &app.node_id, LEASE, now, hold_s).await? {
         return Ok(0);
     }
     let mut removed = 0;

@@ -25,6 +25,14 @@ fn key(name: &str) -> Vec<u8> {
     format!("lease:{name}").into_bytes()
 }
 
+/// How long a lease renewed every `every` is held: three periods (a missed pass or two does not
+/// hand it over), at least a minute.
+pub fn for_periods(every: std::time::Duration) -> i64 {
+    i64::try_from(every.as_secs().saturating_mul(3))
+        .unwrap_or(i64::MAX)
+        .max(60)
+}
+
 /// Takes or renews the lease `name` for `node` until `now + hold_s`: whether `node` holds it
 /// now. Refused while another node's lease has not lapsed.
 pub async fn hold(

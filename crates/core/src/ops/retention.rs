@@ -42,9 +42,7 @@ pub async fn run(app: Arc<App>, every: Duration) {
         return;
     }
     // One node of a deployment prunes the shared log: the one holding the lease.
-    let hold_s = i64::try_from(every.as_secs().saturating_mul(3))
-        .unwrap_or(i64::MAX)
-        .max(60);
+    let hold_s = super::lease::for_periods(every);
     loop {
         let now = app.clock.now().unix_timestamp();
         match super::lease::hold(app.store.as_ref(), &app.node_id, LEASE, now, hold_s).await {
