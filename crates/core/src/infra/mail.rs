@@ -290,10 +290,9 @@ struct Durable {
     node_id: String,
 }
 
+/// Now, in Unix seconds, as every node's claims count it.
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 impl Durable {
