@@ -111,14 +111,25 @@ struct MigrateArgs {
     database_ca_file: Option<PathBuf>,
 }
 
-/// `portcullis admin migrate`.
-async fn migrate(a: MigrateArgs) -> Result<ExitCode> {
-    let mut options = portcullis_store::PgOptions::new(a.database_url.expose());
-    options.tls = a.database_tls;
-    options.ca_file = a.database_ca_file;
+/// How `admin migrate`, `export` and `import` reach the database: its URL, TLS settings, and
+/// the password from `PORTCULLIS_DATABASE_PASSWORD` when set.
+fn database_options(
+    url: &portcullis_core::base::config::SecretSetting,
+    tls: Option<portcullis_store::PgTls>,
+    ca_file: Option<PathBuf>,
+) -> portcullis_store::PgOptions {
+    let mut options = portcullis_store::PgOptions::new(url.expose());
+    options.tls = tls;
+    options.ca_file = ca_file;
     if let Ok(p) = std::env::var("PORTCULLIS_DATABASE_PASSWORD") {
         options.set_password(p);
     }
+    options
+}
+
+/// `portcullis admin migrate`.
+async fn migrate(a: MigrateArgs) -> Result<ExitCode> {
+    let options = database_options(&a.database_url, a.database_tls, a.database_ca_file);
     let (before, after) = portcullis_store::PgStore::migrate_database(&options)
         .await
         .context("migrating the database")?;
@@ -174,18 +185,10 @@ impl Deployment {
     fn location(&self) -> portcullis_core::ops::transfer::Location {
         use portcullis_core::ops::transfer::Location;
         match &self.database_url {
-            Some(url) => {
-                let mut options = portcullis_store::PgOptions::new(url.expose());
-                options.tls = self.database_tls;
-                options.ca_file.clone_from(&self.database_ca_file);
-                if let Ok(p) = std::env::var("PORTCULLIS_DATABASE_PASSWORD") {
-                    options.set_password(p);
-                }
-                Location::Postgres {
-                    dir: self.data_dir.clone(),
-                    options,
-                }
-            }
+            Some(url) => Location::Postgres {
+                dir: self.data_dir.clone(),
+                options: database_options(url, self.database_tls, self.database_ca_file.clone()),
+            },
             None => Location::Sled(self.data_dir.clone()),
         }
     }
