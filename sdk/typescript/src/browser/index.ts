@@ -1,0 +1,2 @@
+// Browser helpers (passkeys, magic links) built on the universal client.
+export * from "../index.js";
