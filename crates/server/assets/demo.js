@@ -1,118 +1,442 @@
-// The Portcullis demo page: plain JavaScript against POST /api/v1/execute, no build step.
-// It doubles as a reference for browser SDKs: every call below is one command of the protocol.
-(function () {
-  "use strict";
-  var KEY = "portcullis.session";
-  var $ = function (id) { return document.getElementById(id); };
+// The Portcullis account console: plain JavaScript on the SDK's browser bundle, no framework,
+// no build step of its own. Every action is one or a few commands of the protocol, called
+// through `Client`, `Passkeys` and `MagicLinks`; read it as an example of the SDK in a page.
+import { Client, MagicLinks, Passkeys, PortcullisError, mfaChallengeOf } from "./portcullis-client.js";
 
-  function session() {
-    try { return JSON.parse(window.sessionStorage.getItem(KEY) || "null"); } catch (e) { return null; }
-  }
-  function keep(s) {
-    if (s) { window.sessionStorage.setItem(KEY, JSON.stringify(s)); } else { window.sessionStorage.removeItem(KEY); }
-  }
-  function say(text, kind) {
-    $("status").textContent = text;
-    $("status").className = kind || "";
-  }
+const KEY = "portcullis.session"; // the token pair, for the life of this tab (sessionStorage)
+const $ = (id) => document.getElementById(id);
+const client = new Client({ baseUrl: new URL("..", new URL(import.meta.url)).href.replace(/\/$/, "") });
+const passkeys = new Passkeys(client);
+const magic = new MagicLinks(client);
 
-  // One command. Resolves with the envelope; never throws for ok:false.
-  function execute(command, params, withToken) {
-    var headers = { "Content-Type": "application/json" };
-    var s = session();
-    if (withToken && s) { headers.Authorization = "Bearer " + s.access_token; }
-    return fetch("/api/v1/execute", {
-      method: "POST", headers: headers, credentials: "omit",
-      body: JSON.stringify({ command: command, params: params || {} }),
-    }).then(function (r) { return r.json(); });
-  }
-  function fail(r) {
-    var e = r.error || { code: "INTERNAL", message: "no answer" };
-    say(e.code + ": " + e.message, "error");
-  }
+// ---- state -------------------------------------------------------------------------------
 
-  function show() {
-    var s = session();
-    $("account").hidden = !s;
-    $("sessions-box").hidden = !s;
-    $("signed-out").hidden = !!s;
-    $("signin").hidden = !!s;
-    if (!s) { $("who").textContent = "Signed out"; return Promise.resolve(); }
-    return execute("USER.ME", {}, true).then(function (r) {
-      if (!r.ok) {
-        // Expired access token: try the refresh token once, else sign out.
-        if (r.error.code === "UNAUTHENTICATED" && s.refresh_token) {
-          return execute("AUTH.REFRESH", { refresh_token: s.refresh_token }).then(function (t) {
-            if (t.ok) { keep(t.data); return show(); }
-            keep(null); return show();
-          });
-        }
-        fail(r); return;
-      }
-      $("who").textContent = "Signed in as " + r.data.email + " (AAL" + r.data.aal + ", " + r.data.amr.join("+") + ")";
-      $("me").textContent = JSON.stringify(r.data, null, 2);
-      return Promise.all([
-        execute("SESSION.LIST", {}, true).then(function (l) { $("sessions").textContent = JSON.stringify(l.ok ? l.data : l.error, null, 2); }),
-        execute("PASSKEY.LIST", {}, true).then(function (l) { $("passkeys").textContent = JSON.stringify(l.ok ? l.data : l.error, null, 2); }),
-      ]);
+let me = null; // USER.ME of the signed-in session
+let mfa = null; // { mfaToken, methods, email } while a sign-in waits for its second factor
+let waiting = null; // AbortController of the magic-link poll
+let autofill = null; // AbortController of the conditional-UI request
+let otpFlow = null; // flow_id of the email code
+let enrollment = null; // enrollment_id of a pending TOTP enrolment
+let retry = null; // the action to repeat after a step-up
+
+function session() {
+  try { return JSON.parse(sessionStorage.getItem(KEY) || "null"); } catch { return null; }
+}
+function keep(pair) {
+  if (pair) sessionStorage.setItem(KEY, JSON.stringify(pair));
+  else sessionStorage.removeItem(KEY);
+}
+
+// ---- messages ----------------------------------------------------------------------------
+
+function say(text, kind = "") {
+  $("message").textContent = text;
+  $("message").className = kind;
+}
+const ceremonyWords = {
+  NotAllowedError: "The passkey prompt was cancelled or timed out.",
+  InvalidStateError: "This device already has a passkey for this account.",
+  NotSupportedError: "This browser cannot use passkeys.",
+  SecurityError: "Passkeys need this page at an origin the server allows (rp_origins).",
+};
+function fail(e) {
+  if (e instanceof PortcullisError) {
+    const wait = e.retryAfterMs ? ` Try again in ${Math.ceil(e.retryAfterMs / 1000)} s.` : "";
+    say(`${e.message}.${wait}`.replace(/\.\./, "."), "error");
+    return;
+  }
+  if (e && e.name === "AbortError") return;
+  say(ceremonyWords[e && e.name] || `Something went wrong: ${(e && e.message) || e}`, "error");
+}
+
+// An action: disables its button while it runs and reports failures.
+function on(id, action) {
+  $(id).addEventListener("click", async () => {
+    const button = $(id);
+    button.disabled = true;
+    try { await action(); } catch (e) { fail(e); } finally { button.disabled = false; }
+  });
+}
+
+// ---- calls with the session's token -------------------------------------------------------
+
+// Runs a command as the signed-in user; refreshes the token pair once when the access token
+// has expired, and offers a step-up when the command needs a recent proof.
+async function call(command, params = {}) {
+  const s = session();
+  if (!s) throw new PortcullisError("UNAUTHENTICATED", "You are signed out");
+  try {
+    return await client.execute(command, params, { token: s.access_token });
+  } catch (e) {
+    if (e instanceof PortcullisError && e.code === "UNAUTHENTICATED" && s.refresh_token) {
+      const pair = await client.execute("AUTH.REFRESH", { refresh_token: s.refresh_token }).catch(() => null);
+      if (pair) { keep(pair); return client.execute(command, params, { token: pair.access_token }); }
+      keep(null); await render();
+    }
+    if (e instanceof PortcullisError && e.code === "FORBIDDEN" && e.details && e.details.reason === "step_up_required") {
+      retry = () => call(command, params);
+      $("stepup-card").hidden = false;
+    }
+    throw e;
+  }
+}
+
+// ---- the view ------------------------------------------------------------------------------
+
+const methodNames = { pwd: "password", email: "email", otp: "authenticator app", recovery: "recovery code", hwk: "passkey", swk: "synced passkey" };
+function how(amr) {
+  const names = amr.filter((m) => methodNames[m]).map((m) => methodNames[m]);
+  return names.length ? names.join(" + ") : "no proof yet (new passwordless account)";
+}
+function when(t) {
+  if (!t) return "never";
+  const d = new Date(t);
+  return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+function li(main, meta, button) {
+  const item = document.createElement("li");
+  const text = document.createElement("div");
+  const a = document.createElement("div");
+  a.append(...main);
+  const b = document.createElement("div");
+  b.className = "meta";
+  b.textContent = meta;
+  text.append(a, b);
+  item.append(text);
+  if (button) item.append(button);
+  return item;
+}
+function tag(text) {
+  const t = document.createElement("span");
+  t.className = "tag";
+  t.textContent = text;
+  return t;
+}
+
+async function render() {
+  const s = session();
+  me = null;
+  if (s) {
+    try { me = await call("USER.ME"); } catch (e) { if (session()) fail(e); }
+  }
+  const signedIn = !!me;
+  for (const el of document.querySelectorAll("[data-view=out]")) el.hidden = signedIn || !!mfa;
+  for (const el of document.querySelectorAll("[data-view=in]")) el.hidden = !signedIn;
+  $("signout").hidden = !signedIn;
+  $("mfa-card").hidden = !mfa || signedIn;
+  const badges = $("badges");
+  badges.replaceChildren();
+  if (!signedIn) {
+    $("avatar").textContent = "?";
+    $("who").textContent = mfa ? "One more step" : "Signed out";
+    $("how").textContent = mfa ? `Finish signing in as ${mfa.email || "your account"} with a second factor.` : "Sign in or create an account below.";
+    startAutofill();
+    return;
+  }
+  stopAutofill();
+  $("avatar").textContent = (me.display_name || me.email).trim().charAt(0).toUpperCase();
+  $("who").textContent = `Signed in as ${me.email}`;
+  $("how").textContent = `${me.display_name ? me.display_name + " · " : ""}by ${how(me.amr)}`;
+  const aal = document.createElement("span");
+  aal.className = `badge aal${me.aal}`;
+  aal.id = "aal";
+  aal.textContent = `AAL${me.aal}`;
+  const amr = document.createElement("span");
+  amr.className = "badge";
+  amr.id = "amr";
+  amr.textContent = `amr: ${me.amr.join(" ") || "none"}`;
+  const verified = document.createElement("span");
+  verified.className = "badge";
+  verified.textContent = me.email_verified ? "email verified" : "email not verified";
+  badges.append(aal, amr, verified);
+  await Promise.all([renderPasskeys(), renderSessions()]);
+}
+
+async function renderPasskeys() {
+  const { passkeys: list } = await call("PASSKEY.LIST");
+  const ul = $("passkey-list");
+  ul.replaceChildren();
+  if (!list.length) {
+    const none = document.createElement("li");
+    none.className = "empty";
+    none.textContent = "No passkey yet.";
+    ul.append(none);
+  }
+  for (const p of list) {
+    const remove = document.createElement("button");
+    remove.className = "danger";
+    remove.textContent = "Remove";
+    remove.addEventListener("click", async () => {
+      try { await call("PASSKEY.REMOVE", { credential_id: p.credential_id }); say("Passkey removed.", "ok"); await render(); } catch (e) { fail(e); }
     });
+    const name = document.createTextNode(p.name);
+    const extra = p.backup_eligible ? [tag("synced")] : [];
+    ul.append(li([name, ...extra], `Added ${when(p.created_at)} · last used ${when(p.last_used_at)}`, remove));
   }
+  $("passkey-list").dataset.count = String(list.length);
+}
 
-  function signedIn(r) {
-    if (r.ok) { keep(r.data); say("Signed in.", "ok"); return show(); }
-    if (r.error && r.error.code === "MFA_REQUIRED") {
-      say("This account needs a second factor (" + r.error.details.methods.join(", ") + "): use MFA.VERIFY.", "error");
+async function renderSessions() {
+  const { sessions } = await call("SESSION.LIST");
+  const ul = $("session-list");
+  ul.replaceChildren();
+  for (const s of sessions) {
+    const agent = s.user_agent ? s.user_agent.replace(/^Mozilla\/5\.0 \(([^)]*)\).*$/, "$1") : "API client";
+    const main = [document.createTextNode(agent)];
+    if (s.current) main.push(tag("this tab"));
+    let button = null;
+    if (!s.current) {
+      button = document.createElement("button");
+      button.className = "danger";
+      button.textContent = "Revoke";
+      button.dataset.session = s.session_id;
+      button.addEventListener("click", async () => {
+        try {
+          const r = await call("SESSION.REVOKE", { session_id: s.session_id });
+          say(r.revoked ? "That session is signed out." : "That session was already signed out.", "ok");
+          await render();
+        } catch (e) { fail(e); }
+      });
+    }
+    const item = li(main, `${how(s.amr)} · AAL${s.aal} · since ${when(s.created_at)} · ${s.client || "unknown address"}`, button);
+    item.dataset.session = s.session_id;
+    ul.append(item);
+  }
+  ul.dataset.count = String(sessions.length);
+}
+
+// ---- signing in ------------------------------------------------------------------------------
+
+async function signedIn(pair, words) {
+  stopAutofill();
+  stopWaiting();
+  mfa = null;
+  otpFlow = null;
+  keep(pair);
+  $("otp-panel").hidden = true;
+  $("password").value = "";
+  say(words, "ok");
+  await render();
+}
+
+// A sign-in that answered MFA_REQUIRED shows the second step; anything else is reported.
+async function signInFailed(e, email) {
+  const challenge = mfaChallengeOf(e);
+  if (!challenge) { fail(e); return; }
+  mfa = { ...challenge, email };
+  stopWaiting();
+  stopAutofill();
+  $("otp-panel").hidden = true;
+  $("mfa-totp-row").hidden = !challenge.methods.includes("totp");
+  $("mfa-recovery-row").hidden = !challenge.methods.includes("recovery_code");
+  $("mfa-passkey").hidden = !challenge.methods.includes("passkey");
+  say("Your password, link or code was right. One more step.", "");
+  await render();
+}
+
+function email() {
+  const v = $("email").value.trim();
+  if (!v) { $("email").focus(); throw new Error("enter your email address first"); }
+  return v;
+}
+
+on("signup", async () => {
+  const params = { email: $("signup-email").value.trim() };
+  if ($("signup-name").value.trim()) params.display_name = $("signup-name").value.trim();
+  if ($("signup-password").value) params.password = $("signup-password").value;
+  stopAutofill();
+  const pair = await client.execute("AUTH.SIGNUP", params);
+  for (const id of ["signup-email", "signup-name", "signup-password"]) $(id).value = "";
+  await signedIn(pair, "Welcome! Your account is ready.");
+});
+
+on("signin-password", async () => {
+  const address = email();
+  try {
+    await signedIn(await client.execute("AUTH.LOGIN", { email: address, password: $("password").value }), "Signed in with your password.");
+  } catch (e) { await signInFailed(e, address); }
+});
+
+on("signin-passkey", async () => {
+  const address = email();
+  stopAutofill();
+  try { await signedIn(await passkeys.signIn({ email: address }), "Signed in with a passkey."); } catch (e) { fail(e); startAutofill(); }
+});
+
+on("signin-passkey-any", async () => {
+  stopAutofill();
+  try { await signedIn(await passkeys.signIn(), "Signed in with a passkey."); } catch (e) { fail(e); startAutofill(); }
+});
+
+on("signin-magic", async () => {
+  const address = email();
+  stopWaiting();
+  const flow = await magic.send({ email: address });
+  $("magic-wait").hidden = false;
+  $("magic-wait-text").textContent = `We sent a sign-in link to ${address}. Open it on any device and approve it: this tab signs you in by itself.`;
+  say("");
+  waiting = new AbortController();
+  const signal = waiting.signal;
+  try {
+    await signedIn(await magic.waitForSignIn({ flowId: flow.flowId, signal }), "Signed in with the link from your email.");
+  } catch (e) {
+    if (signal.aborted) return;
+    $("magic-wait").hidden = true;
+    if (e instanceof PortcullisError && e.code === "ALREADY_USED") {
+      say("The link was used in another tab; that tab is signed in.", "");
       return;
     }
-    fail(r);
+    if (e && e.name === "TimeoutError") { say("The link expired. Ask for a new one.", "error"); return; }
+    await signInFailed(e, address);
   }
+});
+on("magic-cancel", async () => { stopWaiting(); say("Cancelled. The link in your mail no longer signs this tab in."); });
+function stopWaiting() {
+  if (waiting) waiting.abort();
+  waiting = null;
+  $("magic-wait").hidden = true;
+}
 
-  function webauthnSupported() {
-    return window.PublicKeyCredential && PublicKeyCredential.parseCreationOptionsFromJSON;
+on("signin-otp", async () => {
+  const address = email();
+  const sent = await client.execute("OTP.SEND", { email: address });
+  otpFlow = { flowId: sent.flow_id, email: address };
+  $("otp-panel").hidden = false;
+  $("otp-text").textContent = `We sent a six-digit code to ${address}. It works for ${Math.round(sent.expires_in / 60)} minutes.`;
+  say("");
+  $("otp-code").focus();
+});
+on("otp-verify", async () => {
+  if (!otpFlow) return;
+  const code = $("otp-code").value.replace(/\s+/g, "");
+  if (!/^[0-9]{6}$/.test(code)) { say("The code has six digits.", "error"); return; }
+  try {
+    await signedIn(await client.execute("OTP.VERIFY", { flow_id: otpFlow.flowId, code }), "Signed in with the code from your email.");
+    $("otp-code").value = "";
+  } catch (e) {
+    if (mfaChallengeOf(e)) $("otp-code").value = "";
+    await signInFailed(e, otpFlow && otpFlow.email);
   }
+});
 
-  $("signup").addEventListener("click", function () {
-    var params = { email: $("signup-email").value };
-    if ($("signup-name").value) { params.display_name = $("signup-name").value; }
-    if ($("signup-password").value) { params.password = $("signup-password").value; }
-    execute("AUTH.SIGNUP", params).then(signedIn);
-  });
-
-  $("login-password-btn").addEventListener("click", function () {
-    execute("AUTH.LOGIN", { email: $("login-email").value, password: $("login-password").value }).then(signedIn);
-  });
-
-  $("register-passkey").addEventListener("click", function () {
-    if (!webauthnSupported()) { say("This browser cannot create passkeys.", "error"); return; }
-    execute("PASSKEY.REGISTER.BEGIN", { name: navigator.platform || "Passkey" }, true).then(function (r) {
-      if (!r.ok) { fail(r); return; }
-      var options = PublicKeyCredential.parseCreationOptionsFromJSON(r.data.options.publicKey);
-      return navigator.credentials.create({ publicKey: options }).then(function (cred) {
-        return execute("PASSKEY.REGISTER.FINISH", { ceremony_id: r.data.ceremony_id, credential: cred.toJSON() }, true);
-      }).then(function (f) {
-        if (f.ok) { say("Passkey registered.", "ok"); return show(); }
-        fail(f);
-      });
-    }).catch(function (e) { say("The passkey was not created: " + e.name, "error"); });
-  });
-
-  function passkeySignIn(params) {
-    if (!webauthnSupported()) { say("This browser cannot use passkeys.", "error"); return; }
-    execute("PASSKEY.LOGIN.BEGIN", params).then(function (r) {
-      if (!r.ok) { fail(r); return; }
-      var options = PublicKeyCredential.parseRequestOptionsFromJSON(r.data.options.publicKey);
-      return navigator.credentials.get({ publicKey: options }).then(function (cred) {
-        return execute("PASSKEY.LOGIN.FINISH", { ceremony_id: r.data.ceremony_id, credential: cred.toJSON() });
-      }).then(signedIn);
-    }).catch(function (e) { say("No passkey was used: " + e.name, "error"); });
+// Conditional UI: passkeys in the email field's autofill, while the sign-in form shows.
+async function startAutofill() {
+  if (autofill || session() || mfa || !(await Passkeys.autofillSupported())) return;
+  const controller = new AbortController();
+  autofill = controller;
+  try {
+    const pair = await passkeys.autofill({ signal: controller.signal });
+    autofill = null;
+    await signedIn(pair, "Signed in with a passkey from autofill.");
+  } catch (e) {
+    if (autofill === controller) autofill = null;
+    if (!controller.signal.aborted && !(e && e.name === "NotAllowedError")) fail(e);
   }
-  $("login-passkey-email").addEventListener("click", function () { passkeySignIn({ email: $("login-email").value }); });
-  $("login-passkey-any").addEventListener("click", function () { passkeySignIn({}); });
+}
+function stopAutofill() {
+  if (autofill) autofill.abort();
+  autofill = null;
+}
 
-  $("logout").addEventListener("click", function () {
-    execute("AUTH.LOGOUT", {}, true).then(function () { keep(null); say("Signed out.", "ok"); return show(); });
-  });
-  $("refresh-view").addEventListener("click", function () { show(); });
+// ---- the second step -------------------------------------------------------------------------
 
-  show();
-})();
+on("mfa-totp", async () => {
+  const code = $("mfa-code").value.replace(/\s+/g, "");
+  if (!/^[0-9]{6}$/.test(code)) { say("The code has six digits.", "error"); return; }
+  const pair = await client.execute("MFA.VERIFY", { mfa_token: mfa.mfaToken, method: "totp", code });
+  $("mfa-code").value = "";
+  await signedIn(pair, "Signed in with your authenticator app as the second step.");
+});
+on("mfa-recovery-btn", async () => {
+  const pair = await client.execute("MFA.VERIFY", { mfa_token: mfa.mfaToken, method: "recovery_code", code: $("mfa-recovery").value.trim() });
+  $("mfa-recovery").value = "";
+  await signedIn(pair, "Signed in with a recovery code. That code is used up: make new ones if you are running low.");
+});
+on("mfa-passkey", async () => {
+  await signedIn(await passkeys.verifyMfa({ mfaToken: mfa.mfaToken }), "Signed in with a passkey as the second step.");
+});
+on("mfa-cancel", async () => { mfa = null; say(""); await render(); });
+
+// ---- the account -----------------------------------------------------------------------------
+
+on("passkey-add", async () => {
+  await call("USER.ME"); // refreshes the access token first if it has expired
+  const p = await passkeys.register({ name: deviceName(), token: session().access_token });
+  say(`Passkey “${p.name}” added. You can now sign in with it, without a password.`, "ok");
+  await render();
+});
+function deviceName() {
+  const ua = navigator.userAgent;
+  const os = /Android/.test(ua) ? "Android" : /iPhone|iPad/.test(ua) ? "iPhone" : /Mac OS X/.test(ua) ? "Mac" : /Windows/.test(ua) ? "Windows" : /Linux/.test(ua) ? "Linux" : "This device";
+  const browser = /Edg\//.test(ua) ? "Edge" : /Chrome\//.test(ua) ? "Chrome" : /Firefox\//.test(ua) ? "Firefox" : /Safari\//.test(ua) ? "Safari" : "browser";
+  return `${browser} on ${os}`;
+}
+
+on("totp-enroll", async () => {
+  const e = await call("TOTP.ENROLL");
+  enrollment = e.enrollment_id;
+  $("totp-qr").src = `data:image/png;base64,${e.qr_png}`;
+  $("totp-secret").textContent = e.secret.replace(/(.{4})/g, "$1 ").trim();
+  $("totp-setup").hidden = false;
+  $("totp-enroll").hidden = true;
+  $("totp-code").focus();
+  say("Scan the QR code with your authenticator app.", "");
+});
+on("totp-confirm", async () => {
+  const code = $("totp-code").value.replace(/\s+/g, "");
+  const r = await call("TOTP.CONFIRM", { enrollment_id: enrollment, code });
+  enrollment = null;
+  $("totp-code").value = "";
+  $("totp-qr").removeAttribute("src");
+  $("totp-secret").textContent = "";
+  $("totp-setup").hidden = true;
+  $("totp-enroll").hidden = true;
+  $("totp-state").textContent = "Your authenticator app is on: sign-ins by password, link or code ask for its code.";
+  showRecovery(r.recovery_codes, "Your authenticator app is on. Save these recovery codes now: they are shown only once.");
+});
+on("recovery-regenerate", async () => {
+  const r = await call("RECOVERY.REGENERATE");
+  showRecovery(r.recovery_codes, "New recovery codes: the old ones no longer work. Save these now: they are shown only once.");
+});
+function showRecovery(codes, words) {
+  const ul = $("recovery-codes");
+  ul.replaceChildren(...codes.map((c) => { const item = document.createElement("li"); item.className = "mono"; item.textContent = c; return item; }));
+  ul.hidden = false;
+  $("recovery-done").hidden = false;
+  $("recovery-text").textContent = words;
+  say(words, "ok");
+}
+on("recovery-done", async () => {
+  $("recovery-codes").replaceChildren();
+  $("recovery-codes").hidden = true;
+  $("recovery-done").hidden = true;
+  $("recovery-text").textContent = "Single-use codes for when your authenticator app is not at hand. Make new ones if you lost them.";
+  say("");
+});
+
+on("stepup-passkey", async () => {
+  const r = await passkeys.stepUp({ email: me.email, token: session().access_token });
+  keep({ ...session(), access_token: r.access_token, expires_in: r.expires_in });
+  $("stepup-card").hidden = true;
+  say("Confirmed.", "ok");
+  const again = retry;
+  retry = null;
+  if (again) await again();
+  await render();
+});
+on("stepup-cancel", async () => { retry = null; $("stepup-card").hidden = true; });
+
+on("signout", async () => {
+  try { await call("AUTH.LOGOUT"); } catch { /* signed out here all the same */ }
+  keep(null);
+  $("recovery-codes").replaceChildren();
+  $("recovery-codes").hidden = true;
+  $("recovery-done").hidden = true;
+  $("totp-setup").hidden = true;
+  $("totp-enroll").hidden = false;
+  enrollment = null;
+  say("You are signed out.", "ok");
+  await render();
+});
+
+render();

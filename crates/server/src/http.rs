@@ -50,6 +50,9 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/auth/magic.js", get(crate::pages::magic_js))
         .route("/demo", get(crate::pages::demo))
         .route("/demo.js", get(crate::pages::demo_js))
+        .route("/demo/demo.js", get(crate::pages::demo_js))
+        .route("/demo/portcullis-client.js", get(crate::pages::client_js))
+        .route("/auth/portcullis-client.js", get(crate::pages::client_js))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(dispatcher)

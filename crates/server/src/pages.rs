@@ -1,4 +1,5 @@
-//! Pages served by the gateway: the magic-link landing page.
+//! Pages served by the gateway: the magic-link landing page, the demo account console, and the
+//! SDK's browser bundle both are built on.
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -13,6 +14,18 @@ const INVALID: &str = include_str!("../assets/magic-invalid.html");
 const LANDING_JS: &str = include_str!("../assets/magic.js");
 const DEMO: &str = include_str!("../assets/demo.html");
 const DEMO_JS: &str = include_str!("../assets/demo.js");
+/// The TypeScript SDK's browser bundle (sdk/typescript, `npm run build`), the same file the
+/// SDK's tests check against a fresh build.
+const CLIENT_JS: &str = include_str!("../assets/portcullis-client.js");
+
+/// The pages' Content-Security-Policy: scripts only from this origin (no inline script), calls
+/// only to this origin, nothing framed, no form posts.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+     connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
+/// The demo's: the same, plus `data:` images (the TOTP QR code that TOTP.ENROLL returns).
+const DEMO_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
+     img-src data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; \
+     base-uri 'none'";
 
 /// Query of the landing page.
 #[derive(Deserialize)]
@@ -22,7 +35,11 @@ pub struct MagicQuery {
 
 /// Headers for pages that carry a secret in their address: never cached, never framed, never
 /// sent on as a Referer, scripts only from this origin.
-fn hardened(mut headers: HeaderMap) -> HeaderMap {
+fn hardened(headers: HeaderMap) -> HeaderMap {
+    hardened_with(headers, PAGE_CSP)
+}
+
+fn hardened_with(mut headers: HeaderMap, policy: &'static str) -> HeaderMap {
     let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
@@ -30,12 +47,7 @@ fn hardened(mut headers: HeaderMap) -> HeaderMap {
     set(&mut headers, header::REFERRER_POLICY, "no-referrer");
     set(&mut headers, header::X_FRAME_OPTIONS, "DENY");
     set(&mut headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(
-        &mut headers,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; \
-         form-action 'none'; frame-ancestors 'none'; base-uri 'none'",
-    );
+    set(&mut headers, header::CONTENT_SECURITY_POLICY, policy);
     headers
 }
 
@@ -64,6 +76,7 @@ pub async fn magic_landing(State(d): State<Dispatcher>, Query(q): Query<MagicQue
     let body = LANDING
         .replace("{{product}}", &product)
         .replace("{{email}}", &escape_html(&info.email))
+        .replace("{{flow}}", &escape_html(&info.flow_id))
         .replace(
             "{{bound}}",
             if info.device_bound { "true" } else { "false" },
@@ -112,10 +125,11 @@ pub async fn magic_js() -> Response {
     script(LANDING_JS)
 }
 
-/// `GET /demo`: sign up, passkeys, sign in and out, `USER.ME` and the session list, in plain
-/// HTML and JavaScript against `/api/v1/execute`.
+/// `GET /demo`: a small account console on the SDK's browser bundle: sign-up; sign-in by
+/// password, magic link, email code and passkey (also usernameless and by autofill); TOTP
+/// enrolment and the second-factor prompt; recovery codes; passkeys; sessions with revoke.
 pub async fn demo() -> Response {
-    let mut headers = hardened(HeaderMap::new());
+    let mut headers = hardened_with(HeaderMap::new(), DEMO_CSP);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -123,7 +137,12 @@ pub async fn demo() -> Response {
     (StatusCode::OK, headers, DEMO).into_response()
 }
 
-/// `GET /demo.js`
+/// `GET /demo/demo.js` (also `/demo.js`): the console's script, an ES module.
 pub async fn demo_js() -> Response {
     script(DEMO_JS)
+}
+
+/// `GET /demo/portcullis-client.js` and `/auth/portcullis-client.js`: the SDK's browser bundle.
+pub async fn client_js() -> Response {
+    script(CLIENT_JS)
 }

@@ -53,6 +53,9 @@ pub async fn flow_of(ctx: &Ctx, token: &Secret) -> Result<Option<String>, Comman
 /// What the landing page shows about a link, read without consuming anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Landing {
+    /// The flow the link belongs to (what `MAGIC.SEND` returned to the device that asked), so
+    /// that the landing page can find that device's verifier when it is the same browser.
+    pub flow_id: String,
     /// The address the link signs in.
     pub email: String,
     /// Whether the link needs the asking device's verifier.
@@ -87,6 +90,7 @@ pub async fn landing(app: &App, token: &str) -> Option<Landing> {
         && now < flow.expires_at
         && latest.as_deref() == Some(flow.id.as_bytes());
     live.then(|| Landing {
+        flow_id: flow.id.clone(),
         email: flow.email,
         device_bound: flow.code_challenge.is_some(),
         redirect_url: flow.redirect_url,
