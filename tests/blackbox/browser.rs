@@ -119,7 +119,8 @@ fn the_demo_console_runs_every_flow_in_chromium() {
     let expect = [
         ("AUTH.SIGNUP", "session.created", 1),
         ("AUTH.LOGIN", "session.created", 1),
-        ("MAGIC.SEND", "", 2),
+        ("MAGIC.SEND", "", 3),
+        ("MAGIC.VERIFY", "session.created", 1),
         ("MAGIC.APPROVE", "", 2),
         ("MAGIC.POLL", "session.created", 1),
         ("MAGIC.POLL", "mfa.required", 1),
@@ -144,8 +145,9 @@ fn the_demo_console_runs_every_flow_in_chromium() {
             "{command} {event}: expected at least {n}\n{names:#?}"
         );
     }
-    // Nothing was refused but the deliberate: the MFA_REQUIRED answers, and the revoked tab's
-    // last tries (its access token, then its refresh token) before it showed "Signed out".
+    // Nothing was refused but the deliberate: the MFA_REQUIRED answers, the waiting tab's poll
+    // of the link the landing page used on the same device, and the revoked tab's last tries
+    // (its access token, then its refresh token) before it showed "Signed out".
     let refused: Vec<&str> = names
         .iter()
         .filter(|n| !n.contains(" ok ") && !n.contains("MFA_REQUIRED"))
@@ -154,6 +156,7 @@ fn the_demo_console_runs_every_flow_in_chromium() {
     assert_eq!(
         refused,
         [
+            "MAGIC.POLL ALREADY_USED magic.rejected",
             "USER.ME UNAUTHENTICATED",
             "AUTH.REFRESH INVALID_CREDENTIALS"
         ],

@@ -161,10 +161,10 @@ try {
     return h;
   };
   // The console asks for passkeys in the autofill whenever it shows the sign-in form, and the
-  // virtual authenticator answers such a request at once when it holds a passkey for the site
-  // (as a user picking the suggestion would). So the passkey is kept off the authenticator
-  // except in the steps that use it: `hide` takes it off (with its current signature counter),
-  // `show` puts it back.
+  // virtual authenticator answers such a request at once: with its passkey when it holds one
+  // for the site (as a user picking the suggestion would), else with NotAllowedError. So the
+  // passkey is kept off the authenticator except in the steps that use it: `hide` takes it off
+  // (with its current signature counter), `show` puts it back.
   let kept = [];
   const hide = async () => {
     kept = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials;
@@ -173,10 +173,15 @@ try {
   const show = async (session = cdp, id = authenticatorId) => {
     for (const credential of kept) await session.send("WebAuthn.addCredential", { authenticatorId: id, credential });
   };
+  // The autofill request of the sign-in form has ended (with no passkey on the authenticator,
+  // at once), so that only a request started from now on can find the passkey.
+  const autofillEnded = (p = page) =>
+    p.waitForSelector("#email:not([data-passkey-autofill])", { state: "attached" });
   // A modal passkey ceremony from a button: the passkey goes back on the authenticator only once
   // the button's click has cancelled the pending autofill request (when its PASSKEY.LOGIN.BEGIN
   // goes out), so the button, not the autofill, signs in.
   const passkeyButton = async (sel, p = page, session = cdp, id = authenticatorId) => {
+    await autofillEnded(p);
     let shown = false;
     const pattern = "**/api/v1/execute";
     await p.route(pattern, async (route) => {
@@ -200,12 +205,12 @@ try {
   const email = `console-${Date.now()}@example.org`;
   report.email = email;
 
-  // 1. The signed-out console.
+  // The signed-out console.
   await page.goto(`${base}/demo`);
   await page.waitForSelector("#signin-card:not([hidden])");
   await shot("signed-out");
 
-  // 2. Sign-up with a password: AAL1, pwd.
+  // Sign-up with a password: AAL1, pwd.
   await page.fill("#signup-email", email);
   await page.fill("#signup-name", "Ada Console");
   await page.fill("#signup-password", "correct horse battery staple");
@@ -214,7 +219,7 @@ try {
   await expectAmr(1, "pwd");
   await shot("signed-up");
 
-  // 3. Sign-in by password.
+  // Sign-in by password.
   await signOut();
   await page.fill("#email", email);
   await page.fill("#password", "correct horse battery staple");
@@ -223,7 +228,7 @@ try {
   await expectAmr(1, "pwd");
   await shot("password-sign-in");
 
-  // 4-7. Magic link: this tab waits; the link opens in a second tab and is approved there; this
+  // Magic link: this tab waits; the link opens in a second tab and is approved there; this
   // tab completes by MAGIC.POLL.
   await signOut();
   await page.fill("#email", email);
@@ -247,8 +252,29 @@ try {
   await waitText("#badges", "email verified");
   await shot("magic-link-signed-in-by-poll");
 
-  // 8-9. Sign-in by email code.
+  // Same device: the landing page finds this browser's verifier and signs in there
+  // (MAGIC.VERIFY with it); the waiting tab learns that the link was used and stops.
   await signOut();
+  await page.fill("#email", email);
+  seen = new Set(mails());
+  await page.click("#signin-magic");
+  await page.waitForSelector("#magic-wait:not([hidden])");
+  const here = await mailSecret(seen, email, "magic_link");
+  const landingHere = await context.newPage();
+  await landingHere.goto(here.link.replace(/^https?:\/\/[^/]+/, base));
+  await landingHere.click("#signin-here");
+  await waitText("#status", "You are signed in here", landingHere);
+  await shot("magic-link-same-device", landingHere);
+  await waitText("#message", "used in another tab");
+  await landingHere.goto(`${base}/demo`);
+  await waitText("#who", `Signed in as ${email}`, landingHere);
+  await waitText("#amr", "email", landingHere);
+  await shot("magic-link-same-device-console", landingHere);
+  await landingHere.click("#signout");
+  await waitText("#who", "Signed out", landingHere);
+  await landingHere.close();
+
+  // Sign-in by email code (this tab stayed signed out).
   await page.fill("#email", email);
   seen = new Set(mails());
   await page.click("#signin-otp");
@@ -261,14 +287,14 @@ try {
   await expectAmr(1, "email");
   await shot("email-code-signed-in");
 
-  // 10. Register a passkey.
+  // Register a passkey.
   await page.click("#passkey-add");
   await page.waitForFunction(() => document.getElementById("passkey-list").dataset.count === "1");
   await waitText("#message", "added");
   await shot("passkey-registered");
   await hide();
 
-  // 11. Usernameless passkey sign-in.
+  // Usernameless passkey sign-in.
   await signOut();
   await page.fill("#email", "");
   await passkeyButton("#signin-passkey-any");
@@ -276,7 +302,7 @@ try {
   await shot("passkey-usernameless");
   await hide();
 
-  // 12. Passkey sign-in by address (the allow-list of the account's passkeys).
+  // Passkey sign-in by address (the allow-list of the account's passkeys).
   await signOut();
   await page.fill("#email", email);
   await passkeyButton("#signin-passkey");
@@ -284,9 +310,10 @@ try {
   await shot("passkey-by-address");
   await hide();
 
-  // 13. Conditional UI: the sign-in form asks for passkeys in the autofill; the virtual
+  // Conditional UI: the sign-in form asks for passkeys in the autofill; the virtual
   // authenticator (automatic presence) answers it as a user picking the suggestion would.
   await signOut();
+  await autofillEnded();
   await show();
   // A fresh sign-in form: the console starts the conditional request as it shows.
   await page.reload();
@@ -296,7 +323,7 @@ try {
   await shot("passkey-autofill");
   await hide();
 
-  // 13-14. TOTP enrolment with its QR code; the recovery codes are shown once.
+  // TOTP enrolment with its QR code; the recovery codes are shown once.
   await page.click("#totp-enroll");
   await page.waitForSelector("#totp-setup:not([hidden])");
   const qr = await page.evaluate(() => {
@@ -318,7 +345,7 @@ try {
   await page.click("#recovery-done");
   if ((await page.$$("#recovery-codes li")).length !== 0) throw new Error("the recovery codes stayed on the page");
 
-  // 15. Regenerate recovery codes: a new set, the old one void.
+  // Regenerate recovery codes: a new set, the old one void.
   await page.click("#recovery-regenerate");
   await page.waitForSelector("#recovery-codes:not([hidden])");
   const fresh = await page.$$eval("#recovery-codes li", (l) => l.map((x) => x.textContent));
@@ -326,7 +353,7 @@ try {
   await shot("recovery-codes-regenerated");
   await page.click("#recovery-done");
 
-  // 16-17. The next sign-in (by email code) asks for the second factor: the app's code.
+  // The next sign-in (by email code) asks for the second factor: the app's code.
   await signOut();
   await page.fill("#email", email);
   seen = new Set(mails());
@@ -347,7 +374,7 @@ try {
   await expectAmr(2, "email", "otp", "mfa");
   await shot("mfa-totp-signed-in");
 
-  // 18. A recovery code as the second factor, after a magic link, waiting tab by poll again.
+  // A recovery code as the second factor, after a magic link, waiting tab by poll again.
   await signOut();
   await page.fill("#email", email);
   seen = new Set(mails());
@@ -365,7 +392,7 @@ try {
   await expectAmr(2, "email", "recovery", "mfa");
   await shot("mfa-recovery-code-signed-in");
 
-  // 19. A passkey as the second factor of a code sign-in.
+  // A passkey as the second factor of a code sign-in.
   await signOut();
   await page.fill("#email", email);
   seen = new Set(mails());
@@ -380,7 +407,7 @@ try {
   await expectAmr(2, "email", "user", "mfa");
   await shot("mfa-passkey-signed-in");
 
-  // 20-21. The session list: a second tab signs in (its own session), this tab revokes it.
+  // The session list: a second tab signs in (its own session), this tab revokes it.
   // The second tab has its own virtual authenticator with the same passkey.
   await hide();
   const other = await context.newPage();
@@ -406,7 +433,7 @@ try {
   await waitText("#who", "Signed out", other);
   await other.close();
 
-  // 22. Sign out.
+  // Sign out.
   await signOut();
   await shot("signed-out-again");
   await cdp.send("WebAuthn.removeVirtualAuthenticator", { authenticatorId });

@@ -319,23 +319,31 @@ on("otp-verify", async () => {
   }
 });
 
-// Conditional UI: passkeys in the email field's autofill, while the sign-in form shows.
+// Conditional UI: passkeys in the email field's autofill, while the sign-in form shows. The
+// field's `data-passkey-autofill` is `starting`, then `on` once the browser holds the request,
+// and absent when no request is pending.
 async function startAutofill() {
-  if (autofill || session() || mfa || !(await Passkeys.autofillSupported())) return;
+  if (autofill || session() || mfa) return;
   const controller = new AbortController();
-  autofill = controller;
+  autofill = controller; // set before any await, so that stopAutofill always reaches it
+  const field = $("email");
+  field.dataset.passkeyAutofill = "starting";
   try {
-    const pair = await passkeys.autofill({ signal: controller.signal });
-    autofill = null;
+    if (!(await Passkeys.autofillSupported())) { autofill = null; return; }
+    const pair = await passkeys.autofill({ signal: controller.signal, onWaiting: () => { field.dataset.passkeyAutofill = "on"; } });
+    if (autofill === controller) autofill = null;
     await signedIn(pair, "Signed in with a passkey from autofill.");
   } catch (e) {
     if (autofill === controller) autofill = null;
     if (!controller.signal.aborted && !(e && e.name === "NotAllowedError")) fail(e);
+  } finally {
+    if (!autofill) delete field.dataset.passkeyAutofill;
   }
 }
 function stopAutofill() {
   if (autofill) autofill.abort();
   autofill = null;
+  delete $("email").dataset.passkeyAutofill;
 }
 
 // ---- the second step -------------------------------------------------------------------------

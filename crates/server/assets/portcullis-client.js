@@ -414,8 +414,9 @@ var Passkeys = class _Passkeys {
    * Conditional UI: offers the site's passkeys in the autofill of an
    * `<input autocomplete="username webauthn">` and resolves to the session once the user picks
    * one. Start it when the sign-in form shows; abort `signal` before starting any other
-   * ceremony (the browser allows one at a time). Rejects with an `AbortError` when aborted and
-   * a `NotSupportedError` when the browser has no conditional mediation.
+   * ceremony (the browser allows one at a time). `onWaiting` is called once the browser holds
+   * the request (the autofill can offer passkeys from then on). Rejects with an `AbortError`
+   * when aborted and a `NotSupportedError` when the browser has no conditional mediation.
    */
   async autofill(options = {}) {
     if (!await _Passkeys.autofillSupported()) {
@@ -424,10 +425,12 @@ var Passkeys = class _Passkeys {
     options.signal?.throwIfAborted();
     const c = ceremony(await this.#client.execute("PASSKEY.LOGIN.BEGIN", {}), "PASSKEY.LOGIN.BEGIN");
     options.signal?.throwIfAborted();
-    const credential = await get(c.publicKey, {
+    const pending = get(c.publicKey, {
       mediation: "conditional",
       ...options.signal === void 0 ? {} : { signal: options.signal }
     });
+    options.onWaiting?.();
+    const credential = await pending;
     return await this.#client.execute("PASSKEY.LOGIN.FINISH", {
       ceremony_id: c.ceremony_id,
       credential

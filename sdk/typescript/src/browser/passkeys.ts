@@ -150,20 +150,23 @@ export class Passkeys {
    * Conditional UI: offers the site's passkeys in the autofill of an
    * `<input autocomplete="username webauthn">` and resolves to the session once the user picks
    * one. Start it when the sign-in form shows; abort `signal` before starting any other
-   * ceremony (the browser allows one at a time). Rejects with an `AbortError` when aborted and
-   * a `NotSupportedError` when the browser has no conditional mediation.
+   * ceremony (the browser allows one at a time). `onWaiting` is called once the browser holds
+   * the request (the autofill can offer passkeys from then on). Rejects with an `AbortError`
+   * when aborted and a `NotSupportedError` when the browser has no conditional mediation.
    */
-  async autofill(options: { signal?: AbortSignal } = {}): Promise<TokenPair> {
+  async autofill(options: { signal?: AbortSignal; onWaiting?: () => void } = {}): Promise<TokenPair> {
     if (!(await Passkeys.autofillSupported())) {
       throw new DOMException("this browser has no passkey autofill", "NotSupportedError");
     }
     options.signal?.throwIfAborted();
     const c = ceremony(await this.#client.execute("PASSKEY.LOGIN.BEGIN", {}), "PASSKEY.LOGIN.BEGIN");
     options.signal?.throwIfAborted();
-    const credential = await get(c.publicKey, {
+    const pending = get(c.publicKey, {
       mediation: "conditional",
       ...(options.signal === undefined ? {} : { signal: options.signal }),
     });
+    options.onWaiting?.();
+    const credential = await pending;
     return (await this.#client.execute("PASSKEY.LOGIN.FINISH", {
       ceremony_id: c.ceremony_id,
       credential,
