@@ -1191,6 +1191,45 @@ mod tests {
         }
     }
 
+    /// A name is the UTC millisecond and an 8-digit counter; a name already taken (another
+    /// node writing to the same directory) is skipped, never replaced; the temporary files a
+    /// crash left are removed when the outbox opens, and none is left after a write.
+    #[test]
+    fn outbox_files_never_replace_each_other_and_leave_no_temporary_files() {
+        // 2026-12-04T20:15:01.042Z
+        let ms = 1_796_415_301_042_i128;
+        assert_eq!(outbox_name(ms, 7), "20261204T201501.042Z-00000007.eml");
+        assert_eq!(
+            outbox_name(ms, OUTBOX_COUNTER_MOD + 3),
+            "20261204T201501.042Z-00000003.eml"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".stale.eml.tmp"), "half a message").unwrap();
+        let _outbox = Outbox::open(dir.path().to_owned()).unwrap();
+        std::fs::write(dir.path().join(outbox_name(ms, 1)), "someone else's").unwrap();
+        let (written, counter) = write_outbox_file(dir.path(), ms, 0, b"mine");
+        written.unwrap();
+        assert_eq!(counter, 2);
+        let read = |n: u64| std::fs::read_to_string(dir.path().join(outbox_name(ms, n))).unwrap();
+        assert_eq!(read(1), "someone else's");
+        assert_eq!(read(2), "mine");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [outbox_name(ms, 1), outbox_name(ms, 2)]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(outbox_name(ms, 2)))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the file holds a live secret");
+        }
+    }
+
     /// Every message says what it is, and a message of a flow names the flow.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn outbox_messages_carry_their_kind_and_flow() {
