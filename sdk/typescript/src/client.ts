@@ -28,7 +28,8 @@ export type ParamsOf<C extends CommandName> = Commands[C]["params"];
 /** The result (`data`) of a command. */
 export type ResultOf<C extends CommandName> = Commands[C]["result"];
 
-type RequiredKeys<T> = { [K in keyof T]-?: object extends Pick<T, K> ? never : K }[keyof T];
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type -- `{}` is what an empty object literal is
+type RequiredKeys<T> = { [K in keyof T]-?: {} extends Pick<T, K> ? never : K }[keyof T];
 
 /** `execute`'s arguments after the command: params may be left out when none is required. */
 export type ExecuteArgs<C extends CommandName> = [RequiredKeys<ParamsOf<C>>] extends [never]
