@@ -13,7 +13,7 @@ use crate::{CommandError, CommandSpec, Ctx, RateClass, Registry, Requirement};
 use portcullis_protocol::commands::sys::CommandInfo;
 use portcullis_protocol::ErrorCode;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 const BLESS: &str = "PORTCULLIS_BLESS=1 cargo test -p portcullis-core commands_json";
@@ -339,4 +339,312 @@ fn resolve<'a>(defs: &'a Map<String, Value>, mut s: &'a Value) -> &'a Value {
             .unwrap_or_else(|| panic!("dangling $ref {r}"));
     }
     s
+}
+
+/// A validator for the schema subset above: enough to check the examples of the docs.
+struct Validator<'a> {
+    defs: &'a Map<String, Value>,
+}
+
+impl Validator<'_> {
+    fn check(&self, schema: &Value, v: &Value, at: &str, errors: &mut Vec<String>) {
+        let m = match schema {
+            Value::Bool(true) => return,
+            Value::Object(m) => m,
+            other => {
+                errors.push(format!("{at}: schema {other}"));
+                return;
+            }
+        };
+        let mut fail = |msg: String| errors.push(format!("{at}: {msg}"));
+        if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+            let target = resolve(self.defs, schema);
+            let _ = r;
+            let mut inner = Vec::new();
+            self.check(target, v, at, &mut inner);
+            inner
+                .into_iter()
+                .for_each(|e| fail(e.replacen(&format!("{at}: "), "", 1)));
+        }
+        if let Some(t) = m.get("type") {
+            let types: Vec<&str> = match t {
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                one => one.as_str().into_iter().collect(),
+            };
+            let fits = types.iter().any(|t| match *t {
+                "null" => v.is_null(),
+                "boolean" => v.is_boolean(),
+                "object" => v.is_object(),
+                "array" => v.is_array(),
+                "string" => v.is_string(),
+                "number" => v.is_number(),
+                "integer" => v.is_i64() || v.is_u64(),
+                _ => false,
+            });
+            if !fits {
+                fail(format!("{v} is not of type {t}"));
+            }
+        }
+        if let Some(c) = m.get("const") {
+            if c != v {
+                fail(format!("{v} is not {c}"));
+            }
+        }
+        if let Some(e) = m.get("enum").and_then(Value::as_array) {
+            if !e.contains(v) {
+                fail(format!("{v} is not one of {}", Value::Array(e.clone())));
+            }
+        }
+        if let (Some(min), Some(n)) = (m.get("minimum").and_then(Value::as_f64), v.as_f64()) {
+            if n < min {
+                fail(format!("{v} < {min}"));
+            }
+        }
+        if let (Some(max), Some(n)) = (m.get("maximum").and_then(Value::as_f64), v.as_f64()) {
+            if n > max {
+                fail(format!("{v} > {max}"));
+            }
+        }
+        if let Some(obj) = v.as_object() {
+            let props = m.get("properties").and_then(Value::as_object);
+            for req in m
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if !req.as_str().is_some_and(|r| obj.contains_key(r)) {
+                    fail(format!("missing member {req}"));
+                }
+            }
+            for (k, child) in obj {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => self.check(s, child, &format!("{at}.{k}"), errors),
+                    None => match m.get("additionalProperties") {
+                        Some(Value::Bool(false)) => {
+                            errors.push(format!("{at}: unknown member {k:?}"))
+                        }
+                        Some(s @ Value::Object(_)) => {
+                            self.check(s, child, &format!("{at}.{k}"), errors)
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        }
+        if let (Some(items), Some(a)) = (m.get("items"), v.as_array()) {
+            for (i, child) in a.iter().enumerate() {
+                self.check(items, child, &format!("{at}[{i}]"), errors);
+            }
+        }
+        let passing = |key: &str| -> Option<(usize, usize, Vec<String>)> {
+            let list = m.get(key)?.as_array()?;
+            let mut why = Vec::new();
+            let ok = list
+                .iter()
+                .filter(|s| {
+                    let mut e = Vec::new();
+                    self.check(s, v, at, &mut e);
+                    why.extend(e.iter().cloned());
+                    e.is_empty()
+                })
+                .count();
+            Some((ok, list.len(), why))
+        };
+        if let Some((ok, _, why)) = passing("oneOf") {
+            if ok != 1 {
+                errors.push(format!("{at}: fits {ok} of oneOf, not exactly 1 ({why:?})"));
+            }
+        }
+        if let Some((ok, _, why)) = passing("anyOf") {
+            if ok == 0 {
+                errors.push(format!("{at}: fits none of anyOf ({why:?})"));
+            }
+        }
+        if let Some((ok, n, why)) = passing("allOf") {
+            if ok != n {
+                errors.push(format!("{at}: fails allOf ({why:?})"));
+            }
+        }
+    }
+}
+
+/// The validator itself can say no: wrong types, missing and unknown members, consts.
+#[test]
+fn commands_json_validator_refuses_what_does_not_fit() {
+    let doc = describe(&registry());
+    let defs = doc["$defs"].as_object().unwrap();
+    let v = Validator { defs };
+    let errors = |schema: &Value, value: Value| {
+        let mut e = Vec::new();
+        v.check(schema, &value, "$", &mut e);
+        e
+    };
+    let login = json!({"$ref": "#/$defs/AuthLoginParams"});
+    assert!(errors(&login, json!({"email": "a@example.com", "password": "x"})).is_empty());
+    assert!(!errors(&login, json!({"email": "a@example.com"})).is_empty());
+    assert!(!errors(&login, json!({"email": 1, "password": "x"})).is_empty());
+    assert!(!errors(&login, json!({"email": "a", "password": "x", "extra": 1})).is_empty());
+    let frame = json!({"$ref": "#/$defs/LogTailFrame"});
+    assert!(errors(&frame, json!({"end": true, "next_seq": 3})).is_empty());
+    assert!(!errors(&frame, json!({"end": false, "next_seq": 3})).is_empty());
+    assert!(!errors(&frame, json!({"end": true, "next_seq": -1})).is_empty());
+    let report = json!({"$ref": "#/$defs/LogVerifyReport"});
+    let without_checkpoint = json!({"valid":true,"checked":3,"head_seq":3,
+        "first_broken_seq":null,"reason":null});
+    assert!(!errors(&report, without_checkpoint).is_empty());
+}
+
+/// One example found in a command's document.
+struct Example {
+    file: String,
+    line: usize,
+    /// The command whose schema applies.
+    command: String,
+    /// `params` or `result`.
+    part: &'static str,
+    value: Value,
+}
+
+/// The JSON examples of `protocol/commands/*.md`: request lines (their `params`), response
+/// lines that succeeded (their `data`), and the bare objects of the ```json blocks under the
+/// "Params" and "Result" headings. Lines that are not JSON are returned apart, except those
+/// abbreviated with a `…` outside a string, which are skipped.
+fn doc_examples() -> (Vec<Example>, Vec<String>) {
+    let mut examples = Vec::new();
+    let mut unreadable = Vec::new();
+    let dir = protocol_dir().join("commands");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for path in files {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(command) = file.strip_suffix(".md") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut heading = String::new();
+        let mut block: Option<(String, usize, Vec<&str>)> = None;
+        for (n, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if let Some(fence) = trimmed.strip_prefix("```") {
+                match block.take() {
+                    None => block = Some((fence.trim().to_owned(), n + 1, Vec::new())),
+                    Some((lang, start, lines)) => {
+                        let mut values = Vec::new();
+                        let whole = lines.join("\n");
+                        if let Ok(v) = serde_json::from_str::<Value>(&whole) {
+                            values.push((start + 1, v));
+                        } else {
+                            for (i, l) in lines.iter().enumerate() {
+                                let l = l.trim();
+                                if !l.starts_with('{') {
+                                    continue;
+                                }
+                                match serde_json::from_str::<Value>(l) {
+                                    Ok(v) => values.push((start + 1 + i, v)),
+                                    // Abbreviated on purpose (`[{…},…]`): not checkable.
+                                    Err(_) if l.contains('…') => {}
+                                    Err(_) => unreadable.push(format!("{file}:{}", start + 1 + i)),
+                                }
+                            }
+                        }
+                        for (line, v) in values {
+                            let found = |command: &str, part, value: &Value| Example {
+                                file: file.clone(),
+                                line,
+                                command: command.to_owned(),
+                                part,
+                                value: value.clone(),
+                            };
+                            match (v.get("command").and_then(Value::as_str), v.get("ok")) {
+                                (Some(c), Some(ok)) if ok == true => {
+                                    examples.push(found(c, "result", &v["data"]));
+                                }
+                                (Some(_), Some(_)) => {}
+                                (Some(c), None) => {
+                                    let params = v.get("params").cloned().unwrap_or(Value::Null);
+                                    let params = if params.is_null() { json!({}) } else { params };
+                                    examples.push(found(c, "params", &params));
+                                }
+                                (None, _) if lang == "json" && v.is_object() => {
+                                    if heading == "Result" {
+                                        examples.push(found(command, "result", &v));
+                                    } else if heading == "Params" {
+                                        examples.push(found(command, "params", &v));
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            match block.as_mut() {
+                Some((_, _, lines)) => lines.push(line),
+                None => {
+                    // The innermost heading: a `### Second factor` under `## Result` is not the
+                    // result.
+                    if line.starts_with('#') {
+                        heading = line.trim_start_matches('#').trim().to_owned();
+                    }
+                }
+            }
+        }
+    }
+    (examples, unreadable)
+}
+
+/// Every request and response in `protocol/commands/*.md` fits the schemas of
+/// `protocol/commands.json`: a documented member the server does not send, or a member the
+/// docs forget, shows here.
+#[test]
+fn command_doc_examples_fit_commands_json() {
+    let doc = describe(&registry());
+    let defs = doc["$defs"].as_object().unwrap();
+    let by_name: BTreeMap<&str, &Value> = doc["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c))
+        .collect();
+    let v = Validator { defs };
+    let (examples, unreadable) = doc_examples();
+    let mut errors = Vec::new();
+    let mut checked = BTreeMap::<&str, usize>::new();
+    for ex in &examples {
+        let Some(c) = by_name.get(ex.command.as_str()) else {
+            continue;
+        };
+        let mut e = Vec::new();
+        v.check(&c[ex.part], &ex.value, ex.part, &mut e);
+        errors.extend(
+            e.into_iter()
+                .map(|e| format!("{}:{} ({} {}): {e}", ex.file, ex.line, ex.command, ex.part)),
+        );
+        *checked.entry(ex.part).or_default() += 1;
+    }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    assert!(
+        unreadable.is_empty(),
+        "examples that are not JSON: {unreadable:?}"
+    );
+    // Every command shows at least one request and one successful answer.
+    for name in by_name.keys() {
+        for part in ["params", "result"] {
+            assert!(
+                examples
+                    .iter()
+                    .any(|e| e.command == *name && e.part == part),
+                "{name}.md has no example of its {part}"
+            );
+        }
+    }
+    assert!(
+        checked["result"] > 50 && checked["params"] > 50,
+        "{checked:?}"
+    );
 }
