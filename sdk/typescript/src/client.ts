@@ -43,7 +43,7 @@ export type UnknownCommandName<S extends string> = S extends CommandName ? never
 export type SecondFactor =
   | { method: "totp"; code: string }
   | { method: "recovery_code"; code: string }
-  | { method: "passkey"; ceremonyId: string; credential: unknown };
+  | { method: "passkey"; ceremonyId: string; credential: Record<string, unknown> };
 
 /** Runs commands: `await client.execute("AUTH.LOGIN", { email, password })`. */
 export class Client {

@@ -28,253 +28,998 @@ export const ERROR_CODES = [
 /** One code of the closed set: branch on it, never on the message. */
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
-export type ConfirmParams = {
-  /** e */
-  enrollment_id: string;
-  /** c */
-  code: string;
-};
-
-export type Enrollment = {
-  /** e */
-  enrollment_id: string;
-  /** base32 */
-  secret: string;
-  /** u */
-  otpauth_uri: string;
-  /** png */
-  qr_png: string;
-  /** e */
-  expires_in: number;
-};
-
-/** One audit event. */
-export type Event = {
-  /** Sequence number. */
-  seq: number;
-  /** RFC 3339 UTC. */
-  time: string;
-  /** The command name. */
-  command: string | null;
-  /** `ok` or an error code. */
-  outcome: string;
-  /** Who. */
-  actor: string;
-  /** The account. */
-  subject: string | null;
-  /** The session. */
-  session: string | null;
-  /** Client address. */
-  client: string;
-  transport: "tcp" | "http" | "internal";
-  /** Microseconds. */
-  duration_us: number;
-  summary: Record<string, unknown>;
-  /** Previous hash. */
-  prev: string;
-  /** This hash. */
-  hash: string;
-};
-
-export type Info = {
-  /** `"portcullis"`. */
+/** `APIKEY.CREATE` params. */
+export type AdminApiKeyCreateParams = {
+  /** Seconds until it expires (default: never). */
+  expires_in?: number | null;
+  /** A name for the key. */
   name: string;
-  /** Server version. */
-  version: string;
-  protocol: number;
-  /** Node. */
-  node_id: string;
-  /** Start. */
-  started_at: string;
-  /** Uptime. */
-  uptime_s: number;
-  /** Head. */
-  log_head_seq: number;
-  /** First. */
-  log_first_seq?: number;
+  /**
+   * Scopes: `users:read`, `users:write`, `sessions:write`, `log:read`, `keys:write`,
+   * `apikeys:write`.
+   */
+  scopes: Array<string>;
 };
 
-/** A map. */
-export type Labels = Record<string, string>;
+/** One API key (never the key itself, except once in `APIKEY.CREATE`). */
+export type AdminApiKeyInfo = {
+  /** RFC 3339. */
+  created_at: string;
+  /** RFC 3339, or `null`. */
+  expires_at: string | null;
+  /** Public id. */
+  id: string;
+  /** The key: only in the `APIKEY.CREATE` answer. */
+  key?: string | null;
+  /** Name. */
+  name: string;
+  /** RFC 3339 when revoked, or `null`. */
+  revoked_at: string | null;
+  /** Scopes. */
+  scopes: Array<string>;
+};
 
-export type LoggedOut = {
-  /** The session. */
+/** `APIKEY.LIST` result. */
+export type AdminApiKeyList = {
+  /** Oldest first. */
+  keys: Array<AdminApiKeyInfo>;
+};
+
+/** `APIKEY.REVOKE` params. */
+export type AdminApiKeyRef = {
+  /** Public id. */
+  id: string;
+};
+
+/** `ADMIN.BOOTSTRAP` params. */
+export type AdminBootstrapParams = {
+  /** The first superadmin's address. */
+  email: string;
+};
+
+/** `ADMIN.BOOTSTRAP` result. */
+export type AdminBootstrapped = {
+  /** Seconds until the link expires. */
+  expires_in: number;
+  /** A one-time sign-in link (also mailed). */
+  link: string;
+  /** The superadmin's account. */
+  user_id: string;
+};
+
+/** Result of commands that change accounts or sessions. */
+export type AdminChanged = {
+  /** Sessions revoked by this call. */
+  sessions_revoked: number;
+  /** The account. */
+  user_id: string;
+};
+
+/** `ADMIN.SESSION.REVOKE_EVERYONE` result. */
+export type AdminEveryoneRevoked = {
+  /** Sessions revoked by this call, of every account. */
+  sessions_revoked: number;
+};
+
+/** `ADMIN.USER.LIST` params. */
+export type AdminListParams = {
+  /** From `next_cursor` of the previous page. */
+  cursor?: string | null;
+  /** Only addresses starting with this (case-insensitive). */
+  email_prefix?: string | null;
+  /** Page size, 1..=500 (default 50). */
+  limit?: number | null;
+};
+
+/** `ADMIN.USER.RECOVER` params. */
+export type AdminRecoverParams = {
+  /** Why (recorded in the audit log): 3 to 500 characters. */
+  reason: string;
+  /** The account. */
+  user_id: string;
+};
+
+/** One signing key. */
+export type AdminSigningKeyInfo = {
+  /** RFC 3339. */
+  created_at: string;
+  /** RFC 7638 thumbprint. */
+  kid: string;
+  /**
+   * `active` (signs new tokens), `verifying` (retired, still verifies tokens it signed
+   * until `verify_until`), or `retired`.
+   */
+  state: string;
+  /** RFC 3339, for retired keys. */
+  verify_until: string | null;
+};
+
+/** `KEYS.LIST` / `KEYS.ROTATE` result. */
+export type AdminSigningKeys = {
+  /** Newest first. */
+  keys: Array<AdminSigningKeyInfo>;
+};
+
+/** An account as administrators see it (no secret, no hash). */
+export type AdminUser = {
+  /** RFC 3339. */
+  created_at: string;
+  /** Disabled accounts cannot sign in. */
+  disabled: boolean;
+  /** Shown name. */
+  display_name: string | null;
+  /** Address. */
+  email: string;
+  /** Proven address. */
+  email_verified: boolean;
+  /** Has a password. */
+  has_password: boolean;
+  /** Has an authenticator app. */
+  has_totp: boolean;
+  /** Number of passkeys. */
+  passkeys: number;
+  /** Live sessions. */
+  sessions: number;
+  /** Administrator. */
+  superadmin: boolean;
+  /** Account id. */
+  user_id: string;
+};
+
+/** `ADMIN.USER.LIST` result. */
+export type AdminUserPage = {
+  /** Pass as `cursor` for the next page; `null` at the end. */
+  next_cursor: string | null;
+  /** Accounts in address order. */
+  users: Array<AdminUser>;
+};
+
+/** Names one account. */
+export type AdminUserRef = {
+  /** The account. */
+  user_id: string;
+};
+
+/** `AUTH.LOGOUT` result. */
+export type AuthLoggedOut = {
+  /** Always `true`. */
+  revoked: true;
+  /** The session that was revoked. */
   session_id: string;
-  revoked: boolean;
 };
 
-export type LoginParams = {
+/** `AUTH.LOGIN` params. */
+export type AuthLoginParams = {
   /** The address. */
   email: string;
   /** The password. */
   password: string;
 };
 
-/** A second-factor method. */
-export type Method = "totp" | "recovery_code" | "passkey";
-
-export type MfaVerified = {
-  /** a */
-  user_id: string;
-  /** s */
-  session_id: string;
-  /** t */
-  access_token: string;
-  /** For a sign-in. */
-  refresh_token?: string | null;
-  /** Bearer */
-  token_type: string;
-  /** e */
-  expires_in: number;
-  aal: number;
-  amr: Array<string>;
-};
-
-export type MfaVerifyParams = {
-  /** From the `MFA_REQUIRED` error's details. */
-  mfa_token?: string | null;
-  method: Method;
-  /** The code. */
-  code?: string | null;
-  /** Ceremony. */
-  ceremony_id?: string | null;
-  /** `credential.toJSON()`. */
-  credential?: unknown;
-};
-
-export type Mixed = Pong & {
-  extra?: "a" | 1 | null;
-};
-
-/** Params of commands that take none: `{}` or absent. */
-export type NoParams = Record<string, never>;
-
-export type Pong = {
-  /** Always `true`. */
-  pong: boolean;
-};
-
-export type QueryParams = {
-  /** f */
-  from_seq?: number | null;
-  /** c */
-  command?: string | null;
-  /** o */
-  outcome?: string | null;
-  limit?: number | null;
-};
-
-export type QueryResult = {
-  events: Array<Event>;
-  /** n */
-  next_seq: number | null;
-};
-
-export type RecoveryCodes = {
-  recovery_codes: Array<string>;
-};
-
-export type RefreshParams = {
-  /** The refresh token. */
+/** `AUTH.REFRESH` params. */
+export type AuthRefreshParams = {
+  /** The refresh token from the last sign-in or refresh. */
   refresh_token: string;
 };
 
 /** The result of every sign-in and of `AUTH.REFRESH`. */
-export type SessionTokens = {
-  /** The account. */
-  user_id: string;
-  /** The session. */
-  session_id: string;
+export type AuthSessionTokens = {
   /** EdDSA-signed JWT; send it as the `token`. */
   access_token: string;
-  /** Single use: exchange it with `AUTH.REFRESH` for a new pair. */
-  refresh_token: string;
-  /** Always `"Bearer"`. */
-  token_type: string;
   /** Seconds until the access token expires. */
   expires_in: number;
+  /** Single use: exchange it with `AUTH.REFRESH` for a new pair. */
+  refresh_token: string;
+  /** The session. */
+  session_id: string;
+  /** Always `"Bearer"`. */
+  token_type: "Bearer";
+  /** The account. */
+  user_id: string;
 };
 
-export type SignupParams = {
-  /** The address. */
+/** `AUTH.SIGNUP` params. */
+export type AuthSignupParams = {
+  /** Shown name, at most 128 characters. */
+  display_name?: string | null;
+  /** The address; normalised (trimmed, domain lower-cased) and validated. */
   email: string;
   /** Absent: a passwordless account. */
   password?: string | null;
-  /** Shown name. */
-  display_name?: string | null;
 };
 
-export type TailFrame = {
+/**
+ * One entry of the event log. Every member is always present (`null` when empty), so the
+ * canonical form that the hash covers is stable.
+ *
+ * `hash = hex(SHA-256(canonical_json(event without "hash")))`, and `prev` is the previous
+ * event's `hash` ([`GENESIS_HASH`] for seq 1), which chains the log.
+ */
+export type Event = {
+  /** Who ran it. */
+  actor: string;
+  /** The client's address (`ip:port`), when known. */
+  client: string | null;
+  /** The command name, or `null` when the frame could not be read as a request. */
+  command: string | null;
+  /** Time spent in the dispatcher, in microseconds. */
+  duration_us: number;
+  /** Hash of this event. */
+  hash: string;
+  /** `"ok"` or the error code. */
+  outcome: string;
+  /** Hash of the previous event. */
+  prev: string;
+  /** Position in the log, from 1, without gaps. */
+  seq: number;
+  /** The session the command ran in, when there is one. */
+  session: string | null;
+  /** The account the command was about, when there is one. */
+  subject: string | null;
+  /**
+   * A small redacted summary: decision points (`"event": "session.created"`), counts, reasons.
+   * Never a secret.
+   */
+  summary: Record<string, unknown>;
+  /** When the outcome was decided: RFC 3339, UTC, milliseconds (`2026-11-26T01:02:03.456Z`). */
+  time: string;
+  /** `"tcp"`, `"http"` or `"internal"`. */
+  transport: string;
+};
+
+/**
+ * The last event removed by `LOG.PRUNE`: the kept log continues from it, so the event at
+ * `seq + 1` has `prev` = `hash`, and an archive of the pruned events ends with this event.
+ */
+export type LogCheckpoint = {
+  /** Its hash. */
+  hash: string;
+  /** Seq of the last pruned event. */
+  seq: number;
+};
+
+/** `LOG.PRUNE` params. */
+export type LogPruneParams = {
+  /** Remove every event with seq ≤ this one. Must be below the newest event. */
+  through_seq: number;
+};
+
+/** `LOG.PRUNE` result. */
+export type LogPruneResult = {
+  /** The last pruned event. */
+  checkpoint: LogCheckpoint;
+  /** The oldest seq the log now holds. */
+  first_seq: number;
+  /** How many events this call removed (0 when they were already gone). */
+  pruned: number;
+};
+
+/** `LOG.QUERY` params. Filters combine with AND. */
+export type LogQueryParams = {
+  /** Only this actor (`anonymous`, `operator`, `user:<id>`, `apikey:<id>`). */
+  actor?: string | null;
+  /** Only this command. */
+  command?: string | null;
+  /** First seq to consider (default 1). */
+  from_seq?: number | null;
+  /** Page size, 1..=1000 (default 100). */
+  limit?: number | null;
+  /** Only this outcome (`ok` or an error code). */
+  outcome?: string | null;
+  /** Only events at or after this time (RFC 3339). */
+  since?: string | null;
+  /** Last seq to consider, inclusive. */
+  to_seq?: number | null;
+  /** Only events strictly before this time (RFC 3339). */
+  until?: string | null;
+};
+
+/** `LOG.QUERY` result. */
+export type LogQueryResult = {
+  /** Matching events in ascending seq order. */
+  events: Array<Event>;
+  /** Pass as `from_seq` to get the next page; `null` when the range is exhausted. */
+  next_seq: number | null;
+};
+
+/**
+ * The `data` of one `LOG.TAIL` stream line. A tail answers with many lines that all carry
+ * the request's id: one per event, a `caught_up` marker when the replay reaches the head
+ * (then live events follow when following), or an `end` marker when not following.
+ */
+export type LogTailFrame = {
+  /** The event. */
   event: Event;
 } | {
-  caught_up: boolean;
-  /** n */
+  /** Always `true`. */
+  caught_up: true;
+  /** First seq not yet sent. */
   next_seq: number;
 } | {
-  end: boolean;
-  /** n */
+  /** Always `true`. */
+  end: true;
+  /** First seq not sent; pass it as `from_seq` to resume. */
   next_seq: number;
 };
 
-export type TailParams = {
-  /** First seq. */
-  from_seq?: number | null;
+/** `LOG.TAIL` params. */
+export type LogTailParams = {
+  /** Keep streaming new events after the replay, until the client disconnects. */
   follow?: boolean;
+  /**
+   * First sequence number to send (default: the next event to be written, i.e. only new
+   * events when following, nothing when not).
+   */
+  from_seq?: number | null;
+};
+
+/** `LOG.VERIFY` params. */
+export type LogVerifyParams = {
+  /** First seq to check (default 1). Its `prev` is checked against the event before it. */
+  from_seq?: number | null;
+  /** Last seq to check (default: the head). */
+  to_seq?: number | null;
+};
+
+/** `LOG.VERIFY` result (also the offline `portcullis log verify` report). */
+export type LogVerifyReport = {
+  /** How many events were checked. */
+  checked: number;
+  /**
+   * The last pruned event, against which `first_seq`'s `prev` is checked; `null` when
+   * the log was never pruned.
+   */
+  checkpoint: LogCheckpoint | null;
+  /** The first seq at which the chain breaks, when it does. */
+  first_broken_seq: number | null;
+  /** The oldest seq the log still holds (1 unless it was pruned). */
+  first_seq: number;
+  /** The newest seq in the log. */
+  head_seq: number;
+  /** Why it breaks there (`hash_mismatch`, `prev_mismatch`, `seq_gap`, `unreadable`). */
+  reason: string | null;
+  /** Whether every checked event is intact and chained. */
+  valid: boolean;
+};
+
+/** `MAGIC.APPROVE` params. */
+export type MagicApproveParams = {
+  /** The token from the link. */
+  token: string;
+};
+
+/** `MAGIC.APPROVE` result. */
+export type MagicApproved = {
+  /** Always `true`. */
+  approved: true;
+  /** The approved flow. */
+  flow_id: string;
+};
+
+/** `MAGIC.SEND` result: the same shape whether or not the address has an account. */
+export type MagicFlowStarted = {
+  /** Seconds until the link expires. */
+  expires_in: number;
+  /** The flow (for `MAGIC.POLL`). */
+  flow_id: string;
+};
+
+/** `MAGIC.POLL` params. */
+export type MagicPollParams = {
+  /** The verifier whose S256 hash was the `code_challenge`. */
+  code_verifier: string;
+  /** From `MAGIC.SEND`. */
+  flow_id: string;
+};
+
+/** `MAGIC.POLL` result: `{"status":"pending"}`, or `{"status":"complete", …session}`. */
+export type MagicPollResult = {
+  /** EdDSA-signed JWT; send it as the `token`. */
+  access_token?: string;
+  /** Seconds until the access token expires. */
+  expires_in?: number;
+  /** Single use: exchange it with `AUTH.REFRESH` for a new pair. */
+  refresh_token?: string;
+  /** The session. */
+  session_id?: string;
+  /** `pending` or `complete`. */
+  status: "pending" | "complete";
+  /** Always `"Bearer"`. */
+  token_type?: "Bearer";
+  /** The account. */
+  user_id?: string;
+};
+
+/** `MAGIC.SEND` params. */
+export type MagicSendParams = {
+  /** PKCE S256 challenge: BASE64URL(SHA-256(code_verifier)). */
+  code_challenge?: string | null;
+  /** Give an unknown address an account when the link is used. */
+  create_user?: boolean;
+  /** The address to mail. */
+  email: string;
+  /** Language of the mail (default: the server's). */
+  locale?: string | null;
+  /** Where the landing page sends the browser (must be allow-listed). */
+  redirect_url?: string | null;
+};
+
+/** `MAGIC.VERIFY` result. */
+export type MagicVerified = {
+  /** EdDSA-signed JWT; send it as the `token`. */
+  access_token: string;
+  /** Seconds until the access token expires. */
+  expires_in: number;
+  /** The flow's allow-listed redirect, if any. */
+  redirect_url: string | null;
+  /** Single use: exchange it with `AUTH.REFRESH` for a new pair. */
+  refresh_token: string;
+  /** The session. */
+  session_id: string;
+  /** Always `"Bearer"`. */
+  token_type: "Bearer";
+  /** The account. */
+  user_id: string;
+};
+
+/** `MAGIC.VERIFY` params. */
+export type MagicVerifyParams = {
+  /** Required when the link was sent with a `code_challenge`. */
+  code_verifier?: string | null;
+  /** The token from the link. */
+  token: string;
+};
+
+/**
+ * A second-factor method: what `MFA.VERIFY` is answered with, and what `MFA_REQUIRED`'s
+ * `details.methods` lists. Closed: the server matches it exhaustively.
+ */
+export type MfaMethod = "totp" | "recovery_code" | "passkey";
+
+/** `MFA.VERIFY` result. */
+export type MfaVerified = {
+  /** 2. */
+  aal: number;
+  /** A fresh access token at AAL2. */
+  access_token: string;
+  /** Both factors and `mfa` (RFC 8176), plus `recovery` when a recovery code was used. */
+  amr: Array<string>;
+  /** Seconds until the access token expires. */
+  expires_in: number;
+  /** For a completed sign-in; absent for a step-up (the session keeps its refresh token). */
+  refresh_token?: string | null;
+  /** The session (new for a sign-in, the current one for a step-up). */
+  session_id: string;
+  /** Always `"Bearer"`. */
+  token_type: "Bearer";
+  /** The account. */
+  user_id: string;
+};
+
+/**
+ * `MFA.VERIFY` params: with `mfa_token` it completes a sign-in; without it, with a bearer
+ * token, it steps the current session up to AAL2.
+ */
+export type MfaVerifyParams = {
+  /** `passkey`: the ceremony from `PASSKEY.LOGIN.BEGIN {"mfa_token"}`. */
+  ceremony_id?: string | null;
+  /** The code (`totp`, `recovery_code`). */
+  code?: string | null;
+  /** `passkey`: the browser's `credential.toJSON()`. */
+  credential?: Record<string, unknown> | null;
+  /** Which second factor answers. */
+  method: MfaMethod;
+  /** From the `MFA_REQUIRED` error's details. */
+  mfa_token?: string | null;
+};
+
+/** `OTP.SEND` result: the same shape whether or not the address has an account. */
+export type OtpCodeSent = {
+  /** Seconds until the code expires. */
+  expires_in: number;
+  /** The flow the code is bound to. */
+  flow_id: string;
+  /** Seconds before another code may be requested for this address. */
+  resend_after: number;
+};
+
+/** `OTP.SEND` params. */
+export type OtpSendParams = {
+  /** Give an unknown address an account when the code is used. */
+  create_user?: boolean;
+  /** The address to mail. */
+  email: string;
+  /** Language of the mail (default: the server's). */
+  locale?: string | null;
+};
+
+/** `OTP.VERIFY` params. */
+export type OtpVerifyParams = {
+  /** The six digits from the mail. */
+  code: string;
+  /** From `OTP.SEND`. */
+  flow_id: string;
+};
+
+/** `PASSKEY.*.BEGIN` result. */
+export type PasskeyCeremony = {
+  /** Pass to the matching FINISH. */
+  ceremony_id: string;
+  /** Seconds before the ceremony expires. */
+  expires_in: number;
+  /**
+   * For `navigator.credentials.create()` / `.get()` (after base64url decoding), e.g. via
+   * `PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey)`.
+   */
+  options: Record<string, unknown>;
+};
+
+/** `PASSKEY.REGISTER.FINISH` / `PASSKEY.LOGIN.FINISH` params. */
+export type PasskeyFinishParams = {
+  /** From BEGIN. */
+  ceremony_id: string;
+  /** `credential.toJSON()` of the browser's answer. */
+  credential: Record<string, unknown>;
+};
+
+/** One registered passkey. */
+export type PasskeyInfo = {
+  /** May be synced to other devices. */
+  backup_eligible: boolean;
+  /** Is currently backed up / synced. */
+  backup_state: boolean;
+  /** RFC 3339. */
+  created_at: string;
+  /** Credential id, base64url. */
+  credential_id: string;
+  /** RFC 3339, when it last signed in. */
+  last_used_at: string | null;
+  /** Its name. */
+  name: string;
+};
+
+/** `PASSKEY.LIST` result. */
+export type PasskeyList = {
+  /** Oldest first. */
+  passkeys: Array<PasskeyInfo>;
+};
+
+/**
+ * `PASSKEY.LOGIN.BEGIN` params: an email (allow-list of its passkeys), an `mfa_token` (the
+ * passkey as second factor), or neither (usernameless, discoverable credentials).
+ */
+export type PasskeyLoginBeginParams = {
+  /** The account's address. */
+  email?: string | null;
+  /** A pending sign-in's `mfa_token`. */
+  mfa_token?: string | null;
+};
+
+/** `PASSKEY.REGISTER.BEGIN` params. */
+export type PasskeyRegisterBeginParams = {
+  /** A name for the passkey (default: "Passkey"). */
+  name?: string | null;
+};
+
+/** `PASSKEY.REMOVE` params. */
+export type PasskeyRemoveParams = {
+  /** Which passkey. */
+  credential_id: string;
+};
+
+/** `PASSKEY.RENAME` params. */
+export type PasskeyRenameParams = {
+  /** Which passkey. */
+  credential_id: string;
+  /** The new name. */
+  name: string;
+};
+
+/** One session as listed. */
+export type SessionInfo = {
+  /** Assurance level. */
+  aal: number;
+  /** Authentication methods (RFC 8176). */
+  amr: Array<string>;
+  /** Address of the client that created it. */
+  client: string | null;
+  /** When it was created (RFC 3339). */
+  created_at: string;
+  /** Whether this is the session of the calling token. */
+  current: boolean;
+  /** When it was last used to mint tokens (RFC 3339). */
+  last_used_at: string;
+  /** Session id. */
+  session_id: string;
+  /** User agent of the client that created it (HTTP only). */
+  user_agent: string | null;
+};
+
+/** `SESSION.LIST` result. */
+export type SessionList = {
+  /** Live sessions, newest first. */
+  sessions: Array<SessionInfo>;
+};
+
+/** `SESSION.REVOKE_ALL` params. */
+export type SessionRevokeAllParams = {
+  /** Keep the calling session (default false: revoke it too). */
+  keep_current?: boolean;
+};
+
+/** `SESSION.REVOKE` params. */
+export type SessionRevokeParams = {
+  /** One of the caller's sessions. */
+  session_id: string;
+};
+
+/** `SESSION.REVOKE` / `SESSION.REVOKE_ALL` result. */
+export type SessionRevoked = {
+  /** How many sessions were revoked by this call. */
+  revoked: number;
+};
+
+/** One registry entry, as listed by `SYS.COMMANDS`. */
+export type SysCommandInfo = {
+  /** Who may call it (`anyone`, `operator`, …). */
+  caller: string;
+  /** Whether its outcomes are appended to the event log. */
+  logged: boolean;
+  /** Command name. */
+  name: string;
+  /** Which rate limiter guards it. */
+  rate_class: string;
+  /**
+   * Whether it only reads: its answer does not wait for its own event to reach the disk
+   * (see envelope.md, "Durability of answers").
+   */
+  read_only: boolean;
+};
+
+/** `SYS.COMMANDS` result. */
+export type SysCommands = {
+  /** Every command, sorted by name. */
+  commands: Array<SysCommandInfo>;
+};
+
+/** `SYS.INFO` result. */
+export type SysInfo = {
+  /**
+   * Sequence number of the oldest event the log holds: 1 unless `LOG.PRUNE` removed
+   * older ones.
+   */
+  log_first_seq: number;
+  /** Sequence number of the newest event in the log (0 when empty). */
+  log_head_seq: number;
+  /** `"portcullis"`. */
+  name: string;
+  /** Stable id of this node's data directory. */
+  node_id: string;
+  /** Wire protocol version. */
+  protocol: number;
+  /** When the process started (RFC 3339 UTC). */
+  started_at: string;
+  /** Seconds since the process started. */
+  uptime_s: number;
+  /** Server version (semver). */
+  version: string;
+};
+
+/** Params of commands that take none: `{}` or absent. */
+export type SysNoParams = Record<string, never>;
+
+/** `SYS.PING` result. */
+export type SysPong = {
+  /** Always `true`. */
+  pong: true;
+};
+
+/** `TOTP.CONFIRM` params. */
+export type TotpConfirmParams = {
+  /** A current code from the app. */
+  code: string;
+  /** From `TOTP.ENROLL`. */
+  enrollment_id: string;
+};
+
+/** `TOTP.DISABLE` result. */
+export type TotpDisabled = {
+  /** Always `true`. */
+  disabled: true;
+};
+
+/** `TOTP.ENROLL` result. Shown once: the secret is never returned again. */
+export type TotpEnrollment = {
+  /** Pass to `TOTP.CONFIRM`. */
+  enrollment_id: string;
+  /** Seconds before the enrolment must be confirmed. */
+  expires_in: number;
+  /** `otpauth://totp/…` for authenticator apps. */
+  otpauth_uri: string;
+  /** The URI as a QR code: a PNG, base64. */
+  qr_png: string;
+  /** The shared secret, base32 (160 bits). */
+  secret: string;
+};
+
+/** `TOTP.CONFIRM` and `RECOVERY.REGENERATE` result. Shown once. */
+export type TotpRecoveryCodes = {
+  /** Ten single-use codes, `xxxx-xxxx-xxxx-xxxx-xxxx-xxxx` (120 bits each). */
+  recovery_codes: Array<string>;
+};
+
+/** `USER.CHANGE_EMAIL` params. */
+export type UserChangeEmailParams = {
+  /** The new address; a confirmation link is mailed there. */
+  new_email: string;
+};
+
+/** `USER.CHANGE_EMAIL` result. */
+export type UserChangeStarted = {
+  /** Seconds until the link expires. */
+  expires_in: number;
+  /** The confirmation flow. */
+  flow_id: string;
+};
+
+/** `USER.DELETE` result. */
+export type UserDeleted = {
+  /** Always `true`. */
+  deleted: true;
+  /** The account that no longer exists. */
+  user_id: string;
+};
+
+/** `USER.ME` (and `USER.UPDATE`) result. */
+export type UserMe = {
+  /**
+   * Assurance level of the current session: 0 (a passwordless sign-up, nothing proven
+   * yet), 1 or 2.
+   */
+  aal: number;
+  /** Authentication methods of the current session (RFC 8176). */
+  amr: Array<string>;
+  /** When the account was created (RFC 3339). */
+  created_at: string;
+  /** Shown name, when set. */
+  display_name: string | null;
+  /** The normalised address. */
+  email: string;
+  /** Whether the address has been proven (by a link or a code). */
+  email_verified: boolean;
+  /** The current session. */
+  session_id: string;
+  /** The account. */
+  user_id: string;
+};
+
+/** `USER.SET_PASSWORD` result. */
+export type UserPasswordSet = {
+  /** Always `true`. */
+  password_set: true;
+  /** How many other sessions were revoked. */
+  sessions_revoked: number;
+};
+
+/** `USER.SET_PASSWORD` params. */
+export type UserSetPasswordParams = {
+  /** Required when the account already has a password. */
+  current_password?: string | null;
+  /** The new password (8–256 characters, not a common one). */
+  new_password: string;
+};
+
+/** `USER.UPDATE` params. */
+export type UserUpdateParams = {
+  /** New shown name; `""` clears it. */
+  display_name?: string | null;
 };
 
 /** Every command of the protocol: its params and its result (for `LOG.TAIL`, one frame). */
 export interface Commands {
+  "ADMIN.BOOTSTRAP": {
+    params: AdminBootstrapParams;
+    result: AdminBootstrapped;
+  };
+  "ADMIN.SESSION.REVOKE_ALL": {
+    params: AdminUserRef;
+    result: AdminChanged;
+  };
+  "ADMIN.SESSION.REVOKE_EVERYONE": {
+    params: SysNoParams;
+    result: AdminEveryoneRevoked;
+  };
+  "ADMIN.USER.DELETE": {
+    params: AdminUserRef;
+    result: AdminChanged;
+  };
+  "ADMIN.USER.DISABLE": {
+    params: AdminUserRef;
+    result: AdminChanged;
+  };
+  "ADMIN.USER.ENABLE": {
+    params: AdminUserRef;
+    result: AdminChanged;
+  };
+  "ADMIN.USER.GET": {
+    params: AdminUserRef;
+    result: AdminUser;
+  };
+  "ADMIN.USER.LIST": {
+    params: AdminListParams;
+    result: AdminUserPage;
+  };
+  "ADMIN.USER.RECOVER": {
+    params: AdminRecoverParams;
+    result: AdminChanged;
+  };
+  "APIKEY.CREATE": {
+    params: AdminApiKeyCreateParams;
+    result: AdminApiKeyInfo;
+  };
+  "APIKEY.LIST": {
+    params: SysNoParams;
+    result: AdminApiKeyList;
+  };
+  "APIKEY.REVOKE": {
+    params: AdminApiKeyRef;
+    result: AdminApiKeyInfo;
+  };
   "AUTH.LOGIN": {
-    params: LoginParams;
-    result: SessionTokens;
+    params: AuthLoginParams;
+    result: AuthSessionTokens;
   };
   "AUTH.LOGOUT": {
-    params: NoParams;
-    result: LoggedOut;
+    params: SysNoParams;
+    result: AuthLoggedOut;
   };
   "AUTH.REFRESH": {
-    params: RefreshParams;
-    result: SessionTokens;
+    params: AuthRefreshParams;
+    result: AuthSessionTokens;
   };
   "AUTH.SIGNUP": {
-    params: SignupParams;
-    result: SessionTokens;
+    params: AuthSignupParams;
+    result: AuthSessionTokens;
+  };
+  "KEYS.LIST": {
+    params: SysNoParams;
+    result: AdminSigningKeys;
+  };
+  "KEYS.ROTATE": {
+    params: SysNoParams;
+    result: AdminSigningKeys;
+  };
+  "LOG.PRUNE": {
+    params: LogPruneParams;
+    result: LogPruneResult;
   };
   "LOG.QUERY": {
-    params: QueryParams;
-    result: QueryResult;
+    params: LogQueryParams;
+    result: LogQueryResult;
   };
   "LOG.TAIL": {
-    params: TailParams;
-    result: TailFrame;
+    params: LogTailParams;
+    result: LogTailFrame;
+  };
+  "LOG.VERIFY": {
+    params: LogVerifyParams;
+    result: LogVerifyReport;
+  };
+  "MAGIC.APPROVE": {
+    params: MagicApproveParams;
+    result: MagicApproved;
+  };
+  "MAGIC.POLL": {
+    params: MagicPollParams;
+    result: MagicPollResult;
+  };
+  "MAGIC.SEND": {
+    params: MagicSendParams;
+    result: MagicFlowStarted;
+  };
+  "MAGIC.VERIFY": {
+    params: MagicVerifyParams;
+    result: MagicVerified;
   };
   "MFA.VERIFY": {
     params: MfaVerifyParams;
     result: MfaVerified;
   };
+  "OTP.SEND": {
+    params: OtpSendParams;
+    result: OtpCodeSent;
+  };
+  "OTP.VERIFY": {
+    params: OtpVerifyParams;
+    result: AuthSessionTokens;
+  };
+  "PASSKEY.LIST": {
+    params: SysNoParams;
+    result: PasskeyList;
+  };
+  "PASSKEY.LOGIN.BEGIN": {
+    params: PasskeyLoginBeginParams;
+    result: PasskeyCeremony;
+  };
+  "PASSKEY.LOGIN.FINISH": {
+    params: PasskeyFinishParams;
+    result: AuthSessionTokens;
+  };
+  "PASSKEY.REGISTER.BEGIN": {
+    params: PasskeyRegisterBeginParams;
+    result: PasskeyCeremony;
+  };
+  "PASSKEY.REGISTER.FINISH": {
+    params: PasskeyFinishParams;
+    result: PasskeyInfo;
+  };
+  "PASSKEY.REMOVE": {
+    params: PasskeyRemoveParams;
+    result: PasskeyList;
+  };
+  "PASSKEY.RENAME": {
+    params: PasskeyRenameParams;
+    result: PasskeyInfo;
+  };
+  "RECOVERY.REGENERATE": {
+    params: SysNoParams;
+    result: TotpRecoveryCodes;
+  };
+  "SESSION.LIST": {
+    params: SysNoParams;
+    result: SessionList;
+  };
+  "SESSION.REVOKE": {
+    params: SessionRevokeParams;
+    result: SessionRevoked;
+  };
+  "SESSION.REVOKE_ALL": {
+    params: SessionRevokeAllParams;
+    result: SessionRevoked;
+  };
+  "SYS.COMMANDS": {
+    params: SysNoParams;
+    result: SysCommands;
+  };
   "SYS.INFO": {
-    params: NoParams;
-    result: Info;
+    params: SysNoParams;
+    result: SysInfo;
   };
   "SYS.PING": {
-    params: NoParams;
-    result: Pong;
-  };
-  "TEST.LABELS": {
-    params: NoParams;
-    result: Labels;
-  };
-  "TEST.MIXED": {
-    params: NoParams;
-    result: Mixed;
+    params: SysNoParams;
+    result: SysPong;
   };
   "TOTP.CONFIRM": {
-    params: ConfirmParams;
-    result: RecoveryCodes;
+    params: TotpConfirmParams;
+    result: TotpRecoveryCodes;
+  };
+  "TOTP.DISABLE": {
+    params: SysNoParams;
+    result: TotpDisabled;
   };
   "TOTP.ENROLL": {
-    params: NoParams;
-    result: Enrollment;
+    params: SysNoParams;
+    result: TotpEnrollment;
+  };
+  "USER.CHANGE_EMAIL": {
+    params: UserChangeEmailParams;
+    result: UserChangeStarted;
+  };
+  "USER.DELETE": {
+    params: SysNoParams;
+    result: UserDeleted;
+  };
+  "USER.ME": {
+    params: SysNoParams;
+    result: UserMe;
+  };
+  "USER.SET_PASSWORD": {
+    params: UserSetPasswordParams;
+    result: UserPasswordSet;
+  };
+  "USER.UPDATE": {
+    params: UserUpdateParams;
+    result: UserMe;
   };
 }
 
@@ -292,17 +1037,55 @@ export interface CommandInfo {
 
 /** The registry, as `SYS.COMMANDS` lists it. */
 export const COMMANDS: { readonly [C in CommandName]: CommandInfo } = {
-  "AUTH.LOGIN": { caller: "anyone", rateClass: "login", logged: true, readOnly: false, streaming: false },
-  "AUTH.LOGOUT": { caller: "user", rateClass: "user", logged: true, readOnly: false, streaming: false },
+  "ADMIN.BOOTSTRAP": { caller: "operator", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "ADMIN.SESSION.REVOKE_ALL": { caller: "admin:sessions:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "ADMIN.SESSION.REVOKE_EVERYONE": { caller: "superadmin", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "ADMIN.USER.DELETE": { caller: "admin:users:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "ADMIN.USER.DISABLE": { caller: "admin:users:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "ADMIN.USER.ENABLE": { caller: "admin:users:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "ADMIN.USER.GET": { caller: "admin:users:read", rateClass: "operator", logged: true, readOnly: true, streaming: false },
+  "ADMIN.USER.LIST": { caller: "admin:users:read", rateClass: "operator", logged: true, readOnly: true, streaming: false },
+  "ADMIN.USER.RECOVER": { caller: "admin:users:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "APIKEY.CREATE": { caller: "admin:apikeys:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "APIKEY.LIST": { caller: "admin:apikeys:write", rateClass: "operator", logged: true, readOnly: true, streaming: false },
+  "APIKEY.REVOKE": { caller: "admin:apikeys:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "AUTH.LOGIN": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "AUTH.LOGOUT": { caller: "user", rateClass: "account", logged: true, readOnly: false, streaming: false },
   "AUTH.REFRESH": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
-  "AUTH.SIGNUP": { caller: "anyone", rateClass: "signup", logged: true, readOnly: false, streaming: false },
+  "AUTH.SIGNUP": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "KEYS.LIST": { caller: "admin:keys:write", rateClass: "operator", logged: true, readOnly: true, streaming: false },
+  "KEYS.ROTATE": { caller: "admin:keys:write", rateClass: "operator", logged: true, readOnly: false, streaming: false },
+  "LOG.PRUNE": { caller: "operator", rateClass: "operator", logged: true, readOnly: false, streaming: false },
   "LOG.QUERY": { caller: "admin:log:read", rateClass: "operator", logged: true, readOnly: true, streaming: false },
   "LOG.TAIL": { caller: "admin:log:read", rateClass: "operator", logged: true, readOnly: true, streaming: true },
+  "LOG.VERIFY": { caller: "admin:log:read", rateClass: "operator", logged: true, readOnly: true, streaming: false },
+  "MAGIC.APPROVE": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "MAGIC.POLL": { caller: "anyone", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "MAGIC.SEND": { caller: "anyone", rateClass: "send", logged: true, readOnly: false, streaming: false },
+  "MAGIC.VERIFY": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
   "MFA.VERIFY": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
-  "SYS.INFO": { caller: "anyone", rateClass: "public", logged: true, readOnly: true, streaming: false },
-  "SYS.PING": { caller: "anyone", rateClass: "public", logged: false, readOnly: true, streaming: false },
-  "TEST.LABELS": { caller: "anyone", rateClass: "public", logged: false, readOnly: true, streaming: false },
-  "TEST.MIXED": { caller: "anyone", rateClass: "public", logged: false, readOnly: true, streaming: false },
+  "OTP.SEND": { caller: "anyone", rateClass: "send", logged: true, readOnly: false, streaming: false },
+  "OTP.VERIFY": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "PASSKEY.LIST": { caller: "user", rateClass: "account", logged: true, readOnly: true, streaming: false },
+  "PASSKEY.LOGIN.BEGIN": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "PASSKEY.LOGIN.FINISH": { caller: "anyone", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "PASSKEY.REGISTER.BEGIN": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "PASSKEY.REGISTER.FINISH": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "PASSKEY.REMOVE": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "PASSKEY.RENAME": { caller: "user", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "RECOVERY.REGENERATE": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "SESSION.LIST": { caller: "user", rateClass: "account", logged: true, readOnly: true, streaming: false },
+  "SESSION.REVOKE": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "SESSION.REVOKE_ALL": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "SYS.COMMANDS": { caller: "anyone", rateClass: "cheap", logged: true, readOnly: true, streaming: false },
+  "SYS.INFO": { caller: "anyone", rateClass: "cheap", logged: true, readOnly: true, streaming: false },
+  "SYS.PING": { caller: "anyone", rateClass: "cheap", logged: false, readOnly: false, streaming: false },
   "TOTP.CONFIRM": { caller: "user_step_up", rateClass: "credential", logged: true, readOnly: false, streaming: false },
-  "TOTP.ENROLL": { caller: "user_step_up", rateClass: "user", logged: true, readOnly: false, streaming: false },
+  "TOTP.DISABLE": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "TOTP.ENROLL": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "USER.CHANGE_EMAIL": { caller: "user_step_up", rateClass: "send", logged: true, readOnly: false, streaming: false },
+  "USER.DELETE": { caller: "user_step_up", rateClass: "account", logged: true, readOnly: false, streaming: false },
+  "USER.ME": { caller: "user", rateClass: "account", logged: true, readOnly: true, streaming: false },
+  "USER.SET_PASSWORD": { caller: "user_step_up", rateClass: "credential", logged: true, readOnly: false, streaming: false },
+  "USER.UPDATE": { caller: "user", rateClass: "account", logged: true, readOnly: false, streaming: false },
 };
