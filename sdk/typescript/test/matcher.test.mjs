@@ -70,6 +70,12 @@ test("{{capture:NAME}} binds any value but null; {{ref:NAME}} must equal it", ()
   // Rebinding replaces.
   ok("{{capture:tok}}", "def", b);
   assert.equal(b.get("tok"), "def");
+  // A step that fails binds nothing.
+  bad({ a: "{{capture:q}}", b: 1 }, { a: "v", b: 2 }, b);
+  assert.throws(() => b.get("q"), /not bound/);
+  // A capture outside an expected value, or a bad name, fails.
+  assert.throws(() => substitute({ a: "{{capture:x}}" }, b), /outside an expected value/);
+  assert.throws(() => substitute({ a: "x {{ref:Bad}}" }, b), /\[a-z0-9_\]\+/);
   // An unbound reference fails.
   bad("{{ref:nope}}", "x", b);
   // Inside a longer string, textually.

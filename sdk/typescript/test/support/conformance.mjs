@@ -14,7 +14,8 @@ const TIMEOUT_MS = 10_000;
 const TIME = /^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$/;
 const CAPTURE = /^\{\{capture:([a-z0-9_]+)\}\}$/;
 const REF = /^\{\{ref:([a-z0-9_]+)\}\}$/;
-const REF_ANYWHERE = /\{\{ref:([a-z0-9_]+)\}\}|\{\{operator_token\}\}/g;
+const REF_ANYWHERE = /\{\{ref:([^}]*)\}\}|\{\{operator_token\}\}/g;
+const NAME = /^[a-z0-9_]+$/;
 
 /** A transcript failure: which step, and why. */
 export class TranscriptError extends Error {}
@@ -43,6 +44,7 @@ export class Bindings {
   text(s, where) {
     return s.replace(REF_ANYWHERE, (whole, name) => {
       if (name === undefined) return this.operatorToken;
+      if (!NAME.test(name)) throw new TranscriptError(`${where}: ${whole}: a name is [a-z0-9_]+`);
       const v = this.get(name, where);
       if (typeof v !== "string") throw new TranscriptError(`${where}: {{ref:${name}}} inside a string must be bound to a string`);
       return v;
@@ -54,6 +56,7 @@ export class Bindings {
 export function substitute(value, bindings, where = "$") {
   if (typeof value === "string") {
     if (value === "{{operator_token}}") return bindings.operatorToken;
+    if (value.startsWith("{{capture:")) throw new TranscriptError(`${where}: ${value} outside an expected value`);
     const ref = REF.exec(value);
     if (ref) return bindings.get(ref[1], where);
     return bindings.text(value, where);
@@ -79,9 +82,16 @@ function deepEqual(a, b) {
 
 /**
  * Compares an expected value (with placeholders) to an actual one; throws a TranscriptError
- * naming the path of the first difference. Captures bind as they match.
+ * naming the path of the first difference. The step's captures are bound only when the whole
+ * value matches; references see the bindings of earlier steps.
  */
 export function match(expected, actual, bindings, where = "$") {
+  const captures = new Map();
+  matchValue(expected, actual, bindings, where, captures);
+  for (const [name, value] of captures) bindings.set(name, value);
+}
+
+function matchValue(expected, actual, bindings, where, captures) {
   const fail = (why) => {
     throw new TranscriptError(`${where}: ${why} (expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)})`);
   };
@@ -108,9 +118,10 @@ export function match(expected, actual, bindings, where = "$") {
     const capture = CAPTURE.exec(expected);
     if (capture) {
       if (actual === null || actual === undefined) fail(`nothing to capture as ${capture[1]}`);
-      bindings.set(capture[1], actual);
+      captures.set(capture[1], actual);
       return;
     }
+    if (expected.startsWith("{{capture:")) throw new TranscriptError(`${where}: ${expected}: a name is [a-z0-9_]+`);
     const ref = REF.exec(expected);
     if (ref) {
       if (!deepEqual(bindings.get(ref[1], where), actual)) fail(`not the value bound to ${ref[1]}`);
@@ -126,7 +137,7 @@ export function match(expected, actual, bindings, where = "$") {
   if (Array.isArray(expected)) {
     if (!Array.isArray(actual)) fail("not an array");
     if (actual.length !== expected.length) fail(`length ${actual.length}, expected ${expected.length}`);
-    expected.forEach((e, i) => match(e, actual[i], bindings, `${where}[${i}]`));
+    expected.forEach((e, i) => matchValue(e, actual[i], bindings, `${where}[${i}]`, captures));
     return;
   }
   if (expected !== null && typeof expected === "object") {
@@ -134,7 +145,7 @@ export function match(expected, actual, bindings, where = "$") {
     const ek = Object.keys(expected).sort();
     const ak = Object.keys(actual).sort();
     if (!deepEqual(ek, ak)) fail(`members ${JSON.stringify(ak)}, expected ${JSON.stringify(ek)}`);
-    for (const k of Object.keys(expected)) match(expected[k], actual[k], bindings, `${where}.${k}`);
+    for (const k of Object.keys(expected)) matchValue(expected[k], actual[k], bindings, `${where}.${k}`, captures);
     return;
   }
   if (expected !== actual) fail("different value");
@@ -325,9 +336,14 @@ function open(tcp) {
   });
 }
 
-function sendHttp(url, { method = "POST", path = "/api/v1/execute", headers = {}, body, body_raw }) {
+const HTTP_MEMBERS = new Set(["method", "path", "headers", "body", "body_raw"]);
+
+function sendHttp(url, step, where) {
+  for (const k of Object.keys(step)) if (!HTTP_MEMBERS.has(k)) throw new TranscriptError(`${where}: unknown http member ${JSON.stringify(k)}`);
+  const { method = "POST", path = "/api/v1/execute", headers = {}, body, body_raw } = step;
+  if (body !== undefined && body_raw !== undefined) throw new TranscriptError(`${where}: body and body_raw together`);
   const target = new URL(path, url);
-  const outHeaders = { ...headers };
+  const outHeaders = { ...headers, connection: "close" };
   let payload;
   if (body !== undefined) {
     payload = Buffer.from(JSON.stringify(body), "utf8");
@@ -335,12 +351,18 @@ function sendHttp(url, { method = "POST", path = "/api/v1/execute", headers = {}
   } else if (body_raw !== undefined) {
     payload = Buffer.from(body_raw, "utf8");
   }
-  if (payload !== undefined) outHeaders["content-length"] = String(payload.length);
+  outHeaders["content-length"] = String(payload?.length ?? 0);
   return new Promise((resolve, reject) => {
     const req = httpRequest(target, { method, headers: outHeaders, agent: false }, (res) => {
       const chunks = [];
       res.on("data", (c) => chunks.push(c));
-      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }));
+      // The first value of each header, by lower-case name.
+      const first = {};
+      for (let i = 0; i < res.rawHeaders.length; i += 2) {
+        const name = res.rawHeaders[i].toLowerCase();
+        if (!(name in first)) first[name] = res.rawHeaders[i + 1];
+      }
+      res.on("end", () => resolve({ status: res.statusCode, headers: first, body: Buffer.concat(chunks).toString("utf8") }));
       res.on("error", reject);
     });
     req.setTimeout(TIMEOUT_MS, () => req.destroy(new TranscriptError(`HTTP ${method} ${path}: no answer within ${TIMEOUT_MS} ms`)));
@@ -407,7 +429,10 @@ export async function replay(steps, server) {
         case "http": {
           const next = steps[i + 1];
           if (next?.kind !== "expect_http") throw new TranscriptError(`${where}: an http step must be followed by expect_http`);
-          const res = await sendHttp(server.httpUrl, substitute(value, bindings, where));
+          const { body_raw: raw, ...rest } = value ?? {};
+          const resolved = substitute(rest, bindings, where);
+          if (raw !== undefined) resolved.body_raw = raw;
+          const res = await sendHttp(server.httpUrl, resolved, where);
           const expected = next.value;
           if (res.status !== expected.status) {
             throw new TranscriptError(`${next.where}: status ${res.status}, expected ${expected.status} (body ${res.body.slice(0, 200)})`);
@@ -418,7 +443,7 @@ export async function replay(steps, server) {
               if (got !== undefined) throw new TranscriptError(`${next.where}: header ${name} present (${got}), expected absent`);
             } else {
               if (got === undefined) throw new TranscriptError(`${next.where}: header ${name} absent`);
-              match(want, Array.isArray(got) ? got.join(", ") : got, bindings, `${next.where} header ${name}`);
+              match(want, got, bindings, `${next.where} header ${name}`);
             }
           }
           if ("body" in expected) {
@@ -436,14 +461,15 @@ export async function replay(steps, server) {
         case "expect_http":
           throw new TranscriptError(`${where}: expect_http without an http step before it`);
         case "mail": {
-          const v = substitute(value, bindings, where);
+          const v = { ...value, flow_id: substitute(value.flow_id, bindings, where) };
           if (!/^[a-z0-9_]+$/.test(v.capture ?? "")) throw new TranscriptError(`${where}: mail needs a capture name`);
           bindings.set(v.capture, await readMail(server.outbox, v.flow_id, v.kind));
           break;
         }
         case "totp": {
-          const v = substitute(value, bindings, where);
+          const v = { ...value, secret: substitute(value.secret, bindings, where) };
           if (!/^[a-z0-9_]+$/.test(v.capture ?? "")) throw new TranscriptError(`${where}: totp needs a capture name`);
+          if (v.step_offset !== undefined && !Number.isInteger(v.step_offset)) throw new TranscriptError(`${where}: step_offset is an integer`);
           bindings.set(v.capture, totp(v.secret, Date.now(), v.step_offset ?? 0));
           break;
         }
