@@ -297,6 +297,9 @@ var Client = class {
   }
   /** `execute` without the types: any command name, any params object. */
   async executeUntyped(command, params = {}, options = {}) {
+    if (COMMANDS[command]?.streaming === true) {
+      throw new TypeError(`${command} streams its answer: use client.log.tail() (from @portcullis/client/node)`);
+    }
     const request = { id: this.#nextId++, command, params };
     const token = options.token === void 0 ? this.token : options.token;
     if (token !== void 0 && token !== null)
@@ -354,6 +357,7 @@ var BroadcastChannelLock = class {
   #id = randomId();
   #settleMs;
   #maxHoldMs;
+  #recheckMs;
   #clock = 0;
   /** Names this instance holds now. */
   #held = /* @__PURE__ */ new Set();
@@ -363,6 +367,7 @@ var BroadcastChannelLock = class {
     this.#channel = options.channel ?? unref(new BroadcastChannel(options.channelName ?? "portcullis-lock"));
     this.#settleMs = options.settleMs ?? 40;
     this.#maxHoldMs = options.maxHoldMs ?? 15e3;
+    this.#recheckMs = Math.max(this.#settleMs * 5, 200);
     this.#channel.addEventListener("message", (event) => {
       const m = event.data;
       if (m === null || typeof m !== "object" || typeof m.clock !== "number")
@@ -426,7 +431,7 @@ var BroadcastChannelLock = class {
           if (m !== null && typeof m === "object" && m.name === name && m.type === "release")
             done();
         };
-        const timer = setTimeout(() => done(), Math.max(0, deadline - Date.now()));
+        const timer = setTimeout(() => done(), Math.max(0, Math.min(this.#recheckMs, deadline - Date.now())));
         const done = () => {
           clearTimeout(timer);
           this.#channel.removeEventListener("message", listener);

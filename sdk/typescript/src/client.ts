@@ -1,6 +1,7 @@
 import type { Request } from "./envelope.js";
 import { MfaRequiredError, PortcullisError } from "./errors.js";
 import type { CommandName, Commands } from "./generated/commands.js";
+import { COMMANDS } from "./generated/commands.js";
 import { HttpTransport } from "./http.js";
 import type { Transport } from "./transport.js";
 
@@ -116,6 +117,10 @@ export class Client {
 
   /** `execute` without the types: any command name, any params object. */
   async executeUntyped(command: string, params: Record<string, unknown> = {}, options: CallOptions = {}): Promise<unknown> {
+    if ((COMMANDS as Readonly<Record<string, { streaming: boolean }>>)[command]?.streaming === true) {
+      // Its answer is many lines: over TCP they would be taken for the answers of later calls.
+      throw new TypeError(`${command} streams its answer: use client.log.tail() (from @portcullis/client/node)`);
+    }
     const request: Request = { id: this.#nextId++, command, params };
     const token = options.token === undefined ? this.token : options.token;
     if (token !== undefined && token !== null) request.token = token;

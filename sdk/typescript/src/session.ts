@@ -104,6 +104,7 @@ export class BroadcastChannelLock implements Lock {
   readonly #id = randomId();
   readonly #settleMs: number;
   readonly #maxHoldMs: number;
+  readonly #recheckMs: number;
   #clock = 0;
   /** Names this instance holds now. */
   readonly #held = new Set<string>();
@@ -114,6 +115,7 @@ export class BroadcastChannelLock implements Lock {
     this.#channel = options.channel ?? (unref(new BroadcastChannel(options.channelName ?? "portcullis-lock")) as unknown as ChannelLike);
     this.#settleMs = options.settleMs ?? 40;
     this.#maxHoldMs = options.maxHoldMs ?? 15_000;
+    this.#recheckMs = Math.max(this.#settleMs * 5, 200);
     this.#channel.addEventListener("message", (event) => {
       const m = event.data as LockMessage;
       if (m === null || typeof m !== "object" || typeof m.clock !== "number") return;
@@ -170,13 +172,14 @@ export class BroadcastChannelLock implements Lock {
         }, this.#settleMs);
       });
       if (!blocked || Date.now() >= deadline) return;
-      // Wait for a release (or a while), then contend again.
+      // Wait for a release, then contend again; contend again after a while anyway, in case
+      // the release went by while this tab was still settling (a holder answers `held` again).
       await new Promise<void>((resolve) => {
         const listener = (event: { data: unknown }) => {
           const m = event.data as LockMessage;
           if (m !== null && typeof m === "object" && m.name === name && m.type === "release") done();
         };
-        const timer = setTimeout(() => done(), Math.max(0, deadline - Date.now()));
+        const timer = setTimeout(() => done(), Math.max(0, Math.min(this.#recheckMs, deadline - Date.now())));
         const done = () => {
           clearTimeout(timer);
           this.#channel.removeEventListener("message", listener);

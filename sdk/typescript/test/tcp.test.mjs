@@ -69,6 +69,25 @@ test("1,000 pipelined calls on one connection are all answered, in order, ids ma
   assert.equal(connections.size, 1, "one connection carried every call");
 });
 
+test("an oversized request gets FRAME_TOO_LARGE; the calls after it CLIENT_CLOSED; a streaming command is refused", async (t) => {
+  const server = await startServer();
+  t.after(() => server.stop());
+  const client = new Client({ tcp: server.tcp });
+  t.after(() => client.close());
+  const settled = Promise.allSettled([
+    client.execute("SYS.PING"),
+    client.execute("SYS.PING", { pad: "x".repeat(70_000) }),
+    client.execute("SYS.PING"),
+  ]);
+  const [first, big, after] = await settled;
+  assert.deepEqual(first, { status: "fulfilled", value: { pong: true } });
+  assert.ok(big.status === "rejected" && big.reason.code === "FRAME_TOO_LARGE", String(big.reason));
+  assert.ok(after.status === "rejected" && after.reason.code === "CLIENT_CLOSED", String(after.reason));
+  // The next call reconnects.
+  assert.deepEqual(await client.execute("SYS.PING"), { pong: true });
+  await assert.rejects(client.execute("LOG.TAIL", { follow: true }), (e) => e instanceof TypeError && /log\.tail/.test(e.message));
+});
+
 test("answers are matched to calls by order and their ids are checked", async (t) => {
   // The fake answers the second request with the first one's id.
   const fake = await fakeServer((socket) => {
