@@ -302,6 +302,11 @@ fn commands_json_schemas_use_only_the_contract_keywords() {
                             assert!(defs.contains_key(target), "{path}: $ref to nothing: {v}");
                             used.insert(target.to_owned());
                         }
+                        // protocol/README.md names these.
+                        "format" => assert!(
+                            ["uint8", "uint32", "uint64", "uint"].iter().any(|f| v == f),
+                            "{path}: format {v}"
+                        ),
                         "type" => {
                             let names: Vec<&Value> = match v {
                                 Value::Array(a) => a.iter().collect(),
