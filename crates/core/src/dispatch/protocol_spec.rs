@@ -302,6 +302,11 @@ fn commands_json_schemas_use_only_the_contract_keywords() {
                             assert!(defs.contains_key(target), "{path}: $ref to nothing: {v}");
                             used.insert(target.to_owned());
                         }
+                        // protocol/README.md names these.
+                        "format" => assert!(
+                            ["uint8", "uint32", "uint64", "uint"].iter().any(|f| v == f),
+                            "{path}: format {v}"
+                        ),
                         "type" => {
                             let names: Vec<&Value> = match v {
                                 Value::Array(a) => a.iter().collect(),
@@ -646,5 +651,224 @@ fn command_doc_examples_fit_commands_json() {
     assert!(
         checked["result"] > 50 && checked["params"] > 50,
         "{checked:?}"
+    );
+}
+
+/// The registry as `SYS.COMMANDS` lists it.
+fn listed() -> Vec<CommandInfo> {
+    registry().list()
+}
+
+/// Command names written as code (`` `LOG.PRUNE` ``) in a piece of Markdown, in order.
+fn command_names(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| {
+            s.contains('.')
+                && s.starts_with(|c: char| c.is_ascii_uppercase())
+                && s.chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '.' || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The cells of the rows of the Markdown table whose header row starts with `| first |`.
+fn table<'a>(doc: &'a str, first: &str) -> Vec<Vec<&'a str>> {
+    let header = format!("| {first} |");
+    let mut lines = doc
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(&header));
+    assert!(lines.next().is_some(), "no table headed {header:?}");
+    lines
+        .skip(1) // |---|---|
+        .map(str::trim)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.trim_matches('|')
+                .split(" | ")
+                .map(str::trim)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// protocol/README.md's table of commands has one row per command of the registry, in its
+/// order, with its caller, rate class and `logged`.
+#[test]
+fn readme_command_table_is_the_registry() {
+    let doc = read("README.md");
+    let rows: Vec<(String, String, String, bool)> = table(&doc, "Command")
+        .into_iter()
+        .map(|cells| {
+            let name = cells[0]
+                .strip_prefix('[')
+                .and_then(|s| s.split_once(']'))
+                .map(|(n, link)| {
+                    assert_eq!(link, format!("(commands/{n}.md)"), "{cells:?}");
+                    n.to_owned()
+                })
+                .unwrap_or_else(|| panic!("not a command link: {cells:?}"));
+            let code = |s: &str| s.trim_matches('`').to_owned();
+            (name, code(cells[1]), code(cells[2]), cells[3] == "`true`")
+        })
+        .collect();
+    let registry: Vec<(String, String, String, bool)> = listed()
+        .into_iter()
+        .map(|c| (c.name, c.caller, c.rate_class, c.logged))
+        .collect();
+    let missing: Vec<_> = registry.iter().filter(|r| !rows.contains(r)).collect();
+    let extra: Vec<_> = rows.iter().filter(|r| !registry.contains(r)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "protocol/README.md's command table lacks {missing:?} and has {extra:?}"
+    );
+    assert_eq!(
+        rows, registry,
+        "protocol/README.md's command table is sorted by name"
+    );
+}
+
+/// The registry shown in SYS.COMMANDS.md (the result block and the example response) is the
+/// registry.
+#[test]
+fn sys_commands_doc_shows_the_registry() {
+    let doc = read("commands/SYS.COMMANDS.md");
+    let registry = json!({ "commands": listed() });
+    let result = doc
+        .split("## Result")
+        .nth(1)
+        .and_then(|s| s.split("```json").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("a ```json block under ## Result");
+    let result: Value = serde_json::from_str(result).unwrap();
+    let names = |v: &Value| -> Vec<String> {
+        v["commands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&result),
+        names(&registry),
+        "SYS.COMMANDS.md, ## Result"
+    );
+    assert_eq!(result, registry, "SYS.COMMANDS.md, ## Result");
+    let response: Value = doc
+        .lines()
+        .find(|l| l.starts_with(r#"{"id":2,"ok":true"#))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("the example response");
+    assert_eq!(
+        names(&response["data"]),
+        names(&registry),
+        "SYS.COMMANDS.md, ## Example"
+    );
+    assert_eq!(response["data"], registry, "SYS.COMMANDS.md, ## Example");
+}
+
+/// envelope.md's table of rate classes names, for each class, exactly the commands it guards.
+#[test]
+fn envelope_rate_classes_list_the_registry() {
+    let doc = read("envelope.md");
+    let mut documented = BTreeMap::<String, BTreeSet<String>>::new();
+    for cells in table(&doc, "Rate class") {
+        let class = cells[0].trim_matches('`').to_owned();
+        let names = command_names(cells[1]).into_iter().collect();
+        assert!(documented.insert(class, names).is_none(), "{cells:?}");
+    }
+    let mut registry = BTreeMap::<String, BTreeSet<String>>::new();
+    for c in listed() {
+        registry.entry(c.rate_class).or_default().insert(c.name);
+    }
+    for (class, commands) in &registry {
+        let shown = documented.get(class).cloned().unwrap_or_default();
+        let missing: Vec<_> = commands.difference(&shown).collect();
+        let extra: Vec<_> = shown.difference(commands).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "envelope.md, rate class `{class}`: lacks {missing:?}, wrongly lists {extra:?}"
+        );
+    }
+    assert_eq!(documented, registry, "envelope.md, ## Rate classes");
+}
+
+/// envelope.md's table of caller classes has a row for every class the registry uses, and
+/// says which commands have each class: exactly, for `operator`, `superadmin` and the
+/// `admin:*` classes; and every `user_step_up` command among those it lists.
+#[test]
+fn envelope_caller_classes_list_the_registry() {
+    let doc = read("envelope.md");
+    let mut registry = BTreeMap::<String, BTreeSet<String>>::new();
+    for c in listed() {
+        registry.entry(c.caller).or_default().insert(c.name);
+    }
+    let rows = table(&doc, "Caller class");
+    let mut classes = BTreeSet::new();
+    let mut admin = BTreeMap::<String, BTreeSet<String>>::new();
+    for cells in &rows {
+        let row_classes: Vec<String> = cells[0]
+            .split(',')
+            .map(|c| c.trim().trim_matches('`').to_owned())
+            .collect();
+        let who = cells[1];
+        match row_classes.as_slice() {
+            [one] if one == "operator" || one == "superadmin" => {
+                let named: BTreeSet<String> = command_names(who).into_iter().collect();
+                assert_eq!(
+                    Some(&named),
+                    registry.get(one),
+                    "envelope.md: the commands of caller class `{one}`"
+                );
+            }
+            [one] if one == "user_step_up" => {
+                let named: BTreeSet<String> = command_names(who).into_iter().collect();
+                let missing: Vec<_> = registry[one].difference(&named).collect();
+                assert!(
+                    missing.is_empty(),
+                    "envelope.md, `user_step_up`: {missing:?}"
+                );
+            }
+            many if many.len() > 1 => {
+                // "The commands of each class: [`A`](…) and [`B`](…) (`admin:users:read`); …"
+                let list = who
+                    .split("The commands of each class:")
+                    .nth(1)
+                    .expect("the admin row lists the commands of each class");
+                for part in list.split(';') {
+                    let class = part
+                        .rsplit_once("(`")
+                        .and_then(|(_, c)| c.split_once('`'))
+                        .map(|(c, _)| c.to_owned())
+                        .unwrap_or_else(|| panic!("no class in {part:?}"));
+                    let names = command_names(part).into_iter().collect();
+                    assert!(admin.insert(class, names).is_none());
+                }
+                let listed: BTreeSet<String> = admin.keys().cloned().collect();
+                assert_eq!(
+                    listed,
+                    many.iter().cloned().collect(),
+                    "the admin row names the commands of each of its classes"
+                );
+            }
+            _ => {}
+        }
+        classes.extend(row_classes);
+    }
+    for (class, commands) in &admin {
+        assert_eq!(
+            Some(commands),
+            registry.get(class),
+            "envelope.md: the commands of caller class `{class}`"
+        );
+    }
+    let used: BTreeSet<String> = registry.keys().cloned().collect();
+    let missing: Vec<_> = used.difference(&classes).collect();
+    assert!(
+        missing.is_empty(),
+        "caller classes without a row: {missing:?}"
     );
 }
