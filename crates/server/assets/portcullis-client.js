@@ -275,7 +275,7 @@ var Client = class {
     }
     this.token = options.token;
     this.mfa = {
-      verify: (challenge, factor, callOptions) => {
+      verify: async (challenge, factor, callOptions) => {
         let mfaToken;
         if (challenge instanceof MfaRequiredError) {
           if (challenge.mfaToken === null) {

@@ -77,7 +77,7 @@ export class Client {
     }
     this.token = options.token;
     this.mfa = {
-      verify: (challenge, factor, callOptions) => {
+      verify: async (challenge, factor, callOptions) => {
         let mfaToken: string | null;
         if (challenge instanceof MfaRequiredError) {
           if (challenge.mfaToken === null) {

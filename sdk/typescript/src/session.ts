@@ -1,4 +1,4 @@
-import type { CallOptions, Client, ExecuteArgs, ResultOf } from "./client.js";
+import type { CallOptions, Client, ExecuteArgs, ResultOf, UnknownCommandName } from "./client.js";
 import type { CommandName } from "./generated/commands.js";
 import { PortcullisError, isTokenPair } from "./errors.js";
 import type { TokenPair } from "./errors.js";
@@ -326,6 +326,7 @@ export class Session {
    * call rejects with `UNAUTHENTICATED`. A successful `AUTH.LOGOUT` clears the session.
    */
   execute<C extends CommandName>(command: C, ...args: ExecuteArgs<C>): Promise<ResultOf<C>>;
+  execute<S extends string>(command: UnknownCommandName<S>, params?: Record<string, unknown>, options?: CallOptions): Promise<unknown>;
   async execute(command: string, params?: object, options: CallOptions = {}): Promise<unknown> {
     const run = (token: string) => this.client.executeUntyped(command, params as Record<string, unknown> | undefined, { ...options, token });
     const tokens = await this.#fresh();

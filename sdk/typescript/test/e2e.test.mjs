@@ -90,6 +90,31 @@ test("TOTP enrolment, then MFA_REQUIRED is a typed error that client.mfa.verify 
   assert.equal((await session.execute("USER.ME")).email, email);
 });
 
+test("under mfa_policy = \"required\", MFA_REQUIRED carries an enrolment-only session the helper can hold", async (t) => {
+  const server = await startServer({ config: 'mfa_policy = "required"\n' });
+  t.after(() => server.stop());
+  const client = new Client({ baseUrl: server.httpUrl });
+  const email = `${randomUUID()}@example.com`;
+  await client.execute("AUTH.SIGNUP", { email, password: PASSWORD }).catch((e) => {
+    if (!(e instanceof MfaRequiredError)) throw e;
+  });
+  const error = await client.execute("AUTH.LOGIN", { email, password: PASSWORD }).then(
+    () => assert.fail("MFA_REQUIRED expected"),
+    (e) => e,
+  );
+  assert.ok(error instanceof MfaRequiredError, String(error));
+  assert.equal(error.mfaToken, null);
+  assert.deepEqual(error.methods, []);
+  assert.match(error.enrolmentSession.refresh_token, /^prt_/);
+  await assert.rejects(client.mfa.verify(error, { method: "totp", code: "123456" }), /enrol a second factor first/);
+  const session = new Session(client, { storage: new MemoryStorage(), channel: null, key: randomUUID() });
+  t.after(() => session.close());
+  await session.setTokens(error.enrolmentSession);
+  assert.equal((await session.execute("USER.ME")).email, email);
+  // The enrolment-only session may not do anything else.
+  await assert.rejects(session.execute("SESSION.LIST"), (e) => e.code === "FORBIDDEN" && e.reason === "mfa_enrolment_required");
+});
+
 test("a magic link read from the outbox signs in (MAGIC.SEND → mail → MAGIC.VERIFY)", async (t) => {
   const server = await startServer();
   t.after(() => server.stop());
