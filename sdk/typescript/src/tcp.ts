@@ -137,9 +137,16 @@ export class TcpTransport implements Transport {
       if (delay > 0) await new Promise((r) => setTimeout(r, delay));
       try {
         const conn = await this.#connectOnce();
+        if (this.#closed) {
+          // Closed while connecting: do not leave the socket open.
+          conn.closed = true;
+          conn.socket.destroy();
+          throw new PortcullisError("CLIENT_CLOSED", "the client is closed");
+        }
         this.#conn = conn;
         return conn;
       } catch (cause) {
+        if (cause instanceof PortcullisError) throw cause;
         lastError = cause;
         this.#failures++;
       }
