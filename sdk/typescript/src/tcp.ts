@@ -24,6 +24,11 @@ export interface TcpTransportOptions {
   maxLineBytes?: number;
   /** Give up a connection attempt after this many milliseconds (default 10000). */
   connectTimeoutMs?: number;
+  /**
+   * Calls written and not yet answered, at most (default 1024). Further calls wait their turn
+   * in the client instead of piling up in the socket's buffer while the server is not reading.
+   */
+  maxInFlight?: number;
   reconnect?: ReconnectOptions;
 }
 
@@ -68,6 +73,10 @@ export class TcpTransport implements Transport {
   readonly #attempts: number;
   readonly #initialDelayMs: number;
   readonly #maxDelayMs: number;
+  readonly #maxInFlight: number;
+  /** Calls waiting for a slot, in call order. */
+  readonly #slots: Array<() => void> = [];
+  #writing = 0;
   #conn: Connection | null = null;
   #connecting: Promise<Connection> | null = null;
   #failures = 0;
@@ -81,6 +90,7 @@ export class TcpTransport implements Transport {
     this.#attempts = Math.max(1, options.reconnect?.attempts ?? 6);
     this.#initialDelayMs = options.reconnect?.initialDelayMs ?? 100;
     this.#maxDelayMs = options.reconnect?.maxDelayMs ?? 5000;
+    this.#maxInFlight = Math.max(1, options.maxInFlight ?? 1024);
   }
 
   /** Calls written and not answered yet. */
@@ -88,14 +98,35 @@ export class TcpTransport implements Transport {
     return this.#conn?.pending.length ?? 0;
   }
 
+  /** Calls waiting for one of the `maxInFlight` slots. */
+  get queued(): number {
+    return this.#slots.length;
+  }
+
   async send(request: Request): Promise<Response> {
+    if (this.#closed) throw new PortcullisError("CLIENT_CLOSED", "the client is closed");
+    if (this.#writing >= this.#maxInFlight || this.#slots.length > 0) {
+      await new Promise<void>((resolve) => this.#slots.push(resolve));
+    } else {
+      this.#writing++;
+    }
+    try {
+      return await this.#sendInSlot(request);
+    } finally {
+      const next = this.#slots.shift();
+      if (next !== undefined) next();
+      else this.#writing--;
+    }
+  }
+
+  async #sendInSlot(request: Request): Promise<Response> {
     if (this.#closed) throw new PortcullisError("CLIENT_CLOSED", "the client is closed");
     const line = JSON.stringify(request);
     const conn = this.#conn !== null && !this.#conn.closed ? this.#conn : await this.#open();
     if (this.#closed) throw new PortcullisError("CLIENT_CLOSED", "the client is closed");
     if (conn.closed) {
       // Dropped between the connect and this call's turn: nothing was written, so try again.
-      return this.send(request);
+      return this.#sendInSlot(request);
     }
     return new Promise<Response>((resolve, reject) => {
       conn.pending.push({ id: request.id ?? null, command: request.command, resolve, reject });

@@ -224,3 +224,44 @@ test("backoff grows exponentially with jitter, capped", () => {
   assert.equal(backoffDelay(20, 100, 5000, () => 1), 5000);
   assert.equal(backoffDelay(20, 100, 5000, () => 0), 2500);
 });
+
+test("at most maxInFlight calls are written; the rest wait in the client and go out in order", async (t) => {
+  // The server reads every line but answers only when released, so the calls stay in flight.
+  const held = [];
+  let release = null;
+  const released = new Promise((resolve) => {
+    release = resolve;
+  });
+  const fake = await fakeServer((socket) => {
+    let buffered = "";
+    socket.setEncoding("utf8");
+    socket.on("data", async (chunk) => {
+      buffered += chunk;
+      const lines = buffered.split("\n");
+      buffered = lines.pop();
+      for (const line of lines) held.push(JSON.parse(line).id);
+      await released;
+      for (const id of held.splice(0)) {
+        socket.write(`${JSON.stringify({ id, ok: true, command: "SYS.PING", data: { n: id }, error: null })}\n`);
+      }
+    });
+  });
+  t.after(() => fake.close());
+  const transport = new TcpTransport({ port: fake.port, maxInFlight: 4 });
+  const client = new Client({ transport });
+  t.after(() => client.close());
+  const calls = Array.from({ length: 10 }, () => client.execute("SYS.PING"));
+  for (let i = 0; i < 200 && held.length < 4; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(transport.inFlight, 4, "four calls written");
+  assert.equal(transport.queued, 6, "six calls wait for a slot");
+  assert.equal(held.length, 4, "the server has read exactly four requests");
+  release();
+  const answers = await Promise.all(calls);
+  assert.deepEqual(
+    answers.map((a) => a.n),
+    Array.from({ length: 10 }, (_, i) => i + 1),
+    "every call answered, in call order",
+  );
+  assert.equal(transport.inFlight, 0);
+  assert.equal(transport.queued, 0);
+});
