@@ -616,15 +616,42 @@ pub mod magic {
     }
 
     /// `MAGIC.POLL` result: `{"status":"pending"}`, or `{"status":"complete", …session}`.
-    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-    #[schemars(rename = "MagicPollResult")]
+    #[derive(Debug, Clone, Serialize, Deserialize)]
     pub struct PollResult {
         /// `pending` or `complete`.
-        #[schemars(extend("enum" = ["pending", "complete"]))]
         pub status: String,
         /// The session, when complete.
         #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
         pub tokens: Option<SessionTokens>,
+    }
+
+    /// Written by hand: the session members come exactly when `status` is `complete`, which
+    /// the struct's types cannot say.
+    impl JsonSchema for PollResult {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "MagicPollResult".into()
+        }
+
+        fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            let tokens = generator.subschema_for::<SessionTokens>();
+            let status = |value: &str, description: &str| {
+                serde_json::json!({
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "const": value, "description": description}
+                    },
+                    "required": ["status"]
+                })
+            };
+            schemars::json_schema!({
+                "description": "`MAGIC.POLL` result: `{\"status\":\"pending\"}` while the link waits \
+                    for approval, or `{\"status\":\"complete\", …session}` once it is collected.",
+                "oneOf": [
+                    status("pending", "Not approved yet: poll again later."),
+                    {"allOf": [tokens, status("complete", "Approved: the new session.")]}
+                ]
+            })
+        }
     }
 }
 

@@ -92,7 +92,7 @@ impl<'de> Deserialize<'de> for Actor {
 /// canonical form that the hash covers is stable.
 ///
 /// `hash = hex(SHA-256(canonical_json(event without "hash")))`, and `prev` is the previous
-/// event's `hash` ([`GENESIS_HASH`] for seq 1), which chains the log.
+/// event's `hash` (64 zeros for seq 1: `GENESIS_HASH`), which chains the log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Event {

@@ -872,3 +872,265 @@ fn envelope_caller_classes_list_the_registry() {
         "caller classes without a row: {missing:?}"
     );
 }
+
+/// Runs commands through the dispatcher and checks each request's params and each successful
+/// answer's `data` against the command's schemas.
+struct Checked<'a> {
+    bench: &'a Bench,
+    doc: &'a Value,
+    ran: BTreeSet<String>,
+}
+
+impl Checked<'_> {
+    fn schema(&self, command: &str, part: &str) -> Value {
+        self.doc["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == command)
+            .unwrap_or_else(|| panic!("{command} is not described"))[part]
+            .clone()
+    }
+
+    fn fits(&self, command: &str, part: &str, value: &Value) {
+        let v = Validator {
+            defs: self.doc["$defs"].as_object().unwrap(),
+        };
+        let mut errors = Vec::new();
+        v.check(&self.schema(command, part), value, part, &mut errors);
+        assert!(errors.is_empty(), "{command} {part} {value}: {errors:?}");
+    }
+
+    /// The answer of a command that must succeed: its `data`.
+    async fn ok(&mut self, command: &str, params: Value, token: Option<&str>) -> Value {
+        self.fits(command, "params", &params);
+        let r = self.bench.call(command, params, token).await;
+        assert!(r.ok, "{command}: {r:?}");
+        self.fits(command, "result", &r.data);
+        self.ran.insert(command.to_owned());
+        r.data
+    }
+}
+
+/// What the server really answers fits the schemas of `protocol/commands.json`: a walk through
+/// nearly every command (all but the passkey finishes, which need an authenticator, and
+/// `LOG.TAIL`, whose lines the doc examples cover), checking each request and each answer.
+#[tokio::test]
+async fn commands_json_describes_what_the_server_answers() {
+    let b = Bench::new(|_| {}).await;
+    let doc = describe(&registry());
+    let mut c = Checked {
+        bench: &b,
+        doc: &doc,
+        ran: BTreeSet::new(),
+    };
+    let op = b.operator_token();
+    let op = Some(op.as_str());
+    let pw = "correct horse battery staple";
+    for cmd in ["SYS.PING", "SYS.INFO", "SYS.COMMANDS"] {
+        c.ok(cmd, json!({}), None).await;
+    }
+    // Mail first, so that the n-th mail is the one asked for: a link (same device, then
+    // device-bound and approved elsewhere) and a code.
+    c.ok(
+        "MAGIC.SEND",
+        json!({"email": "b@example.org", "create_user": true}),
+        None,
+    )
+    .await;
+    let link = b.link_token(1).await;
+    let verified_by_mail = c.ok("MAGIC.VERIFY", json!({"token": link}), None).await;
+    b.advance(3600);
+    let verifier = "v".repeat(64);
+    let challenge = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(crate::base::crypto::sha256(verifier.as_bytes()))
+    };
+    let flow = c
+        .ok(
+            "MAGIC.SEND",
+            json!({"email": "b@example.org", "code_challenge": challenge}),
+            None,
+        )
+        .await;
+    let poll = json!({"flow_id": flow["flow_id"], "code_verifier": verifier});
+    assert_eq!(
+        c.ok("MAGIC.POLL", poll.clone(), None).await["status"],
+        "pending"
+    );
+    let link = b.link_token(2).await;
+    c.ok("MAGIC.APPROVE", json!({"token": link}), None).await;
+    assert_eq!(c.ok("MAGIC.POLL", poll, None).await["status"], "complete");
+    b.advance(3600);
+    let code = c
+        .ok(
+            "OTP.SEND",
+            json!({"email": "c@example.org", "create_user": true}),
+            None,
+        )
+        .await;
+    let otp = b.otp_code(3).await;
+    c.ok(
+        "OTP.VERIFY",
+        json!({"flow_id": code["flow_id"], "code": otp}),
+        None,
+    )
+    .await;
+
+    let admin = c
+        .ok("ADMIN.BOOTSTRAP", json!({"email": "root@example.org"}), op)
+        .await;
+    let signed = c
+        .ok(
+            "AUTH.SIGNUP",
+            json!({"email": "a@example.org", "password": pw, "display_name": "A"}),
+            None,
+        )
+        .await;
+    let user_id = signed["user_id"].clone();
+    let refreshed = c
+        .ok(
+            "AUTH.REFRESH",
+            json!({"refresh_token": signed["refresh_token"]}),
+            None,
+        )
+        .await;
+    let access = refreshed["access_token"].as_str().unwrap().to_owned();
+    let at = Some(access.as_str());
+    c.ok("USER.ME", json!({}), at).await;
+    c.ok("USER.UPDATE", json!({"display_name": "Alice"}), at)
+        .await;
+    c.ok("SESSION.LIST", json!({}), at).await;
+    c.ok("PASSKEY.LIST", json!({}), at).await;
+    c.ok("PASSKEY.REGISTER.BEGIN", json!({"name": "Laptop"}), at)
+        .await;
+    c.ok(
+        "PASSKEY.LOGIN.BEGIN",
+        json!({"email": "a@example.org"}),
+        None,
+    )
+    .await;
+    c.ok("PASSKEY.LOGIN.BEGIN", json!({}), None).await;
+    let enrolment = c.ok("TOTP.ENROLL", json!({}), at).await;
+    let secret = totp_rs::Secret::try_from_base32(enrolment["secret"].as_str().unwrap())
+        .unwrap()
+        .as_ref()
+        .to_vec();
+    let confirm =
+        json!({"enrollment_id": enrolment["enrollment_id"], "code": b.totp_code(&secret)});
+    c.ok("TOTP.CONFIRM", confirm, at).await;
+    b.advance(30);
+    let login = b
+        .call(
+            "AUTH.LOGIN",
+            json!({"email": "a@example.org", "password": pw}),
+            None,
+        )
+        .await;
+    let mfa_token = login.error.and_then(|e| e.details).unwrap()["mfa_token"].clone();
+    let verified = c
+        .ok(
+            "MFA.VERIFY",
+            json!({"mfa_token": mfa_token, "method": "totp", "code": b.totp_code(&secret)}),
+            None,
+        )
+        .await;
+    let aal2 = verified["access_token"].as_str().unwrap().to_owned();
+    let aal2 = Some(aal2.as_str());
+    c.ok("RECOVERY.REGENERATE", json!({}), aal2).await;
+    c.ok(
+        "USER.CHANGE_EMAIL",
+        json!({"new_email": "a2@example.org"}),
+        aal2,
+    )
+    .await;
+    c.ok("TOTP.DISABLE", json!({}), aal2).await;
+    c.ok(
+        "USER.SET_PASSWORD",
+        json!({"current_password": pw, "new_password": "another long passphrase"}),
+        aal2,
+    )
+    .await;
+    c.ok("SESSION.REVOKE_ALL", json!({"keep_current": true}), aal2)
+        .await;
+    let other = c
+        .ok(
+            "AUTH.LOGIN",
+            json!({"email": "a@example.org", "password": "another long passphrase"}),
+            None,
+        )
+        .await;
+    c.ok(
+        "SESSION.REVOKE",
+        json!({"session_id": other["session_id"]}),
+        aal2,
+    )
+    .await;
+    c.ok("AUTH.LOGOUT", json!({}), aal2).await;
+
+    // Administration, with the operator token.
+    c.ok("ADMIN.USER.GET", json!({"user_id": user_id}), op)
+        .await;
+    c.ok("ADMIN.USER.LIST", json!({"limit": 2}), op).await;
+    c.ok("ADMIN.USER.DISABLE", json!({"user_id": user_id}), op)
+        .await;
+    c.ok("ADMIN.USER.ENABLE", json!({"user_id": user_id}), op)
+        .await;
+    c.ok("ADMIN.SESSION.REVOKE_ALL", json!({"user_id": user_id}), op)
+        .await;
+    c.ok("ADMIN.SESSION.REVOKE_EVERYONE", json!({}), op).await;
+    c.ok(
+        "ADMIN.USER.RECOVER",
+        json!({"user_id": verified_by_mail["user_id"], "reason": "lost every factor"}),
+        op,
+    )
+    .await;
+    let key = c
+        .ok(
+            "APIKEY.CREATE",
+            json!({"name": "backend", "scopes": ["log:read"], "expires_in": 3600}),
+            op,
+        )
+        .await;
+    c.ok("APIKEY.LIST", json!({}), op).await;
+    c.ok("LOG.QUERY", json!({"limit": 5}), key["key"].as_str())
+        .await;
+    c.ok("APIKEY.REVOKE", json!({"id": key["id"]}), op).await;
+    c.ok("KEYS.ROTATE", json!({}), op).await;
+    c.ok("KEYS.LIST", json!({}), op).await;
+    c.ok("LOG.PRUNE", json!({"through_seq": 3}), op).await;
+    c.ok("LOG.VERIFY", json!({}), op).await;
+    c.ok(
+        "ADMIN.USER.DELETE",
+        json!({"user_id": admin["user_id"]}),
+        op,
+    )
+    .await;
+    let fresh = c
+        .ok(
+            "AUTH.SIGNUP",
+            json!({"email": "d@example.org", "password": pw}),
+            None,
+        )
+        .await;
+    c.ok("USER.DELETE", json!({}), fresh["access_token"].as_str())
+        .await;
+
+    let not_run: Vec<String> = registry()
+        .list()
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| !c.ran.contains(n))
+        .collect();
+    assert_eq!(
+        not_run,
+        [
+            "LOG.TAIL",
+            "PASSKEY.LOGIN.FINISH",
+            "PASSKEY.REGISTER.FINISH",
+            "PASSKEY.REMOVE",
+            "PASSKEY.RENAME"
+        ]
+    );
+}
