@@ -233,7 +233,7 @@ export type AuthSignupParams = {
  * canonical form that the hash covers is stable.
  *
  * `hash = hex(SHA-256(canonical_json(event without "hash")))`, and `prev` is the previous
- * event's `hash` ([`GENESIS_HASH`] for seq 1), which chains the log.
+ * event's `hash` (64 zeros for seq 1: `GENESIS_HASH`), which chains the log.
  */
 export type Event = {
   /** Who ran it. */
@@ -412,23 +412,14 @@ export type MagicPollParams = {
   flow_id: string;
 };
 
-/** `MAGIC.POLL` result: `{"status":"pending"}`, or `{"status":"complete", …session}`. */
+/** `MAGIC.POLL` result: `{"status":"pending"}` while the link waits for approval, or `{"status":"complete", …session}` once it is collected. */
 export type MagicPollResult = {
-  /** EdDSA-signed JWT; send it as the `token`. */
-  access_token?: string;
-  /** Seconds until the access token expires. */
-  expires_in?: number;
-  /** Single use: exchange it with `AUTH.REFRESH` for a new pair. */
-  refresh_token?: string;
-  /** The session. */
-  session_id?: string;
-  /** `pending` or `complete`. */
-  status: "pending" | "complete";
-  /** Always `"Bearer"`. */
-  token_type?: "Bearer";
-  /** The account. */
-  user_id?: string;
-};
+  /** Not approved yet: poll again later. */
+  status: "pending";
+} | (AuthSessionTokens & {
+  /** Approved: the new session. */
+  status: "complete";
+});
 
 /** `MAGIC.SEND` params. */
 export type MagicSendParams = {
