@@ -370,3 +370,154 @@ async fn every_shutdown_ends_each_following_tail_with_the_shutdown_line_then_eof
         took[ROUNDS - 1]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. Request ids
+// ---------------------------------------------------------------------------------------------
+
+/// Ids the server echoes, as sent; the answer's `id` is the same JSON text.
+const ECHOED_IDS: &[&str] = &[
+    "0",
+    "7",
+    "-1",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "9223372036854775808",
+    "18446744073709551615",
+    "true",
+    "false",
+    "\"\"",
+    "\"req-1\"",
+];
+
+/// Ids the server refuses with `BAD_REQUEST` (id `null`, command `null`).
+fn refused_ids() -> Vec<String> {
+    let mut ids: Vec<String> = [
+        "18446744073709551616",
+        "-9223372036854775809",
+        "340282366920938463463374607431768211456",
+        "1.5",
+        "1.0",
+        "1e2",
+        "1E+2",
+        "-0",
+        "0.1",
+        "1E400",
+        "-1e400",
+        "[1]",
+        "{}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // 129 bytes, and a string of 60 000 bytes (within the frame limit).
+    ids.push(format!("\"{}\"", "x".repeat(129)));
+    ids.push(format!("\"{}\"", "é".repeat(65)));
+    ids.push(format!("\"{}\"", "y".repeat(60_000)));
+    ids
+}
+
+/// A 128-byte id (the longest) and a multi-byte one within the limit are echoed unchanged.
+fn long_echoed_ids() -> Vec<String> {
+    vec![
+        format!("\"{}\"", "x".repeat(128)),
+        format!("\"{}\"", "é".repeat(64)),
+    ]
+}
+
+/// Over TCP: 64-bit integers (signed or unsigned), strings up to 128 bytes and booleans come
+/// back exactly as sent; other numbers (fractions, exponents, beyond 64 bits, out of the double
+/// range) and longer strings are refused with `BAD_REQUEST`, id `null`, and the connection
+/// keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_echoes_integer_string_and_boolean_ids_exactly_and_refuses_other_numbers() {
+    let server = Server::start();
+    let mut sock = TcpStream::connect(server.tcp).await.expect("connect");
+    let echoed: Vec<String> = ECHOED_IDS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(long_echoed_ids())
+        .collect();
+    let refused = refused_ids();
+    let mut out = String::new();
+    for id in echoed.iter().chain(&refused) {
+        out.push_str(&format!("{{\"id\":{id},\"command\":\"SYS.PING\"}}\n"));
+    }
+    out.push_str("{\"command\":\"SYS.PING\"}\n");
+    sock.write_all(out.as_bytes()).await.expect("write");
+    sock.shutdown().await.expect("shutdown write");
+    let mut buf = Vec::new();
+    read_to_eof(&mut sock, &mut buf, "ids over tcp")
+        .await
+        .expect("clean EOF");
+    let lines: Vec<&[u8]> = buf
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        echoed.len() + refused.len() + 1,
+        "one answer each"
+    );
+    for (id, raw) in echoed.iter().zip(&lines) {
+        let want = format!("{{\"id\":{id},\"ok\":true,\"command\":\"SYS.PING\",");
+        assert!(
+            raw.starts_with(want.as_bytes()),
+            "id {id} not echoed exactly: {}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    for (id, raw) in refused.iter().zip(&lines[echoed.len()..]) {
+        let v: Value = serde_json::from_slice(raw).expect("json");
+        let shown: String = id.chars().take(40).collect();
+        assert_eq!(v["error"]["code"], "BAD_REQUEST", "id {shown}: {v}");
+        assert_eq!(v["id"], Value::Null, "id {shown}: {v}");
+        assert_eq!(v["command"], Value::Null, "id {shown}: {v}");
+    }
+    let last: Value = serde_json::from_slice(lines[lines.len() - 1]).expect("json");
+    assert_eq!(last["ok"], true, "the connection still works: {last}");
+    assert_eq!(
+        last["id"],
+        Value::Null,
+        "an absent id is echoed as null: {last}"
+    );
+}
+
+/// Over HTTP the same ids are echoed (200) or refused (400 `BAD_REQUEST`, id `null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_echoes_and_refuses_the_same_ids_as_tcp() {
+    let server = Server::start();
+    let mut sock = TcpStream::connect(server.http).await.expect("connect");
+    let echoed: Vec<String> = ECHOED_IDS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(long_echoed_ids())
+        .collect();
+    for id in &echoed {
+        let body = format!("{{\"id\":{id},\"command\":\"SYS.PING\"}}");
+        sock.write_all(&post(body.as_bytes(), "Content-Type: application/json\r\n"))
+            .await
+            .expect("write");
+        let resp = read_one_response(&mut sock, id).await;
+        assert_eq!(resp.status, 200, "id {id}: {resp:?}");
+        let want = format!("{{\"id\":{id},\"ok\":true,\"command\":\"SYS.PING\",");
+        assert!(
+            resp.body.starts_with(want.as_bytes()),
+            "id {id} not echoed exactly: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+    }
+    for id in refused_ids() {
+        let shown: String = id.chars().take(40).collect();
+        let body = format!("{{\"id\":{id},\"command\":\"SYS.PING\"}}");
+        sock.write_all(&post(body.as_bytes(), "Content-Type: application/json\r\n"))
+            .await
+            .expect("write");
+        let resp = read_one_response(&mut sock, &shown).await;
+        assert_eq!(resp.status, 400, "id {shown}: {resp:?}");
+        let v = resp.json();
+        assert_eq!(v["error"]["code"], "BAD_REQUEST", "id {shown}: {v}");
+        assert_eq!(v["id"], Value::Null, "id {shown}: {v}");
+        assert_eq!(v["command"], Value::Null, "id {shown}: {v}");
+    }
+}
