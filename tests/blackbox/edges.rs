@@ -158,32 +158,56 @@ fn parse_response(raw: &[u8]) -> Result<(RawResponse, &[u8]), String> {
     Ok((resp, rest))
 }
 
+/// A client connection to the HTTP gateway that keeps what it read beyond one response.
+struct Http {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    async fn connect(addr: SocketAddr) -> Http {
+        Http {
+            sock: TcpStream::connect(addr).await.expect("connect http"),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.sock.write_all(bytes).await
+    }
+
+    /// Everything up to the server's close (what was already read included), and how the
+    /// stream ended.
+    async fn until_eof(&mut self, what: &str) -> (Vec<u8>, std::io::Result<()>) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let end = read_to_eof(&mut self.sock, &mut buf, what).await;
+        (buf, end)
+    }
+}
+
 /// Reads exactly one response from a keep-alive connection (bodies with a `content-length`).
-async fn read_one_response(s: &mut TcpStream, what: &str) -> RawResponse {
-    let mut buf = Vec::new();
+async fn read_one_response(s: &mut Http, what: &str) -> RawResponse {
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Ok((resp, rest)) = parse_response(&buf) {
-            if resp.header("content-length").is_some() || resp.status == 204 {
-                assert!(
-                    rest.is_empty(),
-                    "{what}: bytes after the response: {rest:?}"
-                );
+        if let Ok((resp, rest)) = parse_response(&s.buf) {
+            if resp.header("content-length").is_some() {
+                let used = s.buf.len() - rest.len();
+                s.buf.drain(..used);
                 return resp;
             }
         }
         let mut chunk = [0u8; 8192];
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = tokio::time::timeout(left, s.read(&mut chunk))
+        let n = tokio::time::timeout(left, s.sock.read(&mut chunk))
             .await
             .unwrap_or_else(|_| panic!("{what}: no complete response within {WAIT:?}"))
             .unwrap_or_else(|e| panic!("{what}: read failed: {e}"));
         assert!(
             n > 0,
             "{what}: EOF before a complete response: {:?}",
-            String::from_utf8_lossy(&buf)
+            String::from_utf8_lossy(&s.buf)
         );
-        buf.extend_from_slice(&chunk[..n]);
+        s.buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -487,7 +511,7 @@ async fn tcp_echoes_integer_string_and_boolean_ids_exactly_and_refuses_other_num
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_echoes_and_refuses_the_same_ids_as_tcp() {
     let server = Server::start();
-    let mut sock = TcpStream::connect(server.http).await.expect("connect");
+    let mut sock = Http::connect(server.http).await;
     let echoed: Vec<String> = ECHOED_IDS
         .iter()
         .map(|s| s.to_string())
@@ -520,4 +544,467 @@ async fn http_echoes_and_refuses_the_same_ids_as_tcp() {
         assert_eq!(v["id"], Value::Null, "id {shown}: {v}");
         assert_eq!(v["command"], Value::Null, "id {shown}: {v}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The HTTP gateway's corners
+// ---------------------------------------------------------------------------------------------
+
+const PING: &[u8] = br#"{"id":1,"command":"SYS.PING"}"#;
+const JSON: &str = "Content-Type: application/json\r\n";
+
+/// Asserts a handled `SYS.PING` answer (200, JSON envelope, `ok`).
+fn assert_pong(resp: &RawResponse, what: &str) {
+    assert_eq!(resp.status, 200, "{what}: {resp:?}");
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/json"),
+        "{what}: {resp:?}"
+    );
+    let v = resp.json();
+    assert_eq!(v["ok"], true, "{what}: {v}");
+    assert_eq!(v["data"], json!({"pong": true}), "{what}: {v}");
+}
+
+/// Other paths are 404 and other methods on the execute endpoint 405 with `Allow: POST`, both
+/// with an empty body; no CORS preflight is answered. Without a request body the connection is
+/// kept; a request body the server does not read ends the connection, announced by
+/// `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_other_paths_are_404_and_other_methods_405_with_allow() {
+    let server = Server::start();
+    let mut sock = Http::connect(server.http).await;
+    for path in [
+        "/",
+        "/api/v1",
+        "/api/v2/execute",
+        "/api/v1/execute/",
+        "/API/V1/EXECUTE",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: portcullis\r\n\r\n");
+        sock.write_all(req.as_bytes()).await.expect("write");
+        let resp = read_one_response(&mut sock, path).await;
+        assert_eq!(resp.status, 404, "{path}: {resp:?}");
+        assert!(resp.body.is_empty(), "{path}: {resp:?}");
+        assert_eq!(resp.header("connection"), None, "{path}: kept: {resp:?}");
+    }
+    for method in ["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let req = format!(
+            "{method} /api/v1/execute HTTP/1.1\r\nHost: portcullis\r\nOrigin: https://elsewhere.example\r\nAccess-Control-Request-Method: POST\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.write_all(req.as_bytes()).await.expect("write");
+        let resp = read_one_response(&mut sock, method).await;
+        assert_eq!(resp.status, 405, "{method}: {resp:?}");
+        assert_eq!(resp.header("allow"), Some("POST"), "{method}: {resp:?}");
+        assert!(resp.body.is_empty(), "{method}: {resp:?}");
+        assert_eq!(resp.header("connection"), None, "{method}: kept: {resp:?}");
+        assert!(
+            !resp
+                .headers
+                .iter()
+                .any(|(k, _)| k.to_ascii_lowercase().starts_with("access-control-")),
+            "{method}: no CORS: {resp:?}"
+        );
+    }
+    sock.write_all(&post(PING, JSON)).await.expect("write");
+    assert_pong(
+        &read_one_response(&mut sock, "after 404s and 405s").await,
+        "kept",
+    );
+
+    // With a body that is not read (headers first, the body never sent or sent later).
+    for (head, status) in [
+        ("POST /nope HTTP/1.1\r\nHost: portcullis\r\n", 404),
+        ("PUT /api/v1/execute HTTP/1.1\r\nHost: portcullis\r\n", 405),
+        (
+            "POST /nope HTTP/1.1\r\nHost: portcullis\r\nTransfer-Encoding: chunked\r\n",
+            404,
+        ),
+    ] {
+        let mut sock = Http::connect(server.http).await;
+        let req = format!("{head}Content-Length: {}\r\n\r\n", PING.len());
+        let req = if head.contains("chunked") {
+            format!("{head}\r\n")
+        } else {
+            req
+        };
+        sock.write_all(req.as_bytes()).await.expect("write");
+        let (buf, end) = sock.until_eof(head).await;
+        end.expect("a clean close");
+        let (resp, rest) = parse_response(&buf).expect("a response");
+        assert!(rest.is_empty(), "{head}: one response");
+        assert_eq!(resp.status, status, "{head}: {resp:?}");
+        assert_eq!(
+            resp.header("connection").map(str::to_ascii_lowercase),
+            Some("close".to_owned()),
+            "{head}: {resp:?}"
+        );
+    }
+}
+
+/// Keep-alive: requests one after another and pipelined on one connection are all answered, in
+/// order; `Connection: close` ends the connection after its answer; an HTTP/1.0 request gets
+/// its answer and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_keep_alive_serves_many_requests_per_connection_in_order() {
+    let server = Server::start();
+    let mut sock = Http::connect(server.http).await;
+    for i in 0..5 {
+        sock.write_all(&post(PING, JSON)).await.expect("write");
+        assert_pong(
+            &read_one_response(&mut sock, "sequential").await,
+            &format!("request {i}"),
+        );
+    }
+    // Pipelined: three requests written at once, answered in order.
+    let mut three = Vec::new();
+    for id in 10..13 {
+        three.extend(post(
+            format!(r#"{{"id":{id},"command":"SYS.PING"}}"#).as_bytes(),
+            JSON,
+        ));
+    }
+    sock.write_all(&three).await.expect("write");
+    for id in 10..13 {
+        let resp = read_one_response(&mut sock, "pipelined").await;
+        assert_pong(&resp, "pipelined");
+        assert_eq!(resp.json()["id"], id, "pipelined answers in order");
+    }
+    // An error answer does not end the connection either.
+    sock.write_all(&post(b"{", JSON)).await.expect("write");
+    assert_eq!(read_one_response(&mut sock, "400").await.status, 400);
+    sock.write_all(&post(PING, "Connection: close\r\n"))
+        .await
+        .expect("write");
+    let (buf, end) = sock.until_eof("Connection: close").await;
+    end.expect("clean close");
+    let (resp, rest) = parse_response(&buf).expect("one response");
+    assert_pong(&resp, "Connection: close");
+    assert!(rest.is_empty(), "nothing after the last answer");
+
+    let mut old = TcpStream::connect(server.http).await.expect("connect");
+    old.write_all(
+        format!(
+            "POST /api/v1/execute HTTP/1.0\r\nContent-Length: {}\r\n\r\n",
+            PING.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    old.write_all(PING).await.expect("write");
+    let mut buf = Vec::new();
+    read_to_eof(&mut old, &mut buf, "HTTP/1.0")
+        .await
+        .expect("clean close");
+    assert_pong(&parse_response(&buf).expect("response").0, "HTTP/1.0");
+}
+
+/// A chunked request body is read like any other, and its decoded length is held to
+/// `max_frame_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_chunked_request_bodies_are_read_and_held_to_the_frame_limit() {
+    let server = Server::start();
+    let chunked = |body: &[u8], piece: usize| {
+        let mut req =
+            b"POST /api/v1/execute HTTP/1.1\r\nHost: portcullis\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for part in body.chunks(piece) {
+            req.extend(format!("{:x}\r\n", part.len()).as_bytes());
+            req.extend_from_slice(part);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"0\r\n\r\n");
+        req
+    };
+    let mut sock = Http::connect(server.http).await;
+    sock.write_all(&chunked(PING, 5)).await.expect("write");
+    assert_pong(&read_one_response(&mut sock, "chunked").await, "chunked");
+    // Exactly the limit, in 1000-byte chunks: read.
+    let at_limit = padded_ping(65_536);
+    sock.write_all(&chunked(&at_limit, 1000))
+        .await
+        .expect("write");
+    assert_pong(
+        &read_one_response(&mut sock, "chunked, at the limit").await,
+        "at the limit",
+    );
+    // One byte over: 413, and the connection closes.
+    let over = padded_ping(65_537);
+    sock.write_all(&chunked(&over, 1000)).await.expect("write");
+    assert_too_large_then_closed(&mut sock, "chunked, one byte over").await;
+}
+
+/// A `SYS.PING` request of exactly `len` bytes, padded with spaces.
+fn padded_ping(len: usize) -> Vec<u8> {
+    let mut out = br#"{"id":1,"command":"SYS.PING""#.to_vec();
+    out.resize(len - 1, b' ');
+    out.push(b'}');
+    out
+}
+
+/// Reads a 413 `FRAME_TOO_LARGE` answer with `Connection: close`, then EOF.
+async fn assert_too_large_then_closed(sock: &mut Http, what: &str) {
+    // The server may close before reading everything sent: a reset after the answer is
+    // acceptable only once the answer has been read completely.
+    let (buf, end) = sock.until_eof(what).await;
+    let (resp, _) = parse_response(&buf).unwrap_or_else(|e| panic!("{what}: {e} ({end:?})"));
+    assert_eq!(resp.status, 413, "{what}: {resp:?}");
+    assert_eq!(
+        resp.header("connection").map(str::to_ascii_lowercase),
+        Some("close".to_owned()),
+        "{what}: {resp:?}"
+    );
+    let v = resp.json();
+    assert_eq!(v["error"]["code"], "FRAME_TOO_LARGE", "{what}: {v}");
+    assert_eq!(v["id"], Value::Null, "{what}: {v}");
+    assert_eq!(v["command"], Value::Null, "{what}: {v}");
+}
+
+/// `Content-Type` is not consulted: the body is read as UTF-8 JSON whatever the header says
+/// (missing, `text/plain`, a form type, a charset parameter). Bytes that are not UTF-8 are
+/// `BAD_REQUEST` whatever charset is declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_content_type_is_not_consulted_and_bodies_are_always_utf8_json() {
+    let server = Server::start();
+    let mut sock = Http::connect(server.http).await;
+    for ctype in [
+        "",
+        "Content-Type: application/json\r\n",
+        "Content-Type: application/json; charset=utf-8\r\n",
+        "Content-Type: application/json; charset=UTF-8\r\n",
+        "Content-Type: application/json; charset=iso-8859-1\r\n",
+        "Content-Type: text/plain\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+    ] {
+        sock.write_all(&post(PING, ctype)).await.expect("write");
+        assert_pong(&read_one_response(&mut sock, ctype).await, ctype);
+    }
+    let latin1 = b"{\"id\":\"caf\xe9\",\"command\":\"SYS.PING\"}";
+    for ctype in [
+        "Content-Type: application/json; charset=iso-8859-1\r\n",
+        "Content-Type: application/json\r\n",
+    ] {
+        sock.write_all(&post(latin1, ctype)).await.expect("write");
+        let resp = read_one_response(&mut sock, "latin-1").await;
+        assert_eq!(resp.status, 400, "{ctype}: {resp:?}");
+        assert_eq!(resp.json()["error"]["code"], "BAD_REQUEST", "{ctype}");
+    }
+    // UTF-8 beyond ASCII is read as such.
+    sock.write_all(&post(
+        "{\"id\":\"café\",\"command\":\"SYS.PING\"}".as_bytes(),
+        JSON,
+    ))
+    .await
+    .expect("write");
+    let resp = read_one_response(&mut sock, "utf-8").await;
+    assert_pong(&resp, "utf-8");
+    assert_eq!(resp.json()["id"], "café");
+}
+
+/// The body limit and unreadable bodies: a body of exactly `max_frame_bytes` is read, one byte
+/// more is 413 and closes the connection; an empty body, a body that is not JSON, or JSON that
+/// is not a request object is 400 `BAD_REQUEST` on a connection that stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_body_limit_and_unreadable_bodies() {
+    let server = Server::start();
+    let mut sock = Http::connect(server.http).await;
+    sock.write_all(&post(&padded_ping(65_536), JSON))
+        .await
+        .expect("write");
+    assert_pong(
+        &read_one_response(&mut sock, "at the limit").await,
+        "at the limit",
+    );
+    for (body, what) in [
+        (&b""[..], "empty body"),
+        (b"hello", "not JSON"),
+        (b"[1,2]", "an array"),
+        (b"\"SYS.PING\"", "a string"),
+        (b"{\"id\":3}", "no command"),
+        (
+            b"\xef\xbb\xbf{\"id\":1,\"command\":\"SYS.PING\"}",
+            "a byte-order mark",
+        ),
+        (b"{\"id\":1,\"command\":\"SYS.PING\"}{}", "two objects"),
+    ] {
+        sock.write_all(&post(body, JSON)).await.expect("write");
+        let resp = read_one_response(&mut sock, what).await;
+        assert_eq!(resp.status, 400, "{what}: {resp:?}");
+        assert_eq!(
+            resp.header("content-type"),
+            Some("application/json"),
+            "{what}"
+        );
+        let v = resp.json();
+        assert_eq!(v["error"]["code"], "BAD_REQUEST", "{what}: {v}");
+        assert_eq!(v["command"], Value::Null, "{what}: {v}");
+    }
+    // A POST without a body (no Content-Length, not chunked) has an empty body.
+    sock.write_all(b"POST /api/v1/execute HTTP/1.1\r\nHost: portcullis\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_one_response(&mut sock, "no body").await.status, 400);
+    sock.write_all(&post(&padded_ping(65_537), JSON))
+        .await
+        .expect("write");
+    assert_too_large_then_closed(&mut sock, "one byte over the limit").await;
+    // With a declared length far beyond the limit, whose body is never sent.
+    let mut sock = Http::connect(server.http).await;
+    sock.write_all(
+        b"POST /api/v1/execute HTTP/1.1\r\nHost: portcullis\r\nContent-Length: 10000000\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    assert_too_large_then_closed(&mut sock, "a declared length over the limit").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. When a closed connection stops counting against max_connections
+// ---------------------------------------------------------------------------------------------
+
+const CAP: usize = 4;
+/// Attempts to get a connection admitted again; each refused attempt is answered and closed by
+/// the server before the next, which paces the loop without a sleep.
+const ATTEMPTS: usize = 500;
+
+/// A TCP connection that answered a `SYS.PING` (admitted), or `None` when it was refused with
+/// `UNAVAILABLE` and closed.
+async fn tcp_admitted(addr: SocketAddr) -> Option<TcpStream> {
+    let mut sock = TcpStream::connect(addr).await.expect("connect");
+    // A refused connection may be closed before this arrives: the write may fail.
+    let _ = sock
+        .write_all(b"{\"id\":1,\"command\":\"SYS.PING\"}\n")
+        .await;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\n") {
+        let n = tokio::time::timeout(WAIT, sock.read(&mut byte))
+            .await
+            .expect("an answer in time")
+            .expect("read the answer");
+        assert!(n > 0, "closed without an answer");
+        buf.push(byte[0]);
+    }
+    let v: Value = serde_json::from_slice(&buf).expect("json");
+    if v["ok"] == true {
+        return Some(sock);
+    }
+    assert_eq!(v["error"]["code"], "UNAVAILABLE", "{v}");
+    let mut rest = Vec::new();
+    read_to_eof(&mut sock, &mut rest, "refused connection")
+        .await
+        .expect("closed after the refusal");
+    None
+}
+
+/// An HTTP connection whose first request was answered 200 (admitted, kept alive), or `None`
+/// when it was refused with 503 and closed.
+async fn http_admitted(addr: SocketAddr) -> Option<TcpStream> {
+    let mut sock = TcpStream::connect(addr).await.expect("connect");
+    let _ = sock.write_all(&post(PING, JSON)).await;
+    let mut buf = Vec::new();
+    loop {
+        if let Ok((resp, _)) = parse_response(&buf) {
+            if resp.status == 200 {
+                assert_pong(&resp, "admitted");
+                return Some(sock);
+            }
+            if resp.body.len()
+                >= resp
+                    .header("content-length")
+                    .map_or(0, |l| l.parse().unwrap_or(0))
+            {
+                assert_eq!(resp.status, 503, "{resp:?}");
+                assert_eq!(resp.json()["error"]["code"], "UNAVAILABLE");
+                let mut rest = Vec::new();
+                read_to_eof(&mut sock, &mut rest, "refused connection")
+                    .await
+                    .expect("closed after the refusal");
+                return None;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, sock.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read the answer");
+        assert!(n > 0, "closed without a complete answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Fills the cap with `CAP` admitted connections (retrying refused attempts) and checks that
+/// one more is refused.
+async fn fill_cap<F, Fut>(admit: F, what: &str) -> Vec<TcpStream>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<TcpStream>>,
+{
+    let mut held = Vec::new();
+    let mut refused = 0;
+    while held.len() < CAP {
+        match admit().await {
+            Some(s) => held.push(s),
+            None => {
+                refused += 1;
+                assert!(
+                    refused < ATTEMPTS,
+                    "{what}: {refused} attempts refused while only {} connections are open",
+                    held.len()
+                );
+            }
+        }
+    }
+    assert!(
+        admit().await.is_none(),
+        "{what}: a connection over the cap of {CAP} was admitted"
+    );
+    held
+}
+
+/// TCP: connections closed by the client at the cap free their slots; new connections are
+/// admitted again (retrying, as the slot frees once the server has seen the close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_closed_at_the_cap_free_their_slots() {
+    let server = Server::start_with(&["--max-connections", &CAP.to_string()]);
+    let addr = server.tcp;
+    for round in 0..3 {
+        let held = fill_cap(|| tcp_admitted(addr), &format!("tcp round {round}")).await;
+        drop(held);
+    }
+    // Half-closing (shutdown of the client's write side) and reading to the end frees the slot
+    // as well: the server answers, closes, and sees the client's close.
+    let held = fill_cap(|| tcp_admitted(addr), "tcp, half-close").await;
+    for mut s in held {
+        s.shutdown().await.expect("shutdown");
+        let mut rest = Vec::new();
+        read_to_eof(&mut s, &mut rest, "half-closed")
+            .await
+            .expect("eof");
+    }
+    drop(fill_cap(|| tcp_admitted(addr), "tcp after half-closes").await);
+}
+
+/// HTTP: kept-alive connections closed by the client at the cap free their slots, and so do
+/// connections the server closes after `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_closed_at_the_cap_free_their_slots() {
+    let server = Server::start_with(&["--max-connections", &CAP.to_string()]);
+    let addr = server.http;
+    for round in 0..3 {
+        let held = fill_cap(|| http_admitted(addr), &format!("http round {round}")).await;
+        drop(held);
+    }
+    let held = fill_cap(|| http_admitted(addr), "http, Connection: close").await;
+    for mut s in held {
+        s.write_all(&post(PING, "Connection: close\r\n"))
+            .await
+            .expect("write");
+        let mut rest = Vec::new();
+        read_to_eof(&mut s, &mut rest, "Connection: close")
+            .await
+            .expect("eof");
+    }
+    drop(fill_cap(|| http_admitted(addr), "http after Connection: close").await);
 }
