@@ -790,6 +790,15 @@ async fn http_content_type_is_not_consulted_and_bodies_are_always_utf8_json() {
         assert_eq!(resp.status, 400, "{ctype}: {resp:?}");
         assert_eq!(resp.json()["error"]["code"], "BAD_REQUEST", "{ctype}");
     }
+    // A compressed body is not decoded.
+    sock.write_all(&post(
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\xab\xae\x05\x00",
+        "Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+    ))
+    .await
+    .expect("write");
+    let resp = read_one_response(&mut sock, "gzip").await;
+    assert_eq!(resp.status, 400, "gzip: {resp:?}");
     // UTF-8 beyond ASCII is read as such.
     sock.write_all(&post(
         "{\"id\":\"café\",\"command\":\"SYS.PING\"}".as_bytes(),
