@@ -150,7 +150,10 @@ test("a server shutdown ends a following tail with a resumable error", async (t)
       if (seen.length === 1) server.child.kill("SIGTERM");
     }
   })();
-  // The documented last line (UNAVAILABLE, shutdown) or, while the server's shutdown race is
-  // open (issue 17), a bare close: either way the error says where to resume.
-  await assert.rejects(done, (e) => e instanceof LogTailError && e.resumeFromSeq === seen.at(-1) + 1 && (e.reason === "shutdown" || e.code === "CLIENT_CLOSED"));
+  // The documented last line (UNAVAILABLE, reason shutdown), never a bare close: the error
+  // says why and where to resume.
+  await assert.rejects(
+    done,
+    (e) => e instanceof LogTailError && e.code === "UNAVAILABLE" && e.reason === "shutdown" && e.resumeFromSeq === seen.at(-1) + 1,
+  );
 });
