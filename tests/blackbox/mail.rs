@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 /// How long a message may take to reach the outbox or the sink.
 pub const MAIL_DEADLINE: Duration = Duration::from_secs(20);
 
-/// The `.eml` files in `dir`, sorted by name; none when the directory does not exist yet.
+/// The `.eml` files in `dir`, sorted by name (for the outbox: by time of writing); none when the
+/// directory does not exist yet. Names starting with `.` are messages still being written
+/// (protocol/outbox.md) and are skipped.
 pub fn eml_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -19,6 +21,10 @@ pub fn eml_files(dir: &Path) -> Vec<PathBuf> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     paths.sort();
     paths
@@ -62,8 +68,9 @@ fn body_of(parsed: &ParsedMail, mimetype: &str) -> Option<String> {
 }
 
 impl Mail {
-    /// Parses a message; `None` while it is incomplete (the outbox is written in place, so a
-    /// reader may see the start of a file: the HTML part comes last and must be whole).
+    /// Parses a message; `None` while it is incomplete (the outbox renames whole files into
+    /// place, but the SMTP sink and older servers may not: the HTML part comes last and must be
+    /// whole).
     pub fn parse(path: &Path, raw: &[u8]) -> Option<Mail> {
         let parsed = mailparse::parse_mail(raw).ok()?;
         let text = body_of(&parsed, "text/plain")?;

@@ -9,6 +9,7 @@ mod bench;
 mod browser;
 mod cli;
 mod crash;
+mod edges;
 mod email;
 mod fuzz;
 mod harness;

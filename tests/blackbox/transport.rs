@@ -265,10 +265,8 @@ fn write_in_background(mut wr: OwnedWriteHalf, bytes: Vec<u8>) -> tokio::task::J
 }
 
 /// Stops the server (SIGTERM) from async code and returns (exit status, time taken).
-fn stop_server(server: &mut Server) -> (std::process::ExitStatus, Duration) {
-    let started = Instant::now();
-    let status = tokio::task::block_in_place(|| server.stop());
-    (status, started.elapsed())
+fn stop_server(server: &mut Server) -> std::process::ExitStatus {
+    tokio::task::block_in_place(|| server.stop())
 }
 
 /// A comparable view of an envelope: everything but volatile data values (for objects, only
@@ -503,24 +501,14 @@ async fn hostile_json_gets_an_answer_and_never_drops_the_connection() {
     );
     assert_ping_works(&mut c, "out-of-range numbers").await;
 
-    // An integer beyond u64 is echoed as the double it reads as.
+    // An integer beyond u64 is refused, not echoed as the double it reads as (envelope.md).
     let r = raw_call(
         &mut c,
         b"{\"id\":18446744073709551616,\"command\":\"SYS.PING\"}\n",
         "id 2^64",
     )
     .await;
-    assert!(r.ok, "id 2^64: {r:?}");
-    let id =
-        r.id.as_ref()
-            .map(|i| i.as_value().clone())
-            .unwrap_or(Value::Null);
-    assert!(id.is_f64(), "id 2^64 must come back as a double: {id}");
-    assert_eq!(
-        id.as_f64(),
-        Some(18_446_744_073_709_551_616.0),
-        "id 2^64: {id}"
-    );
+    assert_bad_request(&r, None, "id 2^64");
     // u64::MAX is exact.
     let r = raw_call(
         &mut c,
@@ -529,13 +517,10 @@ async fn hostile_json_gets_an_answer_and_never_drops_the_connection() {
     )
     .await;
     assert_eq!(r.id, Some(RequestId::from(u64::MAX)), "u64::MAX id: {r:?}");
-    // 1e2 comes back as 100.0.
+    // A number with an exponent is not an integer id.
     let r = raw_call(&mut c, b"{\"id\":1e2,\"command\":\"SYS.PING\"}\n", "id 1e2").await;
-    let id =
-        r.id.as_ref()
-            .map(|i| i.as_value().clone())
-            .unwrap_or(Value::Null);
-    assert_eq!(id.as_f64(), Some(100.0), "id 1e2: {r:?}");
+    assert_bad_request(&r, None, "id 1e2");
+    assert_ping_works(&mut c, "refused numeric ids").await;
 
     // A lone surrogate escape is not a valid JSON string.
     let r = raw_call(
@@ -1235,7 +1220,7 @@ async fn shutdown_answers_completely_and_in_order_and_logs_every_acknowledged_co
         .flat_map(|i| line(&json!({"id": i, "command": "SYS.INFO"})))
         .collect();
     c.send_raw(&burst).await.expect("write 200 requests");
-    let (status, _) = stop_server(&mut server);
+    let status = stop_server(&mut server);
 
     let got = read_until_closed(&mut c, WAIT, "after SIGTERM").await;
     let mut acknowledged = 0u64;
@@ -1298,10 +1283,10 @@ async fn shutdown_answers_completely_and_in_order_and_logs_every_acknowledged_co
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_ends_a_following_tail_promptly() {
-    // A grace longer than the bound asserted below: a follower that held up shutdown would
-    // make stop() take the whole grace.
-    let mut server = Server::start_with(&["--shutdown-grace-s", "15"]);
+async fn shutdown_ends_a_following_tail_with_its_last_line() {
+    // A grace far longer than stop()'s 20 s wait: a follower that held up shutdown would make
+    // the process outlive the wait, and stop() would fail the test.
+    let mut server = Server::start_with(&["--shutdown-grace-s", "600"]);
     let token = server.operator_token();
     let mut c = server.client().await;
     let r = raw_call(
@@ -1326,40 +1311,32 @@ async fn shutdown_ends_a_following_tail_promptly() {
     }
     assert!(caught_up, "no caught_up line");
 
-    let (status, took) = stop_server(&mut server);
+    let status = stop_server(&mut server);
     assert!(
         status.success(),
         "exit status with a follower connected: {status:?}"
     );
-    assert!(
-        took < Duration::from_secs(7),
-        "stop() took {took:?} with a follower connected (grace is 15 s): the follower held up \
-         shutdown"
-    );
 
     let rest = read_until_closed(&mut c, WAIT, "tail after SIGTERM").await;
-    // Live events may still arrive (the tail's own); a last line, if any, is the shutdown one.
+    // Live events may still arrive (the tail's own); the last line is the shutdown one.
     for r in &rest {
         assert_eq!(r.id, Some(RequestId::from("f")), "{r:?}");
         assert_eq!(r.command.as_deref(), Some("LOG.TAIL"), "{r:?}");
     }
-    if let Some((last, events)) = rest.split_last() {
-        for e in events {
-            assert!(e.ok && e.data.get("event").is_some(), "{e:?}");
-        }
-        if !last.ok {
-            assert_eq!(code_of(last), Some("UNAVAILABLE"), "{last:?}");
-            let details = last
-                .error
-                .as_ref()
-                .and_then(|e| e.details.clone())
-                .unwrap_or_default();
-            assert_eq!(details["reason"], "shutdown", "{last:?}");
-            assert!(details["resume_from_seq"].is_u64(), "{last:?}");
-        } else {
-            assert!(last.data.get("event").is_some(), "{last:?}");
-        }
+    let (last, events) = rest
+        .split_last()
+        .expect("the stream ends with a last line, not a bare EOF");
+    for e in events {
+        assert!(e.ok && e.data.get("event").is_some(), "{e:?}");
     }
+    assert_eq!(code_of(last), Some("UNAVAILABLE"), "{last:?}");
+    let details = last
+        .error
+        .as_ref()
+        .and_then(|e| e.details.clone())
+        .unwrap_or_default();
+    assert_eq!(details["reason"], "shutdown", "{last:?}");
+    assert!(details["resume_from_seq"].is_u64(), "{last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

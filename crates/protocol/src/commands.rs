@@ -5,6 +5,7 @@
 
 /// `SYS.*`: liveness, server facts, the command registry.
 pub mod sys {
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `SYS.PING`
@@ -15,19 +16,23 @@ pub mod sys {
     pub const COMMANDS: &str = "SYS.COMMANDS";
 
     /// Params of commands that take none: `{}` or absent.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SysNoParams")]
     #[serde(deny_unknown_fields)]
     pub struct NoParams {}
 
     /// `SYS.PING` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SysPong")]
     pub struct Pong {
         /// Always `true`.
+        #[schemars(extend("const" = true))]
         pub pong: bool,
     }
 
     /// `SYS.INFO` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SysInfo")]
     pub struct Info {
         /// `"portcullis"`.
         pub name: String,
@@ -50,7 +55,8 @@ pub mod sys {
     }
 
     /// One registry entry, as listed by `SYS.COMMANDS`.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SysCommandInfo")]
     pub struct CommandInfo {
         /// Command name.
         pub name: String,
@@ -67,7 +73,8 @@ pub mod sys {
     }
 
     /// `SYS.COMMANDS` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SysCommands")]
     pub struct Commands {
         /// Every command, sorted by name.
         pub commands: Vec<CommandInfo>,
@@ -77,6 +84,7 @@ pub mod sys {
 /// `LOG.*`: the hash-chained event log.
 pub mod log {
     use crate::Event;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `LOG.TAIL`
@@ -94,7 +102,8 @@ pub mod log {
     pub const DEFAULT_QUERY_LIMIT: usize = 100;
 
     /// `LOG.TAIL` params.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogTailParams")]
     #[serde(deny_unknown_fields)]
     pub struct TailParams {
         /// First sequence number to send (default: the next event to be written, i.e. only new
@@ -109,7 +118,8 @@ pub mod log {
     /// The `data` of one `LOG.TAIL` stream line. A tail answers with many lines that all carry
     /// the request's id: one per event, a `caught_up` marker when the replay reaches the head
     /// (then live events follow when following), or an `end` marker when not following.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogTailFrame")]
     #[serde(untagged)]
     pub enum TailFrame {
         /// One event.
@@ -120,6 +130,7 @@ pub mod log {
         /// The replay is complete; `next_seq` is the first sequence number not yet sent.
         CaughtUp {
             /// Always `true`.
+            #[schemars(extend("const" = true))]
             caught_up: bool,
             /// First seq not yet sent.
             next_seq: u64,
@@ -127,6 +138,7 @@ pub mod log {
         /// The stream ends here (`follow` was false).
         End {
             /// Always `true`.
+            #[schemars(extend("const" = true))]
             end: bool,
             /// First seq not sent; pass it as `from_seq` to resume.
             next_seq: u64,
@@ -134,7 +146,8 @@ pub mod log {
     }
 
     /// `LOG.QUERY` params. Filters combine with AND.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogQueryParams")]
     #[serde(deny_unknown_fields)]
     pub struct QueryParams {
         /// First seq to consider (default 1).
@@ -164,7 +177,8 @@ pub mod log {
     }
 
     /// `LOG.QUERY` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogQueryResult")]
     pub struct QueryResult {
         /// Matching events in ascending seq order.
         pub events: Vec<Event>,
@@ -173,7 +187,8 @@ pub mod log {
     }
 
     /// `LOG.VERIFY` params.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogVerifyParams")]
     #[serde(deny_unknown_fields)]
     pub struct VerifyParams {
         /// First seq to check (default 1). Its `prev` is checked against the event before it.
@@ -185,7 +200,8 @@ pub mod log {
     }
 
     /// `LOG.VERIFY` result (also the offline `portcullis log verify` report).
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogVerifyReport")]
     pub struct VerifyReport {
         /// Whether every checked event is intact and chained.
         pub valid: bool,
@@ -212,7 +228,8 @@ pub mod log {
 
     /// The last event removed by `LOG.PRUNE`: the kept log continues from it, so the event at
     /// `seq + 1` has `prev` = `hash`, and an archive of the pruned events ends with this event.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogCheckpoint")]
     pub struct Checkpoint {
         /// Seq of the last pruned event.
         pub seq: u64,
@@ -221,7 +238,8 @@ pub mod log {
     }
 
     /// `LOG.PRUNE` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogPruneParams")]
     #[serde(deny_unknown_fields)]
     pub struct PruneParams {
         /// Remove every event with seq ≤ this one. Must be below the newest event.
@@ -229,7 +247,8 @@ pub mod log {
     }
 
     /// `LOG.PRUNE` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "LogPruneResult")]
     pub struct PruneResult {
         /// How many events this call removed (0 when they were already gone).
         pub pruned: u64,
@@ -243,6 +262,7 @@ pub mod log {
 /// `AUTH.*`: sign-up, password sign-in, token refresh, sign-out.
 pub mod auth {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `AUTH.SIGNUP`
@@ -255,7 +275,8 @@ pub mod auth {
     pub const LOGOUT: &str = "AUTH.LOGOUT";
 
     /// `AUTH.SIGNUP` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AuthSignupParams")]
     #[serde(deny_unknown_fields)]
     pub struct SignupParams {
         /// The address; normalised (trimmed, domain lower-cased) and validated.
@@ -269,7 +290,8 @@ pub mod auth {
     }
 
     /// `AUTH.LOGIN` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AuthLoginParams")]
     #[serde(deny_unknown_fields)]
     pub struct LoginParams {
         /// The address.
@@ -279,7 +301,8 @@ pub mod auth {
     }
 
     /// `AUTH.REFRESH` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AuthRefreshParams")]
     #[serde(deny_unknown_fields)]
     pub struct RefreshParams {
         /// The refresh token from the last sign-in or refresh.
@@ -287,7 +310,8 @@ pub mod auth {
     }
 
     /// The result of every sign-in and of `AUTH.REFRESH`.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AuthSessionTokens")]
     pub struct SessionTokens {
         /// The account.
         pub user_id: String,
@@ -298,17 +322,20 @@ pub mod auth {
         /// Single use: exchange it with `AUTH.REFRESH` for a new pair.
         pub refresh_token: Secret,
         /// Always `"Bearer"`.
+        #[schemars(extend("const" = "Bearer"))]
         pub token_type: String,
         /// Seconds until the access token expires.
         pub expires_in: u64,
     }
 
     /// `AUTH.LOGOUT` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AuthLoggedOut")]
     pub struct LoggedOut {
         /// The session that was revoked.
         pub session_id: String,
         /// Always `true`.
+        #[schemars(extend("const" = true))]
         pub revoked: bool,
     }
 }
@@ -316,6 +343,7 @@ pub mod auth {
 /// `USER.*`: the signed-in user's own account.
 pub mod user {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `USER.ME`
@@ -330,7 +358,8 @@ pub mod user {
     pub const CHANGE_EMAIL: &str = "USER.CHANGE_EMAIL";
 
     /// `USER.CHANGE_EMAIL` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserChangeEmailParams")]
     #[serde(deny_unknown_fields)]
     pub struct ChangeEmailParams {
         /// The new address; a confirmation link is mailed there.
@@ -338,7 +367,8 @@ pub mod user {
     }
 
     /// `USER.CHANGE_EMAIL` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserChangeStarted")]
     pub struct ChangeStarted {
         /// The confirmation flow.
         pub flow_id: String,
@@ -347,16 +377,19 @@ pub mod user {
     }
 
     /// `USER.DELETE` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserDeleted")]
     pub struct Deleted {
         /// The account that no longer exists.
         pub user_id: String,
         /// Always `true`.
+        #[schemars(extend("const" = true))]
         pub deleted: bool,
     }
 
     /// `USER.ME` (and `USER.UPDATE`) result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserMe")]
     pub struct Me {
         /// The account.
         pub user_id: String,
@@ -378,7 +411,8 @@ pub mod user {
     }
 
     /// `USER.UPDATE` params.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserUpdateParams")]
     #[serde(deny_unknown_fields)]
     pub struct UpdateParams {
         /// New shown name; `""` clears it.
@@ -387,7 +421,8 @@ pub mod user {
     }
 
     /// `USER.SET_PASSWORD` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserSetPasswordParams")]
     #[serde(deny_unknown_fields)]
     pub struct SetPasswordParams {
         /// Required when the account already has a password.
@@ -398,9 +433,11 @@ pub mod user {
     }
 
     /// `USER.SET_PASSWORD` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "UserPasswordSet")]
     pub struct PasswordSet {
         /// Always `true`.
+        #[schemars(extend("const" = true))]
         pub password_set: bool,
         /// How many other sessions were revoked.
         pub sessions_revoked: u64,
@@ -409,6 +446,7 @@ pub mod user {
 
 /// `SESSION.*`: the signed-in user's sessions.
 pub mod session {
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `SESSION.LIST`
@@ -419,7 +457,8 @@ pub mod session {
     pub const REVOKE_ALL: &str = "SESSION.REVOKE_ALL";
 
     /// One session as listed.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SessionInfo")]
     pub struct SessionInfo {
         /// Session id.
         pub session_id: String,
@@ -440,14 +479,16 @@ pub mod session {
     }
 
     /// `SESSION.LIST` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SessionList")]
     pub struct SessionList {
         /// Live sessions, newest first.
         pub sessions: Vec<SessionInfo>,
     }
 
     /// `SESSION.REVOKE` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SessionRevokeParams")]
     #[serde(deny_unknown_fields)]
     pub struct RevokeParams {
         /// One of the caller's sessions.
@@ -455,7 +496,8 @@ pub mod session {
     }
 
     /// `SESSION.REVOKE_ALL` params.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SessionRevokeAllParams")]
     #[serde(deny_unknown_fields)]
     pub struct RevokeAllParams {
         /// Keep the calling session (default false: revoke it too).
@@ -464,7 +506,8 @@ pub mod session {
     }
 
     /// `SESSION.REVOKE` / `SESSION.REVOKE_ALL` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "SessionRevoked")]
     pub struct Revoked {
         /// How many sessions were revoked by this call.
         pub revoked: u64,
@@ -475,6 +518,7 @@ pub mod session {
 pub mod magic {
     use super::auth::SessionTokens;
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `MAGIC.SEND`
@@ -487,7 +531,8 @@ pub mod magic {
     pub const POLL: &str = "MAGIC.POLL";
 
     /// `MAGIC.SEND` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicSendParams")]
     #[serde(deny_unknown_fields)]
     pub struct SendParams {
         /// The address to mail.
@@ -507,7 +552,8 @@ pub mod magic {
     }
 
     /// `MAGIC.SEND` result: the same shape whether or not the address has an account.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicFlowStarted")]
     pub struct FlowStarted {
         /// The flow (for `MAGIC.POLL`).
         pub flow_id: String,
@@ -516,7 +562,8 @@ pub mod magic {
     }
 
     /// `MAGIC.VERIFY` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicVerifyParams")]
     #[serde(deny_unknown_fields)]
     pub struct VerifyParams {
         /// The token from the link.
@@ -527,7 +574,8 @@ pub mod magic {
     }
 
     /// `MAGIC.VERIFY` result.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicVerified")]
     pub struct Verified {
         /// The new session.
         #[serde(flatten)]
@@ -537,7 +585,8 @@ pub mod magic {
     }
 
     /// `MAGIC.APPROVE` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicApproveParams")]
     #[serde(deny_unknown_fields)]
     pub struct ApproveParams {
         /// The token from the link.
@@ -545,16 +594,19 @@ pub mod magic {
     }
 
     /// `MAGIC.APPROVE` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicApproved")]
     pub struct Approved {
         /// The approved flow.
         pub flow_id: String,
         /// Always `true`.
+        #[schemars(extend("const" = true))]
         pub approved: bool,
     }
 
     /// `MAGIC.POLL` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MagicPollParams")]
     #[serde(deny_unknown_fields)]
     pub struct PollParams {
         /// From `MAGIC.SEND`.
@@ -572,11 +624,41 @@ pub mod magic {
         #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
         pub tokens: Option<SessionTokens>,
     }
+
+    /// Written by hand: the session members come exactly when `status` is `complete`, which
+    /// the struct's types cannot say.
+    impl JsonSchema for PollResult {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "MagicPollResult".into()
+        }
+
+        fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            let tokens = generator.subschema_for::<SessionTokens>();
+            let status = |value: &str, description: &str| {
+                serde_json::json!({
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "const": value, "description": description}
+                    },
+                    "required": ["status"]
+                })
+            };
+            schemars::json_schema!({
+                "description": "`MAGIC.POLL` result: `{\"status\":\"pending\"}` while the link waits \
+                    for approval, or `{\"status\":\"complete\", …session}` once it is collected.",
+                "oneOf": [
+                    status("pending", "Not approved yet: poll again later."),
+                    {"allOf": [tokens, status("complete", "Approved: the new session.")]}
+                ]
+            })
+        }
+    }
 }
 
 /// `OTP.*`: one-time codes sent by mail.
 pub mod otp {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `OTP.SEND`
@@ -585,7 +667,8 @@ pub mod otp {
     pub const VERIFY: &str = "OTP.VERIFY";
 
     /// `OTP.SEND` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "OtpSendParams")]
     #[serde(deny_unknown_fields)]
     pub struct SendParams {
         /// The address to mail.
@@ -599,7 +682,8 @@ pub mod otp {
     }
 
     /// `OTP.SEND` result: the same shape whether or not the address has an account.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "OtpCodeSent")]
     pub struct CodeSent {
         /// The flow the code is bound to.
         pub flow_id: String,
@@ -610,7 +694,8 @@ pub mod otp {
     }
 
     /// `OTP.VERIFY` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "OtpVerifyParams")]
     #[serde(deny_unknown_fields)]
     pub struct VerifyParams {
         /// From `OTP.SEND`.
@@ -623,6 +708,7 @@ pub mod otp {
 /// `TOTP.*`: authenticator-app codes as a second factor.
 pub mod totp {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `TOTP.ENROLL`
@@ -633,7 +719,8 @@ pub mod totp {
     pub const DISABLE: &str = "TOTP.DISABLE";
 
     /// `TOTP.ENROLL` result. Shown once: the secret is never returned again.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "TotpEnrollment")]
     pub struct Enrollment {
         /// Pass to `TOTP.CONFIRM`.
         pub enrollment_id: String,
@@ -648,7 +735,8 @@ pub mod totp {
     }
 
     /// `TOTP.CONFIRM` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "TotpConfirmParams")]
     #[serde(deny_unknown_fields)]
     pub struct ConfirmParams {
         /// From `TOTP.ENROLL`.
@@ -658,16 +746,19 @@ pub mod totp {
     }
 
     /// `TOTP.CONFIRM` and `RECOVERY.REGENERATE` result. Shown once.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "TotpRecoveryCodes")]
     pub struct RecoveryCodes {
         /// Ten single-use codes, `xxxx-xxxx-xxxx-xxxx-xxxx-xxxx` (120 bits each).
         pub recovery_codes: Vec<Secret>,
     }
 
     /// `TOTP.DISABLE` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "TotpDisabled")]
     pub struct Disabled {
         /// Always `true`.
+        #[schemars(extend("const" = true))]
         pub disabled: bool,
     }
 }
@@ -675,6 +766,7 @@ pub mod totp {
 /// `MFA.*` and `RECOVERY.*`: completing a sign-in with a second factor, step-up, recovery codes.
 pub mod mfa {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `MFA.VERIFY`
@@ -684,7 +776,8 @@ pub mod mfa {
 
     /// A second-factor method: what `MFA.VERIFY` is answered with, and what `MFA_REQUIRED`'s
     /// `details.methods` lists. Closed: the server matches it exhaustively.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MfaMethod")]
     #[serde(rename_all = "snake_case")]
     pub enum Method {
         /// A code from an authenticator app.
@@ -711,7 +804,8 @@ pub mod mfa {
 
     /// `MFA.VERIFY` params: with `mfa_token` it completes a sign-in; without it, with a bearer
     /// token, it steps the current session up to AAL2.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MfaVerifyParams")]
     #[serde(deny_unknown_fields)]
     pub struct VerifyParams {
         /// From the `MFA_REQUIRED` error's details.
@@ -727,11 +821,13 @@ pub mod mfa {
         pub ceremony_id: Option<String>,
         /// `passkey`: the browser's `credential.toJSON()`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(schema_with = "crate::schema::json_object_or_null")]
         pub credential: Option<serde_json::Value>,
     }
 
     /// `MFA.VERIFY` result.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "MfaVerified")]
     pub struct Verified {
         /// The account.
         pub user_id: String,
@@ -743,6 +839,7 @@ pub mod mfa {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub refresh_token: Option<Secret>,
         /// Always `"Bearer"`.
+        #[schemars(extend("const" = "Bearer"))]
         pub token_type: String,
         /// Seconds until the access token expires.
         pub expires_in: u64,
@@ -756,6 +853,7 @@ pub mod mfa {
 /// `PASSKEY.*`: WebAuthn passkeys.
 pub mod passkey {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
     use serde_json::Value;
 
@@ -775,7 +873,8 @@ pub mod passkey {
     pub const REMOVE: &str = "PASSKEY.REMOVE";
 
     /// `PASSKEY.REGISTER.BEGIN` params.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyRegisterBeginParams")]
     #[serde(deny_unknown_fields)]
     pub struct RegisterBeginParams {
         /// A name for the passkey (default: "Passkey").
@@ -784,30 +883,35 @@ pub mod passkey {
     }
 
     /// `PASSKEY.*.BEGIN` result.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyCeremony")]
     pub struct Ceremony {
         /// Pass to the matching FINISH.
         pub ceremony_id: String,
         /// For `navigator.credentials.create()` / `.get()` (after base64url decoding), e.g. via
         /// `PublicKeyCredential.parseCreationOptionsFromJSON(options.publicKey)`.
+        #[schemars(schema_with = "crate::schema::json_object")]
         pub options: Value,
         /// Seconds before the ceremony expires.
         pub expires_in: u64,
     }
 
     /// `PASSKEY.REGISTER.FINISH` / `PASSKEY.LOGIN.FINISH` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyFinishParams")]
     #[serde(deny_unknown_fields)]
     pub struct FinishParams {
         /// From BEGIN.
         pub ceremony_id: String,
         /// `credential.toJSON()` of the browser's answer.
+        #[schemars(schema_with = "crate::schema::json_object")]
         pub credential: Value,
     }
 
     /// `PASSKEY.LOGIN.BEGIN` params: an email (allow-list of its passkeys), an `mfa_token` (the
     /// passkey as second factor), or neither (usernameless, discoverable credentials).
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyLoginBeginParams")]
     #[serde(deny_unknown_fields)]
     pub struct LoginBeginParams {
         /// The account's address.
@@ -819,7 +923,8 @@ pub mod passkey {
     }
 
     /// One registered passkey.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyInfo")]
     pub struct PasskeyInfo {
         /// Credential id, base64url.
         pub credential_id: String,
@@ -836,14 +941,16 @@ pub mod passkey {
     }
 
     /// `PASSKEY.LIST` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyList")]
     pub struct PasskeyList {
         /// Oldest first.
         pub passkeys: Vec<PasskeyInfo>,
     }
 
     /// `PASSKEY.RENAME` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyRenameParams")]
     #[serde(deny_unknown_fields)]
     pub struct RenameParams {
         /// Which passkey.
@@ -853,7 +960,8 @@ pub mod passkey {
     }
 
     /// `PASSKEY.REMOVE` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "PasskeyRemoveParams")]
     #[serde(deny_unknown_fields)]
     pub struct RemoveParams {
         /// Which passkey.
@@ -864,6 +972,7 @@ pub mod passkey {
 /// `ADMIN.*`, `APIKEY.*`, `KEYS.*`: administration.
 pub mod admin {
     use crate::Secret;
+    use schemars::JsonSchema;
     use serde::{Deserialize, Serialize};
 
     /// `ADMIN.BOOTSTRAP`
@@ -896,7 +1005,8 @@ pub mod admin {
     pub const KEYS_LIST: &str = "KEYS.LIST";
 
     /// `ADMIN.BOOTSTRAP` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminBootstrapParams")]
     #[serde(deny_unknown_fields)]
     pub struct BootstrapParams {
         /// The first superadmin's address.
@@ -904,7 +1014,8 @@ pub mod admin {
     }
 
     /// `ADMIN.BOOTSTRAP` result.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminBootstrapped")]
     pub struct Bootstrapped {
         /// The superadmin's account.
         pub user_id: String,
@@ -915,7 +1026,8 @@ pub mod admin {
     }
 
     /// Names one account.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminUserRef")]
     #[serde(deny_unknown_fields)]
     pub struct UserRef {
         /// The account.
@@ -923,7 +1035,8 @@ pub mod admin {
     }
 
     /// `ADMIN.USER.RECOVER` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminRecoverParams")]
     #[serde(deny_unknown_fields)]
     pub struct RecoverParams {
         /// The account.
@@ -933,7 +1046,8 @@ pub mod admin {
     }
 
     /// `ADMIN.USER.LIST` params.
-    #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminListParams")]
     #[serde(deny_unknown_fields)]
     pub struct ListParams {
         /// Only addresses starting with this (case-insensitive).
@@ -948,7 +1062,8 @@ pub mod admin {
     }
 
     /// An account as administrators see it (no secret, no hash).
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminUser")]
     pub struct AdminUser {
         /// Account id.
         pub user_id: String,
@@ -975,7 +1090,8 @@ pub mod admin {
     }
 
     /// `ADMIN.USER.LIST` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminUserPage")]
     pub struct UserPage {
         /// Accounts in address order.
         pub users: Vec<AdminUser>,
@@ -984,7 +1100,8 @@ pub mod admin {
     }
 
     /// Result of commands that change accounts or sessions.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminChanged")]
     pub struct Changed {
         /// The account.
         pub user_id: String,
@@ -993,14 +1110,16 @@ pub mod admin {
     }
 
     /// `ADMIN.SESSION.REVOKE_EVERYONE` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminEveryoneRevoked")]
     pub struct EveryoneRevoked {
         /// Sessions revoked by this call, of every account.
         pub sessions_revoked: u64,
     }
 
     /// `APIKEY.CREATE` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminApiKeyCreateParams")]
     #[serde(deny_unknown_fields)]
     pub struct ApiKeyCreateParams {
         /// A name for the key.
@@ -1014,7 +1133,8 @@ pub mod admin {
     }
 
     /// One API key (never the key itself, except once in `APIKEY.CREATE`).
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminApiKeyInfo")]
     pub struct ApiKeyInfo {
         /// Public id.
         pub id: String,
@@ -1034,14 +1154,16 @@ pub mod admin {
     }
 
     /// `APIKEY.LIST` result.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminApiKeyList")]
     pub struct ApiKeyList {
         /// Oldest first.
         pub keys: Vec<ApiKeyInfo>,
     }
 
     /// `APIKEY.REVOKE` params.
-    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminApiKeyRef")]
     #[serde(deny_unknown_fields)]
     pub struct ApiKeyRef {
         /// Public id.
@@ -1049,7 +1171,8 @@ pub mod admin {
     }
 
     /// One signing key.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminSigningKeyInfo")]
     pub struct SigningKeyInfo {
         /// RFC 7638 thumbprint.
         pub kid: String,
@@ -1063,7 +1186,8 @@ pub mod admin {
     }
 
     /// `KEYS.LIST` / `KEYS.ROTATE` result.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[schemars(rename = "AdminSigningKeys")]
     pub struct SigningKeys {
         /// Newest first.
         pub keys: Vec<SigningKeyInfo>,

@@ -8,8 +8,13 @@ use std::fmt;
 /// Longest string accepted as a request id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
 
-/// The client's correlation id: any JSON scalar (string of at most [`MAX_ID_LEN`] bytes, number,
-/// boolean or null), echoed unchanged in the response.
+/// The client's correlation id, echoed unchanged in the response: a string of at most
+/// [`MAX_ID_LEN`] bytes, an integer from -2^63 to 2^64-1 (written without fraction or
+/// exponent), a boolean or null.
+///
+/// Other numbers are refused rather than echoed: a fraction, an exponent or an integer beyond
+/// 64 bits would come back as the nearest double, which a client reading integers exactly
+/// (Python, Java, Go) takes for another id.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(transparent)]
 pub struct RequestId(Value);
@@ -20,6 +25,9 @@ impl RequestId {
         match &v {
             Value::Array(_) | Value::Object(_) => Err("id must be a JSON scalar"),
             Value::String(s) if s.len() > MAX_ID_LEN => Err("id is too long"),
+            Value::Number(n) if !(n.is_i64() || n.is_u64()) => {
+                Err("a numeric id must be an integer from -2^63 to 2^64-1, without fraction or exponent")
+            }
             _ => Ok(RequestId(v)),
         }
     }
@@ -193,6 +201,43 @@ mod tests {
             .unwrap_or_else(|_| Request::new("fail"));
         assert_eq!(ok.command, "X");
         assert_eq!(ok.id, Some(RequestId::from(7)));
+    }
+
+    #[test]
+    fn numeric_ids_are_64_bit_integers_echoed_digit_for_digit() {
+        for id in [
+            "0",
+            "-1",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+        ] {
+            let line = format!(r#"{{"command":"X","id":{id}}}"#);
+            let req: Request = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{id}: {e}"));
+            let echoed =
+                serde_json::to_string(&Response::ok(req.id, "X", Value::Null)).unwrap_or_default();
+            assert!(
+                echoed.starts_with(&format!(r#"{{"id":{id},"#)),
+                "{id}: {echoed}"
+            );
+        }
+        for id in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "1.5",
+            "1.0",
+            "1e2",
+            "1E+2",
+            "-0",
+            "1e400",
+            "123456789012345678901234567890",
+        ] {
+            let line = format!(r#"{{"command":"X","id":{id}}}"#);
+            assert!(
+                serde_json::from_str::<Request>(&line).is_err(),
+                "{id} accepted"
+            );
+        }
     }
 
     #[test]

@@ -63,6 +63,24 @@ impl Serialize for Actor {
     }
 }
 
+/// On the wire an actor is one string (see [`Actor`]'s `Display`).
+impl schemars::JsonSchema for Actor {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Actor".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`anonymous`, `operator`, `system`, `user:<id>` or `apikey:<id>`."
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for Actor {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -74,8 +92,8 @@ impl<'de> Deserialize<'de> for Actor {
 /// canonical form that the hash covers is stable.
 ///
 /// `hash = hex(SHA-256(canonical_json(event without "hash")))`, and `prev` is the previous
-/// event's `hash` ([`GENESIS_HASH`] for seq 1), which chains the log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// event's `hash` (64 zeros for seq 1: `GENESIS_HASH`), which chains the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Event {
     /// Position in the log, from 1, without gaps.

@@ -13,6 +13,7 @@ pub mod commands;
 mod envelope;
 mod error;
 mod event;
+mod schema;
 mod secret;
 
 pub use envelope::{Request, RequestId, Response};

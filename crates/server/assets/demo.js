@@ -1,31 +1,28 @@
 // The Portcullis account console: plain JavaScript on the SDK's browser bundle, no framework,
 // no build step of its own. Every action is one or a few commands of the protocol, called
 // through `Client`, `Passkeys` and `MagicLinks`; read it as an example of the SDK in a page.
-import { Client, MagicLinks, Passkeys, PortcullisError, mfaChallengeOf } from "./portcullis-client.js";
+import { Client, MagicLinks, MfaRequiredError, Passkeys, PortcullisError, Session, WebStorage, mfaChallengeOf } from "./portcullis-client.js";
 
-const KEY = "portcullis.session"; // the token pair, for the life of this tab (sessionStorage)
 const $ = (id) => document.getElementById(id);
 const client = new Client({ baseUrl: new URL("..", new URL(import.meta.url)).href.replace(/\/$/, "") });
-const passkeys = new Passkeys(client);
+// The signed-in user's tokens, refreshed before they expire. Kept in this tab's sessionStorage
+// (key `portcullis.session`, as the landing page does): each tab is its own device.
+const auth = new Session(client, { storage: new WebStorage(sessionStorage), channel: null });
+const passkeys = new Passkeys(client); // ceremonies of a signed-out user (sign-in, second factor)
+const accountPasskeys = new Passkeys(auth); // ceremonies of the signed-in user (register, step-up)
 const magic = new MagicLinks(client);
 
 // ---- state -------------------------------------------------------------------------------
 
 let me = null; // USER.ME of the signed-in session
-let mfa = null; // { mfaToken, methods, email } while a sign-in waits for its second factor
+let held = false; // whether the session holds tokens (as of the last render)
+let mfa = null; // { error, mfaToken, methods, email } while a sign-in waits for its second factor
 let waiting = null; // AbortController of the magic-link poll
 let autofill = null; // AbortController of the conditional-UI request
 let otpFlow = null; // flow_id of the email code
 let enrollment = null; // enrollment_id of a pending TOTP enrolment
 let retry = null; // the action to repeat after a step-up
 
-function session() {
-  try { return JSON.parse(sessionStorage.getItem(KEY) || "null"); } catch { return null; }
-}
-function keep(pair) {
-  if (pair) sessionStorage.setItem(KEY, JSON.stringify(pair));
-  else sessionStorage.removeItem(KEY);
-}
 
 // ---- messages ----------------------------------------------------------------------------
 
@@ -60,19 +57,13 @@ function on(id, action) {
 
 // ---- calls with the session's token -------------------------------------------------------
 
-// Runs a command as the signed-in user; refreshes the token pair once when the access token
-// has expired, and offers a step-up when the command needs a recent proof.
+// Runs a command as the signed-in user (the session refreshes its access token when it is
+// about to expire or was refused, and clears itself when the refresh is refused), and offers a
+// step-up when the command needs a recent proof.
 async function call(command, params = {}) {
-  const s = session();
-  if (!s) throw new PortcullisError("UNAUTHENTICATED", "You are signed out");
   try {
-    return await client.execute(command, params, { token: s.access_token });
+    return await auth.execute(command, params);
   } catch (e) {
-    if (e instanceof PortcullisError && e.code === "UNAUTHENTICATED" && s.refresh_token) {
-      const pair = await client.execute("AUTH.REFRESH", { refresh_token: s.refresh_token }).catch(() => null);
-      if (pair) { keep(pair); return client.execute(command, params, { token: pair.access_token }); }
-      keep(null); await render();
-    }
     if (e instanceof PortcullisError && e.code === "FORBIDDEN" && e.details && e.details.reason === "step_up_required") {
       retry = () => call(command, params);
       $("stepup-card").hidden = false;
@@ -114,11 +105,11 @@ function tag(text) {
 }
 
 async function render() {
-  const s = session();
   me = null;
-  if (s) {
-    try { me = await call("USER.ME"); } catch (e) { if (session()) fail(e); }
+  if (await auth.signedIn()) {
+    try { me = await call("USER.ME"); } catch (e) { if (await auth.signedIn()) fail(e); }
   }
+  held = await auth.signedIn();
   const signedIn = !!me;
   for (const el of document.querySelectorAll("[data-view=out]")) el.hidden = signedIn || !!mfa;
   for (const el of document.querySelectorAll("[data-view=in]")) el.hidden = !signedIn;
@@ -212,7 +203,7 @@ async function signedIn(pair, words) {
   stopWaiting();
   mfa = null;
   otpFlow = null;
-  keep(pair);
+  await auth.setTokens(pair);
   $("otp-panel").hidden = true;
   $("password").value = "";
   say(words, "ok");
@@ -221,9 +212,14 @@ async function signedIn(pair, words) {
 
 // A sign-in that answered MFA_REQUIRED shows the second step; anything else is reported.
 async function signInFailed(e, email) {
+  if (e instanceof MfaRequiredError && e.mfaToken === null && e.enrolmentSession) {
+    // mfa_policy = "required" and no second factor yet: a session that may only enrol one.
+    await signedIn(e.enrolmentSession, "This server requires a second factor: set up an authenticator app or a passkey to continue.");
+    return;
+  }
   const challenge = mfaChallengeOf(e);
   if (!challenge) { fail(e); return; }
-  mfa = { ...challenge, email };
+  mfa = { ...challenge, error: e, email };
   stopWaiting();
   stopAutofill();
   $("otp-panel").hidden = true;
@@ -323,7 +319,7 @@ on("otp-verify", async () => {
 // field's `data-passkey-autofill` is `starting`, then `on` once the browser holds the request,
 // and absent when no request is pending.
 async function startAutofill() {
-  if (autofill || session() || mfa) return;
+  if (autofill || held || mfa) return;
   const controller = new AbortController();
   autofill = controller; // set before any await, so that stopAutofill always reaches it
   const field = $("email");
@@ -351,12 +347,12 @@ function stopAutofill() {
 on("mfa-totp", async () => {
   const code = $("mfa-code").value.replace(/\s+/g, "");
   if (!/^[0-9]{6}$/.test(code)) { say("The code has six digits.", "error"); return; }
-  const pair = await client.execute("MFA.VERIFY", { mfa_token: mfa.mfaToken, method: "totp", code });
+  const pair = await client.mfa.verify(mfa.error, { method: "totp", code });
   $("mfa-code").value = "";
   await signedIn(pair, "Signed in with your authenticator app as the second step.");
 });
 on("mfa-recovery-btn", async () => {
-  const pair = await client.execute("MFA.VERIFY", { mfa_token: mfa.mfaToken, method: "recovery_code", code: $("mfa-recovery").value.trim() });
+  const pair = await client.mfa.verify(mfa.error, { method: "recovery_code", code: $("mfa-recovery").value.trim() });
   $("mfa-recovery").value = "";
   await signedIn(pair, "Signed in with a recovery code. That code is used up: make new ones if you are running low.");
 });
@@ -368,8 +364,7 @@ on("mfa-cancel", async () => { mfa = null; say(""); await render(); });
 // ---- the account -----------------------------------------------------------------------------
 
 on("passkey-add", async () => {
-  await call("USER.ME"); // refreshes the access token first if it has expired
-  const p = await passkeys.register({ name: deviceName(), token: session().access_token });
+  const p = await accountPasskeys.register({ name: deviceName() });
   say(`Passkey “${p.name}” added. You can now sign in with it, without a password.`, "ok");
   await render();
 });
@@ -423,8 +418,8 @@ on("recovery-done", async () => {
 });
 
 on("stepup-passkey", async () => {
-  const r = await passkeys.stepUp({ email: me.email, token: session().access_token });
-  keep({ ...session(), access_token: r.access_token, expires_in: r.expires_in });
+  // A step-up answer has no refresh token: the session replaces its access token only.
+  await auth.setTokens(await accountPasskeys.stepUp({ email: me.email }));
   $("stepup-card").hidden = true;
   say("Confirmed.", "ok");
   const again = retry;
@@ -435,8 +430,8 @@ on("stepup-passkey", async () => {
 on("stepup-cancel", async () => { retry = null; $("stepup-card").hidden = true; });
 
 on("signout", async () => {
-  try { await call("AUTH.LOGOUT"); } catch { /* signed out here all the same */ }
-  keep(null);
+  try { await auth.logout(); } catch { /* signed out here all the same */ }
+  await auth.clear();
   $("recovery-codes").replaceChildren();
   $("recovery-codes").hidden = true;
   $("recovery-done").hidden = true;

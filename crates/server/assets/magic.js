@@ -1,7 +1,7 @@
 // Landing page of a sign-in link, on the SDK's browser bundle. Opening the page consumes
 // nothing: mail scanners and link previews may fetch it. Only a click calls MAGIC.VERIFY or
 // MAGIC.APPROVE.
-import { Client, MagicLinks, mfaChallengeOf } from "./portcullis-client.js";
+import { Client, MagicLinks, Session, WebStorage, mfaChallengeOf } from "./portcullis-client.js";
 
 const page = document.getElementById("page");
 const token = new URLSearchParams(window.location.search).get("token");
@@ -27,10 +27,12 @@ function say(text, isError) {
 function disableAll() {
   for (const id of ["signin", "signin-here", "continue", "approve"]) document.getElementById(id).disabled = true;
 }
-function keepSession(pair) {
+async function keepSession(pair) {
   // No application asked for this sign-in: keep the session for pages of this origin (the demo
-  // page) for the life of this tab only.
-  try { window.sessionStorage.setItem("portcullis.session", JSON.stringify(pair)); } catch { /* private mode */ }
+  // page) for the life of this tab only, as the SDK's Session keeps it there.
+  try {
+    await new Session(client, { storage: new WebStorage(window.sessionStorage), channel: null }).setTokens(pair);
+  } catch { /* storage disabled: the sign-in stands, nobody holds it */ }
 }
 function refused(e) {
   if (mfaChallengeOf(e)) {
@@ -61,7 +63,7 @@ document.getElementById("signin").addEventListener("click", async () => {
   disableAll();
   say("Signing in…");
   try {
-    keepSession(await magic.verify({ token }));
+    await keepSession(await magic.verify({ token }));
     say("You are signed in. You can close this page.");
   } catch (e) { refused(e); }
 });
@@ -71,7 +73,7 @@ document.getElementById("signin-here").addEventListener("click", async () => {
   disableAll();
   say("Signing in…");
   try {
-    keepSession(await magic.verify({ token, flowId }));
+    await keepSession(await magic.verify({ token, flowId }));
     say("You are signed in here. The tab that asked for the link stops waiting.");
   } catch (e) { refused(e); }
 });

@@ -8,8 +8,10 @@
 //!
 //! Status codes: 200 for every handled outcome (including `ok: false`), 400 when the body
 //! cannot be read as a request (`BAD_REQUEST`), 413 when it is over the frame limit
-//! (`FRAME_TOO_LARGE`), 408 when it does not arrive within `frame_timeout_s` (`BAD_REQUEST`,
-//! then the connection closes). `LOG.TAIL` answers `application/x-ndjson`, streaming the same
+//! (`FRAME_TOO_LARGE`, then the connection closes), 408 when it does not arrive within
+//! `frame_timeout_s` (`BAD_REQUEST`, then the connection closes). Other paths answer 404 and
+//! other methods 405 with `Allow`, both with an empty body. `Content-Type` is not consulted:
+//! the body is always read as UTF-8 JSON (RFC 8259 defines no charset parameter). `LOG.TAIL` answers `application/x-ndjson`, streaming the same
 //! lines as over TCP.
 //!
 //! Connections: headers must arrive within `http_header_timeout_s` (also the keep-alive idle
@@ -55,7 +57,32 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/auth/portcullis-client.js", get(crate::pages::client_js))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(close_after_unread_body))
         .with_state(dispatcher)
+}
+
+/// A 404 or 405 leaves the request's body unread. Whether hyper can then skip it depends on how
+/// much of it has arrived, and when it cannot, it closes the connection without warning; say
+/// so instead (`Connection: close`), every time, so the client knows not to reuse it.
+async fn close_after_unread_body(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    let h = req.headers();
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    if has_body
+        && matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        )
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Serves the gateway until the app shuts down, then lets open requests finish.
@@ -248,6 +275,25 @@ async fn execute(
         user_agent,
     };
     let limit = dispatcher.app().config.max_frame_bytes;
+    let too_large = || {
+        CommandError::new(
+            ErrorCode::FrameTooLarge,
+            format!("the request body may be at most {limit} bytes"),
+        )
+    };
+    // A declared length over the limit is refused at once, not after waiting for the body.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit)) {
+        return reply_envelope(
+            dispatcher
+                .unreadable(None, too_large(), &conn, started)
+                .await,
+        )
+        .await;
+    }
     let frame_timeout = Duration::from_secs(dispatcher.app().config.frame_timeout_s);
     // The whole body must arrive within the frame timeout, however it is trickled.
     let Ok(body) = tokio::time::timeout(frame_timeout, axum::body::to_bytes(body, limit)).await
@@ -271,11 +317,9 @@ async fn execute(
     };
     let reply = match (body, bearer(&headers)) {
         (Err(_), _) => {
-            let err = CommandError::new(
-                ErrorCode::FrameTooLarge,
-                format!("the request body may be at most {limit} bytes"),
-            );
-            dispatcher.unreadable(None, err, &conn, started).await
+            dispatcher
+                .unreadable(None, too_large(), &conn, started)
+                .await
         }
         (Ok(_), Err(msg)) => {
             dispatcher
@@ -284,6 +328,10 @@ async fn execute(
         }
         (Ok(bytes), Ok(token)) => dispatcher.execute_frame(&bytes, token, &conn).await,
     };
+    reply_envelope(reply).await
+}
+
+async fn reply_envelope(reply: Reply) -> HttpResponse {
     match reply {
         Reply::Unary(pending) => envelope(pending.resolve().await),
         Reply::Stream { stream, .. } => ndjson(stream),
@@ -327,7 +375,17 @@ pub fn client_address(
 fn envelope(r: Response) -> HttpResponse {
     let status = match r.error_code() {
         Some(ErrorCode::BadRequest) => StatusCode::BAD_REQUEST,
-        Some(ErrorCode::FrameTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(ErrorCode::FrameTooLarge) => {
+            // The rest of an oversized body is not read (whether hyper could skip it depends
+            // on how much of it has arrived): the connection always closes, so the client
+            // knows where it stands.
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONNECTION, "close")],
+                axum::Json(r),
+            )
+                .into_response();
+        }
         _ => StatusCode::OK,
     };
     (status, axum::Json(r)).into_response()

@@ -271,9 +271,9 @@ async fn read_loop(
             }
             if follows {
                 // The connection now carries only the stream: discard input until the client
-                // goes away, which ends the stream.
-                drain(rd, &app.shutdown, closed).await;
-                return ReadEnd::ClientGone;
+                // goes away, which ends the stream. On shutdown the stream ends by itself, with
+                // its last line: the writer must be left to write it.
+                return drain(rd, &app.shutdown, closed).await;
             }
         }
         if eof || outbound.write_direct(direct).await.is_err() {
@@ -330,14 +330,25 @@ async fn hand_over(
     tx.send(reply).await.map_err(|_| ())
 }
 
-async fn drain(rd: &mut OwnedReadHalf, shutdown: &CancellationToken, closed: &CancellationToken) {
+/// Discards the input of a connection that carries a following stream, until the client goes
+/// away ([`ReadEnd::ClientGone`]: the writer stops the stream) or the server shuts down
+/// ([`ReadEnd::Done`]: the stream ends itself with its `shutdown` line, which the writer still
+/// writes before closing). `closed`: the writer has already ended the stream.
+async fn drain(
+    rd: &mut OwnedReadHalf,
+    shutdown: &CancellationToken,
+    closed: &CancellationToken,
+) -> ReadEnd {
     let mut sink = [0u8; 4096];
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = closed.cancelled() => return,
+            // Checked first: a client that closes while the server shuts down still gets the
+            // last line if it is still reading.
+            biased;
+            _ = shutdown.cancelled() => return ReadEnd::Done,
+            _ = closed.cancelled() => return ReadEnd::Done,
             r = rd.read(&mut sink) => match r {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return ReadEnd::ClientGone,
                 Ok(_) => {}
             },
         }

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { MagicLinks } from "../dist/browser/magic.js";
-import { PortcullisError } from "../dist/errors.js";
+import { MfaRequiredError, PortcullisError } from "../dist/errors.js";
 import { mfaChallengeOf } from "../dist/browser/types.js";
 
 const FLOW = "5d2c8e4f1a7b3c9d0e6f2a4b8c1d3e5f";
@@ -102,6 +102,10 @@ test("a refusal ends the wait: MFA_REQUIRED carries its mfa_token, the flow is f
   assert.equal(err, mfa);
   assert.deepEqual(mfaChallengeOf(err), { mfaToken: "pmt_x", methods: ["totp", "recovery_code"], expiresIn: 300 });
   assert.equal(mfaChallengeOf(new PortcullisError("EXPIRED", "x")), undefined);
+  // The client's own MFA error keeps the token out of `details`; the helper reads it there.
+  const typed = new MfaRequiredError("a second factor is required", { mfaToken: "pmt_y", methods: ["passkey"], expiresIn: 300 });
+  assert.deepEqual(mfaChallengeOf(typed), { mfaToken: "pmt_y", methods: ["passkey"], expiresIn: 300 });
+  assert.equal(mfaChallengeOf(new MfaRequiredError("enrol first", { mfaToken: null, methods: [], expiresIn: 1800 })), undefined);
   assert.ok(!magic.hasFlow(FLOW));
 });
 

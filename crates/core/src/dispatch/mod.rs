@@ -3,6 +3,8 @@
 //! commands).
 
 pub mod dispatcher;
+#[cfg(test)]
+mod protocol_spec;
 
 use crate::{account, admin, factors, ops, signin, Registry};
 

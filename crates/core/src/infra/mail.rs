@@ -8,6 +8,14 @@
 //! backoff; a message that cannot be delivered (or cannot be queued) is recorded as a
 //! `mail.failed` event, without its contents. Messages go to `.eml` files in the outbox
 //! directory (default) or to an SMTP server.
+//!
+//! Whichever the transport, a message is built the same way (`protocol/outbox.md`): headers
+//! `X-Portcullis-Kind` and (for a message of a flow) `X-Portcullis-Flow-Id`, and a text/plain
+//! part in `7bit` (or `8bit` when it is not ASCII), never quoted-printable or base64, so the
+//! link and the code appear verbatim, each on a line of its own. The outbox names its files
+//! `<UTC time>-<counter>.eml`, so that sorting names sorts them by time of writing, and writes
+//! each under a temporary name starting with `.` before renaming it, so that a reader never
+//! sees part of a message.
 
 use crate::base::clock::rfc3339_ms;
 use crate::base::config::{Config, SmtpTls};
@@ -17,9 +25,10 @@ use crate::infra::internal_event::InternalEvents;
 use crate::infra::records::{Records, ResealError, Resealer, TableOwner};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use portcullis_store::{Record, Store, Table};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -209,8 +218,124 @@ pub struct Outgoing {
 }
 
 enum Transport {
-    Outbox(AsyncFileTransport<Tokio1Executor>),
+    Outbox(Outbox),
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+/// The header that says what a message is (`magic_link`, `otp`, `security_notice`).
+const KIND_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Portcullis-Kind");
+/// The header that names the flow a message belongs to (the `flow_id` its command returned).
+const FLOW_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Portcullis-Flow-Id");
+/// Longest line of the text part, in octets before CRLF (RFC 5322 allows 998).
+const TEXT_LINE_MAX: usize = 997;
+/// The outbox counter's modulus: it is written with 8 digits.
+const OUTBOX_COUNTER_MOD: u64 = 100_000_000;
+
+/// The outbox directory: one `.eml` file per message, named
+/// `<YYYYMMDDTHHMMSS.mmmZ>-<counter, 8 digits>.eml` (`protocol/outbox.md`).
+struct Outbox {
+    dir: PathBuf,
+    /// The millisecond and counter of the last name given. Held across the write, so names
+    /// are given and files appear in the same order, and a clock that steps back never makes a
+    /// later message sort before an earlier one.
+    last: tokio::sync::Mutex<(i128, u64)>,
+}
+
+impl Outbox {
+    /// The outbox in `dir`, created if missing; temporary files a crash left there go.
+    fn open(dir: PathBuf) -> Result<Outbox, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Outbox {
+            dir,
+            last: tokio::sync::Mutex::new((0, 0)),
+        })
+    }
+
+    /// Writes one message: to `.<name>.tmp`, synced, then linked to its name (never replacing
+    /// another file), and the directory synced, so the file is whole and durable once it shows.
+    async fn write(&self, msg: &Message) -> std::io::Result<()> {
+        let bytes = msg.formatted();
+        let mut last = self.last.lock().await;
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let ms = now_ms.max(last.0);
+        let dir = self.dir.clone();
+        let first = last.1;
+        let (written, counter) =
+            tokio::task::spawn_blocking(move || write_outbox_file(&dir, ms, first, &bytes))
+                .await
+                .map_err(|_| std::io::Error::other("the outbox writer stopped"))?;
+        *last = (ms, counter);
+        written
+    }
+}
+
+/// An outbox file name for millisecond `ms` (since the epoch, UTC) and `counter`.
+fn outbox_name(ms: i128, counter: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms.saturating_mul(1_000_000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{:08}.eml",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond(),
+        counter % OUTBOX_COUNTER_MOD
+    )
+}
+
+/// Writes `bytes` as the next outbox file after `counter`; returns the outcome and the counter
+/// used. A name another writer took (another node sharing the directory) is skipped.
+fn write_outbox_file(
+    dir: &Path,
+    ms: i128,
+    mut counter: u64,
+    bytes: &[u8],
+) -> (std::io::Result<()>, u64) {
+    use std::io::Write;
+    for _ in 0..16 {
+        counter = counter.wrapping_add(1);
+        let name = outbox_name(ms, counter);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let result = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            // The file holds a live sign-in link or code: only the server's user reads it.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            drop(file);
+            // A hard link never replaces an existing file, unlike a rename.
+            let linked = std::fs::hard_link(&tmp, dir.join(&name));
+            let _ = std::fs::remove_file(&tmp);
+            linked?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            other => return (other, counter),
+        }
+    }
+    (
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "outbox names taken",
+        )),
+        counter,
+    )
 }
 
 /// Counters of the mail queue.
@@ -524,11 +649,9 @@ async fn reclaim(tx: mpsc::WeakSender<Job>, stats: Arc<MailStats>, durable: Dura
 
 fn build_transport(config: &Config) -> Result<Transport, String> {
     let Some(host) = config.smtp_host.as_deref().filter(|h| !h.is_empty()) else {
-        let dir = config.data_dir.join("outbox");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        return Ok(Transport::Outbox(
-            AsyncFileTransport::<Tokio1Executor>::new(dir),
-        ));
+        return Ok(Transport::Outbox(Outbox::open(outbox_dir(
+            &config.data_dir,
+        ))?));
     };
     let builder = match config.smtp_tls {
         SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
@@ -567,28 +690,70 @@ fn build_message(from: &Mailbox, mail: &Outgoing) -> Result<Message, String> {
         .to
         .parse()
         .map_err(|_| "recipient address".to_owned())?;
-    Message::builder()
+    let mut builder = Message::builder()
         .from(from.clone())
         .to(to)
         .subject(mail.body.subject.as_str())
         .message_id(None)
-        .multipart(MultiPart::alternative_plain_html(
-            mail.body.text.to_string(),
-            mail.body.html.to_string(),
-        ))
+        .raw_header(HeaderValue::new(KIND_HEADER, mail.kind.name().to_owned()));
+    if !mail.flow_id.is_empty() {
+        builder = builder.raw_header(HeaderValue::new(FLOW_HEADER, mail.flow_id.clone()));
+    }
+    builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(text_part(&mail.body.text))
+                .singlepart(SinglePart::html(mail.body.html.to_string())),
+        )
         .map_err(|e| format!("building the message: {e}"))
+}
+
+/// The text/plain part: `7bit` when ASCII, else `8bit`, never quoted-printable or base64, so
+/// that a link or a code is in the message exactly as rendered. Lines end in CRLF; a line
+/// longer than [`TEXT_LINE_MAX`] octets is broken at its last space that fits (or, with none,
+/// at a character boundary); NUL and lone CR, which 7bit/8bit text may not hold, are dropped.
+fn text_part(text: &str) -> SinglePart {
+    let mut out = String::with_capacity(text.len() + text.len() / 32);
+    for line in text.split('\n') {
+        let mut line: String = line.chars().filter(|c| !matches!(c, '\r' | '\0')).collect();
+        while line.len() > TEXT_LINE_MAX {
+            let mut cut = TEXT_LINE_MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (head, skip) = match line[..cut].rfind(' ') {
+                Some(space) if space > 0 => (space, 1),
+                _ => (cut, 0),
+            };
+            out.push_str(&line[..head]);
+            out.push_str("\r\n");
+            line.replace_range(..head + skip, "");
+        }
+        out.push_str(&line);
+        out.push_str("\r\n");
+    }
+    // `split` yields one piece after a final newline: the text keeps its own ending.
+    if text.ends_with('\n') {
+        out.truncate(out.len() - 2);
+    }
+    let encoding = if out.is_ascii() {
+        ContentTransferEncoding::SevenBit
+    } else {
+        ContentTransferEncoding::EightBit
+    };
+    SinglePart::builder()
+        .header(ContentType::TEXT_PLAIN)
+        .body(Body::dangerous_pre_encoded(out.into_bytes(), encoding))
 }
 
 /// Delivers one message. The error is a classification safe to log: the transports' own text
 /// is not used, because an SMTP server's reply quotes the recipient address.
 async fn deliver(transport: &Transport, msg: Message) -> Result<(), String> {
     match transport {
-        Transport::Outbox(t) => t.send(msg).await.map(|_| ()).map_err(|e| {
-            format!(
-                "writing to the outbox failed ({})",
-                io_kind(&e).unwrap_or("not an I/O error")
-            )
-        }),
+        Transport::Outbox(o) => o
+            .write(&msg)
+            .await
+            .map_err(|e| format!("writing to the outbox failed ({})", io_kind_name(e.kind()))),
         Transport::Smtp(t) => t.send(msg).await.map(|_| ()).map_err(|e| smtp_failure(&e)),
     }
 }
@@ -927,6 +1092,267 @@ mod tests {
         all.sort();
         assert_eq!(taken, all, "each message taken once, none left behind");
         assert!(node("late").claim_left(false).await.unwrap().is_empty());
+    }
+
+    /// The complete messages of the bench's outbox, by file name: waits until `n` are there.
+    /// Files whose names start with `.` are not messages yet (protocol/outbox.md).
+    async fn outbox_raw(b: &crate::testkit::Bench, n: usize) -> Vec<(String, String)> {
+        let dir = outbox_dir(&b.app.config.data_dir);
+        for _ in 0..1000 {
+            let mut found: Vec<(String, String)> = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.path())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| {
+                    let name = p.file_name()?.to_str()?.to_owned();
+                    let keep = name.ends_with(".eml") && !name.starts_with('.');
+                    keep.then(|| (name, std::fs::read_to_string(&p).unwrap_or_default()))
+                })
+                .collect();
+            found.sort();
+            if found.len() >= n && found.iter().all(|(_, raw)| raw.contains("</html>")) {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} messages never reached the outbox");
+    }
+
+    /// The text/plain part of a raw message, as written (not decoded).
+    fn raw_text_part(raw: &str) -> &str {
+        let start = raw
+            .find("Content-Type: text/plain")
+            .expect("a text/plain part");
+        let rest = &raw[start..];
+        let body = rest.find("\r\n\r\n").expect("part headers end") + 4;
+        let end = rest[body..].find("\r\n--").expect("the part ends");
+        &rest[body..body + end]
+    }
+
+    /// A sign-in link longer than a quoted-printable line (76) is written verbatim on a line of
+    /// its own: no soft line break, no `=3D` for the `=` of the query.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_link_is_verbatim_on_one_line_of_the_outbox_file() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        let flow = format!("long-{}", "x".repeat(120));
+        b.app.mailer.enqueue(message("a@example.org", &flow)).await;
+        let mails = outbox_raw(&b, 1).await;
+        let raw = &mails[0].1;
+        let link = format!("http://localhost:7421/auth/magic?token=secret-{flow}");
+        assert!(
+            raw.split("\r\n").any(|l| l.trim() == link),
+            "the link is not on a line of its own:\n{raw}"
+        );
+        let part_start = raw.find("Content-Type: text/plain").unwrap();
+        let part_headers =
+            &raw[part_start..part_start + raw[part_start..].find("\r\n\r\n").unwrap()];
+        assert!(
+            part_headers.contains("Content-Transfer-Encoding: 7bit"),
+            "{part_headers}"
+        );
+        let text = raw_text_part(raw);
+        assert!(!text.contains("=\r\n") && !text.contains("=3D"), "{text}");
+        assert!(raw.split("\r\n").all(|l| l.len() < 998));
+    }
+
+    /// Outbox names are `<UTC time>-<counter>.eml`, and sorting them sorts the messages by when
+    /// they were written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outbox_names_sort_in_write_order() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        let flows: Vec<String> = (0..12).map(|i| format!("flow{i:02}")).collect();
+        for (i, flow) in flows.iter().enumerate() {
+            b.app.mailer.enqueue(message("a@example.org", flow)).await;
+            // Written before the next is queued.
+            outbox_raw(&b, i + 1).await;
+        }
+        let mails = outbox_raw(&b, flows.len()).await;
+        assert_eq!(mails.len(), flows.len());
+        for ((name, raw), flow) in mails.iter().zip(&flows) {
+            let shape = name.len() == "20261126T120000.000Z-00000001.eml".len()
+                && name.bytes().enumerate().all(|(i, c)| match i {
+                    8 => c == b'T',
+                    15 => c == b'.',
+                    19 => c == b'Z',
+                    20 => c == b'-',
+                    29.. => true,
+                    _ => c.is_ascii_digit(),
+                })
+                && name.ends_with(".eml");
+            assert!(shape, "not a time-ordered name: {name}");
+            assert!(
+                raw.contains(&format!("token=secret-{flow}\r\n")),
+                "{name} should hold {flow}"
+            );
+        }
+    }
+
+    /// A name is the UTC millisecond and an 8-digit counter; a name already taken (another
+    /// node writing to the same directory) is skipped, never replaced; the temporary files a
+    /// crash left are removed when the outbox opens, and none is left after a write.
+    #[test]
+    fn outbox_files_never_replace_each_other_and_leave_no_temporary_files() {
+        // 2026-12-04T20:15:01.042Z
+        let ms = 1_796_415_301_042_i128;
+        assert_eq!(outbox_name(ms, 7), "20261204T201501.042Z-00000007.eml");
+        assert_eq!(
+            outbox_name(ms, OUTBOX_COUNTER_MOD + 3),
+            "20261204T201501.042Z-00000003.eml"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".stale.eml.tmp"), "half a message").unwrap();
+        let _outbox = Outbox::open(dir.path().to_owned()).unwrap();
+        std::fs::write(dir.path().join(outbox_name(ms, 1)), "someone else's").unwrap();
+        let (written, counter) = write_outbox_file(dir.path(), ms, 0, b"mine");
+        written.unwrap();
+        assert_eq!(counter, 2);
+        let read = |n: u64| std::fs::read_to_string(dir.path().join(outbox_name(ms, n))).unwrap();
+        assert_eq!(read(1), "someone else's");
+        assert_eq!(read(2), "mine");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [outbox_name(ms, 1), outbox_name(ms, 2)]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(outbox_name(ms, 2)))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the file holds a live secret");
+        }
+    }
+
+    /// Every message says what it is, and a message of a flow names the flow.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outbox_messages_carry_their_kind_and_flow() {
+        let b = crate::testkit::Bench::new(|_| {}).await;
+        b.app
+            .mailer
+            .enqueue(message("a@example.org", "Fl0w_id-1"))
+            .await;
+        outbox_raw(&b, 1).await;
+        let mut notice = message("a@example.org", "");
+        notice.kind = Template::SecurityNotice;
+        b.app.mailer.enqueue(notice).await;
+        let mails = outbox_raw(&b, 2).await;
+        let headers = |raw: &str| raw[..raw.find("\r\n\r\n").unwrap()].to_owned();
+        let first = headers(&mails[0].1);
+        assert!(
+            first.contains("\r\nX-Portcullis-Kind: magic_link\r\n"),
+            "{first}"
+        );
+        assert!(
+            first.contains("\r\nX-Portcullis-Flow-Id: Fl0w_id-1\r\n"),
+            "{first}"
+        );
+        let second = headers(&mails[1].1);
+        assert!(
+            second.contains("\r\nX-Portcullis-Kind: security_notice\r\n"),
+            "{second}"
+        );
+        assert!(!second.contains("X-Portcullis-Flow-Id"), "{second}");
+    }
+
+    /// Text that is not ASCII goes out as 8bit, verbatim; a line too long for mail is broken at
+    /// a space, and every line stays under 998 octets.
+    #[test]
+    fn text_that_is_not_ascii_is_8bit_and_long_lines_are_broken() {
+        let from: Mailbox = "Portcullis <no-reply@localhost>".parse().unwrap();
+        let mut mail = message("a@example.org", "f1");
+        let long = "word ".repeat(400);
+        mail.body.text = Zeroizing::new(format!("Grüße, Zoë\n{long}\nend\n"));
+        let raw = String::from_utf8(build_message(&from, &mail).unwrap().formatted()).unwrap();
+        let text = raw_text_part(&raw);
+        assert!(text.starts_with("Grüße, Zoë\r\n"), "{text}");
+        assert!(raw.contains("Content-Transfer-Encoding: 8bit"), "{raw}");
+        assert!(raw.split("\r\n").all(|l| l.len() < 998));
+        let words: usize = text.split_whitespace().filter(|w| *w == "word").count();
+        assert_eq!(words, 400, "no word lost or split");
+    }
+
+    /// A minimal SMTP server on loopback that accepts one message and hands over its data.
+    async fn accepting_smtp_server() -> (u16, tokio::sync::oneshot::Receiver<String>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (rd, mut wr) = sock.into_split();
+            let mut lines = BufReader::new(rd).lines();
+            wr.write_all(b"220 test ESMTP\r\n").await.unwrap();
+            let mut data: Option<String> = None;
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(d) = data.as_mut() {
+                    if line == "." {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(std::mem::take(d));
+                        }
+                        data = None;
+                        wr.write_all(b"250 ok\r\n").await.unwrap();
+                    } else {
+                        d.push_str(&line);
+                        d.push_str("\r\n");
+                    }
+                    continue;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" | "HELO" => b"250 test\r\n",
+                    "DATA" => {
+                        data = Some(String::new());
+                        b"354 go on\r\n"
+                    }
+                    "QUIT" => b"221 bye\r\n",
+                    _ => b"250 ok\r\n",
+                };
+                if wr.write_all(reply).await.is_err() || verb == "QUIT" {
+                    break;
+                }
+            }
+        });
+        (port, rx)
+    }
+
+    /// Over SMTP a message carries the same headers and the same verbatim text part as in the
+    /// outbox.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smtp_messages_carry_the_same_headers_and_a_verbatim_link() {
+        let (port, rx) = accepting_smtp_server().await;
+        let transport = Transport::Smtp(
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(port)
+                .timeout(Some(Duration::from_secs(10)))
+                .build(),
+        );
+        let from: Mailbox = "Portcullis <no-reply@localhost>".parse().unwrap();
+        let flow = format!("smtp-{}", "y".repeat(100));
+        let msg = build_message(&from, &message("a@example.org", &flow)).unwrap();
+        deliver(&transport, msg).await.unwrap();
+        let raw = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        let headers = &raw[..raw.find("\r\n\r\n").unwrap()];
+        assert!(
+            headers.contains("\r\nX-Portcullis-Kind: magic_link\r\n"),
+            "{headers}"
+        );
+        assert!(
+            headers.contains(&format!("\r\nX-Portcullis-Flow-Id: {flow}\r\n")),
+            "{headers}"
+        );
+        let link = format!("http://localhost:7421/auth/magic?token=secret-{flow}");
+        assert!(raw.split("\r\n").any(|l| l.trim() == link), "{raw}");
     }
 
     /// A minimal SMTP server on loopback that refuses every recipient the way real servers do,

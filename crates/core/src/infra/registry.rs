@@ -6,10 +6,14 @@ use crate::base::error::{sanitize_serde_message, CommandError};
 use crate::infra::tail::TailStream;
 use crate::Ctx;
 use futures::future::BoxFuture;
+use portcullis_protocol::commands::log::TailFrame;
 use portcullis_protocol::commands::sys::CommandInfo;
+use portcullis_protocol::{ErrorCode, PROTOCOL_VERSION};
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +29,31 @@ pub enum Output {
 /// A type-erased handler: params JSON in, output or error out.
 pub type Handler =
     Arc<dyn Fn(Ctx, Value) -> BoxFuture<'static, Result<Output, CommandError>> + Send + Sync>;
+
+/// Writes the JSON Schema of a type into a generator: a `$ref` into the generator's definitions,
+/// or the schema itself for a type that is always inlined.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+/// How a command's params and result are described in `protocol/commands.json`.
+#[derive(Clone, Copy)]
+pub struct Schemas {
+    /// What the server accepts as `params`.
+    pub params: SchemaFn,
+    /// What the server sends as `data`: for a streaming command, one line's `data`.
+    pub result: SchemaFn,
+    /// Whether the command answers with a stream of lines (`LOG.TAIL`).
+    pub streaming: bool,
+}
+
+impl Schemas {
+    fn of<P: JsonSchema, R: JsonSchema>(streaming: bool) -> Schemas {
+        Schemas {
+            params: SchemaGenerator::subschema_for::<P>,
+            result: SchemaGenerator::subschema_for::<R>,
+            streaming,
+        }
+    }
+}
 
 /// One registry entry.
 #[derive(Clone)]
@@ -45,6 +74,8 @@ pub struct CommandSpec {
     pub read_only: bool,
     /// The handler.
     pub handler: Handler,
+    /// Its params and result types, as JSON Schemas.
+    pub schemas: Schemas,
 }
 
 impl CommandSpec {
@@ -56,15 +87,16 @@ impl CommandSpec {
         f: F,
     ) -> CommandSpec
     where
-        P: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
+        P: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema + Send + 'static,
         F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, CommandError>> + Send + 'static,
     {
-        CommandSpec::with_handler(name, caller, rate, typed(f, serialised::<R>))
+        let handler = typed(f, serialised::<R>);
+        CommandSpec::with_handler(name, caller, rate, handler, Schemas::of::<P, R>(false))
     }
 
-    /// A logged command that answers with a stream.
+    /// A logged command that answers with a stream of [`TailFrame`] lines.
     pub fn streaming<P, F, Fut>(
         name: &'static str,
         caller: Requirement,
@@ -72,11 +104,13 @@ impl CommandSpec {
         f: F,
     ) -> CommandSpec
     where
-        P: DeserializeOwned + Send + 'static,
+        P: DeserializeOwned + JsonSchema + Send + 'static,
         F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<TailStream, CommandError>> + Send + 'static,
     {
-        CommandSpec::with_handler(name, caller, rate, typed(f, |s| Ok(Output::Stream(s))))
+        let handler = typed(f, |s| Ok(Output::Stream(s)));
+        let schemas = Schemas::of::<P, TailFrame>(true);
+        CommandSpec::with_handler(name, caller, rate, handler, schemas)
     }
 
     fn with_handler(
@@ -84,6 +118,7 @@ impl CommandSpec {
         caller: Requirement,
         rate: RateClass,
         handler: Handler,
+        schemas: Schemas,
     ) -> CommandSpec {
         CommandSpec {
             name,
@@ -93,6 +128,7 @@ impl CommandSpec {
             enrolment: false,
             read_only: false,
             handler,
+            schemas,
         }
     }
 
@@ -198,4 +234,118 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
+
+    /// The machine-readable description of every command: the document committed as
+    /// `protocol/commands.json` (its format is described in protocol/README.md). Params are
+    /// described as the server reads them, results as it writes them; every `$ref` points into
+    /// the top-level `$defs`. Fails, naming them, when two different types would share a
+    /// definition name.
+    pub fn describe(&self) -> Result<Value, String> {
+        let mut params = SchemaSettings::draft2020_12()
+            .for_deserialize()
+            .into_generator();
+        let mut results = SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator();
+        let mut commands = Vec::with_capacity(self.commands.len());
+        for spec in self.commands.values() {
+            let info = spec.info();
+            commands.push(json!({
+                "name": info.name,
+                "caller": info.caller,
+                "rate_class": info.rate_class,
+                "logged": info.logged,
+                "read_only": info.read_only,
+                "streaming": spec.schemas.streaming,
+                "params": tidy((spec.schemas.params)(&mut params).to_value()),
+                "result": tidy((spec.schemas.result)(&mut results).to_value()),
+            }));
+        }
+        let mut defs = Map::new();
+        let mut collisions = Vec::new();
+        for generated in [
+            params.take_definitions(false),
+            results.take_definitions(false),
+        ] {
+            collisions.extend(renamed_definitions(&generated));
+            for (name, schema) in generated {
+                let schema = tidy(schema);
+                match defs.get(&name) {
+                    Some(seen) if *seen != schema => collisions.push(name),
+                    Some(_) => {}
+                    None => {
+                        defs.insert(name, schema);
+                    }
+                }
+            }
+        }
+        if !collisions.is_empty() {
+            collisions.sort();
+            collisions.dedup();
+            return Err(format!(
+                "two different types share each of these schema names: {}; \
+                 give them distinct names with #[schemars(rename = \"...\")]",
+                collisions.join(", ")
+            ));
+        }
+        let mut codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        codes.sort_unstable();
+        Ok(json!({
+            "protocol": PROTOCOL_VERSION,
+            "error_codes": codes,
+            "commands": commands,
+            "$defs": defs,
+        }))
+    }
+}
+
+/// Names that schemars made unique by appending a number because another type already had the
+/// name (`Name2` beside `Name`): two types with one name.
+fn renamed_definitions(defs: &Map<String, Value>) -> Vec<String> {
+    defs.keys()
+        .filter_map(|name| {
+            let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            (base.len() < name.len() && defs.contains_key(base)).then(|| base.to_owned())
+        })
+        .collect()
+}
+
+/// Drops what the description does not use: `title` (the first line of a doc comment, which
+/// schemars copies; `description` keeps the text) and `$schema`, at every depth of a schema.
+fn tidy(mut schema: Value) -> Value {
+    fn walk(v: &mut Value, is_schema: bool) {
+        match v {
+            Value::Object(m) => {
+                if is_schema {
+                    m.remove("title");
+                    m.remove("$schema");
+                }
+                for (k, child) in m.iter_mut() {
+                    // Under these keys are maps of schemas or lists of schemas; under the
+                    // others (`enum`, `const`, `default`, `required`) are plain values.
+                    match k.as_str() {
+                        "properties" | "$defs" => {
+                            if let Value::Object(props) = child {
+                                for p in props.values_mut() {
+                                    walk(p, true);
+                                }
+                            }
+                        }
+                        "items" | "additionalProperties" | "oneOf" | "anyOf" | "allOf" => {
+                            walk(child, true)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Value::Array(a) if is_schema => {
+                for child in a {
+                    walk(child, true);
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(&mut schema, true);
+    schema
 }

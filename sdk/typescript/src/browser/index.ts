@@ -9,4 +9,4 @@ export type { MfaResult, PasskeyInfo } from "./passkeys.js";
 export { MagicLinks } from "./magic.js";
 export type { KeyValueStorage, MagicFlow, MagicSendOptions, MagicWaitOptions } from "./magic.js";
 export { mfaChallengeOf } from "./types.js";
-export type { AuthOptions, Executor, MfaChallenge, TokenPair } from "./types.js";
+export type { AuthOptions, Executor, MfaChallenge } from "./types.js";

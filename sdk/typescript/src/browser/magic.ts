@@ -160,7 +160,7 @@ export class MagicLinks {
         if (d.status === "complete") {
           this.forget(options.flowId);
           const { status: _status, ...pair } = d;
-          return pair as TokenPair;
+          return pair as unknown as TokenPair;
         }
       } catch (e) {
         if (!(e instanceof PortcullisError)) throw e;

@@ -180,16 +180,15 @@ export class Passkeys {
    */
   async verifyMfa(options: { mfaToken: string; signal?: AbortSignal }): Promise<MfaResult> {
     const c = ceremony(
-      await this.#client.execute("PASSKEY.LOGIN.BEGIN", { mfa_token: options.mfaToken }),
+      await this.#client.execute("PASSKEY.LOGIN.BEGIN", { mfa_token: options.mfaToken }, { token: null }),
       "PASSKEY.LOGIN.BEGIN",
     );
     const credential = await get(c.publicKey, options.signal === undefined ? {} : { signal: options.signal });
-    return (await this.#client.execute("MFA.VERIFY", {
-      mfa_token: options.mfaToken,
-      method: "passkey",
-      ceremony_id: c.ceremony_id,
-      credential,
-    })) as MfaResult;
+    return (await this.#client.execute(
+      "MFA.VERIFY",
+      { mfa_token: options.mfaToken, method: "passkey", ceremony_id: c.ceremony_id, credential },
+      { token: null },
+    )) as MfaResult;
   }
 
   /**

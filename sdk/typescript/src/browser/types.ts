@@ -1,14 +1,19 @@
-import { PortcullisError } from "../errors.js";
+import { MfaRequiredError, PortcullisError } from "../errors.js";
+import type { TokenPair } from "../errors.js";
+
+export type { TokenPair };
 
 /**
  * What the browser helpers need of a client: `execute(command, params, {token})` resolving to
- * the answer's `data` and rejecting with a `PortcullisError`. The SDK's `Client` is one.
+ * the answer's `data` and rejecting with a `PortcullisError`. The SDK's `Client` is one. (A
+ * `Session` is one too, but it sends every call with its access token and refuses calls when
+ * signed out: give the helpers the `Client`, and the user's token where a call needs it.)
  */
 export interface Executor {
   execute(
     command: string,
     params?: Record<string, unknown>,
-    options?: { token?: string },
+    options?: { token?: string | null },
   ): Promise<unknown>;
 }
 
@@ -16,17 +21,6 @@ export interface Executor {
 export interface AuthOptions {
   /** The user's access token (default: the client's own). */
   token?: string;
-}
-
-/** A new session: the answer of a completed sign-in. */
-export interface TokenPair {
-  user_id: string;
-  session_id: string;
-  access_token: string;
-  refresh_token: string;
-  token_type: "Bearer";
-  expires_in: number;
-  [member: string]: unknown;
 }
 
 /** What an `MFA_REQUIRED` answer carries. */
@@ -37,9 +31,15 @@ export interface MfaChallenge {
 }
 
 /**
- * The second-factor challenge of an `MFA_REQUIRED` refusal, or `undefined` for any other error.
+ * The second-factor challenge of an `MFA_REQUIRED` refusal (an `MfaRequiredError`, or a
+ * `PortcullisError` with `details.mfa_token`), or `undefined` for any other error and for an
+ * `MFA_REQUIRED` without an `mfa_token` (an account that must enrol a factor first).
  */
 export function mfaChallengeOf(error: unknown): MfaChallenge | undefined {
+  if (error instanceof MfaRequiredError) {
+    if (error.mfaToken === null) return undefined;
+    return { mfaToken: error.mfaToken, methods: [...error.methods], expiresIn: error.expiresIn };
+  }
   if (!(error instanceof PortcullisError) || error.code !== "MFA_REQUIRED") return undefined;
   const d = error.details ?? {};
   const token = d.mfa_token;
@@ -52,7 +52,7 @@ export function mfaChallengeOf(error: unknown): MfaChallenge | undefined {
   };
 }
 
-export function callOptions(o: AuthOptions | undefined): { token?: string } {
+export function callOptions(o: AuthOptions | undefined): { token?: string | null } {
   return o?.token === undefined ? {} : { token: o.token };
 }
 

@@ -11,20 +11,22 @@ const repo = fileURLToPath(new URL("../../../../", import.meta.url));
 export const BIN = process.env.PORTCULLIS_BIN ?? join(repo, "target/debug/portcullis");
 
 /**
- * Starts a server. `config` is TOML text written to portcullis.toml; `args` are extra flags.
- * Resolves to { tcp: {host, port}, httpUrl, dataDir, operatorToken, outbox, stop() }.
+ * Starts a server. `config` is TOML text written to portcullis.toml; `args` are extra flags;
+ * `dir` reuses the directory of an earlier server (a restart), `tcp` / `http` fix the listen
+ * addresses (default `127.0.0.1:0`).
+ * Resolves to { tcp: {host, port}, httpUrl, dataDir, dir, operatorToken, outbox, stop(), kill() }.
  */
-export async function startServer({ config = "", args = [] } = {}) {
+export async function startServer({ config = "", args = [], dir: reuse, tcp = "127.0.0.1:0", http = "127.0.0.1:0" } = {}) {
   if (!existsSync(BIN)) {
     throw new Error(`no server binary at ${BIN}: build it (cargo build) or set PORTCULLIS_BIN`);
   }
-  const dir = mkdtempSync(join(tmpdir(), "portcullis-sdk-"));
+  const dir = reuse ?? mkdtempSync(join(tmpdir(), "portcullis-sdk-"));
   const dataDir = join(dir, "data");
   const configPath = join(dir, "portcullis.toml");
   writeFileSync(configPath, config);
   const child = spawn(
     BIN,
-    ["serve", "--config", configPath, "--data-dir", dataDir, "--tcp", "127.0.0.1:0", "--http", "127.0.0.1:0", ...args],
+    ["serve", "--config", configPath, "--data-dir", dataDir, "--tcp", tcp, "--http", http, ...args],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   let stderr = "";
@@ -52,18 +54,24 @@ export async function startServer({ config = "", args = [] } = {}) {
     tcp: { host: tcpAddr.slice(0, colon), port: Number(tcpAddr.slice(colon + 1)) },
     httpUrl: `http://${httpAddr}`,
     dataDir,
+    dir,
     outbox: join(dataDir, "outbox"),
     operatorToken,
     child,
     exited,
     stderr: () => stderr,
-    /** SIGTERM, wait for the exit, remove the directory. */
-    async stop() {
+    /** SIGTERM, wait for the exit, remove the directory (unless `keep`, for a restart). */
+    async stop({ keep = false } = {}) {
       if (stopped) return;
       stopped = true;
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
       await exited;
-      rmSync(dir, { recursive: true, force: true });
+      if (!keep) rmSync(dir, { recursive: true, force: true });
+    },
+    /** Sends `signal` (e.g. SIGKILL) and waits for the exit; the directory stays. */
+    async kill(signal = "SIGKILL") {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      if (signal === "SIGKILL" || signal === "SIGTERM") await exited;
     },
   };
 }
