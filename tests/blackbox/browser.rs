@@ -175,3 +175,43 @@ fn the_demo_console_runs_every_flow_in_chromium() {
     assert!(!text.contains("code_verifier") && !text.contains("prt_"));
     assert!(!text.contains(&email), "addresses are logged hashed");
 }
+
+#[tokio::test]
+async fn the_console_and_its_scripts_come_from_the_server_under_a_strict_policy() {
+    let server = Server::start();
+    let page = crate::harness::http(server.http, "GET", "/demo", &[], b"").await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    // Scripts only from this origin, no inline script; the one addition for the console is
+    // `data:` images (the TOTP QR code).
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    assert!(csp.contains("img-src data:;"), "{csp}");
+    assert!(!csp.contains("unsafe-eval") && !csp.contains("script-src 'self' 'unsafe-inline'"));
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    let html = String::from_utf8_lossy(&page.body);
+    assert!(html.contains(r#"<script type="module" src="demo/demo.js"></script>"#));
+    assert_eq!(html.matches("<script").count(), 1, "no inline script");
+
+    // The console's module and the SDK bundle it imports: the bundle is the SDK's build, byte
+    // for byte (sdk/typescript/test/bundle.test.mjs holds the asset to a fresh build).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bundle = std::fs::read(root.join("crates/server/assets/portcullis-client.js")).unwrap();
+    for path in ["/demo/portcullis-client.js", "/auth/portcullis-client.js"] {
+        let r = crate::harness::http(server.http, "GET", path, &[], b"").await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/javascript; charset=utf-8")
+        );
+        assert_eq!(r.body, bundle, "{path}");
+    }
+    let script = crate::harness::http(server.http, "GET", "/demo/demo.js", &[], b"").await;
+    assert_eq!(script.status, 200);
+    assert!(String::from_utf8_lossy(&script.body).contains("from \"./portcullis-client.js\""));
+
+    // The landing page keeps the stricter policy (no images).
+    let landing = crate::harness::http(server.http, "GET", "/auth/magic?token=x", &[], b"").await;
+    assert_eq!(landing.status, 410);
+    let csp = landing.header("content-security-policy").unwrap();
+    assert!(!csp.contains("img-src"), "{csp}");
+}
