@@ -8,6 +8,7 @@ mod admin;
 mod bench;
 mod browser;
 mod cli;
+mod cors;
 mod crash;
 mod edges;
 mod email;

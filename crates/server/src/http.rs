@@ -3,6 +3,9 @@
 //!
 //! `GET /.well-known/jwks.json` publishes the token-verifying keys.
 //!
+//! With `cors_allowed_origins` set, the execute endpoint answers CORS preflights and marks its
+//! answers for the listed origins ([`crate::cors`]).
+//!
 //! `GET /metrics` answers the app's metrics in the Prometheus text format; when `metrics_token`
 //! is configured it needs `Authorization: Bearer <metrics_token>` and answers 401 otherwise.
 //!
@@ -43,7 +46,8 @@ pub const EXECUTE_PATH: &str = "/api/v1/execute";
 
 /// The gateway's routes over a dispatcher.
 pub fn router(dispatcher: Dispatcher) -> Router {
-    Router::new()
+    let cors = crate::cors::CorsPolicy::new(&dispatcher.app().config.cors_allowed_origins);
+    let router = Router::new()
         .route(EXECUTE_PATH, post(execute))
         .route("/healthz", get(healthz))
         .route("/.well-known/jwks.json", get(jwks))
@@ -57,8 +61,15 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/auth/portcullis-client.js", get(crate::pages::client_js))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(close_after_unread_body))
-        .with_state(dispatcher)
+        .layer(axum::middleware::from_fn(close_after_unread_body));
+    let router = match cors {
+        Some(policy) => router.layer(axum::middleware::from_fn_with_state(
+            policy,
+            crate::cors::layer,
+        )),
+        None => router,
+    };
+    router.with_state(dispatcher)
 }
 
 /// A 404 or 405 leaves the request's body unread. Whether hyper can then skip it depends on how

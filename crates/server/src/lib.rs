@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+mod cors;
 pub mod http;
 mod limit;
 mod pages;
