@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod cors;
 mod crash;
+mod discovery;
 mod edges;
 mod email;
 mod fuzz;

@@ -1,7 +1,8 @@
 //! The HTTP gateway: `POST /api/v1/execute` takes the same request object as a TCP line and
 //! answers the same envelope; `GET /healthz` answers `{"status":"ok"}`.
 //!
-//! `GET /.well-known/jwks.json` publishes the token-verifying keys.
+//! `GET /.well-known/jwks.json` publishes the token-verifying keys, and
+//! `GET /.well-known/openid-configuration` the discovery document that points to them.
 //!
 //! With `cors_allowed_origins` set, the execute endpoint answers CORS preflights and marks its
 //! answers for the listed origins ([`crate::cors`]).
@@ -50,7 +51,11 @@ pub fn router(dispatcher: Dispatcher) -> Router {
     let router = Router::new()
         .route(EXECUTE_PATH, post(execute))
         .route("/healthz", get(healthz))
-        .route("/.well-known/jwks.json", get(jwks))
+        .route(crate::discovery::JWKS_PATH, get(jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(crate::discovery::openid_configuration),
+        )
         .route("/metrics", get(metrics))
         .route("/auth/magic", get(crate::pages::magic_landing))
         .route("/auth/magic.js", get(crate::pages::magic_js))

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod cors;
+mod discovery;
 pub mod http;
 mod limit;
 mod pages;
