@@ -19,7 +19,7 @@
 //! lines as over TCP.
 //!
 //! Connections: headers must arrive within `http_header_timeout_s` (also the keep-alive idle
-//! limit); a connection over `max_connections_per_ip` gets 429 (`RATE_LIMITED`), over
+//! limit) and are at most [`MAX_HEADER_BYTES`] (`431` beyond); a connection over `max_connections_per_ip` gets 429 (`RATE_LIMITED`), over
 //! `max_connections` 503 (`UNAVAILABLE`), before its request is read.
 
 use crate::limit::{ConnLimits, Refusal};
@@ -44,6 +44,12 @@ use tower_service::Service;
 
 /// The execute endpoint's path.
 pub const EXECUTE_PATH: &str = "/api/v1/execute";
+
+/// Most bytes of a request's head (request line and header fields). A head still incomplete at
+/// this size is answered `431` and the connection closed, so a slow sender cannot make a
+/// connection hold more (hyper's own bound is about 400 KiB). Generous for bearer tokens and the
+/// cookies a browser may attach; the bound of Node.js is 16 KiB, nginx's 32 KiB.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The gateway's routes over a dispatcher.
 pub fn router(dispatcher: Dispatcher) -> Router {
@@ -117,7 +123,8 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(cfg.http_header_timeout_s));
+        .header_read_timeout(Duration::from_secs(cfg.http_header_timeout_s))
+        .max_header_size(MAX_HEADER_BYTES);
     loop {
         let Some((sock, peer)) = crate::accept(&app, &listener).await else {
             break;
