@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod edges;
 mod email;
+mod forward;
 mod fuzz;
 mod harness;
 mod log;

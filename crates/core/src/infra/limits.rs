@@ -356,6 +356,8 @@ async fn change_stored<E: Entry, T>(
 pub struct Limits {
     enabled: bool,
     per_class: HashMap<RateClass, DefaultKeyedRateLimiter<IpAddr>>,
+    /// What each API key may forward (`rate_limits.forward`), by key id.
+    forward: DefaultKeyedRateLimiter<String>,
     book: Book,
     /// Failed email codes allowed per address in a rolling hour.
     code_cap: u32,
@@ -396,6 +398,7 @@ impl Limits {
         Ok(Limits {
             enabled: cfg.enabled,
             per_class,
+            forward: DefaultKeyedRateLimiter::keyed(parse_quota(&cfg.forward)?),
             book: Book::Memory(Memory::default()),
             code_cap: cfg.otp_failures_per_address_per_hour,
             clock: DefaultClock::default(),
@@ -427,6 +430,25 @@ impl Limits {
             CommandError::new(ErrorCode::RateLimited, "too many requests; slow down")
                 .with_retry_after_ms(ms)
         })
+    }
+
+    /// Counts one request that API key `key_id` sends on behalf of an end user;
+    /// `RATE_LIMITED` when the key's forwarding budget is spent.
+    pub fn check_forward(&self, key_id: &str) -> Result<(), CommandError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.forward
+            .check_key(&key_id.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                CommandError::new(
+                    ErrorCode::RateLimited,
+                    "this API key forwards too many requests; slow down",
+                )
+                .with_retry_after_ms(ms)
+            })
     }
 
     /// Changes `key`'s entry of kind `E` with `f` (from the default when there is none) and
@@ -571,6 +593,8 @@ impl Limits {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        self.forward.retain_recent();
+        self.forward.shrink_to_fit();
     }
 }
 
