@@ -129,12 +129,16 @@ async fn one_backend_speaks_for_many_end_users_each_limited_alone() {
     let r = tcp(
         &mut c,
         Some(&fwd),
-        Some(end_user(one)),
+        Some(end_user(&format!("::ffff:{one}"))),
         "AUTH.REFRESH",
         bogus_refresh(),
     )
     .await;
-    assert_code(&r, Some(ErrorCode::RateLimited), "the sixth try over TCP");
+    assert_code(
+        &r,
+        Some(ErrorCode::RateLimited),
+        "the sixth try over TCP, written as IPv4-mapped IPv6",
+    );
     assert!(r.error.as_ref().unwrap().retry_after_ms.unwrap() >= 1);
     let r = over_http(
         server.http,

@@ -381,9 +381,12 @@ impl Dispatcher {
                 audit.note("forwarded_from", peer.ip().to_string());
             }
         }
+        // An IPv4 address written as IPv4-mapped IPv6 is that IPv4 address: one end user, one
+        // budget, one way of appearing in events.
+        let ip = client.ip.to_canonical();
         *end_user = Some(ConnInfo {
             transport: conn.transport,
-            client: Some(SocketAddr::new(client.ip, 0)),
+            client: Some(SocketAddr::new(ip, 0)),
             user_agent: client.kept_user_agent(),
         });
         if let Caller::ApiKey(k) = &caller {
@@ -391,7 +394,7 @@ impl Dispatcher {
                 return Err((caller, e));
             }
         }
-        if let Err(e) = self.app.limits.check(spec.rate, client.ip) {
+        if let Err(e) = self.app.limits.check(spec.rate, ip) {
             return Err((caller, e));
         }
         Ok(caller)
