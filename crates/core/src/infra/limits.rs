@@ -761,6 +761,50 @@ mod tests {
     }
 
     #[test]
+    fn each_key_has_its_own_forwarding_budget_and_the_default_is_at_least_1000_per_second() {
+        assert!(
+            parse_quota(&RateLimits::default().forward).is_ok_and(|q| q.burst_size().get() >= 1000
+                && q.replenish_interval() <= Duration::from_millis(1)),
+            "{}",
+            RateLimits::default().forward
+        );
+        let cfg = RateLimits {
+            forward: "2/min".into(),
+            ..RateLimits::default()
+        };
+        let l = Limits::new(&cfg).unwrap();
+        assert!(l.check_forward("key-a").is_ok());
+        assert!(l.check_forward("key-a").is_ok());
+        let e = l.check_forward("key-a").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RateLimited);
+        assert!(e.body().retry_after_ms.is_some_and(|ms| ms > 0));
+        assert!(
+            l.check_forward("key-b").is_ok(),
+            "another key has its own budget"
+        );
+        // The forwarding budget is apart from the per-address classes.
+        assert!(l
+            .check(RateClass::Credential, "192.0.2.1".parse().unwrap())
+            .is_ok());
+        let off = Limits::new(&RateLimits {
+            enabled: false,
+            ..cfg
+        })
+        .unwrap();
+        for _ in 0..10 {
+            assert!(
+                off.check_forward("key-a").is_ok(),
+                "switched off with the rate limits"
+            );
+        }
+        assert!(Limits::new(&RateLimits {
+            forward: "1000/day".into(),
+            ..RateLimits::default()
+        })
+        .is_err());
+    }
+
+    #[test]
     fn a_burst_passes_then_the_class_is_limited_per_address() {
         let cfg = RateLimits {
             credential: "3/min".into(),
