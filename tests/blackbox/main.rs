@@ -13,6 +13,7 @@ mod crash;
 mod discovery;
 mod edges;
 mod email;
+mod forward;
 mod fuzz;
 mod harness;
 mod log;

@@ -1125,7 +1125,8 @@ pub mod admin {
         /// A name for the key.
         pub name: String,
         /// Scopes: `users:read`, `users:write`, `sessions:write`, `log:read`, `keys:write`,
-        /// `apikeys:write`.
+        /// `apikeys:write`, `client:forward` (no command: lets requests carry the envelope's
+        /// `client`).
         pub scopes: Vec<String>,
         /// Seconds until it expires (default: never).
         #[serde(default, skip_serializing_if = "Option::is_none")]

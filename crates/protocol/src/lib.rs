@@ -16,7 +16,7 @@ mod event;
 mod schema;
 mod secret;
 
-pub use envelope::{Request, RequestId, Response};
+pub use envelope::{ForwardedClient, Request, RequestId, Response};
 pub use error::{ErrorBody, ErrorCode};
 pub use event::{canonical_json, hash_value, Actor, Event, GENESIS_HASH};
 pub use secret::Secret;

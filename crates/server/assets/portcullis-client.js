@@ -304,6 +304,11 @@ var Client = class {
     const token = options.token === void 0 ? this.token : options.token;
     if (token !== void 0 && token !== null)
       request.token = token;
+    if (options.client !== void 0) {
+      request.client = { ip: options.client.ip };
+      if (options.client.userAgent !== void 0)
+        request.client.user_agent = options.client.userAgent;
+    }
     const response = await this.transport.send(request);
     if (!response.ok)
       throw PortcullisError.fromResponse(response);

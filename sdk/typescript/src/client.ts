@@ -12,6 +12,13 @@ export interface CallOptions {
    * (e.g. `AUTH.REFRESH`, which must go without a token).
    */
   token?: string | null;
+  /**
+   * The end user this call is made for, sent as the envelope's `client` member: a backend whose
+   * API key holds the scope `client:forward` states the end user's address (and user agent),
+   * which the server then uses for rate limits, sessions, mails and events instead of the
+   * backend's own. Any other credential gets `FORBIDDEN`.
+   */
+  client?: { ip: string; userAgent?: string };
 }
 
 /** Options of a client. */
@@ -124,6 +131,10 @@ export class Client {
     const request: Request = { id: this.#nextId++, command, params };
     const token = options.token === undefined ? this.token : options.token;
     if (token !== undefined && token !== null) request.token = token;
+    if (options.client !== undefined) {
+      request.client = { ip: options.client.ip };
+      if (options.client.userAgent !== undefined) request.client.user_agent = options.client.userAgent;
+    }
     const response = await this.transport.send(request);
     if (!response.ok) throw PortcullisError.fromResponse(response);
     return response.data;

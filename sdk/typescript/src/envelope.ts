@@ -5,12 +5,24 @@
 /** A correlation id: echoed unchanged in the response. */
 export type RequestId = string | number | boolean | null;
 
+/**
+ * The end user a trusted backend speaks for (the envelope's `client` member): only with an API
+ * key holding the scope `client:forward` (protocol/envelope.md, "Forwarded end users").
+ */
+export interface ForwardedClient {
+  /** The end user's IPv4 or IPv6 address, without port, brackets or zone. */
+  ip: string;
+  /** The end user's `User-Agent`: at most 1024 bytes, no control characters. */
+  user_agent?: string;
+}
+
 /** A request as it goes on the wire. */
 export interface Request {
   id?: RequestId;
   command: string;
   params?: Record<string, unknown>;
   token?: string;
+  client?: ForwardedClient;
 }
 
 /** The error object of a failed response. */

@@ -16,7 +16,7 @@ export { COMMANDS, ERROR_CODES, PROTOCOL_VERSION } from "./generated/commands.js
 export type { CommandInfo, CommandName, Commands } from "./generated/commands.js";
 export { HttpTransport } from "./http.js";
 export type { HttpTransportOptions } from "./http.js";
-export type { Request, RequestId, Response, WireError } from "./envelope.js";
+export type { ForwardedClient, Request, RequestId, Response, WireError } from "./envelope.js";
 export { isResponse } from "./envelope.js";
 export type { Transport } from "./transport.js";
 export { BroadcastChannelLock, LocalLock, MemoryStorage, Session, WebLocksLock, WebStorage } from "./session.js";

@@ -67,7 +67,7 @@ async fn apikey_create(ctx: Ctx, p: ApiKeyCreateParams) -> Result<ApiKeyInfo, Co
     }
     if p.scopes.is_empty() || p.scopes.iter().any(|s| Scope::parse(s).is_none()) {
         return Err(CommandError::invalid_params(
-            "scopes must be a non-empty list of users:read, users:write, sessions:write, log:read, keys:write, apikeys:write",
+            "scopes must be a non-empty list of users:read, users:write, sessions:write, log:read, keys:write, apikeys:write, client:forward",
         ));
     }
     // An API key cannot mint a key with scopes it does not hold itself.

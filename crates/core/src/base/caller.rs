@@ -97,17 +97,21 @@ pub enum Scope {
     KeysWrite,
     /// `APIKEY.*`.
     ApiKeysWrite,
+    /// Not a command family: lets requests carry the envelope's `client` member, the end user
+    /// an application backend speaks for.
+    ClientForward,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::UsersRead,
         Scope::UsersWrite,
         Scope::SessionsWrite,
         Scope::LogRead,
         Scope::KeysWrite,
         Scope::ApiKeysWrite,
+        Scope::ClientForward,
     ];
 
     /// Wire name, e.g. `users:read`.
@@ -119,7 +123,13 @@ impl Scope {
             Scope::LogRead => "log:read",
             Scope::KeysWrite => "keys:write",
             Scope::ApiKeysWrite => "apikeys:write",
+            Scope::ClientForward => "client:forward",
         }
+    }
+
+    /// Whether `caller` is an API key holding this scope.
+    pub fn held_by(self, caller: &Caller) -> bool {
+        matches!(caller, Caller::ApiKey(k) if k.scopes.iter().any(|s| s == self.as_str()))
     }
 
     /// Parses a wire name.
@@ -144,6 +154,8 @@ impl Requirement {
                 Scope::LogRead => "admin:log:read",
                 Scope::KeysWrite => "admin:keys:write",
                 Scope::ApiKeysWrite => "admin:apikeys:write",
+                // No command has this class: the scope opens no command.
+                Scope::ClientForward => "admin:client:forward",
             },
         }
     }

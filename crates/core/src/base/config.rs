@@ -208,6 +208,9 @@ pub struct RateLimits {
     pub credential: String,
     /// Requests that send mail.
     pub send: String,
+    /// Requests one API key may send on behalf of end users (with the envelope's `client`),
+    /// whatever the command and the end user's address.
+    pub forward: String,
     /// Wrong email codes (`OTP.VERIFY`) accepted per address in a rolling hour, across all its
     /// codes; then `TOO_MANY_ATTEMPTS` until the oldest failure is an hour old.
     pub otp_failures_per_address_per_hour: u32,
@@ -222,6 +225,7 @@ impl Default for RateLimits {
             account: "200/s".into(),
             credential: "120/min".into(),
             send: "30/min".into(),
+            forward: "1000/s".into(),
             otp_failures_per_address_per_hour: 10,
         }
     }

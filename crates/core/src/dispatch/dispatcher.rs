@@ -238,10 +238,13 @@ impl Dispatcher {
             command,
             params,
             token,
+            client: forwarded,
         } = req;
         let audit = Arc::new(Audit::default());
         let spec = self.app.registry.get(&command);
         let read_only = spec.is_some_and(|s| s.read_only);
+        // The end user's context, once a key holding `client:forward` has spoken for them.
+        let mut end_user: Option<ConnInfo> = None;
         let (caller, logged, result) = match spec {
             None => (
                 Caller::Anonymous,
@@ -251,39 +254,49 @@ impl Dispatcher {
                     "no such command; SYS.COMMANDS lists them",
                 )),
             ),
-            Some(spec) => match self
-                .rate_then_authenticate(spec, conn, token.as_ref(), &audit)
-                .await
-            {
-                Err(e) => (Caller::Anonymous, spec.logged, Err(e)),
-                Ok(caller) if !spec.caller.admits(&caller) => {
-                    let err = match caller {
-                        Caller::Anonymous => CommandError::unauthenticated(
-                            "this command needs a credential in `token`",
-                        ),
-                        _ => CommandError::new(
-                            ErrorCode::Forbidden,
-                            "the credential may not run this command",
-                        ),
-                    };
-                    (caller, spec.logged, Err(err))
-                }
-                Ok(caller) => match self.gate(spec, &caller, &audit).await {
-                    Err(err) => (caller, spec.logged, Err(err)),
-                    Ok(()) => {
-                        let ctx = Ctx {
-                            app: Arc::clone(&self.app),
-                            caller: caller.clone(),
-                            client: conn.client,
-                            user_agent: conn.user_agent.clone(),
-                            request_id: id.clone(),
-                            audit: Arc::clone(&audit),
-                        };
-                        let result = (spec.handler)(ctx, params.unwrap_or(Value::Null)).await;
-                        (caller, spec.logged, result)
+            Some(spec) => {
+                let admitted = match &forwarded {
+                    None => self
+                        .rate_then_authenticate(spec, conn, token.as_ref(), &audit)
+                        .await
+                        .map_err(|e| (Caller::Anonymous, e)),
+                    Some(client) => {
+                        self.forward(spec, conn, token.as_ref(), client, &audit, &mut end_user)
+                            .await
                     }
-                },
-            },
+                };
+                let conn = end_user.as_ref().unwrap_or(conn);
+                match admitted {
+                    Err((caller, e)) => (caller, spec.logged, Err(e)),
+                    Ok(caller) if !spec.caller.admits(&caller) => {
+                        let err = match caller {
+                            Caller::Anonymous => CommandError::unauthenticated(
+                                "this command needs a credential in `token`",
+                            ),
+                            _ => CommandError::new(
+                                ErrorCode::Forbidden,
+                                "the credential may not run this command",
+                            ),
+                        };
+                        (caller, spec.logged, Err(err))
+                    }
+                    Ok(caller) => match self.gate(spec, &caller, &audit).await {
+                        Err(err) => (caller, spec.logged, Err(err)),
+                        Ok(()) => {
+                            let ctx = Ctx {
+                                app: Arc::clone(&self.app),
+                                caller: caller.clone(),
+                                client: conn.client,
+                                user_agent: conn.user_agent.clone(),
+                                request_id: id.clone(),
+                                audit: Arc::clone(&audit),
+                            };
+                            let result = (spec.handler)(ctx, params.unwrap_or(Value::Null)).await;
+                            (caller, spec.logged, result)
+                        }
+                    },
+                }
+            }
         };
         let outcome = Outcome {
             id,
@@ -294,7 +307,8 @@ impl Dispatcher {
             logged,
             read_only,
         };
-        self.finish(outcome, conn, started).await
+        self.finish(outcome, end_user.as_ref().unwrap_or(conn), started)
+            .await
     }
 
     /// The per-address limit of the command's rate class, checked before any token is verified
@@ -310,6 +324,80 @@ impl Dispatcher {
             self.app.limits.check(spec.rate, addr.ip())?;
         }
         self.authenticate(token, audit).await
+    }
+
+    /// A request that speaks for an end user (the envelope's `client`). The token comes first:
+    /// only an API key holding `client:forward` may speak for someone, and any other sender is
+    /// refused (`FORBIDDEN`; a `pk_live_` key that is not valid, `UNAUTHENTICATED`) and counted
+    /// against the rate class of its own address, never the claimed one (over that limit, the
+    /// refusal is `RATE_LIMITED`). Access tokens are not verified here: no user or operator
+    /// speaks for another. Once the key is admitted, `end_user` holds the end user's address
+    /// (port 0) and agent, which the command, its limits and its event then see, and the
+    /// key's forwarding budget (`rate_limits.forward`) and the end user's rate class are
+    /// counted.
+    async fn forward(
+        &self,
+        spec: &crate::CommandSpec,
+        conn: &ConnInfo,
+        token: Option<&Secret>,
+        client: &portcullis_protocol::ForwardedClient,
+        audit: &Audit,
+        end_user: &mut Option<ConnInfo>,
+    ) -> Result<Caller, (Caller, CommandError)> {
+        let refused = |caller: Caller, err: CommandError| {
+            // The sender pays for a refused forward, in its own address's budget.
+            let err = match conn.client {
+                Some(addr) => self
+                    .app
+                    .limits
+                    .check(spec.rate, addr.ip())
+                    .err()
+                    .unwrap_or(err),
+                None => err,
+            };
+            (caller, err)
+        };
+        let forbidden = || {
+            CommandError::new(
+                ErrorCode::Forbidden,
+                "only an API key with the client:forward scope may send `client`",
+            )
+        };
+        let is_key =
+            token.is_some_and(|t| t.expose().starts_with(crate::identity::apikeys::PREFIX));
+        if !is_key {
+            return Err(refused(Caller::Anonymous, forbidden()));
+        }
+        let caller = match self.authenticate(token, audit).await {
+            Ok(caller) => caller,
+            Err(e) => return Err(refused(Caller::Anonymous, e)),
+        };
+        if !crate::base::caller::Scope::ClientForward.held_by(&caller) {
+            return Err(refused(caller, forbidden()));
+        }
+        if let Caller::ApiKey(k) = &caller {
+            audit.note("forwarded_by", k.id.clone());
+            if let Some(peer) = conn.client {
+                audit.note("forwarded_from", peer.ip().to_string());
+            }
+        }
+        // An IPv4 address written as IPv4-mapped IPv6 is that IPv4 address: one end user, one
+        // budget, one way of appearing in events.
+        let ip = client.ip.to_canonical();
+        *end_user = Some(ConnInfo {
+            transport: conn.transport,
+            client: Some(SocketAddr::new(ip, 0)),
+            user_agent: client.kept_user_agent(),
+        });
+        if let Caller::ApiKey(k) = &caller {
+            if let Err(e) = self.app.limits.check_forward(&k.id) {
+                return Err((caller, e));
+            }
+        }
+        if let Err(e) = self.app.limits.check(spec.rate, ip) {
+            return Err((caller, e));
+        }
+        Ok(caller)
     }
 
     /// What a signed-in caller must additionally satisfy: an enrolment-only session runs only

@@ -356,6 +356,8 @@ async fn change_stored<E: Entry, T>(
 pub struct Limits {
     enabled: bool,
     per_class: HashMap<RateClass, DefaultKeyedRateLimiter<IpAddr>>,
+    /// What each API key may forward (`rate_limits.forward`), by key id.
+    forward: DefaultKeyedRateLimiter<String>,
     book: Book,
     /// Failed email codes allowed per address in a rolling hour.
     code_cap: u32,
@@ -396,6 +398,7 @@ impl Limits {
         Ok(Limits {
             enabled: cfg.enabled,
             per_class,
+            forward: DefaultKeyedRateLimiter::keyed(parse_quota(&cfg.forward)?),
             book: Book::Memory(Memory::default()),
             code_cap: cfg.otp_failures_per_address_per_hour,
             clock: DefaultClock::default(),
@@ -427,6 +430,25 @@ impl Limits {
             CommandError::new(ErrorCode::RateLimited, "too many requests; slow down")
                 .with_retry_after_ms(ms)
         })
+    }
+
+    /// Counts one request that API key `key_id` sends on behalf of an end user;
+    /// `RATE_LIMITED` when the key's forwarding budget is spent.
+    pub fn check_forward(&self, key_id: &str) -> Result<(), CommandError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.forward
+            .check_key(&key_id.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                CommandError::new(
+                    ErrorCode::RateLimited,
+                    "this API key forwards too many requests; slow down",
+                )
+                .with_retry_after_ms(ms)
+            })
     }
 
     /// Changes `key`'s entry of kind `E` with `f` (from the default when there is none) and
@@ -571,6 +593,8 @@ impl Limits {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        self.forward.retain_recent();
+        self.forward.shrink_to_fit();
     }
 }
 
@@ -734,6 +758,50 @@ mod tests {
         for bad in ["0/s", "ten/s", "10/day", "10", ""] {
             assert!(parse_quota(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_key_has_its_own_forwarding_budget_and_the_default_is_at_least_1000_per_second() {
+        assert!(
+            parse_quota(&RateLimits::default().forward).is_ok_and(|q| q.burst_size().get() >= 1000
+                && q.replenish_interval() <= Duration::from_millis(1)),
+            "{}",
+            RateLimits::default().forward
+        );
+        let cfg = RateLimits {
+            forward: "2/min".into(),
+            ..RateLimits::default()
+        };
+        let l = Limits::new(&cfg).unwrap();
+        assert!(l.check_forward("key-a").is_ok());
+        assert!(l.check_forward("key-a").is_ok());
+        let e = l.check_forward("key-a").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RateLimited);
+        assert!(e.body().retry_after_ms.is_some_and(|ms| ms > 0));
+        assert!(
+            l.check_forward("key-b").is_ok(),
+            "another key has its own budget"
+        );
+        // The forwarding budget is apart from the per-address classes.
+        assert!(l
+            .check(RateClass::Credential, "192.0.2.1".parse().unwrap())
+            .is_ok());
+        let off = Limits::new(&RateLimits {
+            enabled: false,
+            ..cfg
+        })
+        .unwrap();
+        for _ in 0..10 {
+            assert!(
+                off.check_forward("key-a").is_ok(),
+                "switched off with the rate limits"
+            );
+        }
+        assert!(Limits::new(&RateLimits {
+            forward: "1000/day".into(),
+            ..RateLimits::default()
+        })
+        .is_err());
     }
 
     #[test]

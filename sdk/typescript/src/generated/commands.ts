@@ -36,7 +36,8 @@ export type AdminApiKeyCreateParams = {
   name: string;
   /**
    * Scopes: `users:read`, `users:write`, `sessions:write`, `log:read`, `keys:write`,
-   * `apikeys:write`.
+   * `apikeys:write`, `client:forward` (no command: lets requests carry the envelope's
+   * `client`).
    */
   scopes: Array<string>;
 };
