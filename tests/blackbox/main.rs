@@ -19,4 +19,5 @@ mod mfa;
 mod observability;
 mod slow_client;
 mod spec;
+mod tls;
 mod transport;
