@@ -508,3 +508,41 @@ fn tls_settings_that_cannot_work_refuse_to_start() {
     let body = leaf.key_pem.lines().nth(1).unwrap();
     assert!(!err.contains(body));
 }
+
+/// `portcullis bench --addr` loads a TLS server through `--ca-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_loads_a_tls_server() {
+    let ca = Ca::new("Test CA");
+    let files = Files::new();
+    let (cert, key) = files.pair("server", &ca.server_leaf(11, "bench"));
+    let ca_file = files.write("ca.pem", &ca.pem);
+    let server = Server::start_config(
+        &format!("tls_cert = {cert:?}\ntls_key = {key:?}\n[rate_limits]\nenabled = false\n"),
+        &[],
+    );
+    let addr = localhost(server.tcp);
+    for workload in ["ping", "me"] {
+        let (code, out, err) = run_cli(&[
+            "bench",
+            workload,
+            "--addr",
+            &addr,
+            "--ca-file",
+            &ca_file,
+            "--anchor",
+            "none",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "0s",
+            "--connections",
+            "2",
+            "--json",
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{err}\n{out}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+}
