@@ -662,7 +662,7 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let server = portcullis_server::Server::start(Arc::clone(&app))
         .await
-        .context("binding listeners")?;
+        .context("starting the listeners (addresses, TLS files)")?;
     // One machine-readable line on stdout, so scripts and tests can find the bound ports.
     // With TLS it says so (`tls=on`, and `client_certs=required` for mTLS on TCP) before
     // `data_dir`, which stays last.

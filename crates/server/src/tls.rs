@@ -357,3 +357,39 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key file that is not a usable key is refused with a message that names the file but
+    /// quotes none of its contents.
+    #[test]
+    fn a_bad_key_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.key");
+        for text in [
+            "-----BEGIN PRIVATE KEY-----\nS3cretKeyMaterial!!*&\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN PRIVATE KEY-----\nS3cretKeyMaterial\n",
+            "S3cretKeyMaterial\n",
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = private_key(&path).unwrap_err();
+            assert!(e.contains("server.key"), "{e}");
+            assert!(!e.contains("S3cret"), "{e}");
+        }
+        let e = private_key(&dir.path().join("missing.key")).unwrap_err();
+        assert!(e.contains("missing.key"), "{e}");
+    }
+
+    /// TLS is off without files; half a pair is an error.
+    #[test]
+    fn tls_needs_both_halves_of_the_pair() {
+        assert!(Tls::from_config(&Config::default()).unwrap().is_none());
+        let half = Config {
+            tls_cert: Some("c.pem".into()),
+            ..Config::default()
+        };
+        assert!(Tls::from_config(&half).is_err());
+    }
+}
