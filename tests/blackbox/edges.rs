@@ -567,7 +567,8 @@ fn assert_pong(resp: &RawResponse, what: &str) {
 }
 
 /// Other paths are 404 and other methods on the execute endpoint 405 with `Allow: POST`, both
-/// with an empty body; no CORS preflight is answered. Without a request body the connection is
+/// with an empty body; no CORS preflight is answered (the default, empty
+/// `cors_allowed_origins`; listed origins are tested in cors.rs). Without a request body the connection is
 /// kept; a request body the server does not read ends the connection, announced by
 /// `Connection: close`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

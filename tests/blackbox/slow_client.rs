@@ -417,6 +417,185 @@ async fn the_default_per_address_cap_refuses_a_65th_connection() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Slowloris: slow senders on one address, and oversized headers
+// ---------------------------------------------------------------------------------------------
+
+/// Writes one byte every 100 ms until the server ends the connection (a write or a read fails
+/// or sees EOF), within [`WAIT`]; returns whether the server ended it.
+async fn trickle_until_cut(mut s: TcpStream, byte: u8) -> bool {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < WAIT {
+        if s.write_all(&[byte]).await.is_err() {
+            return true;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // Whatever the server says, keep trickling until it closes.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    false
+}
+
+/// Slowloris on loopback, on both transports: one address holding every connection it may have
+/// with requests that never finish (headers, or a TCP line, trickled a byte at a time) gets no
+/// more, while another address is served at once; the timeouts then cut the trickled
+/// connections, and the address is served again. Liveness only: no time is asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_one_address_cannot_take_the_slots_of_others() {
+    let server = Server::start_with(&[
+        "--max-connections-per-ip",
+        "3",
+        "--http-header-timeout-s",
+        "1",
+        "--frame-timeout-s",
+        "1",
+        "--idle-timeout-s",
+        "1",
+    ]);
+    let mut http_trickles = Vec::new();
+    let mut tcp_trickles = Vec::new();
+    for _ in 0..3 {
+        let mut h = TcpStream::connect(server.http).await.expect("connect");
+        h.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+            .await
+            .expect("write");
+        http_trickles.push(tokio::spawn(trickle_until_cut(h, b'a')));
+        let mut t = TcpStream::connect(server.tcp).await.expect("connect");
+        t.write_all(b"{\"command\":\"SYS.PING\",\"id\":\"")
+            .await
+            .expect("write");
+        tcp_trickles.push(tokio::spawn(trickle_until_cut(t, b'a')));
+    }
+    // The slow address is at its cap on both listeners (the trickled connections were admitted
+    // first: each is accepted before the next is opened, and the server reads them at once).
+    let mut refused_http = false;
+    let mut refused_tcp = false;
+    for _ in 0..50 {
+        if !refused_http {
+            let mut s = TcpStream::connect(server.http).await.expect("connect");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
+            let (raw, _) = read_to_close(&mut s, "HTTP from the slow address").await;
+            refused_http = raw.starts_with(b"HTTP/1.1 429");
+        }
+        if !refused_tcp {
+            let mut s = TcpStream::connect(server.tcp).await.expect("connect");
+            let (raw, _) = read_to_close(&mut s, "TCP from the slow address").await;
+            refused_tcp = String::from_utf8_lossy(&raw).contains("RATE_LIMITED");
+        }
+        if refused_http && refused_tcp {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        refused_http && refused_tcp,
+        "http {refused_http}, tcp {refused_tcp}"
+    );
+
+    // Another address is served at once, on both.
+    let mut other = connect_from(OTHER, server.http).await;
+    assert_eq!(
+        http_keepalive_healthz(&mut other, "HTTP from 127.0.0.2")
+            .await
+            .status,
+        200
+    );
+    let mut other = connect_from(OTHER, server.tcp).await;
+    assert_tcp_ping(&mut other, "TCP from 127.0.0.2").await;
+
+    // The timeouts cut every trickled connection, however steadily it sends.
+    for t in http_trickles.into_iter().chain(tcp_trickles) {
+        assert!(
+            t.await.expect("trickle task"),
+            "a trickled connection was still open after {WAIT:?}"
+        );
+    }
+    // And the slow address is served again (slots free asynchronously: bounded retries).
+    let mut served = false;
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(server.tcp).await.expect("connect");
+        s.write_all(b"{\"command\":\"SYS.PING\"}\n")
+            .await
+            .expect("write");
+        let mut line = Vec::new();
+        let _ = tokio::time::timeout(WAIT, BufReader::new(&mut s).read_until(b'\n', &mut line))
+            .await
+            .expect("an answer or a close");
+        let v: Value = serde_json::from_slice(&line).unwrap_or(Value::Null);
+        if v["ok"] == json!(true) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "127.0.0.1 was not served again after its slow connections were cut"
+    );
+    let mut again = TcpStream::connect(server.http).await.expect("connect");
+    assert_eq!(
+        http_keepalive_healthz(&mut again, "HTTP from 127.0.0.1 again")
+            .await
+            .status,
+        200
+    );
+}
+
+/// Request headers are bounded (32 KiB, request line included): a client that keeps sending
+/// header lines is answered `431` and closed as soon as it passes the bound, long before the
+/// header timeout, so a slow sender cannot make the server hold more than that per connection.
+/// Headers just under the bound are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_headers_over_the_bound_are_refused_before_they_end() {
+    // A header timeout far beyond WAIT: only the size bound can end the connection in time.
+    let server = Server::start_with(&["--http-header-timeout-s", "120"]);
+    let line = format!("X-Pad: {}\r\n", "p".repeat(1000));
+
+    // 30 KiB of headers: served.
+    let mut ok = TcpStream::connect(server.http).await.expect("connect");
+    let mut req = String::from("GET /healthz HTTP/1.1\r\nHost: test\r\n");
+    while req.len() + line.len() < 30 * 1024 {
+        req.push_str(&line);
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    ok.write_all(req.as_bytes()).await.expect("write");
+    let (raw, _) = read_to_close(&mut ok, "30 KiB of headers").await;
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&raw[..raw.len().min(200)])
+    );
+
+    // Header lines that never end, sent a line at a time: 431 and the close, before 64 KiB.
+    for path in ["/healthz", "/api/v1/execute"] {
+        let mut s = TcpStream::connect(server.http).await.expect("connect");
+        let head = format!("POST {path} HTTP/1.1\r\nHost: test\r\n");
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut sent = head.len();
+        // The server stops reading at the bound; a write may then fail.
+        while sent < 64 * 1024 {
+            if s.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+            sent += line.len();
+            tokio::task::yield_now().await;
+        }
+        let (raw, _) = read_to_close(&mut s, path).await;
+        // The answer may be lost to the reset of a close with unread input; if it arrived,
+        // it is the 431.
+        assert!(
+            raw.is_empty() || raw.starts_with(b"HTTP/1.1 431"),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(200)])
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Slow readers
 // ---------------------------------------------------------------------------------------------
 

@@ -430,6 +430,8 @@ try {
   await page.waitForFunction(() => document.getElementById("session-list").dataset.count === "1");
   await shot("session-revoked");
   await other.reload();
+  // The page's first paint already says "Signed out": wait for the refused refresh itself.
+  await waitText("#message", "This session has ended", other);
   await waitText("#who", "Signed out", other);
   await other.close();
 

@@ -8,6 +8,11 @@ const client = new Client({ baseUrl: new URL("..", new URL(import.meta.url)).hre
 // The signed-in user's tokens, refreshed before they expire. Kept in this tab's sessionStorage
 // (key `portcullis.session`, as the landing page does): each tab is its own device.
 const auth = new Session(client, { storage: new WebStorage(sessionStorage), channel: null });
+// The server refused to refresh this tab's session (revoked from another tab or device, expired,
+// the account disabled): say so, rather than only showing the signed-out view.
+auth.onChange((_, change) => {
+  if (change === "refresh_refused") say("This session has ended (signed out elsewhere or expired). Sign in again.", "error");
+});
 const passkeys = new Passkeys(client); // ceremonies of a signed-out user (sign-in, second factor)
 const accountPasskeys = new Passkeys(auth); // ceremonies of the signed-in user (register, step-up)
 const magic = new MagicLinks(client);

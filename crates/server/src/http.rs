@@ -1,7 +1,11 @@
 //! The HTTP gateway: `POST /api/v1/execute` takes the same request object as a TCP line and
 //! answers the same envelope; `GET /healthz` answers `{"status":"ok"}`.
 //!
-//! `GET /.well-known/jwks.json` publishes the token-verifying keys.
+//! `GET /.well-known/jwks.json` publishes the token-verifying keys, and
+//! `GET /.well-known/openid-configuration` the discovery document that points to them.
+//!
+//! With `cors_allowed_origins` set, the execute endpoint answers CORS preflights and marks its
+//! answers for the listed origins ([`crate::cors`]).
 //!
 //! `GET /metrics` answers the app's metrics in the Prometheus text format; when `metrics_token`
 //! is configured it needs `Authorization: Bearer <metrics_token>` and answers 401 otherwise.
@@ -15,7 +19,7 @@
 //! lines as over TCP.
 //!
 //! Connections: headers must arrive within `http_header_timeout_s` (also the keep-alive idle
-//! limit); a connection over `max_connections_per_ip` gets 429 (`RATE_LIMITED`), over
+//! limit) and are at most [`MAX_HEADER_BYTES`] (`431` beyond); a connection over `max_connections_per_ip` gets 429 (`RATE_LIMITED`), over
 //! `max_connections` 503 (`UNAVAILABLE`), before its request is read.
 
 use crate::limit::{ConnLimits, Refusal};
@@ -42,12 +46,23 @@ use tower_service::Service;
 /// The execute endpoint's path.
 pub const EXECUTE_PATH: &str = "/api/v1/execute";
 
+/// Most bytes of a request's head (request line and header fields). A head still incomplete at
+/// this size is answered `431` and the connection closed, so a slow sender cannot make a
+/// connection hold more (hyper's own bound is about 400 KiB). Generous for bearer tokens and the
+/// cookies a browser may attach; the bound of Node.js is 16 KiB, nginx's 32 KiB.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// The gateway's routes over a dispatcher.
 pub fn router(dispatcher: Dispatcher) -> Router {
-    Router::new()
+    let cors = crate::cors::CorsPolicy::new(&dispatcher.app().config.cors_allowed_origins);
+    let router = Router::new()
         .route(EXECUTE_PATH, post(execute))
         .route("/healthz", get(healthz))
-        .route("/.well-known/jwks.json", get(jwks))
+        .route(crate::discovery::JWKS_PATH, get(jwks))
+        .route(
+            "/.well-known/openid-configuration",
+            get(crate::discovery::openid_configuration),
+        )
         .route("/metrics", get(metrics))
         .route("/auth/magic", get(crate::pages::magic_landing))
         .route("/auth/magic.js", get(crate::pages::magic_js))
@@ -58,8 +73,15 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         .route("/auth/portcullis-client.js", get(crate::pages::client_js))
         // The body limit is enforced in `execute`, so an oversized body still gets an envelope.
         .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(close_after_unread_body))
-        .with_state(dispatcher)
+        .layer(axum::middleware::from_fn(close_after_unread_body));
+    let router = match cors {
+        Some(policy) => router.layer(axum::middleware::from_fn_with_state(
+            policy,
+            crate::cors::layer,
+        )),
+        None => router,
+    };
+    router.with_state(dispatcher)
 }
 
 /// A 404 or 405 leaves the request's body unread. Whether hyper can then skip it depends on how
@@ -111,7 +133,8 @@ pub async fn serve(
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(cfg.http_header_timeout_s));
+        .header_read_timeout(Duration::from_secs(cfg.http_header_timeout_s))
+        .max_header_size(MAX_HEADER_BYTES);
     loop {
         let Some((sock, peer)) = crate::accept(&app, &listener).await else {
             break;

@@ -9,6 +9,8 @@
 
 #![warn(missing_docs)]
 
+mod cors;
+mod discovery;
 pub mod http;
 mod limit;
 mod pages;

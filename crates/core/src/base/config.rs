@@ -107,6 +107,11 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Proxies whose `X-Forwarded-For` the HTTP gateway believes (addresses or CIDR ranges).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Origins of browser applications that may call `POST /api/v1/execute` from their pages
+    /// (CORS), each exactly as a browser sends it in `Origin` (`https://app.example.com`, no
+    /// path, no trailing slash). Empty (the default): no `Access-Control-*` header is ever sent.
+    /// No wildcard: `*` is refused at start.
+    pub cors_allowed_origins: Vec<String>,
     /// WebAuthn relying-party id: the domain passkeys are bound to.
     pub rp_id: String,
     /// Origins allowed to use passkeys (scheme, host and port of the pages that call WebAuthn).
@@ -301,6 +306,7 @@ impl Default for Config {
             max_sessions_per_user: 100,
             rate_limits: RateLimits::default(),
             trusted_proxies: Vec::new(),
+            cors_allowed_origins: Vec::new(),
             rp_id: "localhost".into(),
             rp_origins: vec!["http://localhost:7421".into()],
             metrics_token: None,
@@ -406,6 +412,9 @@ impl Config {
                 ));
             }
         }
+        for origin in &self.cors_allowed_origins {
+            check_cors_origin(origin)?;
+        }
         if !(60..=24 * 3600).contains(&self.magic_link_ttl_s)
             || !(60..=24 * 3600).contains(&self.otp_ttl_s)
         {
@@ -444,6 +453,34 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks one `cors_allowed_origins` entry: an http(s) origin written exactly as browsers send
+/// it in the `Origin` header (the header is compared byte for byte), never a wildcard.
+fn check_cors_origin(entry: &str) -> Result<(), String> {
+    if entry.contains('*') {
+        return Err(format!(
+            "cors_allowed_origins entry {entry:?}: wildcards are not supported; list each origin \
+             exactly (e.g. \"https://app.example.com\")"
+        ));
+    }
+    let u = url::Url::parse(entry)
+        .map_err(|e| format!("cors_allowed_origins entry {entry:?} is not an origin: {e}"))?;
+    let origin = u.origin();
+    if !matches!(u.scheme(), "http" | "https") || !origin.is_tuple() {
+        return Err(format!(
+            "cors_allowed_origins entry {entry:?} must be an http or https origin"
+        ));
+    }
+    let exact = origin.ascii_serialization();
+    if exact != entry {
+        return Err(format!(
+            "cors_allowed_origins entry {entry:?} must be an origin exactly as browsers send it \
+             (scheme, host and port only, lowercase, no default port, no path or trailing \
+             slash): {exact:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `s` has the shape of a language tag (`en`, `pt-BR`): at most 16 characters,
@@ -539,6 +576,51 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(parsed.tls_cert, Some(PathBuf::from("/etc/c.pem")));
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact_origins_and_never_a_wildcard() {
+        let check = |entries: &[&str]| {
+            Config {
+                cors_allowed_origins: entries.iter().map(|e| (*e).to_owned()).collect(),
+                ..Config::default()
+            }
+            .validate()
+        };
+        assert_eq!(check(&[]), Ok(()));
+        assert_eq!(
+            check(&[
+                "https://app.example.com",
+                "http://localhost:5173",
+                "http://127.0.0.1:8080",
+                "https://[2001:db8::1]:8443",
+            ]),
+            Ok(())
+        );
+        let wildcard = check(&["*"]).unwrap_err();
+        assert!(
+            wildcard.contains("wildcards are not supported"),
+            "{wildcard}"
+        );
+        assert!(check(&["https://*.example.com"]).is_err());
+        for refused in [
+            "null",
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/auth",
+            "https://App.Example.com",
+            "https://app.example.com:443",
+            "https://user@app.example.com",
+            "https://app.example.com?x=1",
+            "file:///tmp/page.html",
+            "ftp://app.example.com",
+            "",
+        ] {
+            assert!(check(&[refused]).is_err(), "{refused}");
+        }
+        // The message names the form to write instead.
+        let msg = check(&["https://App.example.com/"]).unwrap_err();
+        assert!(msg.contains("\"https://app.example.com\""), "{msg}");
     }
 
     #[test]
