@@ -183,6 +183,32 @@ fn sighup(server: &Server) {
     assert!(ok);
 }
 
+/// The protocol version a client limited to `versions` negotiates with `addr`, or `None` when
+/// the handshake fails.
+async fn negotiated(
+    addr: &str,
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Option<rustls::ProtocolVersion> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let s = connector.connect(name, sock).await.ok()?;
+    s.get_ref().1.protocol_version()
+}
+
 /// HTTPS execute, TLS NDJSON (Rust client, `exec`, `log tail`), both presenting the configured
 /// certificate, and the listening line says TLS.
 #[tokio::test]
@@ -218,6 +244,18 @@ async fn https_and_tls_ndjson_serve_the_configured_certificate() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["data"]["pong"], true, "{v}");
     assert_eq!(served_certificate(&http, &options).await.0, leaf.der);
+
+    // TLS 1.3 is preferred, TLS 1.2 still served, on both listeners.
+    for addr in [&tcp, &http] {
+        assert_eq!(
+            negotiated(addr, &ca.pem, rustls::ALL_VERSIONS).await,
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        assert_eq!(
+            negotiated(addr, &ca.pem, &[&rustls::version::TLS12]).await,
+            Some(rustls::ProtocolVersion::TLSv1_2)
+        );
+    }
 
     // The CLI over TLS: exec and log tail.
     let (code, out, err) = run_cli(&["exec", "SYS.PING", "--addr", &tcp, "--ca-file", &ca_file]);
