@@ -306,6 +306,12 @@ serve_settings! {
         database_tls: portcullis_store::PgTls = "PORTCULLIS_DATABASE_TLS",
         /// CA certificates (PEM) for database_tls = verify-full (default: the Mozilla roots).
         database_ca_file: PathBuf = "PORTCULLIS_DATABASE_CA_FILE",
+        /// Certificate chain (PEM) for TLS on both listeners (with --tls-key); reloaded on SIGHUP or change.
+        tls_cert: PathBuf = "PORTCULLIS_TLS_CERT",
+        /// Private key (PEM) of --tls-cert.
+        tls_key: PathBuf = "PORTCULLIS_TLS_KEY",
+        /// CA certificates (PEM): the TCP listener then requires a client certificate issued by one of them (mTLS).
+        tls_client_ca: PathBuf = "PORTCULLIS_TLS_CLIENT_CA",
     }
 }
 
@@ -334,6 +340,54 @@ struct Remote {
     /// Bearer token (access token, API key or operator token).
     #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    tls: ClientTls,
+}
+
+/// TLS to a server whose listeners have `tls_cert` set.
+#[derive(Args)]
+pub struct ClientTls {
+    /// Speak TLS (implied by --ca-file and --client-cert).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificates (PEM) that issued the server's certificate (default: the Mozilla roots).
+    #[arg(long, env = "PORTCULLIS_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires one (tls_client_ca); with --client-key.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "PORTCULLIS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTls {
+    /// The TLS connector these flags ask for, or `None` for plain TCP.
+    pub fn connector(&self) -> Result<Option<portcullis_client::TlsConnector>> {
+        if !self.tls && self.ca_file.is_none() && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        let options = portcullis_client::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        Ok(Some(options.connector()?))
+    }
 }
 
 #[derive(Args)]
@@ -608,10 +662,17 @@ async fn serve(config: Config) -> Result<ExitCode> {
         .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     let server = portcullis_server::Server::start(Arc::clone(&app))
         .await
-        .context("binding listeners")?;
+        .context("starting the listeners (addresses, TLS files)")?;
     // One machine-readable line on stdout, so scripts and tests can find the bound ports.
+    // With TLS it says so (`tls=on`, and `client_certs=required` for mTLS on TCP) before
+    // `data_dir`, which stays last.
+    let tls = match (server.tls, server.client_certs) {
+        (false, _) => "",
+        (true, false) => " tls=on",
+        (true, true) => " tls=on client_certs=required",
+    };
     println!(
-        "portcullis listening tcp={} http={} data_dir={}",
+        "portcullis listening tcp={} http={}{tls} data_dir={}",
         server.tcp_addr,
         server.http_addr,
         data_dir.display()
@@ -641,9 +702,11 @@ impl Remote {
     }
 
     async fn connect(&self, operator_fallback: bool) -> Result<Client> {
-        let mut c = Client::connect(self.addr())
-            .await
-            .with_context(|| format!("connecting to {}", self.addr()))?;
+        let stream = match self.tls.connector()? {
+            Some(tls) => tls.connect(self.addr()).await,
+            None => portcullis_client::Stream::connect(self.addr(), None).await,
+        };
+        let mut c = Client::over(stream.with_context(|| format!("connecting to {}", self.addr()))?);
         let token = if operator_fallback {
             self.token(Path::new(DEFAULT_DATA_DIR))
         } else {

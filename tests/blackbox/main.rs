@@ -22,4 +22,5 @@ mod mfa;
 mod observability;
 mod slow_client;
 mod spec;
+mod tls;
 mod transport;

@@ -3,9 +3,9 @@
 //! and the Redis anchor (RESP `PING` → `+PONG`) both use it, so the two sides are measured
 //! with the same client code path.
 
+use portcullis_client::{Stream, TlsConnector};
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Longest response line accepted.
 const MAX_LINE: usize = 16 * 1024 * 1024;
@@ -13,7 +13,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// One connection.
 pub struct LineConn {
-    sock: TcpStream,
+    sock: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -22,8 +22,15 @@ pub struct LineConn {
 impl LineConn {
     /// Connects with `TCP_NODELAY` set.
     pub async fn connect(addr: &str) -> io::Result<LineConn> {
-        let sock = TcpStream::connect(addr).await?;
-        sock.set_nodelay(true)?;
+        LineConn::connect_with(addr, None).await
+    }
+
+    /// Connects with `TCP_NODELAY` set, inside TLS when `tls` is given.
+    pub async fn connect_with(addr: &str, tls: Option<&TlsConnector>) -> io::Result<LineConn> {
+        let sock = Stream::connect(addr, tls).await.map_err(|e| match e {
+            portcullis_client::ClientError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
         Ok(LineConn {
             sock,
             buf: vec![0; READ_CHUNK],
@@ -34,7 +41,9 @@ impl LineConn {
 
     /// Writes a whole batch with one write call (as far as the kernel takes it).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.sock.write_all(bytes).await
+        self.sock.write_all(bytes).await?;
+        // TLS may hold the end of the batch until flushed; plain TCP does nothing here.
+        self.sock.flush().await
     }
 
     /// The next line, without its `\n` (and `\r`). Fails at end of stream.

@@ -25,6 +25,7 @@ use serde::Serialize;
 use stats::{fmt_count, fmt_ms, measure, Cpu, Display, Interval, Latency, Measured, Recorder};
 use stats::{ServerProc, Window, CLIENT_THREAD};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use workloads::{drive, Fixed, Prepared, Setup};
@@ -202,6 +203,22 @@ pub struct BenchArgs {
     /// Operator token for log-* against --addr.
     #[arg(long, env = "PORTCULLIS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Speak TLS to the --addr server (implied by --ca-file).
+    #[arg(long, requires = "addr")]
+    pub tls: bool,
+    /// CA certificates (PEM) that issued the --addr server's certificate (default: the Mozilla
+    /// roots).
+    #[arg(long, value_name = "FILE", requires = "addr")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires one; with --client-key.
+    #[arg(long, value_name = "FILE", requires_all = ["addr", "client_key"])]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME", requires = "addr")]
+    pub tls_server_name: Option<String>,
     /// PID of the --addr server, for its RSS and CPU figures.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -232,9 +249,28 @@ impl BenchArgs {
             events: 200_000,
             token: None,
             server_pid: None,
+            tls: false,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            tls_server_name: None,
             probe_interval: Duration::from_millis(1),
             quiet: false,
         }
+    }
+
+    /// The TLS connector `--tls`, `--ca-file` and `--client-cert` ask for.
+    fn tls_connector(&self) -> Result<Option<portcullis_client::TlsConnector>> {
+        if !self.tls && self.ca_file.is_none() && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        let options = portcullis_client::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        Ok(Some(options.connector()?))
     }
 
     fn anchor(&self) -> Anchor {
@@ -401,6 +437,8 @@ pub fn execute(args: &BenchArgs) -> Result<Report> {
 
 struct Target {
     addrs: Vec<String>,
+    /// TLS to `addrs` (`--tls` / `--ca-file` with `--addr`).
+    tls: Option<portcullis_client::TlsConnector>,
     proc: ServerProc,
     token: Option<String>,
     local: Option<server::LocalServer>,
@@ -441,6 +479,7 @@ async fn bench(args: BenchArgs) -> Result<Report> {
     let target = match &args.addr {
         Some(addr) => Target {
             addrs: vec![addr.clone()],
+            tls: args.tls_connector()?,
             proc: args.server_pid.map_or(ServerProc::Unknown, ServerProc::Pid),
             token: args.token.clone(),
             local: None,
@@ -469,6 +508,7 @@ async fn bench(args: BenchArgs) -> Result<Report> {
             };
             Target {
                 addrs: local.addrs.iter().map(ToString::to_string).collect(),
+                tls: None,
                 proc: ServerProc::InProcess,
                 token: local.operator_token(),
                 local: Some(local),
@@ -635,6 +675,7 @@ async fn load_workload(args: &BenchArgs, target: &Target, run: &str) -> Result<R
     };
     let prepared = wl::prepare(
         &target.addrs,
+        target.tls.clone(),
         args.connections,
         args.pipeline,
         run,
@@ -643,7 +684,7 @@ async fn load_workload(args: &BenchArgs, target: &Target, run: &str) -> Result<R
     )
     .await?;
     let probe_conn = if w == Workload::Mixed {
-        Some(conn::LineConn::connect(target.addr()).await?)
+        Some(conn::LineConn::connect_with(target.addr(), target.tls.as_ref()).await?)
     } else {
         None
     };
@@ -698,10 +739,15 @@ async fn log_workload(args: &BenchArgs, target: &Target) -> Result<Report> {
             "log-verify and log-replay need the operator token: pass --token (or PORTCULLIS_TOKEN)"
         )
     })?;
-    let (built, build_secs) = workloads::build_log(target.addr(), args.events, args.connections)
-        .await
-        .context("building the log")?;
-    let mut conn = conn::LineConn::connect(target.addr()).await?;
+    let (built, build_secs) = workloads::build_log(
+        target.addr(),
+        target.tls.clone(),
+        args.events,
+        args.connections,
+    )
+    .await
+    .context("building the log")?;
+    let mut conn = conn::LineConn::connect_with(target.addr(), target.tls.as_ref()).await?;
     let head = workloads::log_head(&mut conn).await?;
     let recorder = Recorder::default();
     let shard = recorder.shard();

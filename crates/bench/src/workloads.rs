@@ -4,6 +4,7 @@
 use crate::conn::LineConn;
 use crate::stats::{Shard, Window};
 use anyhow::{anyhow, bail, Context, Result};
+use portcullis_client::TlsConnector;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -452,6 +453,7 @@ pub type MakeDriver = fn(Tokens, usize, Emails, &str) -> Box<dyn Driver>;
 /// another node than the one it is used on.
 pub async fn prepare(
     addrs: &[String],
+    tls: Option<TlsConnector>,
     connections: usize,
     depth: usize,
     run: &str,
@@ -468,8 +470,9 @@ pub async fn prepare(
         let setup_addr = addrs[(i + 1) % addrs.len()].clone();
         let run = run.to_owned();
         let setup = Arc::clone(&setup);
+        let tls = tls.clone();
         tasks.spawn(async move {
-            let conn = LineConn::connect(&addr)
+            let conn = LineConn::connect_with(&addr, tls.as_ref())
                 .await
                 .with_context(|| format!("connecting to {addr}"))?;
             let mut emails = Emails::new(&run, i);
@@ -478,7 +481,7 @@ pub async fn prepare(
             let needs_setup = !matches!(*setup, Setup::None);
             let mut via = if needs_setup && setup_addr != addr {
                 Some(
-                    LineConn::connect(&setup_addr)
+                    LineConn::connect_with(&setup_addr, tls.as_ref())
                         .await
                         .with_context(|| format!("connecting to {setup_addr}"))?,
                 )
@@ -569,9 +572,14 @@ pub async fn log_head(conn: &mut LineConn) -> Result<u64> {
 
 /// Appends events with pipelined `SYS.INFO` (each one is logged) until the log holds at least
 /// `events`. Returns (events appended, seconds taken).
-pub async fn build_log(addr: &str, events: u64, connections: usize) -> Result<(u64, f64)> {
+pub async fn build_log(
+    addr: &str,
+    tls: Option<TlsConnector>,
+    events: u64,
+    connections: usize,
+) -> Result<(u64, f64)> {
     const DEPTH: u64 = 64;
-    let mut first = LineConn::connect(addr)
+    let mut first = LineConn::connect_with(addr, tls.as_ref())
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     let head = log_head(&mut first).await?;
@@ -584,8 +592,9 @@ pub async fn build_log(addr: &str, events: u64, connections: usize) -> Result<(u
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let addr = addr.to_owned();
+        let tls = tls.clone();
         tasks.spawn(async move {
-            let mut conn = LineConn::connect(&addr).await?;
+            let mut conn = LineConn::connect_with(&addr, tls.as_ref()).await?;
             let mut left = per_conn;
             let mut batch = Vec::new();
             while left > 0 {

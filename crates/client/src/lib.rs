@@ -1,4 +1,5 @@
-//! Async Rust client for the Portcullis wire protocol (NDJSON over TCP).
+//! Async Rust client for the Portcullis wire protocol (NDJSON over TCP, plain or TLS: see
+//! [`Client::connect_tls`] and [`tls::TlsOptions`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), portcullis_client::ClientError> {
@@ -11,12 +12,15 @@
 
 #![warn(missing_docs)]
 
+pub mod tls;
+
 use futures::{SinkExt, StreamExt};
 use portcullis_protocol::codec::{FrameCodec, FrameError};
 use portcullis_protocol::commands::log::{TailFrame, TailParams, TAIL};
 use portcullis_protocol::{ErrorBody, Event, Request, RequestId, Response, Secret};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+pub use tls::{Stream, TlsConnector, TlsOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::Framed;
@@ -42,12 +46,15 @@ pub enum ClientError {
     /// The command failed.
     #[error("{}: {}", .0.code, .0.message)]
     Server(ErrorBody),
+    /// TLS settings that cannot be used (a file that does not load, a bad server name).
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// One connection to a server. Requests are answered in order, so several may be written
 /// before any answer is read ([`Client::pipeline`]).
 pub struct Client {
-    framed: Framed<TcpStream, FrameCodec>,
+    framed: Framed<Stream, FrameCodec>,
     next_id: u64,
     token: Option<Secret>,
 }
@@ -57,11 +64,22 @@ impl Client {
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let sock = TcpStream::connect(addr).await?;
         sock.set_nodelay(true)?;
-        Ok(Client {
-            framed: Framed::new(sock, FrameCodec::new(MAX_RESPONSE_BYTES)),
+        Ok(Client::over(Stream::Plain(sock)))
+    }
+
+    /// Connects over TLS (`addr` is `host:port`; the certificate must name `host` unless the
+    /// connector names another).
+    pub async fn connect_tls(addr: &str, tls: &TlsConnector) -> Result<Client, ClientError> {
+        Ok(Client::over(tls.connect(addr).await?))
+    }
+
+    /// A client on an open connection.
+    pub fn over(stream: Stream) -> Client {
+        Client {
+            framed: Framed::new(stream, FrameCodec::new(MAX_RESPONSE_BYTES)),
             next_id: 1,
             token: None,
-        })
+        }
     }
 
     /// Sends `token` with every later request that carries none of its own.
@@ -118,7 +136,9 @@ impl Client {
 
     /// Writes raw bytes (for testing how the server handles bad input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.framed.get_mut().write_all(bytes).await?;
+        let s = self.framed.get_mut();
+        s.write_all(bytes).await?;
+        s.flush().await?;
         Ok(())
     }
 

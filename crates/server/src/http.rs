@@ -24,6 +24,7 @@
 
 use crate::limit::{ConnLimits, Refusal};
 use crate::stall::StallGuard;
+use crate::tls::MaybeTls;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -38,7 +39,7 @@ use portcullis_protocol::{ErrorBody, ErrorCode, Response, Secret};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
@@ -114,12 +115,21 @@ async fn close_after_unread_body(
 /// must deliver each request's headers within `http_header_timeout_s`; the body's deadline is
 /// enforced in `execute`. A write that waits `idle_timeout_s` for a client that does not read
 /// ends the connection ([`StallGuard`]).
-pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTracker) {
+///
+/// With `tls`, each connection first completes a TLS handshake (HTTPS; within
+/// `frame_timeout_s`), with the certificate in force when it arrived.
+pub async fn serve(
+    listener: TcpListener,
+    dispatcher: Dispatcher,
+    tasks: TaskTracker,
+    tls: Option<Arc<crate::tls::Tls>>,
+) {
     let app = Arc::clone(dispatcher.app());
     let cfg = &app.config;
     let limits = ConnLimits::new(cfg.max_connections, cfg.max_connections_per_ip);
     let router = router(dispatcher);
     let write_stall = Duration::from_secs(cfg.idle_timeout_s);
+    let handshake = Duration::from_secs(cfg.frame_timeout_s);
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
@@ -135,8 +145,26 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
             Err(why) => {
                 match limits.refusal_slot() {
                     Some(permit) => {
+                        let acceptor = tls.as_ref().map(|t| t.http());
+                        let shutdown = app.shutdown.clone();
                         tasks.spawn(async move {
-                            refuse(sock, peer, why).await;
+                            match acceptor {
+                                None => refuse(sock, peer, why).await,
+                                // An HTTPS client can read the refusal only inside TLS.
+                                Some(acceptor) => {
+                                    if let Some(s) = crate::tls::handshake(
+                                        acceptor,
+                                        sock,
+                                        Duration::from_secs(2),
+                                        peer,
+                                        &shutdown,
+                                    )
+                                    .await
+                                    {
+                                        refuse(s, peer, why).await;
+                                    }
+                                }
+                            }
                             drop(permit);
                         });
                     }
@@ -153,10 +181,21 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
             async move { router.call(req).await }
         });
         let io = StallGuard::new(sock, peer, write_stall);
-        let conn = http1.serve_connection(TokioIo::new(io), service);
+        let acceptor = tls.as_ref().map(|t| t.http());
+        let http1 = http1.clone();
         let shutdown = app.shutdown.clone();
         tasks.spawn(async move {
             let _slot = slot;
+            let io = match acceptor {
+                None => MaybeTls::Plain(io),
+                Some(acceptor) => {
+                    match crate::tls::handshake(acceptor, io, handshake, peer, &shutdown).await {
+                        Some(s) => MaybeTls::Tls(Box::new(s)),
+                        None => return,
+                    }
+                }
+            };
+            let conn = http1.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             let done = tokio::select! {
                 r = conn.as_mut() => Some(r),
@@ -180,7 +219,10 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
 
 /// Answers a connection that was not admitted with one response and closes it: 429 and a
 /// `RATE_LIMITED` envelope at the per-address cap, 503 and `UNAVAILABLE` at the total cap.
-async fn refuse(sock: TcpStream, peer: SocketAddr, why: Refusal) {
+async fn refuse<S>(sock: S, peer: SocketAddr, why: Refusal)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (status, body) = match why {
         Refusal::PerAddress => {
             tracing::debug!(%peer, "per-address connection cap reached; refusing");

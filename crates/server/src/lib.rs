@@ -16,6 +16,7 @@ mod limit;
 mod pages;
 mod stall;
 pub mod tcp;
+pub mod tls;
 
 use portcullis_core::{App, Dispatcher};
 use std::io;
@@ -31,6 +32,10 @@ pub struct Server {
     pub tcp_addr: SocketAddr,
     /// Bound HTTP address.
     pub http_addr: SocketAddr,
+    /// Whether both listeners speak TLS (`tls_cert` / `tls_key`).
+    pub tls: bool,
+    /// Whether the TCP listener requires client certificates (`tls_client_ca`).
+    pub client_certs: bool,
     app: Arc<App>,
     tasks: TaskTracker,
 }
@@ -38,15 +43,28 @@ pub struct Server {
 impl Server {
     /// Binds the TCP and HTTP listeners named in the app's config (port 0 picks a free port)
     /// and starts serving.
+    ///
+    /// With `tls_cert` / `tls_key`, both listeners speak TLS; files that do not load fail the
+    /// start (`InvalidInput`, naming the file and the reason).
     pub async fn start(app: Arc<App>) -> io::Result<Server> {
+        let tls = tls::Tls::from_config(&app.config)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tcp = TcpListener::bind(app.config.tcp).await?;
         let http = TcpListener::bind(app.config.http).await?;
         let tcp_addr = tcp.local_addr()?;
         let http_addr = http.local_addr()?;
         let dispatcher = Dispatcher::new(Arc::clone(&app));
         let tasks = TaskTracker::new();
-        tasks.spawn(tcp::serve(tcp, dispatcher.clone(), tasks.clone()));
-        tasks.spawn(http::serve(http, dispatcher, tasks.clone()));
+        if let Some(t) = &tls {
+            t.watch(app.shutdown.clone(), &tasks)?;
+        }
+        tasks.spawn(tcp::serve(
+            tcp,
+            dispatcher.clone(),
+            tasks.clone(),
+            tls.clone(),
+        ));
+        tasks.spawn(http::serve(http, dispatcher, tasks.clone(), tls.clone()));
         tasks.spawn(portcullis_core::ops::housekeeping::run(
             Arc::clone(&app),
             Duration::from_secs(300),
@@ -58,10 +76,13 @@ impl Server {
         tasks.spawn(portcullis_core::infra::telemetry::run_upkeep(Arc::clone(
             &app,
         )));
-        tracing::info!(%tcp_addr, %http_addr, "listening");
+        let client_certs = tls.as_ref().is_some_and(|t| t.requires_client_certs());
+        tracing::info!(%tcp_addr, %http_addr, tls = tls.is_some(), client_certs, "listening");
         Ok(Server {
             tcp_addr,
             http_addr,
+            tls: tls.is_some(),
+            client_certs,
             app,
             tasks,
         })

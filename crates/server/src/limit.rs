@@ -11,7 +11,6 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Refusals answered at once (a short message, then the close); more are closed without an
@@ -121,9 +120,13 @@ impl Drop for ConnSlot {
 /// Writes a refusal (`answer`) to a connection that was not admitted and closes it, all within
 /// about two seconds. What the client sends meanwhile is read and discarded: closing a socket
 /// with unread input makes the kernel send a reset, which can destroy the answer in flight.
-pub(crate) async fn answer_and_close(mut sock: TcpStream, answer: &[u8]) {
+pub(crate) async fn answer_and_close<S>(mut sock: S, answer: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         sock.write_all(answer).await?;
+        sock.flush().await?;
         sock.shutdown().await
     })
     .await;

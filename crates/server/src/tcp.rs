@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::codec::Decoder;
@@ -29,8 +28,14 @@ const PIPELINE_DEPTH: usize = 128;
 const WRITE_CHUNK: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Accepts connections until shutdown.
-pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTracker) {
+/// Accepts connections until shutdown; with `tls`, each connection first completes a TLS
+/// handshake (with a client certificate when `tls_client_ca` is set).
+pub async fn serve(
+    listener: TcpListener,
+    dispatcher: Dispatcher,
+    tasks: TaskTracker,
+    tls: Option<Arc<crate::tls::Tls>>,
+) {
     let app = Arc::clone(dispatcher.app());
     let limits = ConnLimits::new(
         app.config.max_connections,
@@ -44,8 +49,24 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
             Ok(slot) => {
                 let d = dispatcher.clone();
                 let open = app.metrics.tcp_connection();
+                // The certificate in force when the connection arrived.
+                let acceptor = tls.as_ref().map(|t| t.tcp());
+                let handshake = Duration::from_secs(app.config.frame_timeout_s);
                 tasks.spawn(async move {
-                    connection(sock, peer, d).await;
+                    match acceptor {
+                        None => connection(sock, peer, d).await,
+                        Some(acceptor) => {
+                            let _ = sock.set_nodelay(true);
+                            let shutdown = d.app().shutdown.clone();
+                            if let Some(s) =
+                                crate::tls::handshake(acceptor, sock, handshake, peer, &shutdown)
+                                    .await
+                            {
+                                let (rd, wr) = tokio::io::split(s);
+                                serve_halves(rd, wr, peer, d).await;
+                            }
+                        }
+                    }
                     drop(open);
                     drop(slot);
                 });
@@ -71,8 +92,26 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
                 };
                 match limits.refusal_slot() {
                     Some(permit) => {
+                        let acceptor = tls.as_ref().map(|t| t.tcp());
+                        let shutdown = app.shutdown.clone();
                         tasks.spawn(async move {
-                            refuse(sock, body).await;
+                            match acceptor {
+                                None => refuse(sock, body).await,
+                                // A TLS client can read the refusal only inside TLS.
+                                Some(acceptor) => {
+                                    if let Some(s) = crate::tls::handshake(
+                                        acceptor,
+                                        sock,
+                                        REFUSAL_HANDSHAKE,
+                                        peer,
+                                        &shutdown,
+                                    )
+                                    .await
+                                    {
+                                        refuse(s, body).await;
+                                    }
+                                }
+                            }
                             drop(permit);
                         });
                     }
@@ -87,7 +126,10 @@ pub async fn serve(listener: TcpListener, dispatcher: Dispatcher, tasks: TaskTra
 /// The `retry_after_ms` hint of a connection refused at the per-address cap.
 pub(crate) const REFUSED_RETRY_MS: u64 = 1000;
 
-async fn refuse(sock: TcpStream, body: ErrorBody) {
+/// How long a refused TLS connection gets to complete its handshake and read why.
+const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(2);
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(sock: S, body: ErrorBody) {
     let mut out = BytesMut::new();
     if encode_line(&Response::err(None, None, body), &mut out).is_ok() {
         crate::limit::answer_and_close(sock, &out).await;
@@ -96,8 +138,8 @@ async fn refuse(sock: TcpStream, body: ErrorBody) {
 
 /// The write side of a connection, shared by its reader (answers that are ready at once, while
 /// nothing is queued) and its writer task (everything else, in order).
-struct Outbound {
-    wr: Mutex<OwnedWriteHalf>,
+struct Outbound<W> {
+    wr: Mutex<W>,
     /// Replies handed to the writer task and not yet written. The reader writes an answer
     /// itself only while this is zero, so answers never overtake each other.
     queued: AtomicUsize,
@@ -107,7 +149,7 @@ struct Outbound {
     peer: SocketAddr,
 }
 
-impl Outbound {
+impl<W: AsyncWrite + Unpin> Outbound<W> {
     /// Writes `out` (answers encoded by the reader) and empties it. A client that reads nothing
     /// for `stall` fails the write with `TimedOut`: it would otherwise hold the connection, its
     /// queued answers and a follow stream forever.
@@ -116,7 +158,10 @@ impl Outbound {
             return Ok(());
         }
         let write = async {
-            self.wr.lock().await.write_all(out).await?;
+            let mut wr = self.wr.lock().await;
+            wr.write_all(out).await?;
+            // A TLS stream may keep the end of what it was given buffered until flushed.
+            wr.flush().await?;
             out.clear();
             Ok(())
         };
@@ -136,7 +181,16 @@ impl Outbound {
 /// Serves one connection to the end.
 pub async fn connection(sock: TcpStream, peer: SocketAddr, dispatcher: Dispatcher) {
     let _ = sock.set_nodelay(true);
-    let (mut rd, wr) = sock.into_split();
+    let (rd, wr) = sock.into_split();
+    serve_halves(rd, wr, peer, dispatcher).await;
+}
+
+/// Serves one connection, given as its read and write halves (plain TCP or TLS), to the end.
+async fn serve_halves<R, W>(mut rd: R, wr: W, peer: SocketAddr, dispatcher: Dispatcher)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let outbound = Arc::new(Outbound {
         wr: Mutex::new(wr),
         queued: AtomicUsize::new(0),
@@ -195,10 +249,10 @@ enum ReadEnd {
 /// queued is encoded into `direct` and written by the reader before it next waits for input
 /// (no hand-off to the writer task); any other answer first pushes `direct` out, then goes to
 /// the writer through `tx`.
-async fn read_loop(
-    rd: &mut OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rd: &mut R,
     tx: &mpsc::Sender<Reply>,
-    outbound: &Outbound,
+    outbound: &Outbound<W>,
     direct: &mut BytesMut,
     dispatcher: &Dispatcher,
     peer: SocketAddr,
@@ -319,9 +373,9 @@ async fn read_loop(
 }
 
 /// Queues a reply for the writer task, after writing the answers the reader encoded before it.
-async fn hand_over(
+async fn hand_over<W: AsyncWrite + Unpin>(
     tx: &mpsc::Sender<Reply>,
-    outbound: &Outbound,
+    outbound: &Outbound<W>,
     direct: &mut BytesMut,
     reply: Reply,
 ) -> Result<(), ()> {
@@ -334,8 +388,8 @@ async fn hand_over(
 /// away ([`ReadEnd::ClientGone`]: the writer stops the stream) or the server shuts down
 /// ([`ReadEnd::Done`]: the stream ends itself with its `shutdown` line, which the writer still
 /// writes before closing). `closed`: the writer has already ended the stream.
-async fn drain(
-    rd: &mut OwnedReadHalf,
+async fn drain<R: AsyncRead + Unpin>(
+    rd: &mut R,
     shutdown: &CancellationToken,
     closed: &CancellationToken,
 ) -> ReadEnd {
@@ -357,8 +411,8 @@ async fn drain(
 
 /// Writes queued replies in order. `encoded` counts replies whose bytes are all in `out`;
 /// once written they leave [`Outbound::queued`].
-async fn write_loop(
-    outbound: Arc<Outbound>,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    outbound: Arc<Outbound<W>>,
     mut rx: mpsc::Receiver<Reply>,
     closed: CancellationToken,
 ) {
@@ -433,8 +487,8 @@ fn encode(r: &Response, out: &mut BytesMut) -> bool {
 }
 
 /// Writes what the writer task encoded; the replies it held are then no longer queued.
-async fn flush(
-    outbound: &Outbound,
+async fn flush<W: AsyncWrite + Unpin>(
+    outbound: &Outbound<W>,
     out: &mut BytesMut,
     encoded: &mut usize,
 ) -> std::io::Result<()> {

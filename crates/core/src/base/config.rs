@@ -146,6 +146,15 @@ pub struct Config {
     /// LISTEN/NOTIFY between nodes (set false for databases without it, such as CockroachDB:
     /// nodes then poll the log's head while a `LOG.TAIL` follows).
     pub database_listen: bool,
+    /// Certificate chain (PEM, leaf first) that both listeners present: set with `tls_key`, the
+    /// HTTP gateway serves HTTPS and the TCP listener TLS (1.2 and 1.3, rustls' safe defaults).
+    /// Re-read without a restart on SIGHUP or when the file changes.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): when set, the TCP listener accepts only clients that present a
+    /// certificate issued by one of them (mutual TLS for backends). Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// A setting that is a secret (a bearer token): serialised as the plain string, but its `Debug`
@@ -314,6 +323,9 @@ impl Default for Config {
             database_tls: None,
             database_ca_file: None,
             database_listen: true,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -428,6 +440,21 @@ impl Config {
         if self.send_cooldown_s < 0 {
             return Err("send_cooldown_s must not be negative".into());
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(
+                    "tls_cert and tls_key go together: set both (TLS on both listeners) or neither"
+                        .into(),
+                )
+            }
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(
+                    "tls_client_ca needs tls_cert and tls_key: client certificates are checked only over TLS"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -522,6 +549,37 @@ mod tests {
             ..Config::default()
         };
         assert!(zero_header_timeout.validate().is_err());
+    }
+
+    /// TLS needs both halves of the pair; client-certificate checking needs TLS.
+    #[test]
+    fn tls_settings_come_as_a_pair() {
+        let with = |cert: Option<&str>, key: Option<&str>, ca: Option<&str>| Config {
+            tls_cert: cert.map(PathBuf::from),
+            tls_key: key.map(PathBuf::from),
+            tls_client_ca: ca.map(PathBuf::from),
+            ..Config::default()
+        };
+        assert_eq!(with(Some("c.pem"), Some("k.pem"), None).validate(), Ok(()));
+        assert_eq!(
+            with(Some("c.pem"), Some("k.pem"), Some("ca.pem")).validate(),
+            Ok(())
+        );
+        for half in [
+            with(Some("c.pem"), None, None),
+            with(None, Some("k.pem"), None),
+        ] {
+            let e = half.validate().unwrap_err();
+            assert!(e.contains("tls_cert and tls_key"), "{e}");
+        }
+        let e = with(None, None, Some("ca.pem")).validate().unwrap_err();
+        assert!(e.contains("tls_client_ca"), "{e}");
+        let parsed: Config = serde_json::from_value(serde_json::json!({
+            "tls_cert": "/etc/c.pem",
+            "tls_key": "/etc/k.pem",
+        }))
+        .unwrap();
+        assert_eq!(parsed.tls_cert, Some(PathBuf::from("/etc/c.pem")));
     }
 
     #[test]
