@@ -188,6 +188,8 @@ async fn the_console_and_its_scripts_come_from_the_server_under_a_strict_policy(
     assert!(csp.contains("img-src data:;"), "{csp}");
     assert!(!csp.contains("unsafe-eval") && !csp.contains("script-src 'self' 'unsafe-inline'"));
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    // HSTS only over HTTPS (tls.rs checks it is there).
+    assert_eq!(page.header("strict-transport-security"), None);
     let html = String::from_utf8_lossy(&page.body);
     assert!(html.contains(r#"<script type="module" src="demo/demo.js"></script>"#));
     assert_eq!(html.matches("<script").count(), 1, "no inline script");

@@ -125,7 +125,8 @@ async fn served_certificate(addr: &str, options: &TlsOptions) -> (Vec<u8>, Strea
     (der, stream)
 }
 
-/// One HTTPS request with `Connection: close`; returns the status line and the body.
+/// One HTTPS request with `Connection: close`; returns the response head (the status line and
+/// the headers) and the body.
 async fn https_execute(addr: &str, options: &TlsOptions, body: &Value) -> (String, Value) {
     let (_, mut s) = served_certificate(addr, options).await;
     let body = body.to_string();
@@ -140,8 +141,10 @@ async fn https_execute(addr: &str, options: &TlsOptions, body: &Value) -> (Strin
     let _ = s.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.lines().next().unwrap().to_owned();
-    (status, serde_json::from_str(body).expect("a JSON body"))
+    (
+        head.to_owned(),
+        serde_json::from_str(body).expect("a JSON body"),
+    )
 }
 
 /// Waits (bounded) until `cond` holds; panics with `what` otherwise.
@@ -239,10 +242,16 @@ async fn https_and_tls_ndjson_serve_the_configured_certificate() {
     assert_eq!(served_certificate(&tcp, &options).await.0, leaf.der);
 
     // HTTPS execute.
-    let (status, v) = https_execute(&http, &options, &json!({"command": "SYS.PING"})).await;
-    assert!(status.contains(" 200 "), "{status}");
+    let (head, v) = https_execute(&http, &options, &json!({"command": "SYS.PING"})).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["data"]["pong"], true, "{v}");
+    // Browsers are told to come back over HTTPS only.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nstrict-transport-security: max-age=31536000"),
+        "{head}"
+    );
     assert_eq!(served_certificate(&http, &options).await.0, leaf.der);
 
     // TLS 1.3 is preferred, TLS 1.2 still served, on both listeners.
@@ -332,7 +341,7 @@ async fn a_plain_text_client_to_a_tls_listener_fails_cleanly() {
         &json!({"command": "SYS.PING"}),
     )
     .await;
-    assert!(status.contains(" 200 "), "{status}");
+    assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
 }
 
 /// Whether a TLS client with `options` can run SYS.PING on `addr` (a refused client
@@ -409,7 +418,7 @@ async fn mtls_admits_only_clients_with_a_certificate_from_the_client_ca() {
         &json!({"command": "SYS.PING"}),
     )
     .await;
-    assert!(status.contains(" 200 "), "{status} {v}");
+    assert!(status.starts_with("HTTP/1.1 200 "), "{status} {v}");
 
     let line = listening_line(&flags);
     assert!(line.contains(" tls=on client_certs=required "), "{line}");

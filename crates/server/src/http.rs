@@ -81,7 +81,30 @@ pub fn router(dispatcher: Dispatcher) -> Router {
         )),
         None => router,
     };
+    // Over HTTPS (`tls_cert`), browsers are told to use nothing else for this host.
+    let router = if dispatcher.app().config.tls_cert.is_some() {
+        router.layer(axum::middleware::from_fn(strict_transport_security))
+    } else {
+        router
+    };
     router.with_state(dispatcher)
+}
+
+/// The `Strict-Transport-Security` value of every HTTPS answer: a year, this host only (the
+/// server cannot know whether every subdomain speaks HTTPS).
+pub const HSTS: &str = "max-age=31536000";
+
+/// Adds [`HSTS`] to every answer of a gateway that speaks only HTTPS.
+async fn strict_transport_security(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> HttpResponse {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static(HSTS),
+    );
+    resp
 }
 
 /// A 404 or 405 leaves the request's body unread. Whether hyper can then skip it depends on how
