@@ -512,6 +512,41 @@ async fn certificates_reload_on_sighup_and_on_change_and_a_bad_file_keeps_the_ol
     assert!(kept.call("SYS.PING", json!({})).await.unwrap().ok);
 }
 
+/// With TLS on, a `public_url` or `issuer` still naming `http://` is warned about at start (by
+/// setting name); with `https://` addresses nothing is said.
+#[test]
+fn plain_http_urls_under_tls_are_warned_about_at_start() {
+    let ca = Ca::new("Test CA");
+    let files = Files::new();
+    let leaf = ca.server_leaf(7, "portcullis urls");
+    let (cert, key) = files.pair("server", &leaf);
+    let warning = |setting: &str| format!("TLS is on but {setting} starts with http://");
+
+    // The defaults name http://.
+    let plain = Server::start_with(&["--tls-cert", &cert, "--tls-key", &key]);
+    let log = plain.stderr_text();
+    for setting in ["public_url", "issuer"] {
+        assert!(
+            log.contains(&warning(setting)),
+            "no warning for {setting}:\n{log}"
+        );
+    }
+
+    let https = Server::start_config(
+        &format!(
+            "tls_cert = {cert:?}\ntls_key = {key:?}\npublic_url = \"https://auth.example.test\"\nissuer = \"https://auth.example.test\"\n"
+        ),
+        &[],
+    );
+    let log = https.stderr_text();
+    for setting in ["public_url", "issuer"] {
+        assert!(
+            !log.contains(&warning(setting)),
+            "{setting} warned about:\n{log}"
+        );
+    }
+}
+
 /// One half of the pair, or files that do not load, refuse to start with a clear message.
 #[test]
 fn tls_settings_that_cannot_work_refuse_to_start() {

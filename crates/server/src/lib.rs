@@ -57,6 +57,7 @@ impl Server {
         let tasks = TaskTracker::new();
         if let Some(t) = &tls {
             t.watch(app.shutdown.clone(), &tasks)?;
+            warn_of_plain_urls(&app.config);
         }
         tasks.spawn(tcp::serve(
             tcp,
@@ -119,6 +120,23 @@ pub(crate) async fn accept(
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// With TLS on, links (`public_url`) and tokens (`issuer`) that still name `http://` send
+/// people and verifiers to an address the server no longer answers in plain text: say so at
+/// start. Only the setting's name is logged.
+fn warn_of_plain_urls(config: &portcullis_core::Config) {
+    for (setting, value) in [
+        ("public_url", &config.public_url),
+        ("issuer", &config.issuer),
+    ] {
+        if value.starts_with("http://") {
+            tracing::warn!(
+                setting,
+                "TLS is on but {setting} starts with http://: set it to the https:// address"
+            );
         }
     }
 }
