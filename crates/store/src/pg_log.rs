@@ -105,6 +105,19 @@ const INSERT_EVENTS: &str = "INSERT INTO events (seq, time, command, outcome, ac
          $12::text[], $13::text[], $14::bytea[])
          AS u(s, t, c, o, a, su, se, cl, tr, d, sm, p, h, r)";
 
+/// The log's head (seq, hash), locked for the rest of `tx`: the one row every writer of the
+/// chain (appends, imports) takes first, so chains never fork.
+async fn locked_head(tx: &deadpool_postgres::Transaction<'_>) -> Result<(i64, String), StoreError> {
+    let head = tx
+        .query_one(
+            "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(backend)?;
+    Ok((head.get(0), head.get(1)))
+}
+
 /// Appends one batch in one transaction; returns the events as numbered and chained.
 async fn append_batch(
     pool: &Pool,
@@ -114,14 +127,7 @@ async fn append_batch(
 ) -> Result<Vec<Event>, StoreError> {
     let mut c = client(pool).await?;
     let tx = c.transaction().await.map_err(backend)?;
-    let head = tx
-        .query_one(
-            "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(backend)?;
-    let (mut seq, mut prev): (i64, String) = (head.get(0), head.get(1));
+    let (mut seq, mut prev) = locked_head(&tx).await?;
     let mut cols = Columns::with_capacity(events.len());
     for e in &mut events {
         seq += 1;
@@ -688,14 +694,7 @@ impl EventLog for PgStore {
     ) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(backend)?;
-        let head = tx
-            .query_one(
-                "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
-                &[],
-            )
-            .await
-            .map_err(backend)?;
-        let (mut seq, mut hash): (i64, String) = (head.get(0), head.get(1));
+        let (mut seq, mut hash) = locked_head(&tx).await?;
         if let Some(cp) = start {
             let pruned = tx
                 .query_opt("SELECT 1 FROM log_meta WHERE key = $1", &[&CHECKPOINT_KEY])
