@@ -377,16 +377,13 @@ pub struct ClientTls {
 impl ClientTls {
     /// The TLS connector these flags ask for, or `None` for plain TCP.
     pub fn connector(&self) -> Result<Option<portcullis_client::TlsConnector>> {
-        if !self.tls && self.ca_file.is_none() && self.client_cert.is_none() {
-            return Ok(None);
-        }
         let options = portcullis_client::TlsOptions {
             ca_file: self.ca_file.clone(),
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
             server_name: self.tls_server_name.clone(),
         };
-        Ok(Some(options.connector()?))
+        Ok(options.connector_if_asked(self.tls)?)
     }
 }
 

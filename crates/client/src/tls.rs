@@ -47,6 +47,15 @@ fn tls_err(what: impl std::fmt::Display) -> ClientError {
 }
 
 impl TlsOptions {
+    /// The connector a command line asks for: `None` (plain TCP) unless `tls` is set or a CA
+    /// file or a client certificate is given, which imply TLS.
+    pub fn connector_if_asked(&self, tls: bool) -> Result<Option<TlsConnector>, ClientError> {
+        if !tls && self.ca_file.is_none() && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        self.connector().map(Some)
+    }
+
     /// Reads the files and builds the client configuration (TLS 1.2 and 1.3, rustls' safe
     /// defaults).
     pub fn connector(&self) -> Result<TlsConnector, ClientError> {
