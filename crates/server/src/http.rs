@@ -210,10 +210,10 @@ pub async fn serve(
         tasks.spawn(async move {
             let _slot = slot;
             let io = match acceptor {
-                None => MaybeTls::Plain(io),
+                None => MaybeTls::Left(io),
                 Some(acceptor) => {
                     match crate::tls::handshake(acceptor, io, handshake, peer, &shutdown).await {
-                        Some(s) => MaybeTls::Tls(Box::new(s)),
+                        Some(s) => MaybeTls::Right(Box::new(s)),
                         None => return,
                     }
                 }
