@@ -372,14 +372,16 @@ impl Dispatcher {
             Ok(caller) => caller,
             Err(e) => return Err(refused(Caller::Anonymous, e)),
         };
-        if !crate::base::caller::Scope::ClientForward.held_by(&caller) {
-            return Err(refused(caller, forbidden()));
-        }
-        if let Caller::ApiKey(k) = &caller {
-            audit.note("forwarded_by", k.id.clone());
-            if let Some(peer) = conn.client {
-                audit.note("forwarded_from", peer.ip().to_string());
+        // Only an API key can hold the scope.
+        let key_id = match &caller {
+            Caller::ApiKey(k) if crate::base::caller::Scope::ClientForward.held_by(&caller) => {
+                k.id.clone()
             }
+            _ => return Err(refused(caller, forbidden())),
+        };
+        audit.note("forwarded_by", key_id.clone());
+        if let Some(peer) = conn.client {
+            audit.note("forwarded_from", peer.ip().to_string());
         }
         // An IPv4 address written as IPv4-mapped IPv6 is that IPv4 address: one end user, one
         // budget, one way of appearing in events.
@@ -389,10 +391,8 @@ impl Dispatcher {
             client: Some(SocketAddr::new(ip, 0)),
             user_agent: client.kept_user_agent(),
         });
-        if let Caller::ApiKey(k) = &caller {
-            if let Err(e) = self.app.limits.check_forward(&k.id) {
-                return Err((caller, e));
-            }
+        if let Err(e) = self.app.limits.check_forward(&key_id) {
+            return Err((caller, e));
         }
         if let Err(e) = self.app.limits.check(spec.rate, ip) {
             return Err((caller, e));
