@@ -1323,17 +1323,22 @@ mod tests {
         (port, rx)
     }
 
+    /// Plain SMTP to a test server on loopback.
+    fn loopback_smtp(port: u16) -> Transport {
+        Transport::Smtp(
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+                .port(port)
+                .timeout(Some(Duration::from_secs(10)))
+                .build(),
+        )
+    }
+
     /// Over SMTP a message carries the same headers and the same verbatim text part as in the
     /// outbox.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smtp_messages_carry_the_same_headers_and_a_verbatim_link() {
         let (port, rx) = accepting_smtp_server().await;
-        let transport = Transport::Smtp(
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-                .port(port)
-                .timeout(Some(Duration::from_secs(10)))
-                .build(),
-        );
+        let transport = loopback_smtp(port);
         let from: Mailbox = "Portcullis <no-reply@localhost>".parse().unwrap();
         let flow = format!("smtp-{}", "y".repeat(100));
         let msg = build_message(&from, &message("a@example.org", &flow)).unwrap();
@@ -1393,12 +1398,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn smtp_failures_are_described_without_the_recipient_address() {
         let port = refusing_smtp_server().await;
-        let transport = Transport::Smtp(
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-                .port(port)
-                .timeout(Some(Duration::from_secs(10)))
-                .build(),
-        );
+        let transport = loopback_smtp(port);
         let from: Mailbox = "Portcullis <no-reply@localhost>".parse().unwrap();
         let msg = build_message(&from, &message("victim.person@example.org", "f1")).unwrap();
         let error = deliver(&transport, msg).await.unwrap_err();
