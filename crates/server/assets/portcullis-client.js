@@ -514,13 +514,7 @@ var Session = class {
     const refreshToken = result.refresh_token ?? this.#tokens?.refreshToken;
     if (typeof refreshToken !== "string")
       throw new TypeError("a sign-in result without a refresh token");
-    const tokens = {
-      userId: result.user_id,
-      sessionId: result.session_id,
-      accessToken: result.access_token,
-      refreshToken,
-      expiresAt: this.#now() + result.expires_in * 1e3
-    };
+    const tokens = this.#held(result, refreshToken);
     await this.#save(tokens, "signed_in");
     return tokens;
   }
@@ -602,15 +596,19 @@ var Session = class {
     }
     if (!isTokenPair(result))
       throw new PortcullisError("CLIENT_PROTOCOL", "AUTH.REFRESH answered without a token pair");
-    const tokens = {
+    const tokens = this.#held(result, result.refresh_token);
+    await this.#save(tokens, "refreshed");
+    return tokens;
+  }
+  /** The tokens as held, from an answer's token pair, the access token's expiry counted from now. */
+  #held(result, refreshToken) {
+    return {
       userId: result.user_id,
       sessionId: result.session_id,
       accessToken: result.access_token,
-      refreshToken: result.refresh_token,
+      refreshToken,
       expiresAt: this.#now() + result.expires_in * 1e3
     };
-    await this.#save(tokens, "refreshed");
-    return tokens;
   }
   /** The tokens, refreshed first when the access token is about to expire. */
   async #fresh() {

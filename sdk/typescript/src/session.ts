@@ -308,13 +308,7 @@ export class Session {
     await this.#load();
     const refreshToken = result.refresh_token ?? this.#tokens?.refreshToken;
     if (typeof refreshToken !== "string") throw new TypeError("a sign-in result without a refresh token");
-    const tokens: SessionTokens = {
-      userId: result.user_id,
-      sessionId: result.session_id,
-      accessToken: result.access_token,
-      refreshToken,
-      expiresAt: this.#now() + result.expires_in * 1000,
-    };
+    const tokens = this.#held(result, refreshToken);
     await this.#save(tokens, "signed_in");
     return tokens;
   }
@@ -405,15 +399,20 @@ export class Session {
       throw error;
     }
     if (!isTokenPair(result)) throw new PortcullisError("CLIENT_PROTOCOL", "AUTH.REFRESH answered without a token pair");
-    const tokens: SessionTokens = {
+    const tokens = this.#held(result, result.refresh_token);
+    await this.#save(tokens, "refreshed");
+    return tokens;
+  }
+
+  /** The tokens as held, from an answer's token pair, the access token's expiry counted from now. */
+  #held(result: { user_id: string; session_id: string; access_token: string; expires_in: number }, refreshToken: string): SessionTokens {
+    return {
       userId: result.user_id,
       sessionId: result.session_id,
       accessToken: result.access_token,
-      refreshToken: result.refresh_token,
+      refreshToken,
       expiresAt: this.#now() + result.expires_in * 1000,
     };
-    await this.#save(tokens, "refreshed");
-    return tokens;
   }
 
   /** The tokens, refreshed first when the access token is about to expire. */
